@@ -1,0 +1,107 @@
+/*  =========================================================================
+    zg_config - the configuration model: LiteLLM's config.yaml, read once
+
+    zg_config_load reads a LiteLLM proxy config.yaml (model_list,
+    general_settings, litellm_settings, router_settings,
+    environment_variables) plus zgate's own `zgate_settings` section.
+    String values of the form "os.environ/NAME" are read from the
+    environment. `environment_variables` are exported (setenv, not
+    overriding what is already set) before anything else is resolved.
+
+    Keys zgate knows but does not implement yet are accepted with one
+    warning each (through zg_log). A wrong value stops loading with an
+    error naming the file, the line and the key, e.g.
+
+        config.yaml:12: model_list[0].litellm_params.rpm: expected an integer, got "fast"
+
+    The struct is public and read-only after loading: every actor loads the
+    same file and reads the fields directly.
+    =========================================================================
+*/
+
+#ifndef ZG_CONFIG_H_INCLUDED
+#define ZG_CONFIG_H_INCLUDED
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+//  One model_list entry
+typedef struct {
+    char   *model_name;             //  client-facing name (the model group)
+    char   *id;                     //  model_info.id, or a deterministic hash of litellm_params
+    char   *provider;               //  "openai" (the part before '/' in litellm_params.model)
+    char   *upstream_model;         //  the part after the provider: what the upstream is asked for
+    char   *api_base;               //  default "https://api.openai.com/v1"
+    char   *api_key;                //  may be NULL
+    double  timeout_s;              //  litellm_params.timeout; 0 = unset
+    double  stream_timeout_s;       //  litellm_params.stream_timeout; 0 = unset
+    long    rpm;                    //  0 = unset
+    long    tpm;                    //  0 = unset
+    double  weight;                 //  0 = unset
+    int     max_retries;            //  -1 = unset
+    double  input_cost_per_token;   //  < 0 = unset
+    double  output_cost_per_token;  //  < 0 = unset
+    int     line;                   //  where it starts in the file, for messages
+} zg_deployment_t;
+
+typedef struct {
+    char   *path;                   //  the file it came from
+
+    zg_deployment_t *deployments;   //  model_list, in file order
+    size_t  deployment_count;
+
+    //  general_settings
+    char   *master_key;             //  NULL = no auth (also from LITELLM_MASTER_KEY)
+    char   *database_url;           //  also from DATABASE_URL
+    double  max_request_size_mb;    //  413 above this; default 32
+    int     database_connection_pool_limit;  //  default 10
+    double  proxy_batch_write_at;   //  default 10
+    bool    disable_error_logs;
+    bool    allow_requests_on_db_unavailable;
+
+    //  litellm_settings
+    double  request_timeout_s;      //  default 6000
+    bool    set_verbose;
+    bool    json_logs;              //  also JSON_LOGS=true
+
+    //  router_settings
+    char   *routing_strategy;       //  default "simple-shuffle"
+    int     num_retries;            //  default 2
+
+    //  zgate_settings (zgate's own; all optional)
+    char   *frontend_endpoint;      //  router's socket for frontends; default ipc://<run_dir>/frontend.ipc
+    char   *worker_endpoint;        //  router's socket for workers;   default ipc://<run_dir>/worker.ipc
+    char   *run_dir;                //  ZGATE_RUN_DIR, else NULL (the supervisor makes a temporary one)
+    int     worker_capacity;        //  concurrent upstream transfers per worker; default 256
+    int     queue_timeout_ms;       //  longest wait for a free worker before 503; default 5000
+    int     max_queue;              //  requests the router holds while no worker is free; default 10000
+    int     heartbeat_ms;           //  default 1000; a peer is dead after 3 missed
+} zg_config_t;
+
+//  Load and validate a configuration file. Returns NULL on error, with the
+//  error (file:line: key: reason) written into errbuf.
+zg_config_t *zg_config_load (const char *path, char *errbuf, size_t errsize);
+
+//  Built-in defaults and no models: for running with no --config.
+zg_config_t *zg_config_new_default (void);
+
+void zg_config_destroy (zg_config_t **self_p);
+
+//  The deployments of a model group, for the router: fills out[] with
+//  indexes into deployments[] and returns how many (at most max).
+size_t zg_config_find_group (const zg_config_t *self, const char *model_name,
+                             size_t *out, size_t max);
+
+//  Self test
+void zg_config_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,83 @@
+/*  =========================================================================
+    zg_json - a small validating JSON scanner for the data path
+
+    The gateway forwards request and response bodies as bytes and only
+    needs a few values out of them (model, stream, stream_options,
+    usage...). zg_json validates a document (RFC 8259, depth-limited) and
+    finds values by key without allocating or building a tree; the caller
+    splices changes into the bytes.
+
+    Spans are (offset, length) into the caller's buffer; the buffer does not
+    need to be NUL-terminated.
+    =========================================================================
+*/
+
+#ifndef ZG_JSON_H_INCLUDED
+#define ZG_JSON_H_INCLUDED
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ZG_JSON_MAX_DEPTH 64
+
+typedef enum {
+    ZG_JSON_NONE = 0,       //  not found
+    ZG_JSON_OBJECT,
+    ZG_JSON_ARRAY,
+    ZG_JSON_STRING,
+    ZG_JSON_NUMBER,
+    ZG_JSON_TRUE,
+    ZG_JSON_FALSE,
+    ZG_JSON_NULL
+} zg_json_type_t;
+
+typedef struct {
+    zg_json_type_t type;
+    size_t offset;          //  first byte of the value (the '"' of a string, the '{' of an object)
+    size_t length;          //  bytes of the whole value, quotes and brackets included
+    size_t key_offset;      //  when found by key: the '"' that opens the key
+} zg_json_span_t;
+
+//  True if data[0..size) is exactly one valid JSON value, with optional
+//  white space around it. On false, *error_at (if not NULL) is the offset
+//  of the first bad byte.
+bool zg_json_valid (const char *data, size_t size, size_t *error_at);
+
+//  Find the value of key among the members of the object that starts at
+//  data[0] (after white space); only that object's own members, not
+//  nested ones. Returns false (span->type NONE) if data is not an object or
+//  the key is absent. The document must be valid (call zg_json_valid first).
+bool zg_json_find (const char *data, size_t size, const char *key, zg_json_span_t *span);
+
+//  The same, for the object value described by parent (e.g. find
+//  "include_usage" inside "stream_options").
+bool zg_json_find_in (const char *data, size_t size, const zg_json_span_t *parent,
+                      const char *key, zg_json_span_t *span);
+
+//  Copy a string value, unescaped, into out (NUL-terminated). Returns the
+//  unescaped length, or -1 if span is not a string or out is too small.
+int zg_json_string (const char *data, const zg_json_span_t *span, char *out, size_t size);
+
+//  Read a number value as an integer (truncated toward zero) or double.
+//  Return false if span is not a number.
+bool zg_json_int64 (const char *data, const zg_json_span_t *span, int64_t *out);
+bool zg_json_double (const char *data, const zg_json_span_t *span, double *out);
+
+//  Write s as a JSON string literal (with quotes, escaped) into out.
+//  Returns the number of bytes written (without the NUL), or -1 if it does
+//  not fit.
+int zg_json_quote (const char *s, char *out, size_t size);
+
+//  Self test
+void zg_json_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

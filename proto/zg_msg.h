@@ -1,0 +1,211 @@
+/*  =========================================================================
+    zg_msg - the messages that zgate's actors exchange over ZeroMQ
+
+    This is the only place that knows the wire format. Every other module
+    fills a zg_msg_t and calls zg_msg_send, or calls zg_msg_recv and reads
+    the fields.
+
+    Wire format (version 1). A message is a ZeroMQ multipart message:
+
+        [ header ]            one frame, a msgpack array:
+                              [ "ZG", 1, type, field, field, ... ]
+                              the fields of each type in the order below
+        [ payload ]           optional second frame: raw bytes (a request
+                              body, an SSE chunk, a reply body), never
+                              parsed by proto, so bodies cross the router
+                              without being re-encoded
+
+    On a ROUTER socket the identity frame comes first; zg_msg_recv and
+    zg_msg_send handle it through msg->routing_id.
+
+    The conversation (see also DESIGN.md):
+
+        frontend -> router   REQUEST   call_id route model flags timeout_ms   + body
+        router   -> worker   DISPATCH  call_id route model flags timeout_ms
+                                       attempt deployment...                 + body
+        worker   -> router -> frontend
+                             HEAD      call_id status flags content_type
+                                       headers deployment_id api_base        [+ body]
+                             CHUNK     call_id                               + bytes
+                             END       call_id status prompt_tokens
+                                       completion_tokens total_tokens cost
+                                       ttfb_us duration_us deployment_id
+                             ERROR     call_id status err_type message param
+                                       deployment_id api_base
+        frontend -> router -> worker
+                             CANCEL    call_id
+        worker   -> router   READY     name pid capacity
+                             CREDIT    credit
+        both ways            HEARTBEAT name pid
+        router   -> worker/frontend
+                             DISCONNECT   ("I do not know you: send READY again")
+
+    A request's answer is HEAD then either nothing more (HEAD has
+    ZG_FLAG_FINAL and carries the whole body) or CHUNK* then END; or a
+    single ERROR instead of HEAD; or, for a stream that already started,
+    ERROR after some CHUNKs.
+    =========================================================================
+*/
+
+#ifndef ZG_MSG_H_INCLUDED
+#define ZG_MSG_H_INCLUDED
+
+#include <czmq.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ZG_PROTO_VERSION 1
+
+//  Message types
+typedef enum {
+    ZG_MSG_REQUEST    = 1,
+    ZG_MSG_DISPATCH   = 2,
+    ZG_MSG_HEAD       = 3,
+    ZG_MSG_CHUNK      = 4,
+    ZG_MSG_END        = 5,
+    ZG_MSG_ERROR      = 6,
+    ZG_MSG_CANCEL     = 7,
+    ZG_MSG_READY      = 8,
+    ZG_MSG_CREDIT     = 9,
+    ZG_MSG_HEARTBEAT  = 10,
+    ZG_MSG_DISCONNECT = 11
+} zg_msg_type_t;
+
+//  Routes a REQUEST can carry
+typedef enum {
+    ZG_ROUTE_CHAT        = 1,     //  /chat/completions
+    ZG_ROUTE_COMPLETIONS = 2,     //  /completions
+    ZG_ROUTE_EMBEDDINGS  = 3      //  /embeddings
+} zg_route_t;
+
+//  Bits of msg->flags
+#define ZG_FLAG_STREAM        0x01   //  REQUEST/DISPATCH: client asked "stream": true
+#define ZG_FLAG_CLIENT_USAGE  0x02   //  REQUEST/DISPATCH: client itself asked for the usage chunk
+#define ZG_FLAG_FINAL         0x04   //  HEAD: the payload is the whole body; no CHUNK/END follow
+#define ZG_FLAG_STARTED       0x08   //  ERROR: bytes already reached the client (in-stream error)
+
+//  Limits: a decoder rejects a message whose field is longer
+#define ZG_CALL_ID_MAX     64
+#define ZG_NAME_MAX        255      //  model names, deployment ids, error types, worker names
+#define ZG_URL_MAX         2047     //  api_base
+#define ZG_SECRET_MAX      1023     //  api_key
+#define ZG_MESSAGE_MAX     4095     //  error messages
+#define ZG_HEADERS_MAX     16384    //  HEAD.headers
+#define ZG_HEADER_MAX_BYTES 32768   //  the whole encoded header frame
+
+//  Decoder results
+#define ZG_MSG_OK          0
+#define ZG_MSG_ERR_IO     -1        //  nothing could be read (interrupted, socket closed)
+#define ZG_MSG_ERR_MALFORMED -2     //  a message arrived but is not a valid zgate message
+
+//  A deployment as the router hands it to a worker
+typedef struct {
+    char     id [ZG_NAME_MAX + 1];             //  model_info.id
+    char     provider [ZG_NAME_MAX + 1];       //  "openai"
+    char     upstream_model [ZG_NAME_MAX + 1]; //  the model name the upstream knows
+    char     api_base [ZG_URL_MAX + 1];
+    char     api_key [ZG_SECRET_MAX + 1];      //  may be empty
+    uint32_t timeout_ms;                       //  whole request; 0 = msg->timeout_ms
+    uint32_t stream_timeout_ms;                //  time to first byte of a stream; 0 = none
+    double   input_cost_per_token;             //  < 0 when not configured
+    double   output_cost_per_token;            //  < 0 when not configured
+} zg_deployment_wire_t;
+
+//  One message. The struct is public so that actors can keep one on the
+//  stack and reuse it: zg_msg_recv overwrites every field of the type it
+//  reads. Strings are always NUL-terminated. Fields that a type does not
+//  carry are left zero/empty by zg_msg_recv and ignored by zg_msg_send.
+typedef struct {
+    zframe_t *routing_id;       //  peer identity on ROUTER sockets; owned, may be NULL
+    int       type;             //  zg_msg_type_t
+
+    char      call_id [ZG_CALL_ID_MAX + 1];
+    uint8_t   route;            //  zg_route_t
+    char      model [ZG_NAME_MAX + 1];     //  client-facing model group
+    uint32_t  flags;            //  ZG_FLAG_*
+    uint32_t  timeout_ms;       //  REQUEST/DISPATCH: deadline for the whole request
+    uint8_t   attempt;          //  DISPATCH: 0 for the first, 1.. for re-dispatches
+
+    zg_deployment_wire_t deployment;       //  DISPATCH
+
+    uint16_t  status;           //  HEAD/END/ERROR: HTTP status
+    char      content_type [ZG_NAME_MAX + 1];       //  HEAD
+    char     *headers;          //  HEAD: "name: value\r\n" lines of upstream headers
+                                //  to pass on (prefixed llm_provider- by the frontend);
+                                //  owned, heap, may be NULL
+    char      deployment_id [ZG_NAME_MAX + 1];      //  HEAD/END/ERROR
+    char      api_base [ZG_URL_MAX + 1];            //  HEAD/ERROR
+
+    uint32_t  prompt_tokens;    //  END
+    uint32_t  completion_tokens;
+    uint32_t  total_tokens;
+    double    cost;             //  END: USD, 0 when unknown
+    uint64_t  ttfb_us;          //  END: time to first upstream byte
+    uint64_t  duration_us;      //  END: whole upstream call
+
+    char      err_type [ZG_NAME_MAX + 1];           //  ERROR: e.g. "timeout", "internal_server_error"
+    char      message [ZG_MESSAGE_MAX + 1];         //  ERROR
+    char      param [ZG_NAME_MAX + 1];              //  ERROR: empty = null
+
+    char      name [ZG_NAME_MAX + 1];               //  READY/HEARTBEAT: sender's name
+    uint32_t  pid;              //  READY/HEARTBEAT
+    uint32_t  capacity;         //  READY: how many requests it can hold at once
+    uint32_t  credit;           //  CREDIT: how many more it can take now
+
+    zframe_t *payload;          //  REQUEST/DISPATCH/HEAD/CHUNK body bytes; owned, may be NULL
+} zg_msg_t;
+
+//  Prepare a message for use: all fields zero. Call once per zg_msg_t.
+void zg_msg_init (zg_msg_t *self, int type);
+
+//  Release what the message owns (routing_id, headers, payload) and zero
+//  it again, ready for reuse with the given type.
+void zg_msg_reset (zg_msg_t *self, int type);
+
+//  Receive one message from a socket. On a ROUTER socket the identity frame
+//  is read into routing_id. Returns ZG_MSG_OK, ZG_MSG_ERR_IO when nothing
+//  was received (interrupted), or ZG_MSG_ERR_MALFORMED when what arrived is
+//  not a valid message (wrong magic/version/type, a field of the wrong
+//  msgpack type or too long, missing or extra fields, extra frames); the
+//  malformed message is consumed and discarded. Never asserts on input.
+int zg_msg_recv (zg_msg_t *self, void *socket);
+
+//  Send the message on a socket. On a ROUTER socket routing_id must be set;
+//  it is sent first. The payload frame is sent (and given away: payload
+//  becomes NULL); routing_id is kept so the same struct can answer again.
+//  Returns 0 on success, -1 on failure (the payload is destroyed anyway).
+int zg_msg_send (zg_msg_t *self, void *socket);
+
+//  Pure codec, for tests and for code that does not use a socket:
+//  encode the header frame of self into buf (at most size bytes). Returns
+//  the number of bytes written, or -1 if it does not fit.
+int zg_msg_encode (const zg_msg_t *self, uint8_t *buf, size_t size);
+
+//  Decode a header frame into self (which must have been initialised; its
+//  owned fields are released first). Returns ZG_MSG_OK or
+//  ZG_MSG_ERR_MALFORMED. Does not touch routing_id or payload.
+int zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size);
+
+//  Set owned string fields (copying)
+void zg_msg_set_headers (zg_msg_t *self, const char *headers);
+
+//  Copy a C string into a fixed field, truncating to the field's size.
+//  Used as ZG_MSG_SET(msg.call_id, value).
+#define ZG_MSG_SET(field, value) zg_msg_strset ((field), sizeof (field), (value))
+void zg_msg_strset (char *field, size_t size, const char *value);
+
+//  A name for the type, for logs ("REQUEST", ...); "?" if unknown
+const char *zg_msg_type_name (int type);
+
+//  Self test
+void zg_msg_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
