@@ -1,0 +1,50 @@
+/*  =========================================================================
+    zg_cli - zgate's command line, as LiteLLM's proxy CLI spells it
+
+        zgate [--config FILE] [--host H] [--port P] [--num_workers N]
+              [--max_requests_before_restart N] [--run_gunicorn] [--debug]
+              [--detailed_debug] [--version] [--help]
+        zgate router   --config FILE [--frontend-endpoint E] [--worker-endpoint E]
+        zgate worker   --config FILE [--worker-endpoint E] [--name NAME]
+        zgate frontend --config FILE [--frontend-endpoint E] [--host H] [--port P]
+
+    Environment fallbacks as the reference: CONFIG_FILE_PATH, HOST, PORT,
+    NUM_WORKERS, MAX_REQUESTS_BEFORE_RESTART.
+    =========================================================================
+*/
+#ifndef ZG_CLI_H_INCLUDED
+#define ZG_CLI_H_INCLUDED
+
+#include <stdbool.h>
+
+typedef enum {
+    ZG_ROLE_ALL = 0,        //  the supervisor: everything on this machine
+    ZG_ROLE_ROUTER,
+    ZG_ROLE_WORKER,
+    ZG_ROLE_FRONTEND
+} zg_role_t;
+
+typedef struct {
+    zg_role_t   role;
+    const char *config_path;            //  NULL = built-in defaults, no models
+    const char *host;                   //  default 0.0.0.0
+    int         port;                   //  default 4000
+    int         num_workers;            //  default: number of CPUs
+    long        max_requests_before_restart;    //  0 = never
+    bool        run_gunicorn;
+    const char *log_level;              //  from --debug / --detailed_debug, else NULL
+    const char *frontend_endpoint;      //  NULL = from configuration
+    const char *worker_endpoint;
+    const char *name;                   //  worker name
+    int         listen_fd;              //  frontend: inherited listening socket, -1 = bind itself
+    bool        show_version;
+    bool        show_help;
+} zg_cli_t;
+
+//  Parse argv into cli. Returns 0, or -1 with a message in errbuf.
+int zg_cli_parse (zg_cli_t *cli, int argc, char **argv, char *errbuf, size_t errsize);
+
+//  The usage text
+const char *zg_cli_usage (void);
+
+#endif

@@ -1,0 +1,138 @@
+/*  =========================================================================
+    zgate - the gateway's one binary: the supervisor, or one actor by role
+    =========================================================================
+*/
+#include "common/zg_config.h"
+#include "common/zg_log.h"
+#include "frontend/zg_frontend.h"
+#include "router/zg_router.h"
+#include "supervisor/zg_cli.h"
+#include "supervisor/zg_supervisor.h"
+#include "workers/zg_worker.h"
+
+#include <czmq.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *
+s_component (zg_role_t role)
+{
+    switch (role) {
+        case ZG_ROLE_ROUTER:   return "zgate.router";
+        case ZG_ROLE_WORKER:   return "zgate.worker";
+        case ZG_ROLE_FRONTEND: return "zgate.frontend";
+        default:               return "zgate";
+    }
+}
+
+//  The run directory of an actor started alone: ZGATE_RUN_DIR, else a
+//  fixed one so that actors started by hand on one host find each other
+static const char *
+s_run_dir (const zg_config_t *config)
+{
+    if (config->run_dir)
+        return config->run_dir;
+    const char *env = getenv ("ZGATE_RUN_DIR");
+    return env && *env ? env : "/tmp/zgate";
+}
+
+int
+main (int argc, char **argv)
+{
+    zg_cli_t cli;
+    char errbuf [1024];
+    if (zg_cli_parse (&cli, argc, argv, errbuf, sizeof (errbuf))) {
+        fprintf (stderr, "zgate: %s\n\n%s", errbuf, zg_cli_usage ());
+        return 2;
+    }
+    if (cli.show_help) {
+        fputs (zg_cli_usage (), stdout);
+        return 0;
+    }
+    if (cli.show_version) {
+        printf ("zgate %s\n", ZG_VERSION);
+        return 0;
+    }
+    if (cli.log_level && !getenv ("LITELLM_LOG"))
+        setenv ("LITELLM_LOG", cli.log_level, 1);
+
+    //  The supervisor has already reported the configuration's warnings;
+    //  children load the same file quietly so each warning shows once
+    bool supervised = getenv ("ZGATE_SUPERVISED") != NULL;
+    const char *json_env = getenv ("JSON_LOGS");
+    bool json = json_env && strcmp (json_env, "true") == 0;
+    if (supervised) {
+        char *saved = getenv ("LITELLM_LOG") ? strdup (getenv ("LITELLM_LOG")) : NULL;
+        setenv ("LITELLM_LOG", "ERROR", 1);
+        zg_log_init (s_component (cli.role), false, json);
+        if (saved) {
+            setenv ("LITELLM_LOG", saved, 1);
+            free (saved);
+        }
+        else
+            unsetenv ("LITELLM_LOG");
+    }
+    else
+        zg_log_init (s_component (cli.role), false, json);
+
+    zg_config_t *config;
+    if (cli.config_path)
+        config = zg_config_load (cli.config_path, errbuf, sizeof (errbuf));
+    else
+        config = zg_config_new_default ();
+    if (!config) {
+        zg_error ("%s", errbuf);
+        fprintf (stderr, "zgate: invalid configuration: %s\n", errbuf);
+        return supervised ? ZG_EXIT_FATAL : 1;
+    }
+    zg_log_init (s_component (cli.role), config->set_verbose, config->json_logs);
+    if (!cli.config_path && cli.role == ZG_ROLE_ALL)
+        zg_warning ("no --config given: running with no models");
+
+    char frontend_ep [PATH_MAX + 32], worker_ep [PATH_MAX + 32];
+    zg_endpoints (config, s_run_dir (config), frontend_ep, sizeof (frontend_ep),
+                  worker_ep, sizeof (worker_ep));
+    if (cli.frontend_endpoint)
+        snprintf (frontend_ep, sizeof (frontend_ep), "%s", cli.frontend_endpoint);
+    if (cli.worker_endpoint)
+        snprintf (worker_ep, sizeof (worker_ep), "%s", cli.worker_endpoint);
+    if (cli.role != ZG_ROLE_ALL && !supervised && strncmp (frontend_ep, "ipc://", 6) == 0)
+        zsys_dir_create ("%s", s_run_dir (config));
+
+    int rc = 0;
+    switch (cli.role) {
+        case ZG_ROLE_ALL:
+            rc = zg_supervisor_run (config, &cli);
+            break;
+        case ZG_ROLE_ROUTER:
+            rc = zg_router_run (config, frontend_ep, worker_ep);
+            break;
+        case ZG_ROLE_WORKER: {
+            char name [64];
+            if (cli.name)
+                snprintf (name, sizeof (name), "%s", cli.name);
+            else
+                snprintf (name, sizeof (name), "worker-%d", (int) getpid ());
+            rc = zg_worker_run (config, worker_ep, name);
+            break;
+        }
+        case ZG_ROLE_FRONTEND: {
+            int fd = cli.listen_fd;
+            if (fd < 0) {
+                fd = zg_listen (cli.host, cli.port, errbuf, sizeof (errbuf));
+                if (fd < 0) {
+                    zg_error ("%s", errbuf);
+                    rc = supervised ? ZG_EXIT_FATAL : 1;
+                    break;
+                }
+            }
+            rc = zg_frontend_run (config, frontend_ep, fd);
+            break;
+        }
+    }
+    zg_config_destroy (&config);
+    return rc;
+}
