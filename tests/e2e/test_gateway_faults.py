@@ -1,0 +1,158 @@
+"""End-to-end: clients that go away, workers that die, many streams at once."""
+
+import json
+import os
+import signal
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import zgtest  # noqa: E402
+from zgtest import chat_body  # noqa: E402
+
+
+class ClientDisconnectTest(zgtest.GatewayTestCase):
+
+    @classmethod
+    def start(cls):
+        cls.up = cls.upstream()
+        cls.gw = cls.gateway(zgtest.make_config([zgtest.deployment("gpt-4o", cls.up.api_base)]),
+                             num_workers=1)
+
+    def test_disconnect_mid_stream_cancels_upstream(self):
+        before = self.up.stats()["client_disconnects"]
+        body = chat_body(content="long stream", stream=True,
+                         fake={"chunks": 50, "chunk_interval_ms": 100})
+        stream = self.gw.stream("/chat/completions", body)
+        try:
+            self.assertEqual(stream.status, 200, stream.headers)
+            for _ in range(3):
+                event = stream.next_event()
+                self.assertIsNotNone(event, "stream ended early")
+                self.assertNotEqual(event, "[DONE]")
+        finally:
+            stream.abort()
+        zgtest.wait_until(lambda: self.up.stats()["client_disconnects"] > before,
+                          message="the upstream saw the gateway drop the stream")
+        zgtest.wait_until(lambda: self.up.stats()["active"] == 0,
+                          message="no upstream transfer left active")
+        self.assertEqual(self.gw.post("/chat/completions", chat_body()).status, 200)
+
+    def test_disconnect_while_waiting_cancels_upstream(self):
+        self.up.reset_stats()
+        sock = zgtest.send_and_abandon(
+            self.gw.port, "/chat/completions",
+            chat_body(content="slow answer", fake={"latency_ms": 5000}),
+            headers=zgtest.auth_headers())
+        try:
+            zgtest.wait_until(lambda: self.up.stats()["active"] >= 1,
+                              message="the request reached the upstream")
+        finally:
+            zgtest.abort_socket(sock)
+        def ended():
+            stats = self.up.stats()
+            return stats if stats["client_disconnects"] + stats["completed"] >= 1 else None
+        stats = zgtest.wait_until(ended, message="the upstream request ended")
+        self.assertEqual(stats["client_disconnects"], 1,
+                         "the upstream request was not cancelled: %r" % stats)
+        self.assertEqual(stats["completed"], 0, stats)
+        self.assertEqual(self.gw.post("/chat/completions", chat_body()).status, 200)
+
+
+class WorkerCrashTest(zgtest.GatewayTestCase):
+
+    @classmethod
+    def start(cls):
+        cls.up = cls.upstream()
+        cls.gw = cls.gateway(zgtest.make_config(
+            [zgtest.deployment("gpt-4o", cls.up.api_base)],
+            zgate={"heartbeat_ms": 200}), num_workers=2)
+
+    def test_worker_killed_with_requests_in_flight(self):
+        workers = zgtest.wait_until(lambda: (lambda w: w if len(w) == 2 else None)(
+            self.gw.children("worker")), message="two worker processes")
+        self.up.reset_stats()
+
+        def one(i):
+            return self.gw.post("/chat/completions",
+                                chat_body(content="in flight %d" % i, fake={"latency_ms": 3000}),
+                                timeout=60)
+
+        results = []
+        runner = threading.Thread(target=lambda: results.extend(zgtest.run_threads(20, one)),
+                                  daemon=True)
+        runner.start()
+        #  Each takes 3 s upstream: once 10 have arrived, both workers hold some.
+        zgtest.wait_until(lambda: self.up.stats()["requests"] >= 10,
+                          message="requests in flight at the upstream")
+        victim = workers[0]
+        os.kill(victim, signal.SIGKILL)
+        runner.join(150)
+        self.assertFalse(runner.is_alive(), "in-flight requests did not all end")
+
+        problems = []
+        for i, resp in enumerate(results):
+            if isinstance(resp, BaseException):
+                problems.append("request %d: %r" % (i, resp))
+            elif resp.status != 200:
+                try:
+                    self.assertErrorShape(resp, resp.status)
+                except AssertionError as exc:
+                    problems.append("request %d: %s" % (i, exc))
+        self.assertFalse(problems, "\n".join(problems))
+
+        #  The supervisor replaces the dead worker.
+        zgtest.wait_until(
+            lambda: (lambda w: len(w) == 2 and victim not in w)(self.gw.children("worker")),
+            message="a new worker replaced the killed one")
+        zgtest.wait_until(lambda: self.gw.request("GET", "/health/readiness").status == 200,
+                          message="ready again")
+        later = zgtest.run_threads(20, lambda i: self.gw.post(
+            "/chat/completions", chat_body(content="after %d" % i), timeout=60))
+        failed = [r for r in later if isinstance(r, BaseException) or r.status != 200]
+        self.assertFalse(failed, "requests after the restart failed: %r" % failed)
+
+
+class ManyStreamsTest(zgtest.GatewayTestCase):
+
+    STREAMS = 200
+    CHUNKS = 8
+
+    @classmethod
+    def start(cls):
+        cls.up = cls.upstream()
+        cls.gw = cls.gateway(zgtest.make_config([zgtest.deployment("gpt-4o", cls.up.api_base)]),
+                             num_workers=2)
+
+    def test_200_concurrent_streams(self):
+        body = chat_body(content="many", stream=True,
+                         fake={"chunks": self.CHUNKS, "chunk_interval_ms": 20})
+        status, _, reference = zgtest.sse_events(
+            self.up.port, "/v1/chat/completions", dict(body, model=zgtest.UPSTREAM_MODEL),
+            headers=zgtest.auth_headers(zgtest.UPSTREAM_KEY))
+        self.assertEqual(status, 200, reference)
+        expected_chunks = len(zgtest.json_events(reference))
+        expected_text = zgtest.content_of(zgtest.json_events(reference))
+
+        def one(i):
+            status, _, events = zgtest.sse_events(self.gw.port, "/chat/completions", body,
+                                                  headers=zgtest.auth_headers(), timeout=120)
+            if status != 200:
+                return "status %d: %r" % (status, events)
+            if not events or events[-1] != "[DONE]":
+                return "no [DONE]: %r" % events[-3:]
+            chunks = zgtest.json_events(events)
+            if len(chunks) != expected_chunks or zgtest.content_of(chunks) != expected_text:
+                return "got %d chunks %r, expected %d %r" % (
+                    len(chunks), zgtest.content_of(chunks), expected_chunks, expected_text)
+            return None
+
+        results = zgtest.run_threads(self.STREAMS, one, timeout=200)
+        failures = [(i, r) for i, r in enumerate(results) if r is not None]
+        self.assertFalse(failures, "%d of %d streams failed, first: %r"
+                         % (len(failures), self.STREAMS, failures[:5]))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
