@@ -91,10 +91,15 @@ def closed_port():
     return free_port()
 
 
+class GiveUp(Exception):
+    """Raised by a wait_until condition that can never become true."""
+
+
 def wait_until(cond, timeout=POLL_TIMEOUT, interval=0.05, message=None):
     """Poll cond() until it returns a truthy value, and return that value.
     Raise AssertionError (with message, and the last exception cond raised,
-    if any) when timeout seconds pass first."""
+    if any) when timeout seconds pass first. A GiveUp from cond ends the
+    wait at once."""
     deadline = time.monotonic() + timeout
     last_error = None
     while True:
@@ -103,6 +108,8 @@ def wait_until(cond, timeout=POLL_TIMEOUT, interval=0.05, message=None):
             if value:
                 return value
             last_error = None
+        except GiveUp:
+            raise
         except Exception as exc:  # the condition may fail while things start
             last_error = exc
         if time.monotonic() >= deadline:
@@ -529,9 +536,9 @@ class FakeUpstream:
         try:
             match = wait_until(lambda: self._listening(), START_TIMEOUT,
                                message="fake upstream printed its port")
-        except AssertionError:
+        except (AssertionError, GiveUp) as exc:
             self.proc.kill()
-            raise AssertionError("fake upstream did not start\n" + self.proc.describe())
+            raise AssertionError("fake upstream did not start: %s\n%s" % (exc, self.proc.describe()))
         self.port = int(match.group(1))
         self.api_base = "http://127.0.0.1:%d/v1" % self.port
 
@@ -540,7 +547,7 @@ class FakeUpstream:
         if match:
             return match
         if self.proc.poll() is not None:
-            raise AssertionError("fake upstream exited with %s" % self.proc.poll())
+            raise GiveUp("fake upstream exited with %s" % self.proc.poll())
         return None
 
     def request(self, method, path, body=None, headers=None, timeout=HTTP_TIMEOUT):
@@ -590,12 +597,12 @@ class Gateway:
     def wait_ready(self, timeout=START_TIMEOUT):
         def ready():
             if self.proc.poll() is not None:
-                raise _Exited("zgate exited with %s" % self.proc.poll())
+                raise GiveUp("zgate exited with %s" % self.proc.poll())
             self._remember_children()
             return self.request("GET", "/health/readiness", timeout=5).status == 200
         try:
             wait_until(ready, timeout, interval=0.1, message="GET /health/readiness answered 200")
-        except (AssertionError, _Exited) as exc:
+        except (AssertionError, GiveUp) as exc:
             self.stop()
             raise AssertionError("zgate did not become ready: %s\n%s" % (exc, self.proc.describe()))
 
@@ -655,10 +662,6 @@ class Gateway:
     def sanitizer_reports(self):
         text = self.output()
         return [line for line in text.splitlines() if any(m in line for m in SANITIZER_MARKERS)]
-
-
-class _Exited(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------
