@@ -4,6 +4,7 @@
 //  leak into the next.
 
 #include "common/zg_json.h"
+#include "common/zg_log.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@ main (int argc, char *argv [])
     bool verbose = argc > 1 && strcmp (argv [1], "-v") == 0;
     s_test_t tests [] = {
         { "zg_json", zg_json_test },
+        { "zg_log", zg_log_test },
     };
     int passed = 0, failed = 0;
     for (size_t index = 0; index < sizeof (tests) / sizeof (tests [0]); index++) {
