@@ -44,6 +44,23 @@
     ZG_FLAG_FINAL and carries the whole body) or CHUNK* then END; or a
     single ERROR instead of HEAD; or, for a stream that already started,
     ERROR after some CHUNKs.
+
+    Encoding of the fields. DISPATCH's "deployment..." is one field, a
+    nested array of the deployment's 9 fields in this order:
+
+        [ id, provider, upstream_model, api_base, api_key,
+          timeout_ms, stream_timeout_ms,
+          input_cost_per_token, output_cost_per_token ]
+
+    Strings are msgpack str, at most the ZG_*_MAX bytes of their field,
+    without NUL bytes; ERROR.param and HEAD.headers travel as nil when empty
+    (an empty str is accepted too). Integers are msgpack unsigned integers
+    that must fit their field; route is 1..3, status at most 999. Doubles
+    are msgpack float64 and finite. The whole header frame is at most
+    ZG_HEADER_MAX_BYTES, with nothing after the array. A payload frame is
+    allowed only on REQUEST, DISPATCH, HEAD and CHUNK. zg_msg_encode and
+    zg_msg_send refuse a message that breaks these rules; the decoder
+    answers ZG_MSG_ERR_MALFORMED to one.
     =========================================================================
 */
 
