@@ -1,14 +1,13 @@
 """End-to-end: every failure reaches the client as the reference's error JSON
 with the right status, and the gateway keeps serving afterwards."""
 
+import http.client
 import json
 import os
-import re
 import socket
 import sys
 import tempfile
 import shutil
-import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -119,9 +118,18 @@ class GatewayErrorsTest(ErrorCase):
     def test_stream_reset_mid_stream(self):
         body = chat_body(model="flaky", stream=True,
                          fake={"fault": "reset_mid_stream", "chunks": 10, "chunk_interval_ms": 20})
+        events = []
         with self.gw.stream("/chat/completions", body) as stream:
             self.assertEqual(stream.status, 200, stream.headers)
-            events = stream.events()
+            try:
+                while True:
+                    event = stream.next_event()
+                    if event is None:
+                        break
+                    events.append(event)
+            except (OSError, http.client.HTTPException) as exc:
+                self.fail("the client's stream broke (%r) instead of ending with an error "
+                          "event; received: %r" % (exc, events))
         self.assertTrue(events, "no events")
         errors = [e for e in events if e.startswith('{"error"')]
         self.assertEqual(len(errors), 1, "expected one in-stream error event: %r" % events)
