@@ -1,0 +1,1375 @@
+/*  =========================================================================
+    zg_router - the broker between frontends and workers
+
+    The zguide's load-balancing broker (lbbroker) with Majordomo's per-
+    service view and Paranoid Pirate's heartbeats, on two ROUTER sockets:
+
+        frontends (DEALER) -> [frontend ROUTER]  router  [worker ROUTER] <- workers (DEALER)
+
+    Workers announce READY with their capacity and return CREDIT as their
+    transfers end; a REQUEST goes to the worker with the most free credit
+    (ties: the one picked least recently), after the group's balancer has
+    chosen a deployment. With no credit anywhere the request waits in one
+    bounded FIFO queue, which is the only buffer: lbbroker stops reading
+    its frontend while no worker is free, but zgate's frontend must also be
+    able to CANCEL and heartbeat, so the router keeps reading and answers
+    503 when the queue is full or a request waited too long.
+
+    Replies are relayed as the frames that arrived (header and payload),
+    without decoding more than the call id or re-encoding anything.
+
+    Costs per message are O(1) or O(log n): calls are in an intrusive hash
+    table keyed by call id, recycled through a free list; workers are in a
+    heap ordered by free credit; deadlines are in a heap ordered by time.
+    =========================================================================
+*/
+#include "router/zg_router.h"
+#include "router/zg_balancer.h"
+#include "proto/zg_msg.h"
+#include "common/zg_log.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+//  A peer is dead after this many silent heartbeat intervals
+#define LIVENESS            3
+//  A call whose worker died before answering is dispatched again at most
+//  this many times
+#define MAX_REDISPATCH      2
+//  Workers enforce the real timeout; the router only catches a worker
+//  that forgot a call
+#define DEADLINE_GRACE_MS   10000
+//  Messages queued per peer before sends fail: enough for hundreds of
+//  streams in flight, small enough to bound memory
+#define SOCKET_HWM          100000
+//  Messages read from one socket before the other gets its turn
+#define DRAIN_BATCH         256
+//  Call records are allocated this many at a time and never freed before
+//  the router stops
+#define CALL_BLOCK          256
+
+typedef struct _call_t call_t;
+typedef struct _worker_t worker_t;
+typedef struct _frontend_t frontend_t;
+
+typedef struct {
+    call_t *prev;
+    call_t *next;
+} link_t;
+
+typedef struct {
+    call_t *head;
+    call_t *tail;
+    size_t  size;
+} call_list_t;
+
+typedef enum {
+    CALL_QUEUED,                //  waiting for a worker with credit
+    CALL_DISPATCHED,            //  a worker has it; nothing reached the client yet
+    CALL_STARTED                //  HEAD went out: it can no longer be dispatched again
+} call_state_t;
+
+//  A model group: the deployments one client-facing model name maps to
+typedef struct {
+    const char *name;                       //  owned by the configuration
+    size_t *indexes;                        //  into config->deployments
+    const zg_deployment_t **members;        //  the same, as pointers for the balancer
+    size_t count;
+    zg_balancer_t *balancer;
+} group_t;
+
+struct _call_t {
+    char          call_id [ZG_CALL_ID_MAX + 1];
+    uint64_t      hash;
+    call_t       *hash_next;        //  bucket chain; the free list when unused
+    call_state_t  state;
+    group_t      *group;
+    uint8_t       route;
+    uint32_t      flags;
+    uint32_t      timeout_ms;
+    uint8_t       attempt;
+    size_t        member;           //  the deployment, as an index in group->members
+    frontend_t   *frontend;
+    link_t        by_frontend;
+    worker_t     *worker;           //  NULL while queued
+    link_t        by_owner;         //  in the queue, or in its worker's list
+    zmq_msg_t     body;             //  kept until HEAD, for a re-dispatch
+    bool          has_body;
+    int64_t       deadline;
+    size_t        heap_index;
+    int64_t       dispatched_at;
+};
+
+struct _worker_t {
+    zframe_t   *identity;
+    char       *key;                //  the identity in hex, key of router->workers
+    char        name [ZG_NAME_MAX + 1];
+    uint32_t    pid;
+    uint32_t    capacity;
+    uint32_t    credit;
+    call_list_t calls;              //  dispatched to it and not yet ended
+    int64_t     last_heard;
+    size_t      heap_index;
+    uint64_t    last_pick;          //  router->pick_seq when last given a call
+};
+
+struct _frontend_t {
+    zframe_t   *identity;
+    char       *key;
+    call_list_t calls;
+    int64_t     last_heard;
+    frontend_t *prev;
+    frontend_t *next;
+};
+
+//  The frames of one message as they arrived
+typedef struct {
+    zmq_msg_t identity;
+    zmq_msg_t header;
+    zmq_msg_t payload;
+    bool      has_payload;
+} raw_t;
+
+typedef struct {
+    const zg_config_t *config;
+    zsock_t    *frontend;
+    zsock_t    *backend;
+    void       *frontend_handle;
+    void       *backend_handle;
+    zpoller_t  *poller;
+
+    zhashx_t   *groups;             //  model name -> group_t
+    zg_deployment_wire_t *wire;     //  per config deployment, built once
+
+    zhashx_t   *workers;            //  identity hex -> worker_t
+    worker_t  **worker_heap;        //  all workers; most credit on top
+    size_t      worker_count;
+    size_t      worker_heap_size;
+    uint64_t    pick_seq;
+
+    zhashx_t   *frontends;          //  identity hex -> frontend_t
+    frontend_t *frontend_list;
+
+    call_t    **buckets;
+    size_t      bucket_count;       //  a power of two
+    size_t      call_count;
+    call_t     *free_calls;
+    void      **blocks;
+    size_t      block_count;
+
+    call_list_t queue;
+    call_t    **deadlines;          //  min-heap on call->deadline
+    size_t      deadline_count;
+    size_t      deadline_size;
+
+    zg_rng_t    rng;
+    zg_msg_t    in;
+    zg_msg_t    out;
+    raw_t       raw;
+    uint8_t     encoded [ZG_HEADER_MAX_BYTES];
+
+    uint32_t    pid;
+    int64_t     heartbeat_ms;
+    int64_t     next_heartbeat;
+} router_t;
+
+static const char *
+s_route_path (int route)
+{
+    switch (route) {
+        case ZG_ROUTE_COMPLETIONS: return "/completions";
+        case ZG_ROUTE_EMBEDDINGS:  return "/embeddings";
+        default:                   return "/chat/completions";
+    }
+}
+
+//  Peer identities are up to 255 bytes of anything; hex makes them a key
+static void
+s_identity_key (const uint8_t *data, size_t size, char *key)
+{
+    static const char digits [] = "0123456789abcdef";
+    if (size > 255)
+        size = 255;
+    for (size_t index = 0; index < size; index++) {
+        key [index * 2] = digits [data [index] >> 4];
+        key [index * 2 + 1] = digits [data [index] & 15];
+    }
+    key [size * 2] = 0;
+}
+
+//  ---------------------------------------------------------------------
+//  Intrusive lists of calls
+
+static link_t *
+s_link (call_t *call, size_t offset)
+{
+    return (link_t *) ((char *) call + offset);
+}
+
+static void
+s_list_append (call_list_t *list, call_t *call, size_t offset)
+{
+    link_t *link = s_link (call, offset);
+    link->prev = list->tail;
+    link->next = NULL;
+    if (list->tail)
+        s_link (list->tail, offset)->next = call;
+    else
+        list->head = call;
+    list->tail = call;
+    list->size++;
+}
+
+static void
+s_list_prepend (call_list_t *list, call_t *call, size_t offset)
+{
+    link_t *link = s_link (call, offset);
+    link->prev = NULL;
+    link->next = list->head;
+    if (list->head)
+        s_link (list->head, offset)->prev = call;
+    else
+        list->tail = call;
+    list->head = call;
+    list->size++;
+}
+
+static void
+s_list_remove (call_list_t *list, call_t *call, size_t offset)
+{
+    link_t *link = s_link (call, offset);
+    if (link->prev)
+        s_link (link->prev, offset)->next = link->next;
+    else
+        list->head = link->next;
+    if (link->next)
+        s_link (link->next, offset)->prev = link->prev;
+    else
+        list->tail = link->prev;
+    link->prev = link->next = NULL;
+    list->size--;
+}
+
+#define BY_OWNER    offsetof (call_t, by_owner)
+#define BY_FRONTEND offsetof (call_t, by_frontend)
+
+//  ---------------------------------------------------------------------
+//  The call table: chained hash on call id, records from a free list
+
+static uint64_t
+s_hash (const char *text)
+{
+    uint64_t hash = 14695981039346656037ULL;    //  FNV-1a
+    for (; *text; text++) {
+        hash ^= (uint8_t) *text;
+        hash *= 1099511628211ULL;
+    }
+    return hash;
+}
+
+static call_t *
+s_call_lookup (router_t *self, const char *call_id)
+{
+    uint64_t hash = s_hash (call_id);
+    call_t *call = self->buckets [hash & (self->bucket_count - 1)];
+    for (; call; call = call->hash_next)
+        if (call->hash == hash && strcmp (call->call_id, call_id) == 0)
+            return call;
+    return NULL;
+}
+
+static int
+s_table_grow (router_t *self)
+{
+    size_t bucket_count = self->bucket_count * 2;
+    call_t **buckets = (call_t **) calloc (bucket_count, sizeof (call_t *));
+    if (!buckets)
+        return -1;
+    for (size_t index = 0; index < self->bucket_count; index++) {
+        call_t *call = self->buckets [index];
+        while (call) {
+            call_t *next = call->hash_next;
+            size_t slot = call->hash & (bucket_count - 1);
+            call->hash_next = buckets [slot];
+            buckets [slot] = call;
+            call = next;
+        }
+    }
+    free (self->buckets);
+    self->buckets = buckets;
+    self->bucket_count = bucket_count;
+    return 0;
+}
+
+static call_t *
+s_call_new (router_t *self, const char *call_id)
+{
+    if (!self->free_calls) {
+        call_t *block = (call_t *) calloc (CALL_BLOCK, sizeof (call_t));
+        void **blocks = (void **) realloc (self->blocks, (self->block_count + 1) * sizeof (void *));
+        if (!block || !blocks) {
+            free (block);
+            if (blocks)
+                self->blocks = blocks;
+            return NULL;
+        }
+        self->blocks = blocks;
+        self->blocks [self->block_count++] = block;
+        for (size_t index = 0; index < CALL_BLOCK; index++) {
+            block [index].hash_next = self->free_calls;
+            self->free_calls = &block [index];
+        }
+    }
+    if (self->call_count >= self->bucket_count && s_table_grow (self))
+        return NULL;
+    call_t *call = self->free_calls;
+    self->free_calls = call->hash_next;
+    memset (call, 0, sizeof (*call));
+    zmq_msg_init (&call->body);
+    ZG_MSG_SET (call->call_id, call_id);
+    call->hash = s_hash (call->call_id);
+    size_t slot = call->hash & (self->bucket_count - 1);
+    call->hash_next = self->buckets [slot];
+    self->buckets [slot] = call;
+    self->call_count++;
+    call->heap_index = SIZE_MAX;
+    return call;
+}
+
+//  ---------------------------------------------------------------------
+//  Deadlines: a min-heap of calls
+
+static void
+s_deadline_swap (router_t *self, size_t a, size_t b)
+{
+    call_t *call = self->deadlines [a];
+    self->deadlines [a] = self->deadlines [b];
+    self->deadlines [b] = call;
+    self->deadlines [a]->heap_index = a;
+    self->deadlines [b]->heap_index = b;
+}
+
+static void
+s_deadline_sift (router_t *self, size_t index)
+{
+    while (index > 0) {
+        size_t parent = (index - 1) / 2;
+        if (self->deadlines [parent]->deadline <= self->deadlines [index]->deadline)
+            break;
+        s_deadline_swap (self, parent, index);
+        index = parent;
+    }
+    while (true) {
+        size_t left = index * 2 + 1, right = left + 1, least = index;
+        if (left < self->deadline_count
+        &&  self->deadlines [left]->deadline < self->deadlines [least]->deadline)
+            least = left;
+        if (right < self->deadline_count
+        &&  self->deadlines [right]->deadline < self->deadlines [least]->deadline)
+            least = right;
+        if (least == index)
+            break;
+        s_deadline_swap (self, index, least);
+        index = least;
+    }
+}
+
+static void
+s_deadline_remove (router_t *self, call_t *call)
+{
+    size_t index = call->heap_index;
+    if (index == SIZE_MAX)
+        return;
+    call->heap_index = SIZE_MAX;
+    self->deadline_count--;
+    if (index == self->deadline_count)
+        return;
+    self->deadlines [index] = self->deadlines [self->deadline_count];
+    self->deadlines [index]->heap_index = index;
+    s_deadline_sift (self, index);
+}
+
+static int
+s_deadline_set (router_t *self, call_t *call, int64_t deadline)
+{
+    call->deadline = deadline;
+    if (call->heap_index != SIZE_MAX) {
+        s_deadline_sift (self, call->heap_index);
+        return 0;
+    }
+    if (self->deadline_count == self->deadline_size) {
+        size_t size = self->deadline_size? self->deadline_size * 2: 1024;
+        call_t **deadlines = (call_t **) realloc (self->deadlines, size * sizeof (call_t *));
+        if (!deadlines)
+            return -1;
+        self->deadlines = deadlines;
+        self->deadline_size = size;
+    }
+    call->heap_index = self->deadline_count;
+    self->deadlines [self->deadline_count++] = call;
+    s_deadline_sift (self, call->heap_index);
+    return 0;
+}
+
+//  Ends a call's life in the router: it leaves every structure it is in
+static void
+s_call_destroy (router_t *self, call_t *call)
+{
+    call_t **link = &self->buckets [call->hash & (self->bucket_count - 1)];
+    while (*link != call)
+        link = &(*link)->hash_next;
+    *link = call->hash_next;
+    self->call_count--;
+
+    if (call->state == CALL_QUEUED)
+        s_list_remove (&self->queue, call, BY_OWNER);
+    else
+    if (call->worker)
+        s_list_remove (&call->worker->calls, call, BY_OWNER);
+    if (call->frontend)
+        s_list_remove (&call->frontend->calls, call, BY_FRONTEND);
+    s_deadline_remove (self, call);
+    zmq_msg_close (&call->body);
+    call->has_body = false;
+    call->hash_next = self->free_calls;
+    self->free_calls = call;
+}
+
+//  ---------------------------------------------------------------------
+//  Workers: a max-heap on free credit, least recently picked first
+
+static bool
+s_worker_before (const worker_t *a, const worker_t *b)
+{
+    if (a->credit != b->credit)
+        return a->credit > b->credit;
+    return a->last_pick < b->last_pick;
+}
+
+static void
+s_worker_swap (router_t *self, size_t a, size_t b)
+{
+    worker_t *worker = self->worker_heap [a];
+    self->worker_heap [a] = self->worker_heap [b];
+    self->worker_heap [b] = worker;
+    self->worker_heap [a]->heap_index = a;
+    self->worker_heap [b]->heap_index = b;
+}
+
+static void
+s_worker_sift (router_t *self, size_t index)
+{
+    while (index > 0) {
+        size_t parent = (index - 1) / 2;
+        if (!s_worker_before (self->worker_heap [index], self->worker_heap [parent]))
+            break;
+        s_worker_swap (self, parent, index);
+        index = parent;
+    }
+    while (true) {
+        size_t left = index * 2 + 1, right = left + 1, best = index;
+        if (left < self->worker_count
+        &&  s_worker_before (self->worker_heap [left], self->worker_heap [best]))
+            best = left;
+        if (right < self->worker_count
+        &&  s_worker_before (self->worker_heap [right], self->worker_heap [best]))
+            best = right;
+        if (best == index)
+            break;
+        s_worker_swap (self, index, best);
+        index = best;
+    }
+}
+
+static worker_t *
+s_worker_with_credit (router_t *self)
+{
+    if (self->worker_count == 0 || self->worker_heap [0]->credit == 0)
+        return NULL;
+    return self->worker_heap [0];
+}
+
+static worker_t *
+s_worker_lookup (router_t *self, const zmq_msg_t *identity)
+{
+    char key [2 * 255 + 1];
+    s_identity_key ((const uint8_t *) zmq_msg_data ((zmq_msg_t *) identity),
+                    zmq_msg_size ((zmq_msg_t *) identity), key);
+    return (worker_t *) zhashx_lookup (self->workers, key);
+}
+
+static worker_t *
+s_worker_new (router_t *self, const zmq_msg_t *identity)
+{
+    if (self->worker_count == self->worker_heap_size) {
+        size_t size = self->worker_heap_size? self->worker_heap_size * 2: 16;
+        worker_t **heap = (worker_t **) realloc (self->worker_heap, size * sizeof (worker_t *));
+        if (!heap)
+            return NULL;
+        self->worker_heap = heap;
+        self->worker_heap_size = size;
+    }
+    worker_t *worker = (worker_t *) calloc (1, sizeof (worker_t));
+    if (!worker)
+        return NULL;
+    size_t size = zmq_msg_size ((zmq_msg_t *) identity);
+    worker->identity = zframe_new (zmq_msg_data ((zmq_msg_t *) identity), size);
+    worker->key = (char *) malloc (2 * size + 1);
+    if (!worker->identity || !worker->key) {
+        zframe_destroy (&worker->identity);
+        free (worker->key);
+        free (worker);
+        return NULL;
+    }
+    s_identity_key (zframe_data (worker->identity), size, worker->key);
+    zhashx_insert (self->workers, worker->key, worker);
+    worker->heap_index = self->worker_count;
+    self->worker_heap [self->worker_count++] = worker;
+    s_worker_sift (self, worker->heap_index);
+    return worker;
+}
+
+//  Forgets a worker; its calls must have been moved off it first
+static void
+s_worker_destroy (router_t *self, worker_t *worker)
+{
+    assert (worker->calls.size == 0);
+    size_t index = worker->heap_index;
+    self->worker_count--;
+    if (index != self->worker_count) {
+        self->worker_heap [index] = self->worker_heap [self->worker_count];
+        self->worker_heap [index]->heap_index = index;
+        s_worker_sift (self, index);
+    }
+    zhashx_delete (self->workers, worker->key);
+    zframe_destroy (&worker->identity);
+    free (worker->key);
+    free (worker);
+}
+
+//  ---------------------------------------------------------------------
+//  Frontends
+
+static frontend_t *
+s_frontend_touch (router_t *self, const zmq_msg_t *identity, int64_t now)
+{
+    char key [2 * 255 + 1];
+    size_t size = zmq_msg_size ((zmq_msg_t *) identity);
+    s_identity_key ((const uint8_t *) zmq_msg_data ((zmq_msg_t *) identity), size, key);
+    frontend_t *frontend = (frontend_t *) zhashx_lookup (self->frontends, key);
+    if (!frontend) {
+        frontend = (frontend_t *) calloc (1, sizeof (frontend_t));
+        if (!frontend)
+            return NULL;
+        frontend->identity = zframe_new (zmq_msg_data ((zmq_msg_t *) identity), size);
+        frontend->key = strdup (key);
+        if (!frontend->identity || !frontend->key) {
+            zframe_destroy (&frontend->identity);
+            free (frontend->key);
+            free (frontend);
+            return NULL;
+        }
+        zhashx_insert (self->frontends, frontend->key, frontend);
+        frontend->next = self->frontend_list;
+        if (self->frontend_list)
+            self->frontend_list->prev = frontend;
+        self->frontend_list = frontend;
+        zg_debug ("router: frontend %s connected", key);
+    }
+    frontend->last_heard = now;
+    return frontend;
+}
+
+//  ---------------------------------------------------------------------
+//  Sending
+
+//  Sends a message we built, with an optional body shared (not copied)
+//  with the call that keeps it. The first frame is the one that can fail:
+//  once a ROUTER accepts the identity, it takes the rest of the message.
+static int
+s_send (router_t *self, void *handle, zframe_t *identity, zg_msg_t *msg, zmq_msg_t *body)
+{
+    int size = zg_msg_encode (msg, self->encoded, sizeof (self->encoded));
+    if (size < 0) {
+        zg_error ("router: cannot encode %s for call %s", zg_msg_type_name (msg->type),
+                  msg->call_id);
+        return -1;
+    }
+    if (zmq_send (handle, zframe_data (identity), zframe_size (identity),
+                  ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return -1;
+    if (zmq_send (handle, self->encoded, (size_t) size, body? ZMQ_SNDMORE: 0) < 0)
+        return -1;
+    if (body) {
+        zmq_msg_t copy;
+        zmq_msg_init (&copy);
+        //  Large bodies are reference-counted by libzmq: no copy of the bytes
+        zmq_msg_copy (&copy, body);
+        if (zmq_msg_send (&copy, handle, 0) < 0) {
+            zmq_msg_close (&copy);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void
+s_send_error (router_t *self, frontend_t *frontend, const char *call_id, int status,
+              const char *err_type, const char *param, uint32_t flags, const char *format, ...)
+    __attribute__ ((format (printf, 8, 9)));
+
+static void
+s_send_error (router_t *self, frontend_t *frontend, const char *call_id, int status,
+              const char *err_type, const char *param, uint32_t flags, const char *format, ...)
+{
+    zg_msg_t *out = &self->out;
+    zg_msg_reset (out, ZG_MSG_ERROR);
+    ZG_MSG_SET (out->call_id, call_id);
+    out->status = (uint16_t) status;
+    out->flags = flags;
+    ZG_MSG_SET (out->err_type, err_type);
+    ZG_MSG_SET (out->param, param? param: "");
+    va_list args;
+    va_start (args, format);
+    vsnprintf (out->message, sizeof (out->message), format, args);
+    va_end (args);
+    zg_debug ("router: call %s: ERROR %d %s: %s", call_id, status, err_type, out->message);
+    if (s_send (self, self->frontend_handle, frontend->identity, out, NULL))
+        zg_debug ("router: call %s: cannot reach its frontend: %s", call_id,
+                  zmq_strerror (zmq_errno ()));
+}
+
+static void
+s_send_simple (router_t *self, void *handle, zframe_t *identity, int type, const char *call_id)
+{
+    zg_msg_t *out = &self->out;
+    zg_msg_reset (out, type);
+    if (call_id)
+        ZG_MSG_SET (out->call_id, call_id);
+    if (type == ZG_MSG_HEARTBEAT) {
+        ZG_MSG_SET (out->name, "router");
+        out->pid = self->pid;
+    }
+    if (s_send (self, handle, identity, out, NULL))
+        zg_debug ("router: cannot send %s: %s", zg_msg_type_name (type),
+                  zmq_strerror (zmq_errno ()));
+}
+
+//  DISCONNECT to a peer we only know by the identity of what it sent
+static void
+s_send_disconnect (router_t *self, const zmq_msg_t *identity)
+{
+    zframe_t *frame = zframe_new (zmq_msg_data ((zmq_msg_t *) identity),
+                                  zmq_msg_size ((zmq_msg_t *) identity));
+    if (!frame)
+        return;
+    s_send_simple (self, self->backend_handle, frame, ZG_MSG_DISCONNECT, NULL);
+    zframe_destroy (&frame);
+}
+
+//  ---------------------------------------------------------------------
+//  Dispatching
+
+static uint32_t
+s_deadline_ms (router_t *self, const call_t *call)
+{
+    uint64_t limit = call->timeout_ms;
+    const zg_deployment_wire_t *wire = &self->wire [call->group->indexes [call->member]];
+    if (wire->timeout_ms > limit)
+        limit = wire->timeout_ms;
+    if (limit == 0)
+        limit = (uint64_t) (self->config->request_timeout_s * 1000);
+    limit += DEADLINE_GRACE_MS;
+    return limit > UINT32_MAX? UINT32_MAX: (uint32_t) limit;
+}
+
+//  Sends a call to a worker. Returns 0, or -1 with the call untouched if
+//  the worker cannot take it (errno from libzmq says why).
+static int
+s_dispatch (router_t *self, call_t *call, worker_t *worker, int64_t now)
+{
+    group_t *group = call->group;
+    int member = zg_balancer_pick (group->balancer, group->members, group->count, NULL,
+                                   &self->rng);
+    if (member < 0)
+        member = 0;             //  no exclusions are passed: cannot happen
+    size_t deployment = group->indexes [member];
+
+    zg_msg_t *out = &self->out;
+    zg_msg_reset (out, ZG_MSG_DISPATCH);
+    memcpy (out->call_id, call->call_id, sizeof (out->call_id));
+    out->route = call->route;
+    ZG_MSG_SET (out->model, group->name);
+    out->flags = call->flags;
+    out->timeout_ms = call->timeout_ms;
+    out->attempt = call->attempt;
+    out->deployment = self->wire [deployment];
+    if (s_send (self, self->backend_handle, worker->identity, out,
+                call->has_body? &call->body: NULL))
+        return -1;
+
+    call->member = (size_t) member;
+    call->state = CALL_DISPATCHED;
+    call->worker = worker;
+    call->dispatched_at = now;
+    s_list_append (&worker->calls, call, BY_OWNER);
+    s_deadline_set (self, call, now + s_deadline_ms (self, call));
+    worker->credit--;
+    worker->last_pick = ++self->pick_seq;
+    s_worker_sift (self, worker->heap_index);
+    zg_debug ("router: call %s (%s) -> worker %s, deployment %s, attempt %d",
+              call->call_id, group->name, worker->name, self->wire [deployment].id,
+              call->attempt);
+    return 0;
+}
+
+static void s_worker_expire (router_t *self, worker_t *worker, const char *why, int64_t now);
+
+//  Hands queued calls to workers while any has credit
+static void
+s_pump (router_t *self, int64_t now)
+{
+    while (self->queue.head) {
+        worker_t *worker = s_worker_with_credit (self);
+        if (!worker)
+            break;
+        call_t *call = self->queue.head;
+        s_list_remove (&self->queue, call, BY_OWNER);
+        s_deadline_remove (self, call);
+        call->state = CALL_DISPATCHED;      //  out of the queue, for s_worker_expire
+        if (s_dispatch (self, call, worker, now) == 0)
+            continue;
+        int error = zmq_errno ();
+        call->state = CALL_QUEUED;
+        s_list_prepend (&self->queue, call, BY_OWNER);
+        s_deadline_set (self, call, now + self->config->queue_timeout_ms);
+        if (error == EHOSTUNREACH)
+            //  Its connection is gone: what it held will not be answered
+            s_worker_expire (self, worker, "its connection closed", now);
+        else {
+            //  Its pipe is full: it is not reading; try again next turn
+            zg_warning ("router: worker %s is not reading its messages: %s", worker->name,
+                        zmq_strerror (error));
+            break;
+        }
+    }
+}
+
+//  ---------------------------------------------------------------------
+//  Expiry
+
+//  A worker is gone: calls it had not started answering go to the head of
+//  the queue (attempt + 1); those that had started end with an in-stream
+//  error, since bytes already reached the client.
+static void
+s_worker_expire (router_t *self, worker_t *worker, const char *why, int64_t now)
+{
+    zg_info ("router: worker %s (pid %u) expired: %s; %zu call(s) in flight",
+             worker->name, worker->pid, why, worker->calls.size);
+    //  From the tail, so that prepending keeps the calls in their order
+    while (worker->calls.tail) {
+        call_t *call = worker->calls.tail;
+        s_list_remove (&worker->calls, call, BY_OWNER);
+        call->worker = NULL;
+        if (call->state == CALL_STARTED) {
+            s_send_error (self, call->frontend, call->call_id, 502, "api_connection_error",
+                          NULL, ZG_FLAG_STARTED, "worker %s stopped during the response",
+                          worker->name);
+            s_call_destroy (self, call);
+        }
+        else
+        if (call->attempt >= MAX_REDISPATCH || !call->has_body) {
+            s_send_error (self, call->frontend, call->call_id, 502, "api_connection_error",
+                          NULL, 0, "worker %s stopped before answering, after %d attempts",
+                          worker->name, call->attempt + 1);
+            s_call_destroy (self, call);
+        }
+        else {
+            call->attempt++;
+            call->state = CALL_QUEUED;
+            s_list_prepend (&self->queue, call, BY_OWNER);
+            s_deadline_set (self, call, now + self->config->queue_timeout_ms);
+            zg_debug ("router: call %s queued again (attempt %d)", call->call_id,
+                      call->attempt);
+        }
+    }
+    s_worker_destroy (self, worker);
+}
+
+//  Cancels a call at its worker (if any) and forgets it
+static void
+s_call_cancel (router_t *self, call_t *call)
+{
+    if (call->state != CALL_QUEUED && call->worker)
+        //  The worker returns the credit through CREDIT when it lets go
+        s_send_simple (self, self->backend_handle, call->worker->identity, ZG_MSG_CANCEL,
+                       call->call_id);
+    s_call_destroy (self, call);
+}
+
+static void
+s_frontend_expire (router_t *self, frontend_t *frontend)
+{
+    if (frontend->calls.size)
+        zg_info ("router: frontend %s went silent: cancelling %zu call(s)", frontend->key,
+                 frontend->calls.size);
+    while (frontend->calls.head)
+        s_call_cancel (self, frontend->calls.head);
+    if (frontend->prev)
+        frontend->prev->next = frontend->next;
+    else
+        self->frontend_list = frontend->next;
+    if (frontend->next)
+        frontend->next->prev = frontend->prev;
+    zhashx_delete (self->frontends, frontend->key);
+    zframe_destroy (&frontend->identity);
+    free (frontend->key);
+    free (frontend);
+}
+
+static void
+s_check_deadlines (router_t *self, int64_t now)
+{
+    while (self->deadline_count && self->deadlines [0]->deadline <= now) {
+        call_t *call = self->deadlines [0];
+        if (call->state == CALL_QUEUED) {
+            s_send_error (self, call->frontend, call->call_id, 503, "service_unavailable",
+                          NULL, 0,
+                          "No worker available to take the request within %d ms. Retry shortly.",
+                          self->config->queue_timeout_ms);
+            s_call_destroy (self, call);
+        }
+        else {
+            zg_warning ("router: call %s: no answer from worker %s in time: cancelled",
+                        call->call_id, call->worker? call->worker->name: "?");
+            zg_balancer_feedback (call->group->balancer, call->member, ZG_OUTCOME_TIMEOUT,
+                                  (uint64_t) (now - call->dispatched_at) * 1000);
+            s_send_error (self, call->frontend, call->call_id, 504, "timeout", NULL,
+                          call->state == CALL_STARTED? ZG_FLAG_STARTED: 0,
+                          "litellm.Timeout: no answer within %u ms",
+                          s_deadline_ms (self, call) - DEADLINE_GRACE_MS);
+            s_call_cancel (self, call);
+        }
+    }
+}
+
+//  Heartbeats out, silent peers out
+static void
+s_tick (router_t *self, int64_t now)
+{
+    int64_t silence = LIVENESS * self->heartbeat_ms;
+    size_t index = 0;
+    while (index < self->worker_count) {
+        worker_t *worker = self->worker_heap [index];
+        if (now - worker->last_heard > silence) {
+            char why [64];
+            snprintf (why, sizeof (why), "silent for %d heartbeats", LIVENESS);
+            s_worker_expire (self, worker, why, now);
+            index = 0;          //  the heap moved
+        }
+        else
+            index++;
+    }
+    for (index = 0; index < self->worker_count; index++)
+        s_send_simple (self, self->backend_handle, self->worker_heap [index]->identity,
+                       ZG_MSG_HEARTBEAT, NULL);
+
+    frontend_t *frontend = self->frontend_list;
+    while (frontend) {
+        frontend_t *next = frontend->next;
+        if (now - frontend->last_heard > silence)
+            s_frontend_expire (self, frontend);
+        frontend = next;
+    }
+    s_pump (self, now);
+}
+
+//  ---------------------------------------------------------------------
+//  Receiving
+
+//  Reads one message without blocking. Returns ZG_MSG_OK, ZG_MSG_ERR_IO
+//  when none is waiting, or ZG_MSG_ERR_MALFORMED when its frames are not
+//  identity + header [+ payload].
+static int
+s_recv_raw (void *handle, raw_t *raw)
+{
+    raw->has_payload = false;
+    if (zmq_msg_recv (&raw->identity, handle, ZMQ_DONTWAIT) < 0)
+        return ZG_MSG_ERR_IO;
+    if (!zmq_msg_more (&raw->identity))
+        return ZG_MSG_ERR_MALFORMED;
+    //  The rest of a multipart message is already here
+    if (zmq_msg_recv (&raw->header, handle, 0) < 0)
+        return ZG_MSG_ERR_IO;
+    if (!zmq_msg_more (&raw->header))
+        return ZG_MSG_OK;
+    if (zmq_msg_recv (&raw->payload, handle, 0) < 0)
+        return ZG_MSG_ERR_IO;
+    if (!zmq_msg_more (&raw->payload)) {
+        raw->has_payload = true;
+        return ZG_MSG_OK;
+    }
+    while (zmq_msg_more (&raw->payload))
+        if (zmq_msg_recv (&raw->payload, handle, 0) < 0)
+            break;
+    return ZG_MSG_ERR_MALFORMED;
+}
+
+static int
+s_decode (router_t *self)
+{
+    int rc = zg_msg_decode (&self->in, (const uint8_t *) zmq_msg_data (&self->raw.header),
+                            zmq_msg_size (&self->raw.header));
+    if (rc != ZG_MSG_OK || !self->raw.has_payload)
+        return rc;
+    //  As zg_msg_recv does: a payload only where the protocol has one
+    switch (self->in.type) {
+        case ZG_MSG_REQUEST:
+        case ZG_MSG_DISPATCH:
+        case ZG_MSG_HEAD:
+        case ZG_MSG_CHUNK:
+            return ZG_MSG_OK;
+        default:
+            return ZG_MSG_ERR_MALFORMED;
+    }
+}
+
+static void
+s_on_request (router_t *self, frontend_t *frontend, int64_t now)
+{
+    zg_msg_t *in = &self->in;
+    if (!self->raw.has_payload) {
+        zg_warning ("router: REQUEST %s without a body: refused", in->call_id);
+        s_send_error (self, frontend, in->call_id, 400, "bad_request_error", NULL, 0,
+                      "the request reached the router without a body");
+        return;
+    }
+    group_t *group = (group_t *) zhashx_lookup (self->groups, in->model);
+    if (!group) {
+        s_send_error (self, frontend, in->call_id, 400, "bad_request_error", "model", 0,
+                      "%s: Invalid model name passed in model=%s. Call /v1/models to view "
+                      "available models for your key.", s_route_path (in->route), in->model);
+        return;
+    }
+    if (s_call_lookup (self, in->call_id)) {
+        s_send_error (self, frontend, in->call_id, 400, "bad_request_error", NULL, 0,
+                      "x-litellm-call-id %s is already in use by a request in flight",
+                      in->call_id);
+        return;
+    }
+    worker_t *worker = self->queue.size? NULL: s_worker_with_credit (self);
+    if (!worker && self->queue.size >= (size_t) (self->config->max_queue > 0?
+                                                 self->config->max_queue: 0)) {
+        s_send_error (self, frontend, in->call_id, 503, "service_unavailable", NULL, 0,
+                      "No worker available and %zu requests already waiting. Retry shortly.",
+                      self->queue.size);
+        return;
+    }
+    call_t *call = s_call_new (self, in->call_id);
+    if (!call) {
+        s_send_error (self, frontend, in->call_id, 503, "service_unavailable", NULL, 0,
+                      "The router is out of memory. Retry shortly.");
+        return;
+    }
+    call->group = group;
+    call->route = in->route;
+    call->flags = in->flags;
+    call->timeout_ms = in->timeout_ms;
+    call->frontend = frontend;
+    s_list_append (&frontend->calls, call, BY_FRONTEND);
+    zmq_msg_move (&call->body, &self->raw.payload);
+    call->has_body = true;
+    self->raw.has_payload = false;
+
+    call->state = CALL_QUEUED;
+    s_list_append (&self->queue, call, BY_OWNER);
+    s_deadline_set (self, call, now + self->config->queue_timeout_ms);
+    if (worker)
+        s_pump (self, now);
+    else
+        zg_debug ("router: call %s queued (%zu waiting)", call->call_id, self->queue.size);
+}
+
+static void
+s_on_frontend_message (router_t *self, int64_t now)
+{
+    frontend_t *frontend = s_frontend_touch (self, &self->raw.identity, now);
+    if (!frontend)
+        return;
+    if (s_decode (self) != ZG_MSG_OK) {
+        zg_warning ("router: malformed message from frontend %s: dropped", frontend->key);
+        return;
+    }
+    zg_msg_t *in = &self->in;
+    zg_debug ("router: %s %s from frontend", zg_msg_type_name (in->type), in->call_id);
+    switch (in->type) {
+        case ZG_MSG_REQUEST:
+            s_on_request (self, frontend, now);
+            break;
+        case ZG_MSG_CANCEL: {
+            call_t *call = s_call_lookup (self, in->call_id);
+            if (call && call->frontend == frontend)
+                s_call_cancel (self, call);
+            break;
+        }
+        case ZG_MSG_HEARTBEAT:
+            s_send_simple (self, self->frontend_handle, frontend->identity, ZG_MSG_HEARTBEAT,
+                           NULL);
+            break;
+        default:
+            zg_warning ("router: unexpected %s from frontend %s: dropped",
+                        zg_msg_type_name (in->type), frontend->key);
+            break;
+    }
+}
+
+//  HEAD / CHUNK / END / ERROR from the worker that holds the call: the
+//  frames go to the frontend as they came
+static void
+s_on_reply (router_t *self, worker_t *worker, int64_t now)
+{
+    zg_msg_t *in = &self->in;
+    call_t *call = s_call_lookup (self, in->call_id);
+    if (!call || call->worker != worker) {
+        zg_debug ("router: %s for call %s that is not in flight on worker %s: dropped",
+                  zg_msg_type_name (in->type), in->call_id, worker->name);
+        return;
+    }
+    raw_t *raw = &self->raw;
+    void *handle = self->frontend_handle;
+    bool delivered =
+        zmq_send (handle, zframe_data (call->frontend->identity),
+                  zframe_size (call->frontend->identity), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0
+        && zmq_msg_send (&raw->header, handle, raw->has_payload? ZMQ_SNDMORE: 0) >= 0
+        && (!raw->has_payload || zmq_msg_send (&raw->payload, handle, 0) >= 0);
+
+    switch (in->type) {
+        case ZG_MSG_HEAD:
+            call->state = CALL_STARTED;
+            //  Nothing will dispatch it again: the body is no longer needed
+            zmq_msg_close (&call->body);
+            zmq_msg_init (&call->body);
+            call->has_body = false;
+            break;
+        case ZG_MSG_END:
+        case ZG_MSG_ERROR:
+            zg_balancer_feedback (call->group->balancer, call->member,
+                                  in->type == ZG_MSG_END && in->status < 400?
+                                  ZG_OUTCOME_SUCCESS: ZG_OUTCOME_FAILURE,
+                                  (uint64_t) (now - call->dispatched_at) * 1000);
+            zg_debug ("router: call %s ended (%s %u)", call->call_id,
+                      zg_msg_type_name (in->type), in->status);
+            s_call_destroy (self, call);
+            return;
+        default:
+            break;
+    }
+    if (!delivered) {
+        zg_warning ("router: call %s: cannot reach its frontend (%s): cancelled",
+                    call->call_id, zmq_strerror (zmq_errno ()));
+        s_call_cancel (self, call);
+    }
+}
+
+static void
+s_on_worker_message (router_t *self, int64_t now)
+{
+    worker_t *worker = s_worker_lookup (self, &self->raw.identity);
+    if (worker)
+        worker->last_heard = now;
+    if (s_decode (self) != ZG_MSG_OK) {
+        zg_warning ("router: malformed message from worker %s: dropped",
+                    worker? worker->name: "(unknown)");
+        return;
+    }
+    zg_msg_t *in = &self->in;
+    if (in->type == ZG_MSG_READY) {
+        bool joined = !worker;
+        if (!worker) {
+            worker = s_worker_new (self, &self->raw.identity);
+            if (!worker)
+                return;
+            worker->last_heard = now;
+        }
+        ZG_MSG_SET (worker->name, in->name);
+        worker->pid = in->pid;
+        worker->capacity = in->capacity;
+        //  Calls it still holds for us come back through CREDIT
+        worker->credit = in->capacity > worker->calls.size?
+                         in->capacity - (uint32_t) worker->calls.size: 0;
+        s_worker_sift (self, worker->heap_index);
+        zg_info ("router: worker %s (pid %u) %s, capacity %u", worker->name, worker->pid,
+                 joined? "joined": "registered again", worker->capacity);
+        s_pump (self, now);
+        return;
+    }
+    if (!worker) {
+        zg_debug ("router: %s from an unknown worker: DISCONNECT", zg_msg_type_name (in->type));
+        s_send_disconnect (self, &self->raw.identity);
+        return;
+    }
+    switch (in->type) {
+        case ZG_MSG_HEARTBEAT:
+            break;
+        case ZG_MSG_CREDIT: {
+            uint64_t credit = (uint64_t) worker->credit + in->credit;
+            worker->credit = credit > worker->capacity? worker->capacity: (uint32_t) credit;
+            s_worker_sift (self, worker->heap_index);
+            zg_debug ("router: worker %s: credit +%u = %u", worker->name, in->credit,
+                      worker->credit);
+            s_pump (self, now);
+            break;
+        }
+        case ZG_MSG_HEAD:
+        case ZG_MSG_CHUNK:
+        case ZG_MSG_END:
+        case ZG_MSG_ERROR:
+            s_on_reply (self, worker, now);
+            break;
+        default:
+            zg_warning ("router: unexpected %s from worker %s: dropped",
+                        zg_msg_type_name (in->type), worker->name);
+            break;
+    }
+}
+
+//  Handles what is waiting on one socket, at most DRAIN_BATCH messages
+static void
+s_drain (router_t *self, void *handle, bool from_workers)
+{
+    for (int count = 0; count < DRAIN_BATCH; count++) {
+        int rc = s_recv_raw (handle, &self->raw);
+        if (rc == ZG_MSG_ERR_IO)
+            break;
+        int64_t now = zclock_mono ();
+        if (rc == ZG_MSG_ERR_MALFORMED) {
+            zg_warning ("router: malformed frames from a %s: dropped",
+                        from_workers? "worker": "frontend");
+            continue;
+        }
+        if (from_workers)
+            s_on_worker_message (self, now);
+        else
+            s_on_frontend_message (self, now);
+    }
+}
+
+//  ---------------------------------------------------------------------
+//  Set-up and tear-down
+
+static zsock_t *
+s_bind (const char *endpoint)
+{
+    zsock_t *sock = zsock_new (ZMQ_ROUTER);
+    if (!sock) {
+        zg_error ("cannot bind %s: %s", endpoint, zmq_strerror (zmq_errno ()));
+        return NULL;
+    }
+    zsock_set_router_mandatory (sock, 1);
+    zsock_set_sndhwm (sock, SOCKET_HWM);
+    zsock_set_rcvhwm (sock, SOCKET_HWM);
+    zsock_set_linger (sock, 0);
+    if (zsock_bind (sock, "%s", endpoint) < 0) {
+        zg_error ("cannot bind %s: %s", endpoint, zmq_strerror (zmq_errno ()));
+        zsock_destroy (&sock);
+    }
+    return sock;
+}
+
+static void
+s_group_destroy (void **item)
+{
+    group_t *group = (group_t *) *item;
+    if (!group)
+        return;
+    zg_balancer_destroy (&group->balancer);
+    free (group->indexes);
+    free (group->members);
+    free (group);
+    *item = NULL;
+}
+
+static uint32_t
+s_ms (double seconds)
+{
+    double ms = seconds * 1000.0;
+    if (ms <= 0)
+        return 0;
+    return ms >= (double) UINT32_MAX? UINT32_MAX: (uint32_t) (ms + 0.5);
+}
+
+static int
+s_load_groups (router_t *self)
+{
+    const zg_config_t *config = self->config;
+    const zg_balancer_strategy_t *strategy =
+        zg_balancer_strategy_find (config->routing_strategy);
+    if (!strategy) {
+        zg_warning ("router: routing_strategy \"%s\" is not implemented: using %s",
+                    config->routing_strategy, zg_balancer_shuffle.name);
+        strategy = &zg_balancer_shuffle;
+    }
+    self->wire = (zg_deployment_wire_t *) calloc (config->deployment_count + 1,
+                                                  sizeof (zg_deployment_wire_t));
+    if (!self->wire)
+        return -1;
+    for (size_t index = 0; index < config->deployment_count; index++) {
+        const zg_deployment_t *source = &config->deployments [index];
+        zg_deployment_wire_t *wire = &self->wire [index];
+        ZG_MSG_SET (wire->id, source->id? source->id: "");
+        ZG_MSG_SET (wire->provider, source->provider? source->provider: "");
+        ZG_MSG_SET (wire->upstream_model, source->upstream_model? source->upstream_model: "");
+        ZG_MSG_SET (wire->api_base, source->api_base? source->api_base: "");
+        ZG_MSG_SET (wire->api_key, source->api_key? source->api_key: "");
+        wire->timeout_ms = s_ms (source->timeout_s);
+        wire->stream_timeout_ms = s_ms (source->stream_timeout_s);
+        wire->input_cost_per_token = source->input_cost_per_token;
+        wire->output_cost_per_token = source->output_cost_per_token;
+
+        const char *name = source->model_name;
+        if (!name || zhashx_lookup (self->groups, name))
+            continue;
+        group_t *group = (group_t *) calloc (1, sizeof (group_t));
+        if (!group)
+            return -1;
+        group->name = name;
+        group->indexes = (size_t *) calloc (config->deployment_count, sizeof (size_t));
+        group->members = (const zg_deployment_t **) calloc (config->deployment_count,
+                                                            sizeof (zg_deployment_t *));
+        if (group->indexes && group->members) {
+            group->count = zg_config_find_group (config, name, group->indexes,
+                                                 config->deployment_count);
+            for (size_t member = 0; member < group->count; member++)
+                group->members [member] = &config->deployments [group->indexes [member]];
+            group->balancer = zg_balancer_new (strategy, group->members, group->count);
+        }
+        if (!group->balancer || group->count == 0) {
+            bool empty = group->indexes && group->members && group->count == 0;
+            void *item = group;
+            s_group_destroy (&item);
+            if (empty)
+                continue;
+            return -1;
+        }
+        zhashx_insert (self->groups, name, group);
+    }
+    return 0;
+}
+
+static void
+s_router_destroy (router_t *self)
+{
+    while (self->frontend_list)
+        s_frontend_expire (self, self->frontend_list);
+    //  Calls still queued belong to no worker: forget them
+    while (self->queue.head)
+        s_call_destroy (self, self->queue.head);
+    while (self->worker_count) {
+        worker_t *worker = self->worker_heap [0];
+        while (worker->calls.head)
+            s_call_destroy (self, worker->calls.head);
+        s_worker_destroy (self, worker);
+    }
+    zhashx_destroy (&self->groups);
+    zhashx_destroy (&self->workers);
+    zhashx_destroy (&self->frontends);
+    free (self->worker_heap);
+    free (self->wire);
+    free (self->buckets);
+    free (self->deadlines);
+    for (size_t index = 0; index < self->block_count; index++)
+        free (self->blocks [index]);
+    free (self->blocks);
+    zmq_msg_close (&self->raw.identity);
+    zmq_msg_close (&self->raw.header);
+    zmq_msg_close (&self->raw.payload);
+    zg_msg_reset (&self->in, 0);
+    zg_msg_reset (&self->out, 0);
+    zpoller_destroy (&self->poller);
+    zsock_destroy (&self->frontend);
+    zsock_destroy (&self->backend);
+}
+
+int
+zg_router_run (const zg_config_t *config, const char *frontend_endpoint,
+               const char *worker_endpoint)
+{
+    assert (config);
+    assert (frontend_endpoint);
+    assert (worker_endpoint);
+
+    router_t router;
+    router_t *self = &router;
+    memset (self, 0, sizeof (*self));
+    self->config = config;
+    self->pid = (uint32_t) getpid ();
+    self->heartbeat_ms = config->heartbeat_ms > 0? config->heartbeat_ms: 1000;
+    zg_msg_init (&self->in, 0);
+    zg_msg_init (&self->out, 0);
+    zmq_msg_init (&self->raw.identity);
+    zmq_msg_init (&self->raw.header);
+    zmq_msg_init (&self->raw.payload);
+    zg_rng_seed (&self->rng, (uint64_t) zclock_time () ^ ((uint64_t) self->pid << 32));
+
+    self->groups = zhashx_new ();
+    self->workers = zhashx_new ();
+    self->frontends = zhashx_new ();
+    self->bucket_count = 1024;
+    self->buckets = (call_t **) calloc (self->bucket_count, sizeof (call_t *));
+    int rc = 1;
+    if (!self->groups || !self->workers || !self->frontends || !self->buckets) {
+        zg_error ("router: out of memory");
+        goto done;
+    }
+    zhashx_set_destructor (self->groups, s_group_destroy);
+    if (s_load_groups (self)) {
+        zg_error ("router: out of memory while loading the model groups");
+        goto done;
+    }
+    self->frontend = s_bind (frontend_endpoint);
+    if (!self->frontend)
+        goto done;
+    self->backend = s_bind (worker_endpoint);
+    if (!self->backend)
+        goto done;
+    self->frontend_handle = zsock_resolve (self->frontend);
+    self->backend_handle = zsock_resolve (self->backend);
+    self->poller = zpoller_new (self->backend, self->frontend, NULL);
+    if (!self->poller) {
+        zg_error ("router: cannot create a poller");
+        goto done;
+    }
+    zg_info ("router: serving %zu model group(s); frontends on %s, workers on %s",
+             zhashx_size (self->groups), frontend_endpoint, worker_endpoint);
+
+    self->next_heartbeat = zclock_mono () + self->heartbeat_ms;
+    while (!zsys_interrupted) {
+        int64_t now = zclock_mono ();
+        int64_t wake = self->next_heartbeat;
+        if (self->deadline_count && self->deadlines [0]->deadline < wake)
+            wake = self->deadlines [0]->deadline;
+        int timeout = wake > now? (int) (wake - now): 0;
+        zpoller_wait (self->poller, timeout);
+        if (zpoller_terminated (self->poller))
+            break;
+        //  Both sockets every turn, workers first: their replies free credit
+        s_drain (self, self->backend_handle, true);
+        s_drain (self, self->frontend_handle, false);
+        now = zclock_mono ();
+        s_check_deadlines (self, now);
+        if (now >= self->next_heartbeat) {
+            s_tick (self, now);
+            self->next_heartbeat = now + self->heartbeat_ms;
+        }
+    }
+    zg_info ("router: stopping");
+    rc = 0;
+done:
+    s_router_destroy (self);
+    return rc;
+}
