@@ -5,9 +5,12 @@
 
 #include "common/zg_json.h"
 #include "common/zg_log.h"
+#include "common/zg_sha256.h"
+#include "common/zg_config.h"
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,6 +27,8 @@ main (int argc, char *argv [])
     s_test_t tests [] = {
         { "zg_json", zg_json_test },
         { "zg_log", zg_log_test },
+        { "zg_sha256", zg_sha256_test },
+        { "zg_config", zg_config_test },
     };
     int passed = 0, failed = 0;
     for (size_t index = 0; index < sizeof (tests) / sizeof (tests [0]); index++) {
@@ -31,8 +36,8 @@ main (int argc, char *argv [])
         pid_t pid = fork ();
         if (pid == 0) {
             tests [index].test (verbose);
-            fflush (stdout);
-            _exit (0);
+            //  exit, not _exit: the leak checker runs at exit
+            exit (0);
         }
         int status = 0;
         if (pid < 0 || waitpid (pid, &status, 0) < 0
