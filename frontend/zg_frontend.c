@@ -1,0 +1,1336 @@
+/*  =========================================================================
+    zg_frontend - the HTTP side: libmicrohttpd in one event loop with a
+    DEALER socket to the router
+
+    One thread runs everything: libmicrohttpd in external-select mode with
+    its own epoll set (MHD creates no thread), the DEALER socket to the
+    router, a second epoll set that watches suspended connections for a
+    client hang-up, and a signalfd. zmq_poll waits on all four.
+
+    Why no locks: every piece of state here (the call table, the fd table,
+    MHD's connections, the ZeroMQ socket) is touched only from this thread.
+    MHD calls our callbacks from inside MHD_run, which we call; we resume
+    connections from our own loop, between MHD_run calls. Nothing is shared
+    with another thread, so there is nothing to lock.
+
+    Life of an LLM request:
+        s_on_request (headers)   route, auth, limits -> UPLOADING
+        s_on_request (body)      bytes copied once, into the REQUEST's frame
+        s_on_request (end)       validate, send REQUEST, suspend -> WAITING
+        HEAD final               queue the reply body (no copy), resume
+        HEAD stream              queue a reader response, resume -> STREAMING
+        CHUNK                    queue the frame, resume if the reader waits
+        s_stream_reader          copy queued bytes out, or suspend when dry
+        END                      stream ends after what is queued
+        s_on_completed           CANCEL if the client left early; log; free
+
+    A suspended connection is invisible to MHD (it neither reads nor writes
+    it), so MHD cannot see the client leave. The watch set catches the
+    hang-up (EPOLLRDHUP/HUP/ERR) and turns it into a CANCEL to the router.
+    =========================================================================
+*/
+#include "frontend/zg_frontend.h"
+#include "frontend/zg_auth.h"
+#include "frontend/zg_calls.h"
+#include "frontend/zg_reply.h"
+#include "frontend/zg_routes.h"
+#include "common/zg_json.h"
+#include "common/zg_log.h"
+#include "proto/zg_msg.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#ifndef ZG_VERSION
+#   define ZG_VERSION "0.0.0"
+#endif
+
+//  Bytes a stream may hold for a client that reads slower than the
+//  upstream writes; past this the stream ends with an in-stream error
+#define ZG_STREAM_QUEUE_MAX     (4 * 1024 * 1024)
+//  Largest piece handed to MHD per reader call
+#define ZG_STREAM_BLOCK         16384
+//  Router messages handled per loop turn, so HTTP is never starved
+#define ZG_ROUTER_BATCH         512
+//  Idle keep-alive connections are closed after this (nginx's default)
+#define ZG_IDLE_TIMEOUT_S       75
+//  How often deadlines are checked; they are coarse (seconds) anyway
+#define ZG_SWEEP_MS             250
+//  Added to timeout + queue timeout for the frontend's own safety deadline
+#define ZG_DEADLINE_SLACK_MS    10000
+
+static const char s_done_event [] = "data: [DONE]\n\n";
+
+//  What the frontend knows about each socket, indexed by fd
+typedef struct {
+    zg_call_t *call;            //  the request the connection is serving, if any
+    bool       watched;         //  registered in the watch set
+    bool       peer_closed;     //  the client hung up
+} s_socket_t;
+
+//  Request headers the frontend reads, gathered in one pass
+typedef struct {
+    const char *authorization;
+    const char *litellm_key;
+    const char *api_key;
+    const char *x_api_key;
+    const char *call_id;
+    const char *content_length;
+} s_headers_t;
+
+typedef struct {
+    const zg_config_t *config;
+    struct MHD_Daemon *daemon;
+    int        mhd_epoll_fd;
+    int        watch_fd;
+    int        signal_fd;
+    zsock_t   *router;
+    zg_calls_t *calls;
+    zg_auth_t *auth;
+    zg_msg_t   in;              //  reused for every message received
+    zg_msg_t   out;             //  reused for every message sent
+
+    //  Answers that never change, queued as they are (MHD refcounts them)
+    struct MHD_Response *models_response;
+    struct MHD_Response *model_info_response;
+    struct MHD_Response *liveness_response;
+    struct MHD_Response *ready_response;
+    struct MHD_Response *unready_response;
+    struct MHD_Response *root_response;
+
+    s_socket_t *sockets;
+    size_t     socket_count;
+
+    size_t     max_body;
+    uint32_t   timeout_ms;
+    int64_t    deadline_ms;     //  timeout + queue timeout + slack
+    int64_t    heartbeat_ms;
+    int64_t    next_heartbeat;
+    int64_t    next_sweep;
+    int64_t    router_seen;     //  last message from the router (monotonic ms)
+    bool       router_answered; //  it answered since we started
+    bool       router_alive;
+    size_t     llm_active;      //  LLM requests accepted and not yet completed
+    bool       draining;
+    bool       terminated;
+    char       name [64];
+    char       scratch [ZG_REPLY_ERROR_MAX];
+} s_frontend_t;
+
+
+//  --------------------------------------------------------------------------
+//  Small helpers
+
+static s_socket_t *
+s_socket (s_frontend_t *self, int fd)
+{
+    if (fd < 0)
+        return NULL;
+    if ((size_t) fd >= self->socket_count) {
+        size_t count = self->socket_count ? self->socket_count : 1024;
+        while (count <= (size_t) fd)
+            count *= 2;
+        s_socket_t *sockets = (s_socket_t *) realloc (self->sockets, count * sizeof (s_socket_t));
+        assert (sockets);
+        memset (sockets + self->socket_count, 0, (count - self->socket_count) * sizeof (s_socket_t));
+        self->sockets = sockets;
+        self->socket_count = count;
+    }
+    return &self->sockets [fd];
+}
+
+static int
+s_connection_fd (struct MHD_Connection *connection)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info (connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return info ? (int) info->connect_fd : -1;
+}
+
+static bool
+s_router_usable (s_frontend_t *self, int64_t now)
+{
+    return now - self->router_seen <= 3 * self->heartbeat_ms;
+}
+
+static void
+s_resume (s_frontend_t *self, zg_call_t *call)
+{
+    if (call->suspended) {
+        call->suspended = false;
+        MHD_resume_connection (call->connection);
+    }
+}
+
+//  Watch a connection for a hang-up while MHD does not look at it. Once
+//  per connection: the registration lasts until MHD closes the socket,
+//  which removes it from the set.
+static void
+s_watch (s_frontend_t *self, zg_call_t *call)
+{
+    s_socket_t *socket = s_socket (self, call->fd);
+    if (!socket || socket->watched)
+        return;
+    struct epoll_event event;
+    memset (&event, 0, sizeof (event));
+    event.events = EPOLLRDHUP | EPOLLET;
+    event.data.fd = call->fd;
+    if (epoll_ctl (self->watch_fd, EPOLL_CTL_ADD, call->fd, &event) == 0 || errno == EEXIST)
+        socket->watched = true;
+    else
+        zg_debug ("cannot watch connection %d: %s", call->fd, strerror (errno));
+}
+
+static bool
+s_peer_closed (s_frontend_t *self, zg_call_t *call)
+{
+    s_socket_t *socket = s_socket (self, call->fd);
+    return socket && socket->peer_closed;
+}
+
+static void
+s_send_heartbeat (s_frontend_t *self)
+{
+    zg_msg_reset (&self->out, ZG_MSG_HEARTBEAT);
+    ZG_MSG_SET (self->out.name, self->name);
+    self->out.pid = (uint32_t) getpid ();
+    if (zg_msg_send (&self->out, self->router) != 0)
+        zg_debug ("heartbeat not sent: %s", zmq_strerror (zmq_errno ()));
+}
+
+//  Tell the router a call is over for us. No-op for a call the router
+//  no longer serves (answered, ended, or never sent).
+static void
+s_cancel (s_frontend_t *self, zg_call_t *call)
+{
+    if (!call->routed)
+        return;
+    zg_calls_unroute (self->calls, call);
+    zg_msg_reset (&self->out, ZG_MSG_CANCEL);
+    ZG_MSG_SET (self->out.call_id, call->call_id);
+    if (zg_msg_send (&self->out, self->router) != 0)
+        zg_debug ("CANCEL %s not sent: %s", call->call_id, zmq_strerror (zmq_errno ()));
+}
+
+
+//  --------------------------------------------------------------------------
+//  Building responses
+
+static void
+s_add_common_headers (zg_call_t *call, struct MHD_Response *response)
+{
+    if (call->echo_id [0])
+        MHD_add_response_header (response, "x-litellm-call-id", call->echo_id);
+    MHD_add_response_header (response, "x-litellm-version", ZG_VERSION);
+}
+
+static struct MHD_Response *
+s_error_response (s_frontend_t *self, zg_call_t *call, int status, const char *type,
+                  const char *message, const char *param)
+{
+    int length = zg_reply_error_json (self->scratch, sizeof (self->scratch),
+                                      status, type, message, param);
+    if (length < 0)
+        length = zg_reply_error_json (self->scratch, sizeof (self->scratch), status,
+                                      type, "error message too long to show", NULL);
+    assert (length >= 0);
+    struct MHD_Response *response = MHD_create_response_from_buffer (
+        (size_t) length, self->scratch, MHD_RESPMEM_MUST_COPY);
+    if (!response)
+        return NULL;
+    MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    s_add_common_headers (call, response);
+    return response;
+}
+
+//  Queue a response from inside the access handler
+static enum MHD_Result
+s_reply (zg_call_t *call, int status, struct MHD_Response *response, bool owned)
+{
+    if (!response)
+        return MHD_NO;
+    enum MHD_Result result = MHD_queue_response (call->connection, (unsigned int) status, response);
+    if (owned)
+        MHD_destroy_response (response);
+    if (result == MHD_YES) {
+        call->status = status;
+        call->state = call->state == ZG_CALL_LOCAL ? ZG_CALL_LOCAL : ZG_CALL_ANSWERED;
+    }
+    return result;
+}
+
+static enum MHD_Result
+s_reply_error (s_frontend_t *self, zg_call_t *call, int status, const char *type,
+               const char *message, const char *param)
+{
+    return s_reply (call, status, s_error_response (self, call, status, type, message, param), true);
+}
+
+//  Answer a call whose connection is suspended waiting for the router
+static void
+s_finish_waiting (s_frontend_t *self, zg_call_t *call, int status, struct MHD_Response *response)
+{
+    zg_calls_unroute (self->calls, call);
+    if (response
+    &&  MHD_queue_response (call->connection, (unsigned int) status, response) == MHD_YES) {
+        call->status = status;
+        call->state = ZG_CALL_ANSWERED;
+    }
+    else
+        call->client_gone = true;       //  the access handler closes it
+    if (response)
+        MHD_destroy_response (response);
+    s_resume (self, call);
+}
+
+static void
+s_fail_waiting (s_frontend_t *self, zg_call_t *call, int status, const char *type,
+                const char *message, const char *param)
+{
+    s_finish_waiting (self, call, status,
+                      s_error_response (self, call, status, type, message, param));
+}
+
+//  End a stream with an error event and [DONE] after what is queued
+static void
+s_fail_stream (s_frontend_t *self, zg_call_t *call, int status, const char *type,
+               const char *message, const char *param)
+{
+    int length = zg_reply_stream_error (self->scratch, sizeof (self->scratch),
+                                        status, type, message, param);
+    if (length < 0)
+        length = zg_reply_stream_error (self->scratch, sizeof (self->scratch),
+                                        status, type, "stream failed", NULL);
+    zframe_t *event = zframe_new (self->scratch, (size_t) length);
+    zg_call_queue_push (call, &event);
+    call->stream_ended = true;
+    zg_calls_unroute (self->calls, call);
+    s_resume (self, call);
+}
+
+static void
+s_free_frame (void *cls)
+{
+    zframe_t *frame = (zframe_t *) cls;
+    zframe_destroy (&frame);
+}
+
+static bool
+s_header_name_ok (const char *name, size_t length)
+{
+    if (length == 0 || length > 256)
+        return false;
+    for (size_t index = 0; index < length; index++) {
+        unsigned char c = (unsigned char) name [index];
+        if (c <= ' ' || c >= 127 || strchr ("\"(),/:;<=>?@[\\]{}", c))
+            return false;
+    }
+    return true;
+}
+
+//  The headers the reference puts on every LLM answer, and the upstream's
+//  own headers prefixed llm_provider-. Names and values are assembled in
+//  the reused scratch buffer; MHD copies them.
+static void
+s_add_answer_headers (s_frontend_t *self, zg_call_t *call, struct MHD_Response *response,
+                      const zg_msg_t *head)
+{
+    s_add_common_headers (call, response);
+    if (head->deployment_id [0])
+        MHD_add_response_header (response, "x-litellm-model-id", head->deployment_id);
+    if (call->model [0])
+        MHD_add_response_header (response, "x-litellm-model-group", call->model);
+    if (head->api_base [0]) {
+        char api_base [ZG_URL_MAX + 1];
+        zg_reply_strip_query (head->api_base, api_base, sizeof (api_base));
+        MHD_add_response_header (response, "x-litellm-model-api-base", api_base);
+    }
+    char duration [32];
+    snprintf (duration, sizeof (duration), "%.3f",
+              (double) (zclock_usecs () - call->started_us) / 1000.0);
+    MHD_add_response_header (response, "x-litellm-response-duration-ms", duration);
+
+    static const char prefix [] = "llm_provider-";
+    const char *cursor = head->headers;
+    const char *name, *value;
+    size_t name_length, value_length;
+    while ((cursor = zg_reply_next_header (cursor, &name, &name_length, &value, &value_length))) {
+        if (!s_header_name_ok (name, name_length))
+            continue;
+        size_t need = sizeof (prefix) - 1 + name_length + 1 + value_length + 1;
+        if (need > sizeof (self->scratch))
+            continue;
+        char *header = self->scratch;
+        memcpy (header, prefix, sizeof (prefix) - 1);
+        memcpy (header + sizeof (prefix) - 1, name, name_length);
+        header [sizeof (prefix) - 1 + name_length] = 0;
+        char *header_value = header + sizeof (prefix) + name_length;
+        memcpy (header_value, value, value_length);
+        header_value [value_length] = 0;
+        MHD_add_response_header (response, header, header_value);
+    }
+}
+
+static int
+s_http_status (int status)
+{
+    return status >= 100 && status <= 599 ? status : 502;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Streams
+
+//  Did the stream carry the upstream's own "data: [DONE]" at its end?
+static bool
+s_stream_has_done (const zg_call_t *call)
+{
+    size_t length = call->tail_len;
+    while (length && (call->tail [length - 1] == '\n' || call->tail [length - 1] == '\r'
+                  ||  call->tail [length - 1] == ' '))
+        length--;
+    if (length < 6 || memcmp (call->tail + length - 6, "[DONE]", 6) != 0)
+        return false;
+    length -= 6;
+    while (length && call->tail [length - 1] == ' ')
+        length--;
+    return length >= 5 && memcmp (call->tail + length - 5, "data:", 5) == 0;
+}
+
+//  MHD asks for the next piece of a stream. With nothing queued, the
+//  connection is suspended (returning 0 alone would make MHD poll the
+//  reader in a busy loop); a CHUNK, END or ERROR resumes it.
+static ssize_t
+s_stream_reader (void *cls, uint64_t position, char *buf, size_t max)
+{
+    zg_call_t *call = (zg_call_t *) cls;
+    s_frontend_t *self = (s_frontend_t *) call->owner;
+    if (call->client_gone)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t copied = zg_call_queue_read (call, buf, max);
+    if (copied)
+        return (ssize_t) copied;
+    if (call->stream_ended)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    if (s_peer_closed (self, call)) {
+        s_cancel (self, call);
+        call->client_gone = true;
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    MHD_suspend_connection (call->connection);
+    call->suspended = true;
+    s_watch (self, call);
+    return 0;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Messages from the router
+
+static void
+s_on_head (s_frontend_t *self, zg_call_t *call, zg_msg_t *head)
+{
+    if (call->state != ZG_CALL_WAITING)
+        return;
+    int status = s_http_status (head->status ? head->status : 200);
+    const char *content_type = head->content_type [0] ? head->content_type : NULL;
+
+    if (head->flags & ZG_FLAG_FINAL) {
+        //  The reply body stays in the frame it arrived in; MHD frees it
+        struct MHD_Response *response;
+        zframe_t *payload = head->payload;
+        head->payload = NULL;
+        if (payload && zframe_size (payload)) {
+            response = MHD_create_response_from_buffer_with_free_callback_cls (
+                zframe_size (payload), zframe_data (payload), s_free_frame, payload);
+            if (!response)
+                zframe_destroy (&payload);
+        }
+        else {
+            zframe_destroy (&payload);
+            response = MHD_create_response_from_buffer (0, (void *) "", MHD_RESPMEM_PERSISTENT);
+        }
+        if (response) {
+            MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                     content_type ? content_type : "application/json");
+            s_add_answer_headers (self, call, response, head);
+        }
+        s_finish_waiting (self, call, status, response);
+        return;
+    }
+    struct MHD_Response *response = MHD_create_response_from_callback (
+        MHD_SIZE_UNKNOWN, ZG_STREAM_BLOCK, s_stream_reader, call, NULL);
+    if (!response) {
+        s_cancel (self, call);
+        s_finish_waiting (self, call, 500, NULL);
+        return;
+    }
+    MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
+                             content_type ? content_type : "text/event-stream");
+    s_add_answer_headers (self, call, response, head);
+    if (MHD_queue_response (call->connection, (unsigned int) status, response) == MHD_YES) {
+        call->status = status;
+        call->state = ZG_CALL_STREAMING;
+        if (head->payload)
+            zg_call_queue_push (call, &head->payload);
+    }
+    else {
+        s_cancel (self, call);
+        call->client_gone = true;
+    }
+    MHD_destroy_response (response);
+    s_resume (self, call);
+}
+
+static void
+s_on_chunk (s_frontend_t *self, zg_call_t *call, zg_msg_t *chunk)
+{
+    if (call->state != ZG_CALL_STREAMING || call->stream_ended)
+        return;
+    zg_call_queue_push (call, &chunk->payload);
+    if (call->queued_bytes > ZG_STREAM_QUEUE_MAX) {
+        //  The client reads slower than the upstream writes. Keep only a
+        //  partly sent frame, so the error event starts on a line of its own.
+        zg_warning ("call %s: client too slow, %zu bytes queued; stream stopped",
+                    call->call_id, call->queued_bytes);
+        if (call->queue_offset) {
+            zframe_t *partial = call->queue [call->queue_head];
+            call->queue [call->queue_head] = NULL;
+            call->queue_count--;
+            call->queue_head = (call->queue_head + 1) % call->queue_cap;
+            size_t offset = call->queue_offset;
+            zg_call_queue_clear (call);
+            zg_call_queue_push (call, &partial);
+            call->queue_offset = offset;
+            call->queued_bytes -= offset;
+        }
+        else
+            zg_call_queue_clear (call);
+        s_cancel (self, call);
+        s_fail_stream (self, call, 500, "internal_server_error",
+                       "Stream stopped: the client did not read it fast enough", NULL);
+        return;
+    }
+    s_resume (self, call);
+}
+
+static void
+s_on_end (s_frontend_t *self, zg_call_t *call)
+{
+    if (call->state == ZG_CALL_WAITING) {
+        s_fail_waiting (self, call, 502, "internal_server_error",
+                        "The upstream answer ended before it began", NULL);
+        return;
+    }
+    if (call->state != ZG_CALL_STREAMING || call->stream_ended)
+        return;
+    if (!s_stream_has_done (call)) {
+        zframe_t *done = zframe_new (s_done_event, sizeof (s_done_event) - 1);
+        zg_call_queue_push (call, &done);
+    }
+    call->stream_ended = true;
+    zg_calls_unroute (self->calls, call);
+    s_resume (self, call);
+}
+
+static void
+s_on_error (s_frontend_t *self, zg_call_t *call, zg_msg_t *error)
+{
+    int status = s_http_status (error->status ? error->status : 500);
+    const char *type = error->err_type [0] ? error->err_type : "internal_server_error";
+    const char *param = error->param [0] ? error->param : NULL;
+    if (call->state == ZG_CALL_WAITING)
+        s_fail_waiting (self, call, status, type, error->message, param);
+    else
+    if (call->state == ZG_CALL_STREAMING && !call->stream_ended)
+        s_fail_stream (self, call, status, type, error->message, param);
+}
+
+static void
+s_on_router_message (s_frontend_t *self)
+{
+    int rc = zg_msg_recv (&self->in, self->router);
+    if (rc == ZG_MSG_ERR_MALFORMED) {
+        zg_warning ("malformed message from the router, dropped");
+        return;
+    }
+    if (rc != ZG_MSG_OK)
+        return;
+    self->router_seen = zclock_mono ();
+    self->router_answered = true;
+
+    switch (self->in.type) {
+        case ZG_MSG_HEARTBEAT:
+            break;
+        case ZG_MSG_DISCONNECT:
+            //  The router restarted and does not know us: introduce ourselves
+            s_send_heartbeat (self);
+            break;
+        case ZG_MSG_HEAD:
+        case ZG_MSG_CHUNK:
+        case ZG_MSG_END:
+        case ZG_MSG_ERROR: {
+            zg_call_t *call = zg_calls_lookup (self->calls, self->in.call_id);
+            if (!call) {
+                //  Late news for a call that was answered or cancelled
+                zg_debug ("%s for unknown call %s dropped",
+                          zg_msg_type_name (self->in.type), self->in.call_id);
+                break;
+            }
+            if (self->in.type == ZG_MSG_HEAD)
+                s_on_head (self, call, &self->in);
+            else
+            if (self->in.type == ZG_MSG_CHUNK)
+                s_on_chunk (self, call, &self->in);
+            else
+            if (self->in.type == ZG_MSG_END)
+                s_on_end (self, call);
+            else
+                s_on_error (self, call, &self->in);
+            break;
+        }
+        default:
+            zg_debug ("unexpected %s from the router", zg_msg_type_name (self->in.type));
+            break;
+    }
+    //  Release the payload and headers now rather than at the next receive
+    zg_msg_reset (&self->in, 0);
+}
+
+
+//  --------------------------------------------------------------------------
+//  Timers: heartbeats, router liveness, deadlines
+
+static void
+s_fail_all (s_frontend_t *self, int status, const char *type, const char *message)
+{
+    zg_call_t *call = zg_calls_first (self->calls);
+    while (call) {
+        zg_call_t *next = call->next;
+        //  Tell the router anyway: if it is only slow, it can stop the work
+        s_cancel (self, call);
+        if (call->state == ZG_CALL_WAITING)
+            s_fail_waiting (self, call, status, type, message, NULL);
+        else
+        if (call->state == ZG_CALL_STREAMING && !call->stream_ended)
+            s_fail_stream (self, call, status, type, message, NULL);
+        call = next;
+    }
+}
+
+static void
+s_on_timers (s_frontend_t *self, int64_t now)
+{
+    if (now >= self->next_heartbeat) {
+        s_send_heartbeat (self);
+        self->next_heartbeat = now + self->heartbeat_ms;
+    }
+    bool alive = s_router_usable (self, now);
+    if (!alive && self->router_alive) {
+        zg_warning ("router not reachable (no heartbeat for %lld ms); failing %zu requests",
+                    (long long) (now - self->router_seen), zg_calls_routed (self->calls));
+        s_fail_all (self, 503, "service_unavailable", "Router not reachable");
+    }
+    else
+    if (alive && !self->router_alive)
+        zg_info ("router reachable");
+    self->router_alive = alive;
+
+    if (now >= self->next_sweep) {
+        self->next_sweep = now + ZG_SWEEP_MS;
+        zg_call_t *call = zg_calls_first (self->calls);
+        while (call) {
+            zg_call_t *next = call->next;
+            if (call->state == ZG_CALL_WAITING && now > call->deadline_ms) {
+                s_cancel (self, call);
+                char message [128];
+                snprintf (message, sizeof (message),
+                          "Request timed out: no answer within %lld ms",
+                          (long long) self->deadline_ms);
+                s_fail_waiting (self, call, 504, "timeout", message, NULL);
+            }
+            call = next;
+        }
+    }
+}
+
+//  Clients that hung up while their connection was suspended
+static void
+s_on_watch (s_frontend_t *self)
+{
+    struct epoll_event events [256];
+    int count = epoll_wait (self->watch_fd, events, 256, 0);
+    for (int index = 0; index < count; index++) {
+        s_socket_t *socket = s_socket (self, events [index].data.fd);
+        if (!socket)
+            continue;
+        socket->peer_closed = true;
+        zg_call_t *call = socket->call;
+        if (call && call->suspended) {
+            zg_debug ("call %s: client hung up", call->call_id);
+            s_cancel (self, call);
+            call->client_gone = true;
+            s_resume (self, call);
+        }
+    }
+}
+
+
+//  --------------------------------------------------------------------------
+//  HTTP requests
+
+static enum MHD_Result
+s_collect_header (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    s_headers_t *headers = (s_headers_t *) cls;
+    if (!key || !value)
+        return MHD_YES;
+    switch (strlen (key)) {
+        case 7:
+            if (strcasecmp (key, "API-Key") == 0)
+                headers->api_key = value;
+            break;
+        case 9:
+            if (strcasecmp (key, "x-api-key") == 0)
+                headers->x_api_key = value;
+            break;
+        case 13:
+            if (strcasecmp (key, "Authorization") == 0)
+                headers->authorization = value;
+            break;
+        case 14:
+            if (strcasecmp (key, "Content-Length") == 0)
+                headers->content_length = value;
+            break;
+        case 17:
+            if (strcasecmp (key, "x-litellm-call-id") == 0)
+                headers->call_id = value;
+            else
+            if (strcasecmp (key, "x-litellm-api-key") == 0)
+                headers->litellm_key = value;
+            break;
+    }
+    return MHD_YES;
+}
+
+//  The one place that decides whether a request may go on. Queues the 401
+//  and returns false when not.
+static bool
+s_authorized (s_frontend_t *self, zg_call_t *call, const s_headers_t *headers,
+              enum MHD_Result *result)
+{
+    if (!zg_auth_required (self->auth))
+        return true;
+    bool malformed;
+    const char *key = zg_auth_presented_key (headers->authorization, headers->litellm_key,
+                                             headers->api_key, headers->x_api_key, &malformed);
+    zg_auth_verdict_t verdict = zg_auth_check (self->auth, key, malformed);
+    if (verdict == ZG_AUTH_OK)
+        return true;
+    char message [512];
+    zg_auth_message (verdict, key, message, sizeof (message));
+    *result = s_reply_error (self, call, 401, "auth_error", message, NULL);
+    return false;
+}
+
+static const char *
+s_route_label (int route)
+{
+    switch (route) {
+        case ZG_ROUTE_CHAT:        return "/chat/completions";
+        case ZG_ROUTE_COMPLETIONS: return "/completions";
+        case ZG_ROUTE_EMBEDDINGS:  return "/embeddings";
+        default:                   return "";
+    }
+}
+
+static enum MHD_Result
+s_too_large (s_frontend_t *self, zg_call_t *call)
+{
+    char message [160];
+    snprintf (message, sizeof (message),
+              "Request size is too large. Max size is %g MB",
+              self->config->max_request_size_mb);
+    return s_reply_error (self, call, 413, "bad_request_error", message, NULL);
+}
+
+//  First call for a request: the headers are in
+static enum MHD_Result
+s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
+{
+    zg_route_match_t match;
+    zg_endpoint_t endpoint = zg_route_match ((zg_http_method_t) call->method, url, &match);
+    if (endpoint == ZG_ENDPOINT_NOT_FOUND)
+        return s_reply_error (self, call, 404, "not_found_error", "Not Found", NULL);
+    if (endpoint == ZG_ENDPOINT_BAD_METHOD) {
+        struct MHD_Response *response = s_error_response (self, call, 405, "method_not_allowed",
+                                                          "Method Not Allowed", NULL);
+        if (response)
+            MHD_add_response_header (response, MHD_HTTP_HEADER_ALLOW, match.allow);
+        return s_reply (call, 405, response, true);
+    }
+
+    s_headers_t headers;
+    memset (&headers, 0, sizeof (headers));
+    MHD_get_connection_values (call->connection, MHD_HEADER_KIND, s_collect_header, &headers);
+
+    bool llm = zg_endpoint_is_llm (endpoint);
+    if (llm) {
+        if (zg_calls_id_is_sane (headers.call_id))
+            ZG_MSG_SET (call->echo_id, headers.call_id);
+        else
+            zg_calls_new_id (self->calls, call->echo_id);
+        memcpy (call->call_id, call->echo_id, sizeof (call->call_id));
+    }
+    enum MHD_Result result = MHD_YES;
+    if (zg_endpoint_needs_auth (endpoint) && !s_authorized (self, call, &headers, &result))
+        return result;
+
+    switch (endpoint) {
+        case ZG_ENDPOINT_MODELS:
+            return s_reply (call, 200, self->models_response, false);
+        case ZG_ENDPOINT_MODEL_INFO:
+            return s_reply (call, 200, self->model_info_response, false);
+        case ZG_ENDPOINT_LIVENESS:
+            return s_reply (call, 200, self->liveness_response, false);
+        case ZG_ENDPOINT_ROOT:
+            return s_reply (call, 200, self->root_response, false);
+        case ZG_ENDPOINT_READINESS: {
+            bool ready = self->router_answered && s_router_usable (self, zclock_mono ())
+                      && !self->draining;
+            return ready ? s_reply (call, 200, self->ready_response, false)
+                         : s_reply (call, 503, self->unready_response, false);
+        }
+        default:
+            break;
+    }
+    assert (llm);
+    call->route = (uint8_t) zg_endpoint_route (endpoint);
+    if (self->draining)
+        return s_reply_error (self, call, 503, "service_unavailable",
+                              "Server is shutting down", NULL);
+    if (!s_router_usable (self, zclock_mono ()))
+        return s_reply_error (self, call, 503, "service_unavailable",
+                              "Router not reachable", NULL);
+    if (match.model) {
+        if (match.model_length > ZG_NAME_MAX)
+            return s_reply_error (self, call, 400, "bad_request_error",
+                                  "Model name too long", "model");
+        memcpy (call->model, match.model, match.model_length);
+        call->model [match.model_length] = 0;
+    }
+
+    //  Refuse an over-size body before reading it, and size the frame the
+    //  body will travel in, so it is copied once, from MHD's buffer to it
+    if (headers.content_length) {
+        char *end;
+        errno = 0;
+        unsigned long long length = strtoull (headers.content_length, &end, 10);
+        if (errno || end == headers.content_length || *end)
+            return s_reply_error (self, call, 400, "bad_request_error",
+                                  "Invalid Content-Length", NULL);
+        if (length > self->max_body)
+            return s_too_large (self, call);
+        if (length) {
+            call->body_frame = zframe_new (NULL, (size_t) length);
+            call->body_cap = (size_t) length;
+        }
+    }
+    call->state = ZG_CALL_UPLOADING;
+    return MHD_YES;
+}
+
+static void
+s_on_upload (s_frontend_t *self, zg_call_t *call, const char *data, size_t size)
+{
+    if (call->body_too_large)
+        return;
+    if (size > self->max_body - call->body_size) {
+        call->body_too_large = true;
+        zframe_destroy (&call->body_frame);
+        free (call->body_buf);
+        call->body_buf = NULL;
+        call->body_cap = call->body_size = 0;
+        return;
+    }
+    if (call->body_frame) {
+        //  MHD enforces Content-Length, so this cannot overflow; be sure
+        if (size > call->body_cap - call->body_size) {
+            call->body_too_large = true;
+            return;
+        }
+        memcpy (zframe_data (call->body_frame) + call->body_size, data, size);
+    }
+    else {
+        if (call->body_size + size > call->body_cap) {
+            size_t cap = call->body_cap ? call->body_cap : 16384;
+            while (cap < call->body_size + size)
+                cap *= 2;
+            if (cap > self->max_body)
+                cap = self->max_body;
+            char *grown = (char *) realloc (call->body_buf, cap);
+            assert (grown);
+            call->body_buf = grown;
+            call->body_cap = cap;
+        }
+        memcpy (call->body_buf + call->body_size, data, size);
+    }
+    call->body_size += size;
+}
+
+//  The whole body is in: check it, send the REQUEST, suspend
+static enum MHD_Result
+s_on_body_complete (s_frontend_t *self, zg_call_t *call)
+{
+    if (call->body_too_large)
+        return s_too_large (self, call);
+    const char *body = call->body_frame ? (const char *) zframe_data (call->body_frame)
+                                        : call->body_buf;
+    size_t size = call->body_size;
+    size_t error_at = 0;
+    if (!body || size == 0 || !zg_json_valid (body, size, &error_at)) {
+        char message [160];
+        snprintf (message, sizeof (message),
+                  "Invalid JSON payload: the body is not valid JSON (at byte %zu)", error_at);
+        return s_reply_error (self, call, 400, "bad_request_error", message, NULL);
+    }
+    zg_json_span_t span;
+    if (!call->model [0]) {
+        if (!zg_json_find (body, size, "model", &span) || span.type != ZG_JSON_STRING
+        ||  zg_json_string (body, &span, call->model, sizeof (call->model)) <= 0) {
+            call->model [0] = 0;
+            char message [256];
+            snprintf (message, sizeof (message),
+                      "%s: Invalid model name passed in model=None. "
+                      "Call /v1/models to view available models for your key.",
+                      s_route_label (call->route));
+            return s_reply_error (self, call, 400, "bad_request_error", message, "model");
+        }
+    }
+    call->flags = 0;
+    if (zg_json_find (body, size, "stream", &span) && span.type == ZG_JSON_TRUE)
+        call->flags |= ZG_FLAG_STREAM;
+    zg_json_span_t options;
+    if (zg_json_find (body, size, "stream_options", &options) && options.type == ZG_JSON_OBJECT
+    &&  zg_json_find_in (body, size, &options, "include_usage", &span)
+    &&  span.type == ZG_JSON_TRUE)
+        call->flags |= ZG_FLAG_CLIENT_USAGE;
+
+    if (!s_router_usable (self, zclock_mono ()))
+        return s_reply_error (self, call, 503, "service_unavailable",
+                              "Router not reachable", NULL);
+    if (s_peer_closed (self, call))
+        return MHD_NO;
+
+    //  A client may reuse its own call id while the first call is still in
+    //  flight; the wire id must be unique, the echoed one stays the client's
+    if (zg_calls_route (self->calls, call) != 0) {
+        zg_calls_new_id (self->calls, call->call_id);
+        if (zg_calls_route (self->calls, call) != 0)
+            return s_reply_error (self, call, 500, "internal_server_error",
+                                  "Duplicate call id", NULL);
+    }
+    zg_msg_reset (&self->out, ZG_MSG_REQUEST);
+    ZG_MSG_SET (self->out.call_id, call->call_id);
+    ZG_MSG_SET (self->out.model, call->model);
+    self->out.route = call->route;
+    self->out.flags = call->flags;
+    self->out.timeout_ms = self->timeout_ms;
+    if (call->body_frame) {
+        self->out.payload = call->body_frame;
+        call->body_frame = NULL;
+    }
+    else {
+        self->out.payload = zframe_new (call->body_buf, size);
+        free (call->body_buf);
+        call->body_buf = NULL;
+        call->body_cap = 0;
+    }
+    if (zg_msg_send (&self->out, self->router) != 0) {
+        zg_calls_unroute (self->calls, call);
+        return s_reply_error (self, call, 503, "service_unavailable",
+                              "Router not reachable", NULL);
+    }
+    call->deadline_ms = zclock_mono () + self->deadline_ms;
+    call->state = ZG_CALL_WAITING;
+    self->llm_active++;
+    MHD_suspend_connection (call->connection);
+    call->suspended = true;
+    s_watch (self, call);
+    return MHD_YES;
+}
+
+static enum MHD_Result
+s_on_request (void *cls, struct MHD_Connection *connection, const char *url,
+              const char *method, const char *version, const char *upload_data,
+              size_t *upload_data_size, void **con_cls)
+{
+    s_frontend_t *self = (s_frontend_t *) cls;
+    zg_call_t *call = (zg_call_t *) *con_cls;
+    if (!call) {
+        call = zg_calls_acquire (self->calls);
+        *con_cls = call;
+        call->owner = self;
+        call->connection = connection;
+        call->started_us = zclock_usecs ();
+        call->method = zg_http_method (method);
+        snprintf (call->path, sizeof (call->path), "%s", url ? url : "");
+        call->fd = s_connection_fd (connection);
+        s_socket_t *socket = s_socket (self, call->fd);
+        if (socket)
+            socket->call = call;
+        return s_on_headers (self, call, url);
+    }
+    switch (call->state) {
+        case ZG_CALL_UPLOADING:
+            if (*upload_data_size) {
+                s_on_upload (self, call, upload_data, *upload_data_size);
+                *upload_data_size = 0;
+                return MHD_YES;
+            }
+            return s_on_body_complete (self, call);
+        case ZG_CALL_WAITING:
+            //  Resumed with no answer queued: the client hung up
+            return MHD_NO;
+        default:
+            //  Answered early (401, 413...): whatever body follows is dropped
+            *upload_data_size = 0;
+            return MHD_YES;
+    }
+}
+
+static void
+s_access_log (zg_call_t *call)
+{
+    if (!zg_log_enabled (ZG_LOG_INFO) || call->status == 0)
+        return;
+    char address [INET6_ADDRSTRLEN] = "-";
+    int port = 0;
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info (call->connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (info && info->client_addr) {
+        const struct sockaddr *peer = info->client_addr;
+        if (peer->sa_family == AF_INET) {
+            const struct sockaddr_in *in4 = (const struct sockaddr_in *) peer;
+            inet_ntop (AF_INET, &in4->sin_addr, address, sizeof (address));
+            port = ntohs (in4->sin_port);
+        }
+        else
+        if (peer->sa_family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) peer;
+            inet_ntop (AF_INET6, &in6->sin6_addr, address, sizeof (address));
+            port = ntohs (in6->sin6_port);
+        }
+    }
+    zg_log_access (address, port, zg_http_method_name ((zg_http_method_t) call->method),
+                   call->path, call->status);
+}
+
+static void
+s_on_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
+                enum MHD_RequestTerminationCode code)
+{
+    s_frontend_t *self = (s_frontend_t *) cls;
+    zg_call_t *call = (zg_call_t *) *con_cls;
+    if (!call)
+        return;
+    *con_cls = NULL;
+    if (code != MHD_REQUEST_TERMINATED_COMPLETED_OK && call->routed)
+        zg_debug ("call %s: client went away (%d)", call->call_id, (int) code);
+    s_cancel (self, call);
+    s_access_log (call);
+    if (call->deadline_ms)          //  it was sent to the router
+        self->llm_active--;
+    s_socket_t *socket = s_socket (self, call->fd);
+    if (socket && socket->call == call)
+        socket->call = NULL;
+    zg_calls_release (self->calls, call);
+}
+
+static void
+s_on_connection (void *cls, struct MHD_Connection *connection, void **socket_context,
+                 enum MHD_ConnectionNotificationCode code)
+{
+    s_frontend_t *self = (s_frontend_t *) cls;
+    s_socket_t *socket = s_socket (self, s_connection_fd (connection));
+    if (socket)
+        memset (socket, 0, sizeof (*socket));
+}
+
+static void
+s_mhd_log (void *cls, const char *format, va_list args)
+{
+    if (!zg_log_enabled (ZG_LOG_DEBUG))
+        return;
+    char line [512];
+    vsnprintf (line, sizeof (line), format, args);
+    size_t length = strlen (line);
+    while (length && line [length - 1] == '\n')
+        line [--length] = 0;
+    zg_debug ("libmicrohttpd: %s", line);
+}
+
+
+//  --------------------------------------------------------------------------
+//  Start, loop, stop
+
+static struct MHD_Response *
+s_static_response (char *body, const char *content_type)
+{
+    assert (body);
+    struct MHD_Response *response = MHD_create_response_from_buffer (
+        strlen (body), body, MHD_RESPMEM_MUST_COPY);
+    free (body);
+    assert (response);
+    MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    return response;
+}
+
+static const char *
+s_level_name (int level)
+{
+    if (level <= ZG_LOG_DEBUG)   return "DEBUG";
+    if (level <= ZG_LOG_INFO)    return "INFO";
+    if (level <= ZG_LOG_WARNING) return "WARNING";
+    return "ERROR";
+}
+
+static unsigned int
+s_connection_limit (void)
+{
+    //  Each connection is a descriptor: take all the process may have
+    struct rlimit limit;
+    if (getrlimit (RLIMIT_NOFILE, &limit) != 0)
+        return 1000;
+    if (limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        setrlimit (RLIMIT_NOFILE, &limit);
+        getrlimit (RLIMIT_NOFILE, &limit);
+    }
+    rlim_t usable = limit.rlim_cur > 1000000 ? 1000000 : limit.rlim_cur;
+    return usable > 128 ? (unsigned int) (usable - 64) : 64;
+}
+
+static void
+s_destroy (s_frontend_t *self)
+{
+    if (self->daemon) {
+        //  MHD must not be stopped with connections suspended: resume them
+        //  all (their handlers close them) and let MHD see that
+        zg_call_t *call = zg_calls_first (self->calls);
+        while (call) {
+            zg_call_t *next = call->next;
+            s_cancel (self, call);
+            call->client_gone = true;
+            s_resume (self, call);
+            call = next;
+        }
+        MHD_run (self->daemon);
+        MHD_run (self->daemon);
+        MHD_stop_daemon (self->daemon);
+        self->daemon = NULL;
+    }
+    struct MHD_Response **responses [] = {
+        &self->models_response, &self->model_info_response, &self->liveness_response,
+        &self->ready_response, &self->unready_response, &self->root_response
+    };
+    for (size_t index = 0; index < sizeof (responses) / sizeof (responses [0]); index++)
+        if (*responses [index]) {
+            MHD_destroy_response (*responses [index]);
+            *responses [index] = NULL;
+        }
+    zg_msg_reset (&self->in, 0);
+    zg_msg_reset (&self->out, 0);
+    zsock_destroy (&self->router);
+    zg_calls_destroy (&self->calls);
+    zg_auth_destroy (&self->auth);
+    if (self->watch_fd >= 0)
+        close (self->watch_fd);
+    if (self->signal_fd >= 0)
+        close (self->signal_fd);
+    free (self->sockets);
+}
+
+int
+zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int listen_fd)
+{
+    assert (config);
+    assert (router_endpoint);
+    s_frontend_t frontend;
+    s_frontend_t *self = &frontend;
+    memset (self, 0, sizeof (*self));
+    self->config = config;
+    self->watch_fd = -1;
+    self->signal_fd = -1;
+    self->mhd_epoll_fd = -1;
+    zg_msg_init (&self->in, 0);
+    zg_msg_init (&self->out, 0);
+
+    //  SIGTERM/SIGINT arrive through a descriptor in the poll set, so the
+    //  loop decides when to stop; CZMQ's own handler is not wanted here
+    signal (SIGPIPE, SIG_IGN);
+    zsys_handler_set (NULL);
+    sigset_t mask;
+    sigemptyset (&mask);
+    sigaddset (&mask, SIGTERM);
+    sigaddset (&mask, SIGINT);
+    sigprocmask (SIG_BLOCK, &mask, NULL);
+    self->signal_fd = signalfd (-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    self->watch_fd = epoll_create1 (EPOLL_CLOEXEC);
+    if (self->signal_fd < 0 || self->watch_fd < 0) {
+        zg_error ("frontend: cannot create descriptors: %s", strerror (errno));
+        s_destroy (self);
+        return 1;
+    }
+
+    self->heartbeat_ms = config->heartbeat_ms > 0 ? config->heartbeat_ms : 1000;
+    double max_body = config->max_request_size_mb > 0 ? config->max_request_size_mb : 32;
+    self->max_body = (size_t) (max_body * 1024 * 1024);
+    double timeout_ms = (config->request_timeout_s > 0 ? config->request_timeout_s : 6000) * 1000;
+    self->timeout_ms = timeout_ms >= (double) UINT32_MAX ? UINT32_MAX : (uint32_t) timeout_ms;
+    self->deadline_ms = (int64_t) self->timeout_ms
+                      + (config->queue_timeout_ms > 0 ? config->queue_timeout_ms : 0)
+                      + ZG_DEADLINE_SLACK_MS;
+    snprintf (self->name, sizeof (self->name), "frontend-%d", (int) getpid ());
+
+    self->calls = zg_calls_new (0);
+    self->auth = zg_auth_new (config->master_key);
+    self->models_response = s_static_response (zg_reply_models_json (config), "application/json");
+    self->model_info_response = s_static_response (zg_reply_model_info_json (config),
+                                                   "application/json");
+    self->liveness_response = s_static_response (strdup ("\"I'm alive!\""), "application/json");
+    int level = zg_log_level ();
+    self->ready_response = s_static_response (
+        zg_reply_readiness_json (true, s_level_name (level), level <= ZG_LOG_DEBUG),
+        "application/json");
+    self->unready_response = s_static_response (
+        zg_reply_readiness_json (false, s_level_name (level), level <= ZG_LOG_DEBUG),
+        "application/json");
+    self->root_response = s_static_response (zg_reply_root_json (), "application/json");
+
+    self->router = zsock_new (ZMQ_DEALER);
+    if (!self->router) {
+        zg_error ("frontend: cannot create the router socket");
+        s_destroy (self);
+        return 1;
+    }
+    //  Never block the event loop on a send: a full pipe to the router
+    //  fails at once and the client gets a 503
+    zsock_set_sndtimeo (self->router, 0);
+    zsock_set_sndhwm (self->router, 100000);
+    zsock_set_rcvhwm (self->router, 100000);
+    zsock_set_linger (self->router, 0);
+    if (zsock_connect (self->router, "%s", router_endpoint) != 0) {
+        zg_error ("frontend: cannot connect to the router at %s", router_endpoint);
+        s_destroy (self);
+        return 1;
+    }
+
+    int flags = fcntl (listen_fd, F_GETFL);
+    if (flags < 0 || fcntl (listen_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        zg_error ("frontend: listening socket %d is not usable: %s", listen_fd, strerror (errno));
+        s_destroy (self);
+        return 1;
+    }
+    self->daemon = MHD_start_daemon (
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG,
+        0, NULL, NULL, s_on_request, self,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket) listen_fd,
+        MHD_OPTION_NOTIFY_COMPLETED, s_on_completed, self,
+        MHD_OPTION_NOTIFY_CONNECTION, s_on_connection, self,
+        MHD_OPTION_CONNECTION_LIMIT, s_connection_limit (),
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) ZG_IDLE_TIMEOUT_S,
+        MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self,
+        MHD_OPTION_END);
+    if (!self->daemon) {
+        zg_error ("frontend: cannot start the HTTP server on descriptor %d", listen_fd);
+        s_destroy (self);
+        return 1;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info (self->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!info || info->epoll_fd < 0) {
+        zg_error ("frontend: libmicrohttpd has no epoll descriptor");
+        s_destroy (self);
+        return 1;
+    }
+    self->mhd_epoll_fd = info->epoll_fd;
+
+    int64_t now = zclock_mono ();
+    //  A grace period: requests are accepted (and queue in the socket)
+    //  while the router comes up; readiness waits for its first answer
+    self->router_seen = now;
+    self->router_alive = true;
+    self->next_heartbeat = now;
+    self->next_sweep = now + ZG_SWEEP_MS;
+    zg_info ("frontend %s serving HTTP, router at %s", self->name, router_endpoint);
+
+    void *router_handle = zsock_resolve (self->router);
+    while (!self->terminated) {
+        now = zclock_mono ();
+        s_on_timers (self, now);
+        if (self->draining && self->llm_active == 0)
+            break;
+
+        int64_t wait = self->next_heartbeat < self->next_sweep ? self->next_heartbeat
+                                                                : self->next_sweep;
+        wait -= now;
+        if (wait < 0)
+            wait = 0;
+        MHD_UNSIGNED_LONG_LONG mhd_wait;
+        if (MHD_get_timeout (self->daemon, &mhd_wait) == MHD_YES && (int64_t) mhd_wait < wait)
+            wait = (int64_t) mhd_wait;
+
+        zmq_pollitem_t items [] = {
+            { router_handle, 0, ZMQ_POLLIN, 0 },
+            { NULL, self->mhd_epoll_fd, ZMQ_POLLIN, 0 },
+            { NULL, self->watch_fd, ZMQ_POLLIN, 0 },
+            { NULL, self->signal_fd, ZMQ_POLLIN, 0 }
+        };
+        int rc = zmq_poll (items, 4, (long) wait);
+        if (rc < 0 && zmq_errno () != EINTR) {
+            zg_error ("frontend: poll failed: %s", zmq_strerror (zmq_errno ()));
+            break;
+        }
+        if (rc > 0 && (items [3].revents & ZMQ_POLLIN)) {
+            struct signalfd_siginfo signal_info;
+            while (read (self->signal_fd, &signal_info, sizeof (signal_info))
+                   == (ssize_t) sizeof (signal_info)) {
+                if (self->draining) {
+                    zg_info ("frontend: second stop signal; stopping now");
+                    self->terminated = true;
+                }
+                else {
+                    zg_info ("frontend: stopping; finishing %zu requests", self->llm_active);
+                    self->draining = true;
+                    MHD_quiesce_daemon (self->daemon);
+                }
+            }
+        }
+        if (rc > 0 && (items [2].revents & ZMQ_POLLIN))
+            s_on_watch (self);
+        for (int count = 0; count < ZG_ROUTER_BATCH; count++) {
+            if (!(zsock_events (self->router) & ZMQ_POLLIN))
+                break;
+            s_on_router_message (self);
+        }
+        MHD_run (self->daemon);
+    }
+    zg_info ("frontend %s stopped", self->name);
+    s_destroy (self);
+    return 0;
+}

@@ -1,0 +1,255 @@
+/*  =========================================================================
+    zg_routes - which endpoint an HTTP method and path name
+    =========================================================================
+*/
+#include "frontend/zg_routes.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "proto/zg_msg.h"
+
+static const char *s_allow_post = "POST";
+static const char *s_allow_get = "GET, HEAD";
+
+//  Paths that name an endpoint exactly, after any /v1 prefix
+static const struct {
+    const char   *path;
+    zg_endpoint_t endpoint;
+} s_exact [] = {
+    { "/chat/completions",   ZG_ENDPOINT_CHAT },
+    { "/completions",        ZG_ENDPOINT_COMPLETIONS },
+    { "/embeddings",         ZG_ENDPOINT_EMBEDDINGS },
+    { "/models",             ZG_ENDPOINT_MODELS },
+    { "/model/info",         ZG_ENDPOINT_MODEL_INFO },
+    { "/health/liveliness",  ZG_ENDPOINT_LIVENESS },
+    { "/health/liveness",    ZG_ENDPOINT_LIVENESS },
+    { "/health/readiness",   ZG_ENDPOINT_READINESS },
+    { "/",                   ZG_ENDPOINT_ROOT },
+};
+
+//  Suffixes after /engines/{model} and /openai/deployments/{model}; the
+//  model may itself hold slashes ("openai/gpt-4o"), as the reference's
+//  path parameters do, so the suffix is matched from the end
+static const struct {
+    const char   *suffix;
+    zg_endpoint_t endpoint;
+} s_model_suffix [] = {
+    { "/chat/completions",   ZG_ENDPOINT_CHAT },
+    { "/completions",        ZG_ENDPOINT_COMPLETIONS },
+    { "/embeddings",         ZG_ENDPOINT_EMBEDDINGS },
+};
+
+static const char *s_model_prefix [] = { "/engines/", "/openai/deployments/" };
+
+zg_http_method_t
+zg_http_method (const char *method)
+{
+    if (!method)
+        return ZG_HTTP_OTHER;
+    //  The common ones first; methods are case-sensitive (RFC 9110)
+    if (strcmp (method, "POST") == 0)    return ZG_HTTP_POST;
+    if (strcmp (method, "GET") == 0)     return ZG_HTTP_GET;
+    if (strcmp (method, "HEAD") == 0)    return ZG_HTTP_HEAD;
+    if (strcmp (method, "PUT") == 0)     return ZG_HTTP_PUT;
+    if (strcmp (method, "DELETE") == 0)  return ZG_HTTP_DELETE;
+    if (strcmp (method, "PATCH") == 0)   return ZG_HTTP_PATCH;
+    if (strcmp (method, "OPTIONS") == 0) return ZG_HTTP_OPTIONS;
+    return ZG_HTTP_OTHER;
+}
+
+const char *
+zg_http_method_name (zg_http_method_t method)
+{
+    switch (method) {
+        case ZG_HTTP_GET:     return "GET";
+        case ZG_HTTP_HEAD:    return "HEAD";
+        case ZG_HTTP_POST:    return "POST";
+        case ZG_HTTP_PUT:     return "PUT";
+        case ZG_HTTP_DELETE:  return "DELETE";
+        case ZG_HTTP_PATCH:   return "PATCH";
+        case ZG_HTTP_OPTIONS: return "OPTIONS";
+        default:              return "OTHER";
+    }
+}
+
+bool
+zg_endpoint_is_llm (zg_endpoint_t endpoint)
+{
+    return endpoint == ZG_ENDPOINT_CHAT
+        || endpoint == ZG_ENDPOINT_COMPLETIONS
+        || endpoint == ZG_ENDPOINT_EMBEDDINGS;
+}
+
+bool
+zg_endpoint_needs_auth (zg_endpoint_t endpoint)
+{
+    return zg_endpoint_is_llm (endpoint)
+        || endpoint == ZG_ENDPOINT_MODELS
+        || endpoint == ZG_ENDPOINT_MODEL_INFO;
+}
+
+int
+zg_endpoint_route (zg_endpoint_t endpoint)
+{
+    switch (endpoint) {
+        case ZG_ENDPOINT_CHAT:        return ZG_ROUTE_CHAT;
+        case ZG_ENDPOINT_COMPLETIONS: return ZG_ROUTE_COMPLETIONS;
+        case ZG_ENDPOINT_EMBEDDINGS:  return ZG_ROUTE_EMBEDDINGS;
+        default:                      return 0;
+    }
+}
+
+static zg_endpoint_t
+s_match_path (const char *path, zg_route_match_t *match)
+{
+    for (size_t index = 0; index < sizeof (s_exact) / sizeof (s_exact [0]); index++)
+        if (strcmp (path, s_exact [index].path) == 0)
+            return s_exact [index].endpoint;
+
+    size_t path_length = strlen (path);
+    for (size_t p = 0; p < sizeof (s_model_prefix) / sizeof (s_model_prefix [0]); p++) {
+        size_t prefix_length = strlen (s_model_prefix [p]);
+        if (strncmp (path, s_model_prefix [p], prefix_length) != 0)
+            continue;
+        for (size_t s = 0; s < sizeof (s_model_suffix) / sizeof (s_model_suffix [0]); s++) {
+            size_t suffix_length = strlen (s_model_suffix [s].suffix);
+            if (path_length <= prefix_length + suffix_length)
+                continue;
+            if (strcmp (path + path_length - suffix_length, s_model_suffix [s].suffix) != 0)
+                continue;
+            const char *model = path + prefix_length;
+            size_t model_length = path_length - prefix_length - suffix_length;
+            if (model [0] == '/' || model [model_length - 1] == '/')
+                continue;
+            match->model = model;
+            match->model_length = model_length;
+            return s_model_suffix [s].endpoint;
+        }
+    }
+    return ZG_ENDPOINT_NOT_FOUND;
+}
+
+zg_endpoint_t
+zg_route_match (zg_http_method_t method, const char *path, zg_route_match_t *match)
+{
+    assert (match);
+    memset (match, 0, sizeof (*match));
+    if (!path || *path != '/')
+        return match->endpoint = ZG_ENDPOINT_NOT_FOUND;
+
+    //  Every route also lives under /v1 (but "/v1" alone is not "/")
+    if (strncmp (path, "/v1/", 4) == 0)
+        path += 3;
+
+    zg_endpoint_t endpoint = s_match_path (path, match);
+    if (endpoint == ZG_ENDPOINT_NOT_FOUND)
+        return match->endpoint = endpoint;
+
+    bool method_ok;
+    if (zg_endpoint_is_llm (endpoint)) {
+        method_ok = method == ZG_HTTP_POST;
+        match->allow = s_allow_post;
+    }
+    else {
+        method_ok = method == ZG_HTTP_GET || method == ZG_HTTP_HEAD;
+        match->allow = s_allow_get;
+    }
+    if (!method_ok) {
+        match->model = NULL;
+        match->model_length = 0;
+        return match->endpoint = ZG_ENDPOINT_BAD_METHOD;
+    }
+    match->allow = NULL;
+    return match->endpoint = endpoint;
+}
+
+//  Self-test checks stay on in release builds (NDEBUG): a failure prints
+//  where and aborts.
+#define s_check(cond) do { \
+    if (!(cond)) { \
+        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+        abort (); \
+    } \
+} while (0)
+
+void
+zg_routes_test (bool verbose)
+{
+    if (verbose)
+        printf (" * zg_routes: ");
+    zg_route_match_t match;
+
+    s_check (zg_http_method ("POST") == ZG_HTTP_POST);
+    s_check (zg_http_method ("GET") == ZG_HTTP_GET);
+    s_check (zg_http_method ("get") == ZG_HTTP_OTHER);
+    s_check (zg_http_method (NULL) == ZG_HTTP_OTHER);
+    s_check (strcmp (zg_http_method_name (ZG_HTTP_DELETE), "DELETE") == 0);
+
+    struct {
+        zg_http_method_t method;
+        const char *path;
+        zg_endpoint_t endpoint;
+        const char *model;
+    } cases [] = {
+        { ZG_HTTP_POST, "/chat/completions",         ZG_ENDPOINT_CHAT, NULL },
+        { ZG_HTTP_POST, "/v1/chat/completions",      ZG_ENDPOINT_CHAT, NULL },
+        { ZG_HTTP_POST, "/completions",              ZG_ENDPOINT_COMPLETIONS, NULL },
+        { ZG_HTTP_POST, "/v1/completions",           ZG_ENDPOINT_COMPLETIONS, NULL },
+        { ZG_HTTP_POST, "/embeddings",               ZG_ENDPOINT_EMBEDDINGS, NULL },
+        { ZG_HTTP_POST, "/v1/embeddings",            ZG_ENDPOINT_EMBEDDINGS, NULL },
+        { ZG_HTTP_POST, "/engines/gpt-4o/chat/completions", ZG_ENDPOINT_CHAT, "gpt-4o" },
+        { ZG_HTTP_POST, "/v1/engines/m1/completions", ZG_ENDPOINT_COMPLETIONS, "m1" },
+        { ZG_HTTP_POST, "/engines/openai/gpt-4o/embeddings", ZG_ENDPOINT_EMBEDDINGS, "openai/gpt-4o" },
+        { ZG_HTTP_POST, "/openai/deployments/azure-gpt/chat/completions", ZG_ENDPOINT_CHAT, "azure-gpt" },
+        { ZG_HTTP_POST, "/v1/openai/deployments/d/embeddings", ZG_ENDPOINT_EMBEDDINGS, "d" },
+        { ZG_HTTP_POST, "/engines//chat/completions", ZG_ENDPOINT_NOT_FOUND, NULL },
+        { ZG_HTTP_POST, "/engines/chat/completions", ZG_ENDPOINT_COMPLETIONS, "chat" },
+        { ZG_HTTP_POST, "/engines/x/", ZG_ENDPOINT_NOT_FOUND, NULL },
+        { ZG_HTTP_GET,  "/models",                   ZG_ENDPOINT_MODELS, NULL },
+        { ZG_HTTP_GET,  "/v1/models",                ZG_ENDPOINT_MODELS, NULL },
+        { ZG_HTTP_HEAD, "/v1/models",                ZG_ENDPOINT_MODELS, NULL },
+        { ZG_HTTP_GET,  "/model/info",               ZG_ENDPOINT_MODEL_INFO, NULL },
+        { ZG_HTTP_GET,  "/v1/model/info",            ZG_ENDPOINT_MODEL_INFO, NULL },
+        { ZG_HTTP_GET,  "/health/liveliness",        ZG_ENDPOINT_LIVENESS, NULL },
+        { ZG_HTTP_GET,  "/health/liveness",          ZG_ENDPOINT_LIVENESS, NULL },
+        { ZG_HTTP_GET,  "/health/readiness",         ZG_ENDPOINT_READINESS, NULL },
+        { ZG_HTTP_GET,  "/",                         ZG_ENDPOINT_ROOT, NULL },
+        { ZG_HTTP_GET,  "/v1",                       ZG_ENDPOINT_NOT_FOUND, NULL },
+        { ZG_HTTP_GET,  "/v1/no/such/route",         ZG_ENDPOINT_NOT_FOUND, NULL },
+        { ZG_HTTP_GET,  "",                          ZG_ENDPOINT_NOT_FOUND, NULL },
+        { ZG_HTTP_POST, "/chat/completions/",        ZG_ENDPOINT_NOT_FOUND, NULL },
+        { ZG_HTTP_GET,  "/chat/completions",         ZG_ENDPOINT_BAD_METHOD, NULL },
+        { ZG_HTTP_PUT,  "/v1/embeddings",            ZG_ENDPOINT_BAD_METHOD, NULL },
+        { ZG_HTTP_POST, "/models",                   ZG_ENDPOINT_BAD_METHOD, NULL },
+        { ZG_HTTP_DELETE, "/health/readiness",       ZG_ENDPOINT_BAD_METHOD, NULL },
+    };
+    for (size_t index = 0; index < sizeof (cases) / sizeof (cases [0]); index++) {
+        zg_endpoint_t endpoint = zg_route_match (cases [index].method, cases [index].path, &match);
+        s_check (endpoint == cases [index].endpoint);
+        s_check (match.endpoint == endpoint);
+        if (cases [index].model) {
+            s_check (match.model_length == strlen (cases [index].model));
+            s_check (memcmp (match.model, cases [index].model, match.model_length) == 0);
+        }
+        else
+            s_check (match.model == NULL);
+    }
+    zg_route_match (ZG_HTTP_GET, "/chat/completions", &match);
+    s_check (strcmp (match.allow, "POST") == 0);
+    zg_route_match (ZG_HTTP_POST, "/models", &match);
+    s_check (strcmp (match.allow, "GET, HEAD") == 0);
+
+    s_check (zg_endpoint_is_llm (ZG_ENDPOINT_EMBEDDINGS));
+    s_check (!zg_endpoint_is_llm (ZG_ENDPOINT_MODELS));
+    s_check (zg_endpoint_needs_auth (ZG_ENDPOINT_MODEL_INFO));
+    s_check (!zg_endpoint_needs_auth (ZG_ENDPOINT_READINESS));
+    s_check (!zg_endpoint_needs_auth (ZG_ENDPOINT_LIVENESS));
+    s_check (zg_endpoint_route (ZG_ENDPOINT_COMPLETIONS) == ZG_ROUTE_COMPLETIONS);
+    s_check (zg_endpoint_route (ZG_ENDPOINT_ROOT) == 0);
+    if (verbose)
+        printf ("OK\n");
+}
