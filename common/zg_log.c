@@ -456,10 +456,14 @@ zg_log_redact (char *text)
         return;
     size_t length = strlen (text);
     size_t read = 0, write = 0;
-    unsigned char previous = 0;     //  the original byte before read
+    //  The original bytes before read (the text there may be rewritten).
+    //  A key starts a word; digits and escapes such as "\n" (JSON inside a
+    //  message) or "%3D" (URL encoding) do not hide one.
+    unsigned char previous = 0, before_previous = 0, third = 0;
     while (read < length) {
         unsigned char c = (unsigned char) text [read];
-        bool boundary = !isalnum (previous);
+        bool boundary = !isalpha (previous) || before_previous == '\\'
+                     || (third == '%' && isxdigit (before_previous) && isxdigit (previous));
         bool redacted = false;
         if (c == 's' && boundary)
             redacted = s_redact_sk (text, length, &read, &write);
@@ -473,11 +477,13 @@ zg_log_redact (char *text)
             redacted = s_redact_named (text, length, &read, &write);
         if (redacted) {
             //  Every redaction ends inside a token or a value, so the byte
-            //  before read was not a boundary (and may be overwritten now)
-            previous = 'x';
+            //  before read was not a boundary
+            third = before_previous = previous = 'x';
             continue;
         }
         text [write++] = (char) c;
+        third = before_previous;
+        before_previous = previous;
         previous = c;
         read++;
     }
@@ -654,6 +660,8 @@ zg_log_test (bool verbose)
     s_check_redact ("[sk-abcdefgh_ijkl,sk-zzzzzzzz9999]", "[sk-...ijkl,sk-...9999]");
     s_check_redact ("already sk-...3456 masked", "already sk-...3456 masked");
     s_check_redact ("task-1234 and disk-usage stay", "task-1234 and disk-usage stay");
+    s_check_redact ("{\\\"key\\\":\\nsk-abcdef123456}", "{\\\"key\\\":\\nsk-...3456}");
+    s_check_redact ("?key%3Dsk-abcdef123456", "?key%3Dsk-...3456");
     s_check_redact ("Authorization: Bearer sk-1234567890", "Authorization: Bearer ****");
     s_check_redact ("authorization: bearer abc", "authorization: bearer ***");
     s_check_redact ("{\"Authorization\": \"Bearer eyJhbGciOi.xyz\"}", "{\"Authorization\": \"Bearer ****\"}");
