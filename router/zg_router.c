@@ -121,6 +121,7 @@ struct _worker_t {
 struct _frontend_t {
     zframe_t   *identity;
     char       *key;
+    char        label [2 * 255 + 1];    //  for logs
     call_list_t calls;
     int64_t     last_heard;
     frontend_t *prev;
@@ -186,6 +187,24 @@ s_route_path (int route)
         case ZG_ROUTE_EMBEDDINGS:  return "/embeddings";
         default:                   return "/chat/completions";
     }
+}
+
+//  For logs: a printable identity as it is, any other in hex
+static void
+s_identity_label (const uint8_t *data, size_t size, char *label, size_t label_size)
+{
+    bool printable = size > 0;
+    for (size_t index = 0; index < size && printable; index++)
+        printable = data [index] >= 0x20 && data [index] < 0x7f;
+    if (printable) {
+        snprintf (label, label_size, "%.*s", (int) size, (const char *) data);
+        return;
+    }
+    size_t used = 0;
+    for (size_t index = 0; index < size && used + 3 <= label_size; index++)
+        used += (size_t) snprintf (label + used, label_size - used, "%02x", data [index]);
+    if (used == 0 && label_size)
+        label [0] = 0;
 }
 
 //  Peer identities are up to 255 bytes of anything; hex makes them a key
@@ -574,12 +593,14 @@ s_frontend_touch (router_t *self, const zmq_msg_t *identity, int64_t now)
             free (frontend);
             return NULL;
         }
+        s_identity_label (zframe_data (frontend->identity), size, frontend->label,
+                          sizeof (frontend->label));
         zhashx_insert (self->frontends, frontend->key, frontend);
         frontend->next = self->frontend_list;
         if (self->frontend_list)
             self->frontend_list->prev = frontend;
         self->frontend_list = frontend;
-        zg_debug ("router: frontend %s connected", key);
+        zg_debug ("router: frontend %s connected", frontend->label);
     }
     frontend->last_heard = now;
     return frontend;
@@ -816,7 +837,7 @@ static void
 s_frontend_expire (router_t *self, frontend_t *frontend)
 {
     if (frontend->calls.size)
-        zg_info ("router: frontend %s went silent: cancelling %zu call(s)", frontend->key,
+        zg_info ("router: frontend %s went silent: cancelling %zu call(s)", frontend->label,
                  frontend->calls.size);
     while (frontend->calls.head)
         s_call_cancel (self, frontend->calls.head);
@@ -1002,7 +1023,7 @@ s_on_frontend_message (router_t *self, int64_t now)
     if (!frontend)
         return;
     if (s_decode (self) != ZG_MSG_OK) {
-        zg_warning ("router: malformed message from frontend %s: dropped", frontend->key);
+        zg_warning ("router: malformed message from frontend %s: dropped", frontend->label);
         return;
     }
     zg_msg_t *in = &self->in;
@@ -1023,7 +1044,7 @@ s_on_frontend_message (router_t *self, int64_t now)
             break;
         default:
             zg_warning ("router: unexpected %s from frontend %s: dropped",
-                        zg_msg_type_name (in->type), frontend->key);
+                        zg_msg_type_name (in->type), frontend->label);
             break;
     }
 }
@@ -1088,6 +1109,8 @@ s_on_worker_message (router_t *self, int64_t now)
         return;
     }
     zg_msg_t *in = &self->in;
+    zg_debug ("router: %s %s from worker %s", zg_msg_type_name (in->type), in->call_id,
+              worker? worker->name: "(unknown)");
     if (in->type == ZG_MSG_READY) {
         bool joined = !worker;
         if (!worker) {

@@ -170,7 +170,7 @@ s_test_balancer (void)
 //  ---------------------------------------------------------------------
 //  The broker, end to end
 
-#define HEARTBEAT_MS    250
+#define HEARTBEAT_MS    500
 #define QUEUE_TIMEOUT   200
 #define SAFETY_MS       5000
 
@@ -648,7 +648,7 @@ static const char *s_config_text =
     "zgate_settings:\n"
     "  queue_timeout_ms: 200\n"
     "  max_queue: 2\n"
-    "  heartbeat_ms: 250\n";
+    "  heartbeat_ms: 500\n";
 
 int
 main (int argc, char *argv [])
