@@ -112,7 +112,8 @@ static const s_field_t s_end_fields [] = {
 };
 
 static const s_field_t s_error_fields [] = {
-    S_CALL_ID, S_STATUS, S_STR (zg_msg_t, err_type), S_STR (zg_msg_t, message),
+    S_CALL_ID, S_STATUS, S_UNSIGNED (zg_msg_t, flags), S_STR (zg_msg_t, err_type),
+    S_STR (zg_msg_t, message),
     S_STR_OR_NIL (zg_msg_t, param), S_STR (zg_msg_t, deployment_id), S_STR (zg_msg_t, api_base)
 };
 
@@ -1263,7 +1264,7 @@ s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
                                 0xcd, 0, ZG_MSG_CREDIT, 0xce, 0, 0, 1, 0 };
     S_CHECK (zg_msg_decode (back, credit, sizeof credit) == ZG_MSG_OK
           && back->type == ZG_MSG_CREDIT && back->credit == 256);
-    const uint8_t empty_param [] = { 0x9a, 0xa2, 'Z', 'G', 1, ZG_MSG_ERROR, 0xa1, 'c', 0xcd, 0x01, 0xf4,
+    const uint8_t empty_param [] = { 0x9b, 0xa2, 'Z', 'G', 1, ZG_MSG_ERROR, 0xa1, 'c', 0xcd, 0x01, 0xf4, 0,
                                      0xa1, 't', 0xa1, 'm', 0xa0, 0xa0, 0xa0 };
     S_CHECK (zg_msg_decode (back, empty_param, sizeof empty_param) == ZG_MSG_OK
           && back->status == 500 && back->param [0] == 0 && streq (back->message, "m"));

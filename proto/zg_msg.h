@@ -30,8 +30,8 @@
                              END       call_id status prompt_tokens
                                        completion_tokens total_tokens cost
                                        ttfb_us duration_us deployment_id
-                             ERROR     call_id status err_type message param
-                                       deployment_id api_base
+                             ERROR     call_id status flags err_type message
+                                       param deployment_id api_base
         frontend -> router -> worker
                              CANCEL    call_id
         worker   -> router   READY     name pid capacity
@@ -40,10 +40,11 @@
         router   -> worker/frontend
                              DISCONNECT   ("I do not know you: send READY again")
 
-    A request's answer is HEAD then either nothing more (HEAD has
-    ZG_FLAG_FINAL and carries the whole body) or CHUNK* then END; or a
-    single ERROR instead of HEAD; or, for a stream that already started,
-    ERROR after some CHUNKs.
+    A request's answer is HEAD then either END (HEAD has ZG_FLAG_FINAL and
+    carries the whole body; the END that follows reports usage and timings
+    and is not relayed to the client) or CHUNK* then END; or a single ERROR
+    instead of HEAD; or, for a stream that already started, ERROR (with
+    ZG_FLAG_STARTED) after some CHUNKs.
 
     Encoding of the fields. DISPATCH's "deployment..." is one field, a
     nested array of the deployment's 9 fields in this order:
