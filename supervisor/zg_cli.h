@@ -16,6 +16,7 @@
 #define ZG_CLI_H_INCLUDED
 
 #include <stdbool.h>
+#include <stddef.h>
 
 typedef enum {
     ZG_ROLE_ALL = 0,        //  the supervisor: everything on this machine
