@@ -67,6 +67,7 @@ struct _zg_call_t {
     size_t    body_size;
     size_t    body_cap;
     bool      body_too_large;
+    size_t    discarded;            //  body bytes read and dropped after an early answer
 
     //  Stream bytes waiting for the client: a ring of frames (CHUNK payloads
     //  kept as they arrived, no copy) and how far the first one is sent

@@ -311,12 +311,21 @@ static void
 s_fail_stream (s_frontend_t *self, zg_call_t *call, int status, const char *type,
                const char *message, const char *param)
 {
-    int length = zg_reply_stream_error (self->scratch, sizeof (self->scratch),
+    //  If the stream stopped inside an event, close that event first so
+    //  the error is an event of its own that clients can parse
+    size_t used = 0;
+    if (call->tail_len
+    &&  !(call->tail_len >= 2 && memcmp (call->tail + call->tail_len - 2, "\n\n", 2) == 0)
+    &&  !(call->tail_len >= 4 && memcmp (call->tail + call->tail_len - 4, "\r\n\r\n", 4) == 0)) {
+        memcpy (self->scratch, "\n\n", 2);
+        used = 2;
+    }
+    int length = zg_reply_stream_error (self->scratch + used, sizeof (self->scratch) - used,
                                         status, type, message, param);
     if (length < 0)
-        length = zg_reply_stream_error (self->scratch, sizeof (self->scratch),
+        length = zg_reply_stream_error (self->scratch + used, sizeof (self->scratch) - used,
                                         status, type, "stream failed", NULL);
-    zframe_t *event = zframe_new (self->scratch, (size_t) length);
+    zframe_t *event = zframe_new (self->scratch, used + (size_t) length);
     zg_call_queue_push (call, &event);
     call->stream_ended = true;
     zg_calls_unroute (self->calls, call);
@@ -504,23 +513,8 @@ s_on_chunk (s_frontend_t *self, zg_call_t *call, zg_msg_t *chunk)
         return;
     zg_call_queue_push (call, &chunk->payload);
     if (call->queued_bytes > ZG_STREAM_QUEUE_MAX) {
-        //  The client reads slower than the upstream writes. Keep only a
-        //  partly sent frame, so the error event starts on a line of its own.
-        zg_warning ("call %s: client too slow, %zu bytes queued; stream stopped",
-                    call->call_id, call->queued_bytes);
-        if (call->queue_offset) {
-            zframe_t *partial = call->queue [call->queue_head];
-            call->queue [call->queue_head] = NULL;
-            call->queue_count--;
-            call->queue_head = (call->queue_head + 1) % call->queue_cap;
-            size_t offset = call->queue_offset;
-            zg_call_queue_clear (call);
-            zg_call_queue_push (call, &partial);
-            call->queue_offset = offset;
-            call->queued_bytes -= offset;
-        }
-        else
-            zg_call_queue_clear (call);
+        //  The client reads slower than the upstream writes: what is
+        //  queued still goes out, then the error, and the upstream stops
         s_cancel (self, call);
         s_fail_stream (self, call, 500, "internal_server_error",
                        "Stream stopped: the client did not read it fast enough", NULL);
@@ -975,6 +969,16 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
     return MHD_YES;
 }
 
+//  Drop body bytes nobody will use. A client that keeps sending far past
+//  the limit is cut off rather than read forever.
+static enum MHD_Result
+s_discard (s_frontend_t *self, zg_call_t *call, size_t *upload_data_size)
+{
+    call->discarded += *upload_data_size;
+    *upload_data_size = 0;
+    return call->discarded > self->max_body + 1024 * 1024 ? MHD_NO : MHD_YES;
+}
+
 static enum MHD_Result
 s_on_request (void *cls, struct MHD_Connection *connection, const char *url,
               const char *method, const char *version, const char *upload_data,
@@ -999,8 +1003,16 @@ s_on_request (void *cls, struct MHD_Connection *connection, const char *url,
     switch (call->state) {
         case ZG_CALL_UPLOADING:
             if (*upload_data_size) {
+                bool was_too_large = call->body_too_large;
                 s_on_upload (self, call, upload_data, *upload_data_size);
+                if (was_too_large)
+                    return s_discard (self, call, upload_data_size);
                 *upload_data_size = 0;
+                //  Answer as soon as the limit is crossed. libmicrohttpd
+                //  0.9.75 sends no answer before the body is read, so the
+                //  rest is read and dropped and the 413 goes out at the end
+                if (call->body_too_large)
+                    s_too_large (self, call);
                 return MHD_YES;
             }
             return s_on_body_complete (self, call);
@@ -1009,8 +1021,7 @@ s_on_request (void *cls, struct MHD_Connection *connection, const char *url,
             return MHD_NO;
         default:
             //  Answered early (401, 413...): whatever body follows is dropped
-            *upload_data_size = 0;
-            return MHD_YES;
+            return s_discard (self, call, upload_data_size);
     }
 }
 
@@ -1250,12 +1261,12 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
     self->daemon = MHD_start_daemon (
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG,
         0, NULL, NULL, s_on_request, self,
+        MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket) listen_fd,
         MHD_OPTION_NOTIFY_COMPLETED, s_on_completed, self,
         MHD_OPTION_NOTIFY_CONNECTION, s_on_connection, self,
         MHD_OPTION_CONNECTION_LIMIT, s_connection_limit (),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) ZG_IDLE_TIMEOUT_S,
-        MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, self,
         MHD_OPTION_END);
     if (!self->daemon) {
         zg_error ("frontend: cannot start the HTTP server on descriptor %d", listen_fd);

@@ -14,6 +14,8 @@
                     [DONE]) when the test says NEXT
         err         ERROR 429 before any HEAD
         midstream   HEAD, 1 CHUNK, ERROR with ZG_FLAG_STARTED
+        midevent    HEAD, half an event, ERROR with ZG_FLAG_STARTED
+        flood       HEAD, 16 MiB of CHUNKs, END
         hold        nothing: the client waits
         anything else  ERROR 400 "Invalid model name"
     =========================================================================
@@ -256,6 +258,27 @@ s_fake_router (zsock_t *pipe, void *args)
                 s_send_chunk (router, peer, id, "data: {\"n\":1}\n\n");
                 s_send_error (router, peer, id, 500, "internal_server_error",
                               "upstream reset", ZG_FLAG_STARTED);
+            }
+            else
+            if (streq (msg.model, "midevent")) {
+                s_send_head (router, peer, id, false, NULL);
+                s_send_chunk (router, peer, id, "data: {\"n\":");
+                s_send_error (router, peer, id, 502, "internal_server_error",
+                              "upstream reset", ZG_FLAG_STARTED);
+            }
+            else
+            if (streq (msg.model, "flood")) {
+                s_send_head (router, peer, id, false, NULL);
+                size_t size = 65536;
+                char *event = (char *) malloc (size + 1);
+                memset (event, 'x', size);
+                memcpy (event, "data: ", 6);
+                memcpy (event + size - 2, "\n\n", 2);
+                event [size] = 0;
+                for (int index = 0; index < 256; index++)
+                    s_send_chunk (router, peer, id, event);
+                free (event);
+                s_send_end (router, peer, id);
             }
             else
             if (!streq (msg.model, "hold")) {
@@ -1080,6 +1103,15 @@ s_test_answers (int port, zactor_t *fake, pid_t frontend_pid)
                              "data: [DONE]\n\n"));
     s_resp_free (&resp);
 
+    //  An error inside an event: the event is closed, the error is its own
+    CHECK (s_call (port, "POST", "/chat/completions", AUTH,
+                   "{\"model\":\"midevent\",\"stream\":true}", &resp) == 200);
+    CHECK (s_body_is (&resp, "data: {\"n\":\n\n"
+                             "data: {\"error\":{\"message\":\"upstream reset\","
+                             "\"type\":\"internal_server_error\",\"param\":null,\"code\":\"502\"}}\n\n"
+                             "data: [DONE]\n\n"));
+    s_resp_free (&resp);
+
     //  A stream delivered chunk by chunk: the first chunk reaches the
     //  client while the rest does not exist yet; waiting costs no CPU;
     //  a stream that ends without [DONE] gets one
@@ -1133,6 +1165,43 @@ s_test_answers (int port, zactor_t *fake, pid_t frontend_pid)
     close (fd);
     CHECK (s_wait_cancel (fake, "held-1"));
     free (request);
+
+    //  A client that does not read while the upstream floods: the queue
+    //  stays bounded, the router is told to stop, and the client gets what
+    //  was queued (whole events), then an in-stream error
+    request = s_format_request ("POST", "/chat/completions", AUTH "x-litellm-call-id: flood-1\r\n",
+                                "{\"model\":\"flood\",\"stream\":true}", &size);
+    fd = socket (AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt (fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof (small));
+    struct sockaddr_in address;
+    memset (&address, 0, sizeof (address));
+    address.sin_family = AF_INET;
+    address.sin_port = htons ((uint16_t) port);
+    address.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    CHECK (connect (fd, (struct sockaddr *) &address, sizeof (address)) == 0);
+    struct timeval timeout = { 20, 0 };
+    setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof (timeout));
+    CHECK (s_send_all (fd, request, size));
+    CHECK (s_wait_cancel (fake, "flood-1"));
+    raw.data = NULL;
+    raw.size = raw.cap = 0;
+    CHECK (s_read_until (fd, &raw, NULL));
+    CHECK (s_parse (&raw, &resp) == 200);
+    const char *tail = "data: {\"error\":{\"message\":\"Stream stopped: the client did not read it "
+                       "fast enough\",\"type\":\"internal_server_error\",\"param\":null,"
+                       "\"code\":\"500\"}}\n\ndata: [DONE]\n\n";
+    CHECK (resp.body_size < 256 * 65536);
+    CHECK (resp.body_size > 4 * 1024 * 1024);
+    CHECK (resp.body_size % 65536 == strlen (tail) % 65536);
+    CHECK (resp.body_size > strlen (tail)
+        && strcmp (resp.body + resp.body_size - strlen (tail), tail) == 0);
+    if (s_verbose)
+        printf ("   flooded client received %zu bytes\n", resp.body_size);
+    s_resp_free (&resp);
+    free (raw.data);
+    free (request);
+    close (fd);
 
     //  And the frontend still serves
     CHECK (s_call (port, "POST", "/chat/completions", AUTH, "{\"model\":\"json\"}", &resp) == 200);
