@@ -555,16 +555,17 @@ s_on_error (s_frontend_t *self, zg_call_t *call, zg_msg_t *error)
         s_fail_stream (self, call, status, type, error->message, param);
 }
 
-static void
+//  Handle one message; -1 when none was waiting (the socket never blocks)
+static int
 s_on_router_message (s_frontend_t *self)
 {
     int rc = zg_msg_recv (&self->in, self->router);
     if (rc == ZG_MSG_ERR_MALFORMED) {
         zg_warning ("malformed message from the router, dropped");
-        return;
+        return 0;
     }
     if (rc != ZG_MSG_OK)
-        return;
+        return -1;
     self->router_seen = zclock_mono ();
     self->router_answered = true;
 
@@ -604,6 +605,7 @@ s_on_router_message (s_frontend_t *self)
     }
     //  Release the payload and headers now rather than at the next receive
     zg_msg_reset (&self->in, 0);
+    return 0;
 }
 
 
@@ -1240,9 +1242,10 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
         s_destroy (self);
         return 1;
     }
-    //  Never block the event loop on a send: a full pipe to the router
-    //  fails at once and the client gets a 503
+    //  Never block the event loop: a send to a full pipe fails at once (the
+    //  client gets a 503) and a receive with nothing waiting returns
     zsock_set_sndtimeo (self->router, 0);
+    zsock_set_rcvtimeo (self->router, 0);
     zsock_set_sndhwm (self->router, 100000);
     zsock_set_rcvhwm (self->router, 100000);
     zsock_set_linger (self->router, 0);
@@ -1334,11 +1337,10 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
         }
         if (rc > 0 && (items [2].revents & ZMQ_POLLIN))
             s_on_watch (self);
-        for (int count = 0; count < ZG_ROUTER_BATCH; count++) {
-            if (!(zsock_events (self->router) & ZMQ_POLLIN))
-                break;
-            s_on_router_message (self);
-        }
+        if (rc > 0 && (items [0].revents & ZMQ_POLLIN))
+            for (int count = 0; count < ZG_ROUTER_BATCH; count++)
+                if (s_on_router_message (self) == -1)
+                    break;
         MHD_run (self->daemon);
     }
     zg_info ("frontend %s stopped", self->name);

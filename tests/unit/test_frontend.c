@@ -674,7 +674,7 @@ s_write_config (const char *path, bool with_key)
         "litellm_settings:\n"
         "  request_timeout: 30\n"
         "zgate_settings:\n"
-        "  heartbeat_ms: 200\n"
+        "  heartbeat_ms: 500\n"
         "  queue_timeout_ms: 1000\n",
         with_key ? "  master_key: " MASTER_KEY "\n" : "");
     fclose (file);
