@@ -603,8 +603,9 @@ s_on_router_message (s_frontend_t *self)
             zg_debug ("unexpected %s from the router", zg_msg_type_name (self->in.type));
             break;
     }
-    //  Release the payload and headers now rather than at the next receive
-    zg_msg_reset (&self->in, 0);
+    //  A payload nobody took goes now; the rest is overwritten by the next
+    //  receive (a full reset would clear the whole struct per message)
+    zframe_destroy (&self->in.payload);
     return 0;
 }
 
