@@ -201,12 +201,13 @@ tree_pids() {
   echo "${found[*]}"
 }
 
-# One field of /proc/pid/status in kB (0 when the process is gone).
+# One field of /proc/pid/status (or of /proc/pid/$3) in kB, 0 when the
+# process is gone.
 status_kb() {
   local key value _
   while read -r key value _; do
     [ "$key" = "$2:" ] && { echo "$value"; return 0; }
-  done < "/proc/$1/status" 2>/dev/null || true
+  done < "/proc/$1/${3:-status}" 2>/dev/null || true
   echo 0
 }
 
@@ -479,6 +480,7 @@ done
 # Memory, read before anything is stopped
 
 hwm_kb=0
+pss_kb=0
 rss_max_kb=0
 breakdown=
 if [ -n "$zgate_pid" ]; then
@@ -486,6 +488,7 @@ if [ -n "$zgate_pid" ]; then
   for pid in $(tree_pids "$zgate_pid"); do
     hwm=$(status_kb "$pid" VmHWM)
     hwm_kb=$((hwm_kb + hwm))
+    pss_kb=$((pss_kb + $(status_kb "$pid" Pss smaps_rollup)))
     breakdown+="$(role_of "$pid"):$hwm "
   done
   kill "$sampler_pid" 2>/dev/null || true
@@ -495,12 +498,12 @@ if [ -n "$zgate_pid" ]; then
 fi
 
 say ""
-python3 - "$results" "$SCENARIOS" "$zgate_pending" "$hwm_kb" "$rss_max_kb" "$breakdown" \
+python3 - "$results" "$SCENARIOS" "$zgate_pending" "$hwm_kb" "$rss_max_kb" "$pss_kb" "$breakdown" \
   "$TARGET_CHAT_RATIO" "$TARGET_RSS_MB" "$REPEAT" <<'PY'
 import statistics, sys
-results, scenarios, pending, hwm_kb, rss_kb, breakdown, chat_target, rss_target, repeat = sys.argv[1:]
+results, scenarios, pending, hwm_kb, rss_kb, pss_kb, breakdown, chat_target, rss_target, repeat = sys.argv[1:]
 pending = pending == "1"
-hwm_kb, rss_kb = int(hwm_kb), int(rss_kb)
+hwm_kb, rss_kb, pss_kb = int(hwm_kb), int(rss_kb), int(pss_kb)
 chat_target, rss_target = float(chat_target), float(rss_target)
 
 runs = {}
@@ -511,7 +514,7 @@ for line in open(results):
 def median(key, index):
     return statistics.median(run[index] for run in runs[key])
 
-header = "| scenario   | target | req/s   | p50 ms | p99 ms | zgate/nginx | zgate/direct |"
+header = "| scenario   | target | req/s   |  p50 ms  |  p99 ms  | zgate/nginx | zgate/direct |"
 print("Medians of %s run(s) each:" % repeat)
 print()
 print(header)
@@ -522,7 +525,7 @@ for scenario in scenarios.split():
         key = (scenario, target)
         if key not in runs:
             if target == "zgate" and pending:
-                print("| %-10s | %-6s | %7s | %6s | %6s | %11s | %12s |"
+                print("| %-10s | %-6s | %7s | %8s | %8s | %11s | %12s |"
                       % (scenario, target, "pending", "-", "-", "-", "-"))
             continue
         rps = median(key, 0)
@@ -535,7 +538,7 @@ for scenario in scenarios.split():
                 vs_nginx = "%.2fx" % ratios[(scenario, "nginx")]
             if (scenario, "direct") in runs:
                 vs_direct = "%.2fx" % (rps / median((scenario, "direct"), 0))
-        print("| %-10s | %-6s | %7.0f | %6.2f | %6.2f | %11s | %12s |"
+        print("| %-10s | %-6s | %7.0f | %8.2f | %8.2f | %11s | %12s |"
               % (scenario, target, rps, p50, p99, vs_nginx, vs_direct))
 print()
 
@@ -548,8 +551,11 @@ if hwm_kb:
                                      "+".join("%.1f" % (kb / 1024.0) for kb in kbs))
                        for role, kbs in parts.items())
     peak_mb = max(hwm_kb, rss_kb) / 1024.0
-    print("zgate memory: sum of VmHWM %.1f MB (%s); max sampled sum of VmRSS %.1f MB"
-          % (hwm_kb / 1024.0, detail, rss_kb / 1024.0))
+    print("zgate memory: sum of VmHWM %.1f MB (%s)" % (hwm_kb / 1024.0, detail))
+    print("              max of the per-second sum of VmRSS %.1f MB" % (rss_kb / 1024.0))
+    #  Pss shares each shared page among the processes that map it, so
+    #  unlike the RSS sums it does not count the libraries once per process.
+    print("              sum of Pss at the end %.1f MB (for information)" % (pss_kb / 1024.0))
     print()
 
 print("Targets:")
