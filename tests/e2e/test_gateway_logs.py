@@ -17,6 +17,19 @@ ACCESS_RE = re.compile(r'INFO:     127\.0\.0\.1:\d+ - "POST /chat/completions HT
 ANY_ACCESS_RE = re.compile(r'127\.0\.0\.1:\d+ - "[A-Z]+ [^"]* HTTP/1\.[01]" \d{3}')
 
 
+def json_messages(text):
+    """The message of every line of text that is a JSON object with one."""
+    messages = []
+    for line in text.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("message"), str):
+            messages.append(obj["message"])
+    return messages
+
+
 class LogCase(zgtest.GatewayTestCase):
 
     LOG_LEVEL = None
@@ -75,7 +88,7 @@ class JsonLogTest(LogCase):
     def test_json_lines(self):
         self.assertEqual(self.gw.post("/chat/completions", chat_body()).status, 200)
         self.assertEqual(self.gw.post("/chat/completions", chat_body(model="nope")).status, 400)
-        zgtest.wait_until(lambda: ACCESS_RE.search(self.gw.output()),
+        zgtest.wait_until(lambda: any(ACCESS_RE.search(m) for m in json_messages(self.gw.output())),
                           message="the access line, as a JSON message")
         stdout, stderr = self.stop_gateway()
         lines = [l for l in (stdout + "\n" + stderr).splitlines() if l.strip()]
