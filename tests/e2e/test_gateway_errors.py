@@ -42,12 +42,15 @@ class GatewayErrorsTest(ErrorCase):
 
     def test_401_missing_key(self):
         resp = self.gw.post("/chat/completions", chat_body(), key=None)
-        self.assertErrorShape(resp, 401)
+        error = self.assertErrorShape(resp, 401)
+        self.assertEqual(error["type"], "auth_error", resp)
         self.assertStillServing()
 
     def test_401_wrong_key(self):
         resp = self.gw.post("/chat/completions", chat_body(), key="sk-not-the-master-key")
-        self.assertErrorShape(resp, 401)
+        error = self.assertErrorShape(resp, 401)
+        self.assertEqual(error["type"], "auth_error", resp)
+        self.assertNotIn("sk-not-the-master-key", resp.text(), "the key is echoed unmasked")
         resp = self.gw.post("/chat/completions", chat_body(), key=None,
                             headers={"x-api-key": "sk-wrong"})
         self.assertErrorShape(resp, 401)
@@ -156,6 +159,25 @@ class RequestSizeLimitTest(ErrorCase):
         resp = self.gw.post("/chat/completions", big)
         self.assertErrorShape(resp, 413)
         self.assertEqual(self.up.stats()["requests"], 0, "an over-size body reached the upstream")
+        self.assertStillServing()
+
+    def test_413_chunked_body_too_large(self):
+        #  No Content-Length: the limit must hold on the bytes received.
+        data = json.dumps(chat_body(content="y" * 8192)).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=zgtest.HTTP_TIMEOUT)
+        try:
+            conn.request("POST", "/chat/completions",
+                         body=iter([data[i:i + 512] for i in range(0, len(data), 512)]),
+                         encode_chunked=True,
+                         headers={"Authorization": "Bearer " + zgtest.MASTER_KEY,
+                                  "Content-Type": "application/json"})
+            raw = conn.getresponse()
+            resp = zgtest.Response(raw.status, raw.reason, dict(raw.getheaders()), raw.read())
+        except (ConnectionError, http.client.HTTPException) as exc:
+            self.fail("connection broken instead of a 413 answer: %r" % (exc,))
+        finally:
+            conn.close()
+        self.assertErrorShape(resp, 413)
         self.assertStillServing()
 
 

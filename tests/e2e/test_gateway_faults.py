@@ -1,6 +1,6 @@
 """End-to-end: clients that go away, workers that die, many streams at once."""
 
-import json
+import http.client
 import os
 import signal
 import sys
@@ -152,6 +152,32 @@ class ManyStreamsTest(zgtest.GatewayTestCase):
         failures = [(i, r) for i, r in enumerate(results) if r is not None]
         self.assertFalse(failures, "%d of %d streams failed, first: %r"
                          % (len(failures), self.STREAMS, failures[:5]))
+
+
+class GracefulStopTest(zgtest.GatewayTestCase):
+
+    @classmethod
+    def start(cls):
+        cls.up = cls.upstream()
+        cls.gw = cls.gateway(zgtest.make_config([zgtest.deployment("gpt-4o", cls.up.api_base)]),
+                             num_workers=1)
+
+    def test_sigterm_finishes_in_flight_stream(self):
+        body = chat_body(content="drain me", stream=True,
+                         fake={"chunks": 20, "chunk_interval_ms": 50})
+        events = []
+        with self.gw.stream("/chat/completions", body) as stream:
+            self.assertEqual(stream.status, 200, stream.headers)
+            events.append(stream.next_event())
+            self.gw.proc.popen.send_signal(signal.SIGTERM)
+            try:
+                events += stream.events()
+            except (OSError, http.client.HTTPException) as exc:
+                self.fail("stream cut by SIGTERM (%r) after %d events" % (exc, len(events)))
+        self.assertEqual(events[-1], "[DONE]", "stream cut by SIGTERM: %r" % events[-3:])
+        self.assertEqual(len(zgtest.json_events(events)), 20, events)
+        code = self.gw.proc.wait(zgtest.STOP_TIMEOUT)
+        self.assertEqual(code, 0, "zgate did not exit cleanly after draining")
 
 
 if __name__ == "__main__":

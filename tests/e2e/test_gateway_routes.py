@@ -1,5 +1,6 @@
 """End-to-end: the OpenAI-compatible routes, as a LiteLLM client sees them."""
 
+import http.client
 import json
 import os
 import sys
@@ -262,8 +263,48 @@ class GatewayRoutesTest(zgtest.GatewayTestCase):
                 self.assertEqual(last["headers"].get("authorization"), "Bearer " + UPSTREAM_KEY)
                 self.assertNotIn(MASTER_KEY, json.dumps(last["headers"]))
 
+    def test_chunked_request_body(self):
+        sent = json.dumps(chat_body(content="sent in chunks")).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=zgtest.HTTP_TIMEOUT)
+        try:
+            pieces = iter([sent[:10], sent[10:25], sent[25:]])
+            conn.request("POST", "/chat/completions", body=pieces, encode_chunked=True,
+                         headers={"Authorization": "Bearer " + MASTER_KEY,
+                                  "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            payload = resp.read()
+            self.assertEqual(resp.status, 200, payload)
+        finally:
+            conn.close()
+        last = self.assertForwarded("/v1/chat/completions")
+        self.assertEqual(last["body"], sent.decode().replace('"gpt-4o"', '"fake-model"'))
+
+    def test_large_body_forwarded_intact(self):
+        #  Well above any single read or message buffer, below the 32 MB default.
+        content = "".join("line %06d of a long prompt\n" % i for i in range(20000))
+        sent = json.dumps(chat_body(content=content, fake={"chunks": 2}))
+        resp = self.gw.post("/chat/completions", sent)
+        self.assertEqual(resp.status, 200, resp)
+        last = self.assertForwarded("/v1/chat/completions")
+        self.assertEqual(len(last["body"]), len(sent.replace('"gpt-4o"', '"fake-model"')))
+        self.assertEqual(last["body"], sent.replace('"gpt-4o"', '"fake-model"'))
+
+    def test_stream_headers(self):
+        body = chat_body(stream=True, fake={"chunks": 2})
+        with self.gw.stream("/chat/completions", body,
+                            headers={"x-litellm-call-id": "e2e-stream-id"}) as stream:
+            self.assertEqual(stream.status, 200, stream.headers)
+            headers = stream.headers
+            events = stream.events()
+        self.assertEqual(events[-1], "[DONE]", events)
+        self.assertEqual(headers.get("x-litellm-call-id"), "e2e-stream-id", headers)
+        self.assertEqual(headers.get("x-litellm-model-api-base"), self.up.api_base, headers)
+        self.assertTrue(headers.get("x-litellm-model-id"), headers)
+        self.assertTrue(headers.get("x-litellm-version"), headers)
+        zgtest.wait_until(lambda: self.up.stats()["active"] == 0,
+                          message="the upstream finished every transfer")
+
     def test_keep_alive_connection_serves_several_requests(self):
-        import http.client
         conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=zgtest.HTTP_TIMEOUT)
         try:
             for i in range(3):
