@@ -124,6 +124,8 @@ typedef struct {
     s_child_t *children;
     int    child_count;
     bool   stopping;
+    bool   frontend_signalled;
+    bool   backend_signalled;
     int    exit_code;
 } s_supervisor_t;
 
@@ -197,6 +199,28 @@ s_signal_children (s_supervisor_t *self, int signum)
             kill (self->children [i].pid, signum);
 }
 
+//  Stopping goes front to back: the frontend first, so it stops accepting
+//  and lets the requests and streams it holds finish while the router and
+//  the workers still serve them; the rest once the frontend has exited.
+static void
+s_stop_in_order (s_supervisor_t *self)
+{
+    bool frontend_running = false;
+    for (int i = 0; i < self->child_count; i++)
+        if (self->children [i].role == ZG_ROLE_FRONTEND && self->children [i].pid > 0) {
+            frontend_running = true;
+            if (!self->frontend_signalled)
+                kill (self->children [i].pid, SIGTERM);
+        }
+    self->frontend_signalled = true;
+    if (frontend_running || self->backend_signalled)
+        return;
+    for (int i = 0; i < self->child_count; i++)
+        if (self->children [i].role != ZG_ROLE_FRONTEND && self->children [i].pid > 0)
+            kill (self->children [i].pid, SIGTERM);
+    self->backend_signalled = true;
+}
+
 static int
 s_running_children (s_supervisor_t *self)
 {
@@ -216,8 +240,10 @@ s_child_exited (s_supervisor_t *self, pid_t pid, int status)
         if (child->pid != pid)
             continue;
         child->pid = 0;
-        if (self->stopping)
+        if (self->stopping) {
+            s_stop_in_order (self);
             return;
+        }
 
         char how [64];
         if (WIFEXITED (status))
@@ -412,7 +438,7 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
                 zg_info ("received %s; stopping", info.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
                 self.stopping = true;
                 stop_deadline = s_now_ms () + stop_wait_ms;
-                s_signal_children (&self, SIGTERM);
+                s_stop_in_order (&self);
             }
             else {
                 //  A second signal means: do not wait any longer
