@@ -1,6 +1,7 @@
 """End-to-end: clients that go away, workers that die, many streams at once."""
 
 import http.client
+import json
 import os
 import signal
 import sys
@@ -112,6 +113,75 @@ class WorkerCrashTest(zgtest.GatewayTestCase):
             "/chat/completions", chat_body(content="after %d" % i), timeout=60))
         failed = [r for r in later if isinstance(r, BaseException) or r.status != 200]
         self.assertFalse(failed, "requests after the restart failed: %r" % failed)
+
+
+    def test_worker_killed_during_streams(self):
+        workers = zgtest.wait_until(lambda: (lambda w: w if len(w) == 2 else None)(
+            self.gw.children("worker")), message="two worker processes")
+        body = chat_body(content="long stream", stream=True,
+                         fake={"chunks": 40, "chunk_interval_ms": 100})
+        streams = [self.gw.stream("/chat/completions", body, timeout=60) for _ in range(6)]
+        try:
+            for stream in streams:
+                self.assertEqual(stream.status, 200, stream.headers)
+                self.assertIsNotNone(stream.next_event())
+            victim = workers[0]
+            os.kill(victim, signal.SIGKILL)
+            outcomes = []
+            for i, stream in enumerate(streams):
+                try:
+                    events = stream.events()
+                except (OSError, http.client.HTTPException) as exc:
+                    outcomes.append("stream %d broke: %r" % (i, exc))
+                    continue
+                if not events:
+                    outcomes.append("stream %d ended without [DONE] or an error event" % i)
+                elif events[-1] != "[DONE]" and not events[-1].startswith('{"error"'):
+                    outcomes.append("stream %d ended with %r" % (i, events[-1][:200]))
+                elif any(e.startswith('{"error"') for e in events):
+                    error = json.loads([e for e in events if e.startswith('{"error"')][0])
+                    if not all(k in error["error"] for k in ("message", "type", "param", "code")):
+                        outcomes.append("stream %d: error event shape: %r" % (i, error))
+            self.assertFalse(outcomes, "\n".join(outcomes))
+        finally:
+            for stream in streams:
+                stream.abort()
+        zgtest.wait_until(
+            lambda: (lambda w: len(w) == 2 and victim not in w)(self.gw.children("worker")),
+            message="a new worker replaced the killed one")
+        zgtest.wait_until(lambda: self.gw.post("/chat/completions", chat_body()).status == 200,
+                          message="a request succeeded after the restart")
+
+
+class ActorRestartTest(zgtest.GatewayTestCase):
+    """The supervisor restarts the router and the frontend too; the
+    listening socket outlives the frontend."""
+
+    @classmethod
+    def start(cls):
+        cls.up = cls.upstream()
+        cls.gw = cls.gateway(zgtest.make_config(
+            [zgtest.deployment("gpt-4o", cls.up.api_base)],
+            zgate={"heartbeat_ms": 200}), num_workers=1)
+
+    def _kill_and_recover(self, role):
+        old = zgtest.wait_until(lambda: self.gw.children(role), message="a %s process" % role)
+        self.assertEqual(len(old), 1, old)
+        os.kill(old[0], signal.SIGKILL)
+        zgtest.wait_until(lambda: (lambda c: len(c) == 1 and old[0] not in c)(
+            self.gw.children(role)), message="a new %s replaced the killed one" % role)
+        zgtest.wait_until(
+            lambda: self.gw.post("/chat/completions", chat_body(), timeout=10).status == 200,
+            message="a request succeeded after the %s restart" % role)
+        later = zgtest.run_threads(10, lambda i: self.gw.post("/chat/completions", chat_body()))
+        failed = [r for r in later if isinstance(r, BaseException) or r.status != 200]
+        self.assertFalse(failed, failed)
+
+    def test_router_killed(self):
+        self._kill_and_recover("router")
+
+    def test_frontend_killed(self):
+        self._kill_and_recover("frontend")
 
 
 class ManyStreamsTest(zgtest.GatewayTestCase):
