@@ -387,9 +387,8 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
 
     for (int i = 0; i < self.child_count; i++)
         s_spawn (&self, &self.children [i]);
-    printf ("zgate %s listening on http://%s:%d (%d workers)\n", ZG_VERSION, cli->host,
-            cli->port, cli->num_workers);
-    fflush (stdout);
+    zg_info ("zgate %s listening on http://%s:%d (%d workers)", ZG_VERSION, cli->host,
+             cli->port, cli->num_workers);
 
     const char *stopwait = getenv ("SUPERVISORD_STOPWAITSECS");
     int64_t stop_wait_ms = (stopwait && atol (stopwait) > 0 ? atol (stopwait) : 3600) * 1000LL;
