@@ -151,10 +151,10 @@ s_emit (int level, const char *message, bool access)
     size_t length = 0;
 
     if (s_log.json) {
-        char timestamp [48];
+        char timestamp [96];   /* room for any int the compiler can imagine */
         snprintf (timestamp, sizeof (timestamp), "%04d-%02d-%02dT%02d:%02d:%02d.%06ld",
                   local.tm_year + 1900, local.tm_mon + 1, local.tm_mday,
-                  local.tm_hour, local.tm_min, local.tm_sec, (long) (now.tv_nsec / 1000));
+                  local.tm_hour, local.tm_min, local.tm_sec, (long) (now.tv_nsec / 1000) % 1000000);
         length += snprintf (line, needed, "{\"message\": ");
         int quoted = zg_json_quote (message, line + length, needed - length);
         if (quoted < 0)
