@@ -229,9 +229,12 @@ role_of() {
 # ---------------------------------------------------------------------------
 # Machine and parameters
 
-say "zgate benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')  commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+say "zgate benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')  repository at commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 say "machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), kernel $(uname -r)"
 say "tools:   $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | sed 's/.*: //')"
+if [ -x "$zgate_bin" ]; then
+  say "binary:  $zgate_bin, built $(date -u -r "$zgate_bin" '+%Y-%m-%d %H:%M UTC') (from the work tree then)"
+fi
 say "runs:    ${DURATION}s measured after ${WARMUP}s warm-up, x$REPEAT (medians), wrk -t1 -c$CONNECTIONS on CPU $CLIENT_CPU"
 say "servers: fake upstream (--threads $FAKE_THREADS${FAKE_ARGS:+ $FAKE_ARGS}), nginx (1 worker), zgate (--num_workers $NUM_WORKERS), all on CPU $SERVER_CPU"
 say ""
