@@ -23,6 +23,7 @@
 #include "frontend/zg_frontend.h"
 #include "frontend/zg_auth.h"
 #include "frontend/zg_calls.h"
+#include "frontend/zg_keys.h"
 #include "frontend/zg_reply.h"
 #include "frontend/zg_routes.h"
 #include "common/zg_config.h"
@@ -1346,6 +1347,8 @@ main (int argc, char *argv [])
     zg_calls_test (s_verbose);
     s_passed++;
     zg_reply_test (s_verbose);
+    s_passed++;
+    zg_keys_test (s_verbose);
     s_passed++;
 
     //  The frontend as a process. Fork first: no ZeroMQ context may exist
