@@ -190,7 +190,11 @@ size_t zg_keys_double_finishes (zg_keys_t *self);
 
 //  A request of this key used tokens and cost: tokens go to the key's
 //  window, cost to the key's, user's and team's spend, so budgets bite
-//  before the database catches up. Returns 1 when this call took the
+//  before the database catches up. Budgets are checked on admit and cost
+//  is known only at the end, so a budget can be overshot by the cost of
+//  the requests in flight when it was crossed (at most
+//  max_parallel_requests of them when that is set), plus what other
+//  frontends spent and have not published yet. Returns 1 when this call took the
 //  key's spend to or over its soft_budget (once per crossing: again only
 //  after the spend went back under it), 0 otherwise, -1 when the key is
 //  unknown.
