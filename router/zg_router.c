@@ -142,7 +142,6 @@ typedef struct {
     zsock_t    *backend;
     void       *frontend_handle;
     void       *backend_handle;
-    zpoller_t  *poller;
 
     zhashx_t   *groups;             //  model name -> group_t
     zg_deployment_wire_t *wire;     //  per config deployment, built once
@@ -1185,25 +1184,6 @@ s_drain (router_t *self, void *handle, bool from_workers)
 //  ---------------------------------------------------------------------
 //  Set-up and tear-down
 
-static zsock_t *
-s_bind (const char *endpoint)
-{
-    zsock_t *sock = zsock_new (ZMQ_ROUTER);
-    if (!sock) {
-        zg_error ("cannot bind %s: %s", endpoint, zmq_strerror (zmq_errno ()));
-        return NULL;
-    }
-    zsock_set_router_mandatory (sock, 1);
-    zsock_set_sndhwm (sock, SOCKET_HWM);
-    zsock_set_rcvhwm (sock, SOCKET_HWM);
-    zsock_set_linger (sock, 0);
-    if (zsock_bind (sock, "%s", endpoint) < 0) {
-        zg_error ("cannot bind %s: %s", endpoint, zmq_strerror (zmq_errno ()));
-        zsock_destroy (&sock);
-    }
-    return sock;
-}
-
 static void
 s_group_destroy (void **item)
 {
@@ -1313,21 +1293,45 @@ s_router_destroy (router_t *self)
     zmq_msg_close (&self->raw.payload);
     zg_msg_reset (&self->in, 0);
     zg_msg_reset (&self->out, 0);
-    zpoller_destroy (&self->poller);
     zsock_destroy (&self->frontend);
     zsock_destroy (&self->backend);
 }
 
-int
-zg_router_run (const zg_config_t *config, const char *frontend_endpoint,
-               const char *worker_endpoint)
+//  Binds each endpoint of a comma-separated list on one ROUTER socket
+static zsock_t *
+s_bind (const char *endpoints)
 {
-    assert (config);
-    assert (frontend_endpoint);
-    assert (worker_endpoint);
+    zsock_t *sock = zsock_new (ZMQ_ROUTER);
+    if (!sock) {
+        zg_error ("cannot bind %s: %s", endpoints, zmq_strerror (zmq_errno ()));
+        return NULL;
+    }
+    zsock_set_router_mandatory (sock, 1);
+    zsock_set_sndhwm (sock, SOCKET_HWM);
+    zsock_set_rcvhwm (sock, SOCKET_HWM);
+    zsock_set_linger (sock, 0);
+    const char *cursor = endpoints;
+    while (*cursor) {
+        size_t length = strcspn (cursor, ",");
+        if (length && zsock_bind (sock, "%.*s", (int) length, cursor) < 0) {
+            zg_error ("cannot bind %.*s: %s", (int) length, cursor, zmq_strerror (zmq_errno ()));
+            zsock_destroy (&sock);
+            return NULL;
+        }
+        cursor += length;
+        if (*cursor == ',')
+            cursor++;
+    }
+    return sock;
+}
 
-    router_t router;
-    router_t *self = &router;
+//  Everything up to the first message: tables, model groups, both
+//  endpoints bound. Returns 0, or -1 with the reason logged (the caller
+//  still calls s_router_destroy).
+static int
+s_router_start (router_t *self, const zg_config_t *config, const char *frontend_endpoints,
+                const char *worker_endpoint)
+{
     memset (self, 0, sizeof (*self));
     self->config = config;
     self->pid = (uint32_t) getpid ();
@@ -1337,52 +1341,78 @@ zg_router_run (const zg_config_t *config, const char *frontend_endpoint,
     zmq_msg_init (&self->raw.identity);
     zmq_msg_init (&self->raw.header);
     zmq_msg_init (&self->raw.payload);
-    zg_rng_seed (&self->rng, (uint64_t) zclock_time () ^ ((uint64_t) self->pid << 32));
+    zg_rng_seed (&self->rng, (uint64_t) zclock_time () ^ ((uint64_t) self->pid << 32)
+                             ^ (uint64_t) (uintptr_t) self);
 
     self->groups = zhashx_new ();
     self->workers = zhashx_new ();
     self->frontends = zhashx_new ();
     self->bucket_count = 1024;
     self->buckets = (call_t **) calloc (self->bucket_count, sizeof (call_t *));
-    int rc = 1;
     if (!self->groups || !self->workers || !self->frontends || !self->buckets) {
         zg_error ("router: out of memory");
-        goto done;
+        return -1;
     }
     zhashx_set_destructor (self->groups, s_group_destroy);
     if (s_load_groups (self)) {
         zg_error ("router: out of memory while loading the model groups");
-        goto done;
+        return -1;
     }
-    self->frontend = s_bind (frontend_endpoint);
+    self->frontend = s_bind (frontend_endpoints);
     if (!self->frontend)
-        goto done;
+        return -1;
     self->backend = s_bind (worker_endpoint);
     if (!self->backend)
-        goto done;
+        return -1;
     self->frontend_handle = zsock_resolve (self->frontend);
     self->backend_handle = zsock_resolve (self->backend);
-    self->poller = zpoller_new (self->backend, self->frontend, NULL);
-    if (!self->poller) {
-        zg_error ("router: cannot create a poller");
-        goto done;
-    }
     zg_info ("router: serving %zu model group(s); frontends on %s, workers on %s",
-             zhashx_size (self->groups), frontend_endpoint, worker_endpoint);
+             zhashx_size (self->groups), frontend_endpoints, worker_endpoint);
+    return 0;
+}
 
+//  Serves until SIGTERM/SIGINT (zsys_interrupted) when pipe is NULL, else
+//  until $TERM arrives on the actor's pipe
+static void
+s_router_loop (router_t *self, zsock_t *pipe)
+{
+    void *backend = self->backend_handle;
+    void *frontend = self->frontend_handle;
+    void *pipe_handle = pipe? zsock_resolve (pipe): NULL;
+    zmq_pollitem_t items [] = {
+        { backend, 0, ZMQ_POLLIN, 0 },
+        { frontend, 0, ZMQ_POLLIN, 0 },
+        { pipe_handle, 0, ZMQ_POLLIN, 0 }
+    };
+    int item_count = pipe? 3: 2;
     self->next_heartbeat = zclock_mono () + self->heartbeat_ms;
-    while (!zsys_interrupted) {
+    while (pipe || !zsys_interrupted) {
         int64_t now = zclock_mono ();
         int64_t wake = self->next_heartbeat;
         if (self->deadline_count && self->deadlines [0]->deadline < wake)
             wake = self->deadlines [0]->deadline;
         int timeout = wake > now? (int) (wake - now): 0;
-        zpoller_wait (self->poller, timeout);
-        if (zpoller_terminated (self->poller))
+        int rc = zmq_poll (items, item_count, timeout);
+        if (rc < 0) {
+            if (zmq_errno () == EINTR)
+                continue;
+            if (zmq_errno () == ETERM)
+                break;
+            zg_error ("router: poll failed: %s", zmq_strerror (zmq_errno ()));
             break;
-        //  Both sockets every turn, workers first: their replies free credit
-        s_drain (self, self->backend_handle, true);
-        s_drain (self, self->frontend_handle, false);
+        }
+        if (pipe && (items [2].revents & ZMQ_POLLIN)) {
+            char *command = zstr_recv (pipe);
+            bool term = !command || streq (command, "$TERM");
+            zstr_free (&command);
+            if (term)
+                break;
+        }
+        //  Workers first: their replies free credit
+        if (items [0].revents & ZMQ_POLLIN)
+            s_drain (self, backend, true);
+        if (items [1].revents & ZMQ_POLLIN)
+            s_drain (self, frontend, false);
         now = zclock_mono ();
         s_check_deadlines (self, now);
         if (now >= self->next_heartbeat) {
@@ -1390,9 +1420,71 @@ zg_router_run (const zg_config_t *config, const char *frontend_endpoint,
             self->next_heartbeat = now + self->heartbeat_ms;
         }
     }
-    zg_info ("router: stopping");
-    rc = 0;
-done:
-    s_router_destroy (self);
+}
+
+int
+zg_router_run (const zg_config_t *config, const char *frontend_endpoint,
+               const char *worker_endpoint)
+{
+    assert (config);
+    assert (frontend_endpoint);
+    assert (worker_endpoint);
+    router_t router;
+    int rc = 1;
+    if (s_router_start (&router, config, frontend_endpoint, worker_endpoint) == 0) {
+        s_router_loop (&router, NULL);
+        zg_info ("router: stopping");
+        rc = 0;
+    }
+    s_router_destroy (&router);
     return rc;
+}
+
+typedef struct {
+    const zg_config_t *config;
+    const char *frontend_endpoints;
+    const char *worker_endpoint;
+} s_actor_args_t;
+
+//  The actor: signals once for zactor_new, then again with the outcome of
+//  the start (0 bound, -1 not), then serves until $TERM. A failed start
+//  still waits for $TERM, so that zactor_destroy finds it listening.
+static void
+s_router_actor (zsock_t *pipe, void *args)
+{
+    s_actor_args_t *actor_args = (s_actor_args_t *) args;
+    router_t router;
+    int rc = s_router_start (&router, actor_args->config, actor_args->frontend_endpoints,
+                             actor_args->worker_endpoint);
+    zsock_signal (pipe, 0);
+    zsock_signal (pipe, rc == 0? 0: 1);
+    if (rc == 0)
+        s_router_loop (&router, pipe);
+    else
+        while (true) {
+            char *command = zstr_recv (pipe);
+            bool term = !command || streq (command, "$TERM");
+            zstr_free (&command);
+            if (term)
+                break;
+        }
+    s_router_destroy (&router);
+}
+
+zactor_t *
+zg_router_start (const zg_config_t *config, const char *frontend_endpoints,
+                 const char *worker_endpoint)
+{
+    assert (config);
+    assert (frontend_endpoints);
+    assert (worker_endpoint);
+    //  The strings are read before the actor's second signal, so the
+    //  arguments may live on this stack
+    s_actor_args_t args = { config, frontend_endpoints, worker_endpoint };
+    zactor_t *actor = zactor_new (s_router_actor, &args);
+    if (!actor)
+        return NULL;
+    if (zsock_wait (actor) != 0)
+        zactor_destroy (&actor);
+    return actor;
 }

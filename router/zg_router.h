@@ -15,6 +15,8 @@
 
 #include "common/zg_config.h"
 
+#include <czmq.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -24,6 +26,19 @@ extern "C" {
 //  cannot be bound (with the reason logged).
 int zg_router_run (const zg_config_t *config, const char *frontend_endpoint,
                    const char *worker_endpoint);
+
+//  Start the router as an actor (a thread of this process), for the
+//  all-in-one mode where it shares the frontend's process and the
+//  frontend reaches it over inproc:// (same ZeroMQ context: CZMQ's).
+//  frontend_endpoints is a comma-separated list of endpoints to bind for
+//  frontends. Returns once both sides are bound, or NULL (the reason
+//  logged) if one cannot be. zactor_destroy stops it. config must
+//  outlive the actor; the strings need not outlive the call. Block
+//  SIGTERM/SIGINT in the calling thread first: the actor's thread
+//  inherits the mask, so the process's own signal handling stays in
+//  charge of stopping.
+zactor_t *zg_router_start (const zg_config_t *config, const char *frontend_endpoints,
+                           const char *worker_endpoint);
 
 #ifdef __cplusplus
 }

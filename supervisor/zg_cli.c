@@ -18,9 +18,11 @@ static const char *s_usage =
     "       zgate router   --config FILE [--frontend-endpoint E] [--worker-endpoint E]\n"
     "       zgate worker   --config FILE [--worker-endpoint E] [--name NAME]\n"
     "       zgate frontend --config FILE [--frontend-endpoint E] [--host HOST] [--port PORT]\n"
+    "                      [--with-router [--worker-endpoint E]]\n"
     "\n"
     "With no role, zgate runs the router, N workers and the frontend on this machine and\n"
-    "supervises them. A role runs that one actor alone (one container per actor).\n"
+    "supervises them. A role runs that one actor alone (one container per actor);\n"
+    "frontend --with-router runs the router as a thread of the frontend's process.\n"
     "Environment: CONFIG_FILE_PATH, HOST, PORT, NUM_WORKERS, MAX_REQUESTS_BEFORE_RESTART,\n"
     "LITELLM_LOG, ZGATE_RUN_DIR (where the ipc sockets live).\n";
 
@@ -181,6 +183,9 @@ zg_cli_parse (zg_cli_t *cli, int argc, char **argv, char *errbuf, size_t errsize
         else
         if (!strcmp (name, "--name"))
             TAKE_VALUE (cli->name);
+        else
+        if (!strcmp (name, "--with-router"))
+            cli->with_router = true;
         else
         if (!strcmp (name, "--listen-fd")) {
             TAKE_VALUE (text);

@@ -7,6 +7,7 @@
         zgate router   --config FILE [--frontend-endpoint E] [--worker-endpoint E]
         zgate worker   --config FILE [--worker-endpoint E] [--name NAME]
         zgate frontend --config FILE [--frontend-endpoint E] [--host H] [--port P]
+                       [--with-router [--worker-endpoint E]]
 
     Environment fallbacks as the reference: CONFIG_FILE_PATH, HOST, PORT,
     NUM_WORKERS, MAX_REQUESTS_BEFORE_RESTART.
@@ -40,6 +41,7 @@ typedef struct {
     int         listen_fd;              //  frontend: inherited listening socket, -1 = bind itself
     bool        show_version;
     bool        show_help;
+    bool        with_router;            //  frontend: run the router as a thread of it
 } zg_cli_t;
 
 //  Parse argv into cli. Returns 0, or -1 with a message in errbuf.

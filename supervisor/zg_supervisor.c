@@ -148,7 +148,9 @@ s_spawn (s_supervisor_t *self, s_child_t *child)
         argv [argc++] = "--frontend-endpoint";
         argv [argc++] = self->frontend_ep;
     }
-    if (child->role == ZG_ROLE_ROUTER || child->role == ZG_ROLE_WORKER) {
+    if (child->role == ZG_ROLE_FRONTEND)
+        argv [argc++] = "--with-router";
+    if (child->role != ZG_ROLE_ALL) {
         argv [argc++] = "--worker-endpoint";
         argv [argc++] = self->worker_ep;
     }
@@ -200,8 +202,8 @@ s_signal_children (s_supervisor_t *self, int signum)
 }
 
 //  Stopping goes front to back: the frontend first, so it stops accepting
-//  and lets the requests and streams it holds finish while the router and
-//  the workers still serve them; the rest once the frontend has exited.
+//  and lets the requests and streams it holds finish while its router and
+//  the workers still serve them; the workers once the frontend has exited.
 static void
 s_stop_in_order (s_supervisor_t *self)
 {
@@ -351,21 +353,24 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
     if (cli->run_gunicorn)
         zg_info ("--run_gunicorn is accepted and changes nothing: zgate supervises its own workers");
 
-    //  Router first so the others find their endpoints bound; ZeroMQ would
-    //  reconnect anyway, this only avoids a burst of retries at start
-    self.child_count = 2 + cli->num_workers;
+    //  The router runs as a thread of the frontend's process (frontend and
+    //  router meet over inproc://, with no I/O thread or socket between
+    //  them); workers stay processes of their own, so that one that dies
+    //  is replaced while the others answer. The frontend starts first so
+    //  the workers find the router's endpoint bound; ZeroMQ would
+    //  reconnect anyway, this only avoids a burst of retries at start.
+    self.child_count = 1 + cli->num_workers;
     self.children = calloc (self.child_count, sizeof (s_child_t));
     if (!self.children) {
         close (self.listen_fd);
         s_remove_run_dir (&self);
         return 1;
     }
-    self.children [0].role = ZG_ROLE_ROUTER;
+    self.children [0].role = ZG_ROLE_FRONTEND;
     for (int i = 0; i < cli->num_workers; i++) {
         self.children [1 + i].role = ZG_ROLE_WORKER;
         self.children [1 + i].index = i + 1;
     }
-    self.children [self.child_count - 1].role = ZG_ROLE_FRONTEND;
 
     //  Signals arrive through a descriptor so the loop below has one place
     //  to wait and no async-signal-safety puzzles

@@ -3,8 +3,9 @@
 
     Binds the listening socket itself (so a busy port is an error before
     anything starts, and the socket outlives a frontend restart), makes the
-    run directory for the ipc endpoints, starts the router, the workers and
-    the frontend by re-executing this binary with a role, and restarts any
+    run directory for the ipc endpoints, starts the frontend (with the
+    router as a thread of its process) and the workers by re-executing
+    this binary with a role, and restarts any
     child that dies, with backoff. SIGTERM/SIGINT stop the children and
     wait for them. The supervisor itself never touches ZeroMQ, so forking is
     safe.

@@ -12,6 +12,7 @@
 
 #include <czmq.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,41 @@ s_run_dir (const zg_config_t *config)
         return config->run_dir;
     const char *env = getenv ("ZGATE_RUN_DIR");
     return env && *env ? env : "/tmp/zgate";
+}
+
+//  Where the frontend meets a router that runs as a thread of its process
+#define ZG_ROUTER_INPROC "inproc://zgate-router"
+
+//  The frontend, with the router as a thread of this process when asked
+//  (--with-router): the frontend reaches it over inproc://, and the
+//  router also binds the frontend endpoint, so that other frontends can
+//  still join it. The router stops after the frontend has drained.
+static int
+s_run_frontend (const zg_config_t *config, const zg_cli_t *cli, const char *frontend_ep,
+                const char *worker_ep, int listen_fd)
+{
+    if (!cli->with_router)
+        return zg_frontend_run (config, frontend_ep, listen_fd);
+
+    //  The router's thread inherits this mask, so SIGTERM/SIGINT reach the
+    //  frontend's signalfd and never CZMQ's handler in another thread
+    sigset_t mask;
+    sigemptyset (&mask);
+    sigaddset (&mask, SIGTERM);
+    sigaddset (&mask, SIGINT);
+    sigprocmask (SIG_BLOCK, &mask, NULL);
+    zsys_handler_set (NULL);
+
+    char endpoints [PATH_MAX + 64];
+    snprintf (endpoints, sizeof (endpoints), "%s,%s", ZG_ROUTER_INPROC, frontend_ep);
+    zactor_t *router = zg_router_start (config, endpoints, worker_ep);
+    if (!router) {
+        close (listen_fd);
+        return 1;
+    }
+    int rc = zg_frontend_run (config, ZG_ROUTER_INPROC, listen_fd);
+    zactor_destroy (&router);
+    return rc;
 }
 
 int
@@ -129,7 +165,7 @@ main (int argc, char **argv)
                     break;
                 }
             }
-            rc = zg_frontend_run (config, frontend_ep, fd);
+            rc = s_run_frontend (config, &cli, frontend_ep, worker_ep, fd);
             break;
         }
     }

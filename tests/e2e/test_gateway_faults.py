@@ -154,8 +154,9 @@ class WorkerCrashTest(zgtest.GatewayTestCase):
 
 
 class ActorRestartTest(zgtest.GatewayTestCase):
-    """The supervisor restarts the router and the frontend too; the
-    listening socket outlives the frontend."""
+    """The supervisor restarts the frontend, whose process also runs the
+    router as a thread; the listening socket outlives the frontend, and
+    the workers register again with the new router."""
 
     @classmethod
     def start(cls):
@@ -178,7 +179,15 @@ class ActorRestartTest(zgtest.GatewayTestCase):
         self.assertFalse(failed, failed)
 
     def test_router_killed(self):
-        self._kill_and_recover("router")
+        #  The router is a thread of the frontend's process: killing that
+        #  process kills the router too. The workers are not restarted:
+        #  they must find the new router and register again, or no
+        #  request could be answered.
+        self.assertEqual(self.gw.children("router"), [], "the router runs inside the frontend")
+        workers = zgtest.wait_until(lambda: self.gw.children("worker"), message="a worker")
+        self._kill_and_recover("frontend")
+        self.assertEqual(self.gw.children("worker"), workers,
+                         "the worker was restarted instead of registering again")
 
     def test_frontend_killed(self):
         self._kill_and_recover("frontend")

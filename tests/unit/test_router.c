@@ -609,6 +609,53 @@ s_test_broker (const char *frontend_ep, const char *worker_ep)
     zg_msg_reset (&msg, 0);
 }
 
+//  The router as an actor of this process, as the all-in-one mode runs it
+//  beside the frontend: a frontend over inproc://, another over ipc://,
+//  a worker over ipc://; a start that cannot bind reports it; $TERM stops
+static void
+s_test_actor (const zg_config_t *config, const char *dir)
+{
+    char frontends [PATH_MAX + 64], frontend_ep [PATH_MAX + 16], worker_ep [PATH_MAX + 16];
+    snprintf (frontend_ep, sizeof (frontend_ep), "ipc://%s/actor-frontend.ipc", dir);
+    snprintf (frontends, sizeof (frontends), "inproc://zg-router-test,%s", frontend_ep);
+    snprintf (worker_ep, sizeof (worker_ep), "ipc://%s/actor-worker.ipc", dir);
+    zactor_t *router = zg_router_start (config, frontends, worker_ep);
+    if (!CHECK (router))
+        return;
+    //  The inproc endpoint is taken now: a second router cannot start
+    CHECK (zg_router_start (config, "inproc://zg-router-test", worker_ep) == NULL);
+    CHECK (zg_router_start (config, "inproc://zg-router-other",
+                            "ipc:///nonexistent-zg-dir/worker.ipc") == NULL);
+
+    zg_msg_t msg;
+    zg_msg_init (&msg, 0);
+    size_t first_peer = s_peer_count;
+    peer_t *near = s_peer_new ("frontend-inproc", "inproc://zg-router-test", true);
+    peer_t *far = s_peer_new ("frontend-ipc", frontend_ep, true);
+    peer_t *worker = s_peer_new ("worker-actor", worker_ep, true);
+    CHECK (s_join (worker, 4, &msg));
+    const char *calls [2] = { "a1", "a2" };
+    peer_t *asking [2] = { near, far };
+    for (int index = 0; index < 2; index++) {
+        s_send_request (asking [index], calls [index], "gpt-4o", ZG_ROUTE_CHAT, 1000, "{}");
+        if (CHECK (s_expect (worker, &msg, ZG_MSG_DISPATCH, calls [index], SAFETY_MS)))
+            CHECK (streq (msg.deployment.id, "dep-a"));
+        s_send_reply (worker, ZG_MSG_HEAD, calls [index], 200, ZG_FLAG_FINAL, "{\"ok\":1}");
+        s_send_reply (worker, ZG_MSG_END, calls [index], 200, 0, NULL);
+        if (CHECK (s_expect (asking [index], &msg, ZG_MSG_HEAD, calls [index], SAFETY_MS)))
+            CHECK (s_payload_is (&msg, "{\"ok\":1}"));
+        CHECK (s_expect (asking [index], &msg, ZG_MSG_END, calls [index], SAFETY_MS));
+    }
+    zg_msg_reset (&msg, 0);
+    for (size_t index = first_peer; index < s_peer_count; index++) {
+        zsock_destroy (&s_peers [index]->sock);
+        free (s_peers [index]);
+    }
+    s_peer_count = first_peer;
+    zactor_destroy (&router);
+    CHECK (router == NULL);
+}
+
 static void
 s_remove_tree (const char *path)
 {
@@ -708,6 +755,7 @@ main (int argc, char *argv [])
         zg_log_init ("zgate.router", false, false);
         CHECK (zg_router_run (config, "ipc:///nonexistent-zg-dir/frontend.ipc",
                               "ipc:///nonexistent-zg-dir/worker.ipc") == 1);
+        s_test_actor (config, dir);
         for (size_t index = 0; index < s_peer_count; index++) {
             zsock_destroy (&s_peers [index]->sock);
             free (s_peers [index]);
