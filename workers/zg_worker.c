@@ -109,6 +109,10 @@ struct _worker_t {
     int       epoll_fd;
     CURLM    *multi;
     int64_t   curl_deadline_us;             //  libcurl's timer; -1 = none
+    uint32_t *watched;                      //  by fd: epoll events registered, 0 = none
+    bool     *parked;                       //  by fd: libcurl let it go, still registered
+    size_t    watched_size;
+    bool      zmq_unsettled;                //  sent since the last receive found nothing
 
     slot_t   *slots;
     size_t    capacity;
@@ -140,6 +144,9 @@ s_now_us (void)
 static int
 s_send (worker_t *self)
 {
+    //  A send may process the socket's pending commands and consume the
+    //  signal of an incoming message: its state must be asked again
+    self->zmq_unsettled = true;
     if (zg_msg_send (&self->out, zsock_resolve (self->dealer))) {
         zg_warning ("worker %s: cannot send %s to the router: %s", self->name,
                     zg_msg_type_name (self->out.type), zmq_strerror (zmq_errno ()));
@@ -450,33 +457,95 @@ s_on_body (char *data, size_t size, size_t count, void *userp)
     return length;
 }
 
+//  Makes room in the descriptor tables for fd
+static int
+s_watched_grow (worker_t *self, int fd)
+{
+    if ((size_t) fd < self->watched_size)
+        return 0;
+    size_t size = self->watched_size ? self->watched_size : 256;
+    while (size <= (size_t) fd)
+        size *= 2;
+    uint32_t *watched = (uint32_t *) realloc (self->watched, size * sizeof (uint32_t));
+    if (watched)
+        self->watched = watched;
+    bool *parked = (bool *) realloc (self->parked, size * sizeof (bool));
+    if (parked)
+        self->parked = parked;
+    if (!watched || !parked)
+        return -1;
+    memset (self->watched + self->watched_size, 0, (size - self->watched_size) * sizeof (uint32_t));
+    memset (self->parked + self->watched_size, 0, (size - self->watched_size) * sizeof (bool));
+    self->watched_size = size;
+    return 0;
+}
+
 //  libcurl tells which of its sockets to watch; we keep them in epoll.
-//  socketp is non-NULL once a socket is in the set.
+//  A keep-alive connection is handed back and taken again for every
+//  request, so a socket libcurl lets go stays registered ("parked")
+//  rather than being removed and added again (two system calls per
+//  request): an event on a parked socket removes it then. The close
+//  callback forgets a socket, so that a new one on the same descriptor
+//  is registered afresh.
 static int
 s_on_curl_socket (CURL *easy, curl_socket_t socket, int what, void *userp, void *socketp)
 {
     worker_t *self = (worker_t *) userp;
+    if (socket < 0 || s_watched_grow (self, socket)) {
+        zg_error ("worker %s: cannot watch a connection: out of memory", self->name);
+        return -1;
+    }
     if (what == CURL_POLL_REMOVE) {
-        //  The socket may already be closed: epoll forgot it then
-        epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, socket, NULL);
+        if (self->watched [socket])
+            self->parked [socket] = true;
         return 0;
     }
-    struct epoll_event event = { .events = 0, .data.fd = socket };
+    uint32_t events = 0;
     if (what & CURL_POLL_IN)
-        event.events |= EPOLLIN;
+        events |= EPOLLIN;
     if (what & CURL_POLL_OUT)
-        event.events |= EPOLLOUT;
-    if (socketp) {
-        if (epoll_ctl (self->epoll_fd, EPOLL_CTL_MOD, socket, &event) == 0)
-            return 0;
-    }
-    if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, socket, &event) == 0
-    ||  (errno == EEXIST && epoll_ctl (self->epoll_fd, EPOLL_CTL_MOD, socket, &event) == 0)) {
-        curl_multi_assign (self->multi, socket, self);
+        events |= EPOLLOUT;
+    self->parked [socket] = false;
+    if (events == self->watched [socket])
         return 0;
+    struct epoll_event event = { .events = events, .data.fd = socket };
+    int op = self->watched [socket] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    int rc = epoll_ctl (self->epoll_fd, op, socket, &event);
+    if (rc != 0 && errno == ENOENT)
+        rc = epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, socket, &event);
+    else
+    if (rc != 0 && errno == EEXIST)
+        rc = epoll_ctl (self->epoll_fd, EPOLL_CTL_MOD, socket, &event);
+    if (rc != 0) {
+        self->watched [socket] = 0;
+        zg_error ("worker %s: cannot watch a connection: %s", self->name, strerror (errno));
+        return -1;
     }
-    zg_error ("worker %s: cannot watch a connection: %s", self->name, strerror (errno));
-    return -1;
+    self->watched [socket] = events;
+    return 0;
+}
+
+//  Closing a descriptor takes it out of the epoll set
+static int
+s_on_curl_close (void *userp, curl_socket_t socket)
+{
+    worker_t *self = (worker_t *) userp;
+    if (socket >= 0 && (size_t) socket < self->watched_size) {
+        self->watched [socket] = 0;
+        self->parked [socket] = false;
+    }
+    return close (socket);
+}
+
+//  Something happened on a socket libcurl no longer watches (an idle
+//  keep-alive connection that the upstream closed): stop watching it;
+//  libcurl finds out for itself before it reuses the connection
+static void
+s_unpark (worker_t *self, int socket)
+{
+    epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, socket, NULL);
+    self->watched [socket] = 0;
+    self->parked [socket] = false;
 }
 
 static int
@@ -608,6 +677,34 @@ s_refuse (worker_t *self, slot_t *slot, uint16_t status, const char *err_type,
     s_slot_fail (self, slot, &error);
 }
 
+//  The options every transfer of a slot shares, set once rather than
+//  reset and set again for every request
+static void
+s_easy_setup (worker_t *self, slot_t *slot)
+{
+    CURL *easy = slot->easy;
+    curl_easy_setopt (easy, CURLOPT_HEADERFUNCTION, s_on_header);
+    curl_easy_setopt (easy, CURLOPT_HEADERDATA, slot);
+    curl_easy_setopt (easy, CURLOPT_WRITEFUNCTION, s_on_body);
+    curl_easy_setopt (easy, CURLOPT_WRITEDATA, slot);
+    curl_easy_setopt (easy, CURLOPT_PRIVATE, slot);
+    curl_easy_setopt (easy, CURLOPT_ERRORBUFFER, slot->curl_error);
+    curl_easy_setopt (easy, CURLOPT_CLOSESOCKETFUNCTION, s_on_curl_close);
+    curl_easy_setopt (easy, CURLOPT_CLOSESOCKETDATA, self);
+    curl_easy_setopt (easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt (easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt (easy, CURLOPT_TCP_KEEPIDLE, 30L);
+    curl_easy_setopt (easy, CURLOPT_TCP_KEEPINTVL, 15L);
+    curl_easy_setopt (easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt (easy, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt (easy, CURLOPT_SSL_VERIFYHOST, 2L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    curl_easy_setopt (easy, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    curl_easy_setopt (easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+}
+
 static void
 s_on_dispatch (worker_t *self, zg_msg_t *msg)
 {
@@ -709,30 +806,12 @@ s_on_dispatch (worker_t *self, zg_msg_t *msg)
         self->awaiting_first_byte++;
     }
 
+    //  The options that never change were set once (s_easy_setup)
     CURL *easy = slot->easy;
-    curl_easy_reset (easy);
     curl_easy_setopt (easy, CURLOPT_URL, slot->url);
     curl_easy_setopt (easy, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt (easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_size);
     curl_easy_setopt (easy, CURLOPT_HTTPHEADER, slot->header_list);
-    curl_easy_setopt (easy, CURLOPT_HEADERFUNCTION, s_on_header);
-    curl_easy_setopt (easy, CURLOPT_HEADERDATA, slot);
-    curl_easy_setopt (easy, CURLOPT_WRITEFUNCTION, s_on_body);
-    curl_easy_setopt (easy, CURLOPT_WRITEDATA, slot);
-    curl_easy_setopt (easy, CURLOPT_PRIVATE, slot);
-    curl_easy_setopt (easy, CURLOPT_ERRORBUFFER, slot->curl_error);
-    curl_easy_setopt (easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt (easy, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt (easy, CURLOPT_TCP_KEEPIDLE, 30L);
-    curl_easy_setopt (easy, CURLOPT_TCP_KEEPINTVL, 15L);
-    curl_easy_setopt (easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt (easy, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt (easy, CURLOPT_SSL_VERIFYHOST, 2L);
-#if LIBCURL_VERSION_NUM >= 0x075500
-    curl_easy_setopt (easy, CURLOPT_PROTOCOLS_STR, "http,https");
-#else
-    curl_easy_setopt (easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
     curl_easy_setopt (easy, CURLOPT_TIMEOUT_MS, (long) slot->timeout_ms);
     CURLMcode added = curl_multi_add_handle (self->multi, easy);
     if (added != CURLM_OK) {
@@ -805,6 +884,7 @@ s_socket_open (worker_t *self)
     int hwm = (int) (self->capacity * 64 < 1000 ? 1000 : self->capacity * 64);
     zsock_set_sndhwm (self->dealer, hwm);
     zsock_set_sndtimeo (self->dealer, (int) (self->heartbeat_us / 1000));
+    zsock_set_rcvtimeo (self->dealer, 0);
     zsock_set_linger (self->dealer, 1000);
     if (zsock_connect (self->dealer, "%s", self->endpoint)) {
         zg_error ("worker %s: cannot connect to %s", self->name, self->endpoint);
@@ -812,6 +892,7 @@ s_socket_open (worker_t *self)
         return -1;
     }
     self->zmq_fd = zsock_fd (self->dealer);
+    self->zmq_unsettled = true;
     struct epoll_event event = { .events = EPOLLIN, .data.fd = self->zmq_fd };
     if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, self->zmq_fd, &event)) {
         zg_error ("worker %s: epoll: %s", self->name, strerror (errno));
@@ -844,16 +925,19 @@ s_on_message (worker_t *self, zg_msg_t *msg)
     }
 }
 
+//  Reads until nothing is waiting (the socket never blocks), so that the
+//  last receive settles the socket's state: ZMQ_FD signals the next
+//  message, unless something is sent before the loop sleeps
 static void
-s_drain_socket (worker_t *self)
+s_drain_socket (worker_t *self, int64_t now)
 {
     for (int handled = 0; handled < DRAIN_BATCH && !zsys_interrupted; handled++) {
-        if (!(zsock_events (self->dealer) & ZMQ_POLLIN))
-            break;
         int rc = zg_msg_recv (&self->in, zsock_resolve (self->dealer));
-        if (rc == ZG_MSG_ERR_IO)
+        if (rc == ZG_MSG_ERR_IO) {
+            self->zmq_unsettled = false;
             break;
-        self->last_heard_us = s_now_us ();
+        }
+        self->last_heard_us = now;
         if (rc == ZG_MSG_ERR_MALFORMED)
             zg_warning ("worker %s: malformed message from the router: dropped", self->name);
         else
@@ -908,6 +992,9 @@ s_worker_destroy (worker_t **self_p)
     free (self->free_slots);
     if (self->multi)
         curl_multi_cleanup (self->multi);
+    //  After libcurl, whose cleanup closes sockets through s_on_curl_close
+    free (self->watched);
+    free (self->parked);
     if (self->dealer)
         s_socket_close (self);
     if (self->epoll_fd >= 0)
@@ -969,6 +1056,7 @@ s_worker_new (const zg_config_t *config, const char *endpoint, const char *name)
             s_worker_destroy (&self);
             return NULL;
         }
+        s_easy_setup (self, slot);
         //  Popped from the end: slot 0 is used first
         self->free_slots [index] = self->capacity - 1 - index;
     }
@@ -1026,7 +1114,9 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
     while (!zsys_interrupted) {
         now = s_now_us ();
         int wait_ms = s_wait_ms (self, now);
-        if (zsock_events (self->dealer) & ZMQ_POLLIN)
+        //  Only a send since the last empty receive can hide a message
+        //  from ZMQ_FD; otherwise the socket's state is known
+        if (self->zmq_unsettled && (zsock_events (self->dealer) & ZMQ_POLLIN))
             wait_ms = 0;
         int count = epoll_wait (self->epoll_fd, events, EPOLL_BATCH, wait_ms);
         if (count < 0) {
@@ -1041,6 +1131,10 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
             int fd = events [index].data.fd;
             if (fd == self->zmq_fd)
                 continue;           //  the socket is read below, whatever woke us
+            if ((size_t) fd < self->watched_size && self->parked [fd]) {
+                s_unpark (self, fd);
+                continue;
+            }
             int flags = 0;
             if (events [index].events & EPOLLIN)
                 flags |= CURL_CSELECT_IN;
@@ -1057,14 +1151,18 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
         }
         s_collect_done (self);
         s_check_first_byte_deadlines (self, now);
-        s_drain_socket (self);
-        s_keep_alive (self, s_now_us ());
+        s_keep_alive (self, now);
         if (!self->dealer) {
             zg_error ("worker %s: lost the router socket", self->name);
             exit_code = 1;
             break;
         }
-        //  Credit once per turn, for every slot freed in it
+        //  Credit once per turn, for every slot freed in it; before the
+        //  socket is read, so that the read is the last thing the socket
+        //  sees before the loop sleeps
+        s_flush_credit (self);
+        s_drain_socket (self, now);
+        //  Slots a CANCEL freed just now
         s_flush_credit (self);
     }
     zg_info ("worker %s: stopping", self->name);
