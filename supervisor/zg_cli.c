@@ -19,10 +19,12 @@ static const char *s_usage =
     "       zgate worker   --config FILE [--worker-endpoint E] [--name NAME]\n"
     "       zgate frontend --config FILE [--frontend-endpoint E] [--host HOST] [--port PORT]\n"
     "                      [--with-router [--worker-endpoint E]]\n"
+    "       zgate migrate  [--config FILE]\n"
     "\n"
     "With no role, zgate runs the router, N workers and the frontend on this machine and\n"
     "supervises them. A role runs that one actor alone (one container per actor);\n"
     "frontend --with-router runs the router as a thread of the frontend's process.\n"
+    "migrate applies pending database migrations (DATABASE_URL) and exits.\n"
     "Environment: CONFIG_FILE_PATH, HOST, PORT, NUM_WORKERS, MAX_REQUESTS_BEFORE_RESTART,\n"
     "LITELLM_LOG, ZGATE_RUN_DIR (where the ipc sockets live).\n";
 
@@ -105,8 +107,11 @@ zg_cli_parse (zg_cli_t *cli, int argc, char **argv, char *errbuf, size_t errsize
         else
         if (strcmp (role, "frontend") == 0)
             cli->role = ZG_ROLE_FRONTEND;
+        else
+        if (strcmp (role, "migrate") == 0)
+            cli->role = ZG_ROLE_MIGRATE;
         else {
-            snprintf (errbuf, errsize, "unknown role \"%s\" (router, worker or frontend)", role);
+            snprintf (errbuf, errsize, "unknown role \"%s\" (router, worker, frontend or migrate)", role);
             return -1;
         }
     }

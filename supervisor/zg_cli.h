@@ -8,6 +8,7 @@
         zgate worker   --config FILE [--worker-endpoint E] [--name NAME]
         zgate frontend --config FILE [--frontend-endpoint E] [--host H] [--port P]
                        [--with-router [--worker-endpoint E]]
+        zgate migrate  [--config FILE]
 
     Environment fallbacks as the reference: CONFIG_FILE_PATH, HOST, PORT,
     NUM_WORKERS, MAX_REQUESTS_BEFORE_RESTART.
@@ -23,7 +24,8 @@ typedef enum {
     ZG_ROLE_ALL = 0,        //  the supervisor: everything on this machine
     ZG_ROLE_ROUTER,
     ZG_ROLE_WORKER,
-    ZG_ROLE_FRONTEND
+    ZG_ROLE_FRONTEND,
+    ZG_ROLE_MIGRATE         //  apply pending database migrations and exit
 } zg_role_t;
 
 typedef struct {

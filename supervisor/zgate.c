@@ -4,6 +4,7 @@
 */
 #include "common/zg_config.h"
 #include "common/zg_log.h"
+#include "db/zg_migrate.h"
 #include "frontend/zg_frontend.h"
 #include "router/zg_router.h"
 #include "supervisor/zg_cli.h"
@@ -25,6 +26,7 @@ s_component (zg_role_t role)
         case ZG_ROLE_ROUTER:   return "zgate.router";
         case ZG_ROLE_WORKER:   return "zgate.worker";
         case ZG_ROLE_FRONTEND: return "zgate.frontend";
+        case ZG_ROLE_MIGRATE:  return "zgate.migrate";
         default:               return "zgate";
     }
 }
@@ -135,13 +137,21 @@ main (int argc, char **argv)
         snprintf (frontend_ep, sizeof (frontend_ep), "%s", cli.frontend_endpoint);
     if (cli.worker_endpoint)
         snprintf (worker_ep, sizeof (worker_ep), "%s", cli.worker_endpoint);
-    if (cli.role != ZG_ROLE_ALL && !supervised && strncmp (frontend_ep, "ipc://", 6) == 0)
+    if (cli.role != ZG_ROLE_ALL && cli.role != ZG_ROLE_MIGRATE && !supervised
+    &&  strncmp (frontend_ep, "ipc://", 6) == 0)
         zsys_dir_create ("%s", s_run_dir (config));
 
     int rc = 0;
     switch (cli.role) {
         case ZG_ROLE_ALL:
-            rc = zg_supervisor_run (config, &cli);
+            //  Before any child starts, so none sees an old schema
+            rc = zg_migrate_at_start (config)? 1: zg_supervisor_run (config, &cli);
+            break;
+        case ZG_ROLE_MIGRATE:
+            if (zg_migrate_run (config, errbuf, sizeof (errbuf))) {
+                zg_error ("%s", errbuf);
+                rc = 1;
+            }
             break;
         case ZG_ROLE_ROUTER:
             rc = zg_router_run (config, frontend_ep, worker_ep);
