@@ -7,6 +7,7 @@
 #include "common/zg_log.h"
 #include "common/zg_sha256.h"
 #include "common/zg_config.h"
+#include "common/zg_crypt.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@ main (int argc, char *argv [])
         { "zg_log", zg_log_test },
         { "zg_sha256", zg_sha256_test },
         { "zg_config", zg_config_test },
+        { "zg_crypt", zg_crypt_test },
     };
     int passed = 0, failed = 0;
     for (size_t index = 0; index < sizeof (tests) / sizeof (tests [0]); index++) {
