@@ -4,6 +4,7 @@
     =========================================================================
 */
 #include "db/zg_db.h"
+#include "common/zg_log.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -120,6 +121,19 @@ zg_db_url_redact (const char *url, char *out, size_t outsize)
     }
 }
 
+//  The server's notices ("column ... already exists, skipping" when a
+//  migration meets a LiteLLM database) are details, not warnings: they go
+//  to the debug log instead of libpq's default, stderr
+static void
+s_notice (void *args, const char *message)
+{
+    if (zg_log_enabled (ZG_LOG_DEBUG)) {
+        char line [512];
+        s_one_line (message, line, sizeof (line));
+        zg_log_write (ZG_LOG_DEBUG, "database: %s", line);
+    }
+}
+
 zg_db_t *
 zg_db_connect (const char *url, char *errbuf, size_t errsize)
 {
@@ -145,6 +159,7 @@ zg_db_connect (const char *url, char *errbuf, size_t errsize)
         PQfinish (conn);
         return NULL;
     }
+    PQsetNoticeProcessor (conn, s_notice, NULL);
     //  Only the send/collect pair depends on this: PQexec and friends
     //  block whatever the mode
     if (PQsetnonblocking (conn, 1)) {

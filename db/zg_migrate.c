@@ -452,10 +452,12 @@ zg_migrate_apply (const char *url, const zg_migration_set_t *set,
             count++;
         }
     }
+    if (rc == 0 && count)
+        zg_info ("database schema is up to date: applied %zu of %zu migrations", count, set->count);
+    else
     if (rc == 0)
-        zg_info (count? "database schema is up to date: %zu of %zu migrations applied now"
-                      : "database schema is up to date: %zu of %zu migrations pending",
-                 count, set->count);
+        zg_info ("database schema is up to date: all %zu migrations were applied before",
+                 set->count);
     free (recorded);
     if (zg_db_socket (db) >= 0) {
         const char *params [] = { key };
