@@ -2,8 +2,8 @@
     zg_sha256 - SHA-256 (FIPS 180-4)
 
     For identifiers that must be stable across restarts and processes
-    (deployment ids, cache keys). Not for secrets that need constant-time
-    handling. A context is a plain value: put it on the stack.
+    (deployment ids, key hashes, migration checksums). zg_sha256_hex is the
+    one-shot form; init/update/final stream, and final releases the context.
     =========================================================================
 */
 
@@ -21,10 +21,7 @@ extern "C" {
 #define ZG_SHA256_SIZE 32
 
 typedef struct {
-    uint32_t state [8];
-    uint64_t total;             //  bytes hashed so far
-    uint8_t  block [64];
-    size_t   used;              //  bytes waiting in block
+    void *context;              //  libcrypto's EVP_MD_CTX, owned until final
 } zg_sha256_t;
 
 void zg_sha256_init (zg_sha256_t *self);
