@@ -594,6 +594,111 @@ zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size)
 
 
 //  --------------------------------------------------------------------------
+//  Peeking: the little a broker reads to relay a message it does not decode
+
+//  Reads a msgpack unsigned integer of any width
+static bool
+s_peek_uint (const uint8_t *data, size_t size, size_t *position, uint64_t *value)
+{
+    if (*position >= size)
+        return false;
+    uint8_t tag = data [(*position)++];
+    if (tag <= 0x7f) {
+        *value = tag;
+        return true;
+    }
+    size_t width = tag == 0xcc? 1: tag == 0xcd? 2: tag == 0xce? 4: tag == 0xcf? 8: 0;
+    if (width == 0 || width > size - *position)
+        return false;
+    uint64_t number = 0;
+    for (size_t index = 0; index < width; index++)
+        number = (number << 8) | data [*position + index];
+    *position += width;
+    *value = number;
+    return true;
+}
+
+//  Reads a msgpack str: where its bytes start, and how many
+static bool
+s_peek_str (const uint8_t *data, size_t size, size_t *position, size_t *start, size_t *length)
+{
+    if (*position >= size)
+        return false;
+    uint8_t tag = data [(*position)++];
+    bool ok = true;
+    if ((tag & 0xe0) == 0xa0)
+        *length = tag & 0x1f;
+    else
+    if (tag == 0xd9)
+        ok = s_read_length (data, size, position, 1, length);
+    else
+    if (tag == 0xda)
+        ok = s_read_length (data, size, position, 2, length);
+    else
+    if (tag == 0xdb)
+        ok = s_read_length (data, size, position, 4, length);
+    else
+        return false;
+    if (!ok || *length > size - *position)
+        return false;
+    *start = *position;
+    *position += *length;
+    return true;
+}
+
+int
+zg_msg_peek (const uint8_t *data, size_t size, int *type, char *call_id, uint16_t *status)
+{
+    assert (type);
+    assert (call_id);
+    assert (status);
+    *type = 0;
+    call_id [0] = 0;
+    *status = 0;
+    if (!data || size == 0 || size > ZG_HEADER_MAX_BYTES)
+        return ZG_MSG_ERR_MALFORMED;
+    size_t position = 0, count = 0, start, length;
+    uint8_t tag = data [position++];
+    bool ok = true;
+    if ((tag & 0xf0) == 0x90)
+        count = tag & 0x0f;
+    else
+    if (tag == 0xdc)
+        ok = s_read_length (data, size, &position, 2, &count);
+    else
+    if (tag == 0xdd)
+        ok = s_read_length (data, size, &position, 4, &count);
+    else
+        return ZG_MSG_ERR_MALFORMED;
+    uint64_t version, number;
+    if (!ok
+    ||  !s_peek_str (data, size, &position, &start, &length)
+    ||  length != S_MAGIC_SIZE || memcmp (data + start, S_MAGIC, S_MAGIC_SIZE) != 0
+    ||  !s_peek_uint (data, size, &position, &version) || version != ZG_PROTO_VERSION
+    ||  !s_peek_uint (data, size, &position, &number))
+        return ZG_MSG_ERR_MALFORMED;
+    //  Only the types whose first field is the call id
+    if (number != ZG_MSG_HEAD && number != ZG_MSG_CHUNK && number != ZG_MSG_END
+    &&  number != ZG_MSG_ERROR && number != ZG_MSG_CANCEL)
+        return ZG_MSG_ERR_MALFORMED;
+    if (count != S_PREAMBLE + s_specs [number].field_count
+    ||  !s_peek_str (data, size, &position, &start, &length)
+    ||  length > ZG_CALL_ID_MAX || memchr (data + start, 0, length))
+        return ZG_MSG_ERR_MALFORMED;
+    if (number == ZG_MSG_END || number == ZG_MSG_ERROR) {
+        uint64_t code;
+        if (!s_peek_uint (data, size, &position, &code) || code > 999)
+            return ZG_MSG_ERR_MALFORMED;
+        *status = (uint16_t) code;
+    }
+    memcpy (call_id, data + start, length);
+    call_id [length] = 0;
+    *type = (int) number;
+    return ZG_MSG_OK;
+}
+
+
+//  --------------------------------------------------------------------------
 //  Sockets
 
 static bool
@@ -1306,6 +1411,86 @@ s_test_reset (zg_msg_t *msg, zg_msg_t *fresh)
     zg_msg_reset (fresh, 0);
 }
 
+//  Peek agrees with the full decoder on what it reads, on every type
+//  that carries a call id first, and never reads past a cut frame
+static void
+s_test_peek (zg_msg_t *msg, uint8_t *buffer)
+{
+    int peek_types [] = { ZG_MSG_HEAD, ZG_MSG_CHUNK, ZG_MSG_END, ZG_MSG_ERROR, ZG_MSG_CANCEL };
+    for (size_t each = 0; each < sizeof (peek_types) / sizeof (peek_types [0]); each++) {
+        for (int variant = 0; variant < 2; variant++) {
+            s_test_make (msg, peek_types [each], variant);
+            int size = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
+            S_CHECK (size > 0);
+            int type;
+            char call_id [ZG_CALL_ID_MAX + 1];
+            uint16_t status;
+            S_CHECK (zg_msg_peek (buffer, (size_t) size, &type, call_id, &status) == ZG_MSG_OK);
+            S_CHECK (type == msg->type && streq (call_id, msg->call_id));
+            if (type == ZG_MSG_END || type == ZG_MSG_ERROR)
+                S_CHECK (status == msg->status);
+            //  Every cut: a heap copy of exactly that size, so that a read
+            //  past its end is caught by the sanitizer
+            for (int cut = 0; cut < size; cut++) {
+                uint8_t *part = (uint8_t *) malloc ((size_t) cut + 1);
+                assert (part);
+                memcpy (part, buffer, (size_t) cut);
+                int rc = zg_msg_peek (cut? part: NULL, (size_t) cut, &type, call_id, &status);
+                S_CHECK (rc == ZG_MSG_OK || rc == ZG_MSG_ERR_MALFORMED);
+                if (rc == ZG_MSG_OK)
+                    S_CHECK (type == msg->type && streq (call_id, msg->call_id));
+                free (part);
+            }
+        }
+    }
+    //  Types that do not start with a call id are not peeked
+    int other_types [] = { ZG_MSG_REQUEST, ZG_MSG_DISPATCH, ZG_MSG_READY, ZG_MSG_CREDIT,
+                           ZG_MSG_HEARTBEAT, ZG_MSG_DISCONNECT };
+    for (size_t each = 0; each < sizeof (other_types) / sizeof (other_types [0]); each++) {
+        s_test_make (msg, other_types [each], 1);
+        int size = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
+        int type;
+        char call_id [ZG_CALL_ID_MAX + 1];
+        uint16_t status;
+        S_CHECK (size > 0 && zg_msg_peek (buffer, (size_t) size, &type, call_id, &status)
+                             == ZG_MSG_ERR_MALFORMED);
+    }
+    //  Wrong magic, version, count, an over-long id or a status over 999
+    int type;
+    char call_id [ZG_CALL_ID_MAX + 1];
+    uint16_t status;
+    const uint8_t good [] = { 0x94, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK, 0xa1, 'c' };
+    S_CHECK (zg_msg_peek (good, sizeof good, &type, call_id, &status) == ZG_MSG_OK
+          && type == ZG_MSG_CHUNK && streq (call_id, "c"));
+    const uint8_t magic [] = { 0x94, 0xa2, 'Z', 'H', 1, ZG_MSG_CHUNK, 0xa1, 'c' };
+    const uint8_t version [] = { 0x94, 0xa2, 'Z', 'G', 2, ZG_MSG_CHUNK, 0xa1, 'c' };
+    const uint8_t count [] = { 0x95, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK, 0xa1, 'c' };
+    const uint8_t nul [] = { 0x94, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK, 0xa2, 'c', 0 };
+    const uint8_t not_str [] = { 0x94, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK, 0x01 };
+    const uint8_t over [] = { 0x9c, 0xa2, 'Z', 'G', 1, ZG_MSG_END, 0xa1, 'c', 0xcd, 0x03, 0xe8 };
+    S_CHECK (zg_msg_peek (magic, sizeof magic, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (version, sizeof version, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (count, sizeof count, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (nul, sizeof nul, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (not_str, sizeof not_str, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (over, sizeof over, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
+    uint8_t long_id [8 + ZG_CALL_ID_MAX + 1] = { 0x94, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK,
+                                                 0xd9, ZG_CALL_ID_MAX + 1 };
+    memset (long_id + 8, 'a', ZG_CALL_ID_MAX + 1);
+    S_CHECK (zg_msg_peek (long_id, sizeof long_id, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
+    //  Random bytes never crash it
+    for (int round = 0; round < 20000; round++) {
+        size_t length = 1 + (size_t) (rand () % 40);
+        for (size_t index = 0; index < length; index++)
+            buffer [index] = (uint8_t) rand ();
+        if (round % 2)
+            memcpy (buffer, good, length < sizeof good? length: sizeof good);
+        int rc = zg_msg_peek (buffer, length, &type, call_id, &status);
+        S_CHECK (rc == ZG_MSG_OK || rc == ZG_MSG_ERR_MALFORMED);
+    }
+    zg_msg_reset (msg, 0);
+}
+
 static void
 s_test_encode_refusals (zg_msg_t *msg, uint8_t *buffer)
 {
@@ -1751,6 +1936,7 @@ zg_msg_test (bool verbose)
 
     s_test_codec_round_trips (msg, back, buffer);
     s_test_reset (msg, back);
+    s_test_peek (msg, buffer);
     s_test_encode_refusals (msg, buffer);
     s_test_hostile_headers (msg, back, buffer);
     s_test_corruption (msg, back, buffer);

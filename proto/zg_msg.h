@@ -208,6 +208,15 @@ int zg_msg_encode (const zg_msg_t *self, uint8_t *buf, size_t size);
 //  ZG_MSG_ERR_MALFORMED. Does not touch routing_id or payload.
 int zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size);
 
+//  Read only what a broker needs to relay a message without decoding it:
+//  the type, the call id (into call_id, ZG_CALL_ID_MAX + 1 bytes) and,
+//  for END and ERROR, the status. Only HEAD, CHUNK, END, ERROR and CANCEL
+//  are peeked. The magic, version, field count and the fields read are
+//  checked; the rest of the frame is not looked at, so the actor that
+//  receives it must decode it in full. Returns ZG_MSG_OK or
+//  ZG_MSG_ERR_MALFORMED. Never reads past size.
+int zg_msg_peek (const uint8_t *data, size_t size, int *type, char *call_id, uint16_t *status);
+
 //  Set owned string fields (copying)
 void zg_msg_set_headers (zg_msg_t *self, const char *headers);
 

@@ -1051,13 +1051,13 @@ s_on_frontend_message (router_t *self, int64_t now)
 //  HEAD / CHUNK / END / ERROR from the worker that holds the call: the
 //  frames go to the frontend as they came
 static void
-s_on_reply (router_t *self, worker_t *worker, int64_t now)
+s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uint16_t status,
+            int64_t now)
 {
-    zg_msg_t *in = &self->in;
-    call_t *call = s_call_lookup (self, in->call_id);
+    call_t *call = s_call_lookup (self, call_id);
     if (!call || call->worker != worker) {
         zg_debug ("router: %s for call %s that is not in flight on worker %s: dropped",
-                  zg_msg_type_name (in->type), in->call_id, worker->name);
+                  zg_msg_type_name (type), call_id, worker->name);
         return;
     }
     raw_t *raw = &self->raw;
@@ -1068,7 +1068,7 @@ s_on_reply (router_t *self, worker_t *worker, int64_t now)
         && zmq_msg_send (&raw->header, handle, raw->has_payload? ZMQ_SNDMORE: 0) >= 0
         && (!raw->has_payload || zmq_msg_send (&raw->payload, handle, 0) >= 0);
 
-    switch (in->type) {
+    switch (type) {
         case ZG_MSG_HEAD:
             call->state = CALL_STARTED;
             //  Nothing will dispatch it again: the body is no longer needed
@@ -1079,11 +1079,11 @@ s_on_reply (router_t *self, worker_t *worker, int64_t now)
         case ZG_MSG_END:
         case ZG_MSG_ERROR:
             zg_balancer_feedback (call->group->balancer, call->member,
-                                  in->type == ZG_MSG_END && in->status < 400?
+                                  type == ZG_MSG_END && status < 400?
                                   ZG_OUTCOME_SUCCESS: ZG_OUTCOME_FAILURE,
                                   (uint64_t) (now - call->dispatched_at) * 1000);
             zg_debug ("router: call %s ended (%s %u)", call->call_id,
-                      zg_msg_type_name (in->type), in->status);
+                      zg_msg_type_name (type), status);
             s_call_destroy (self, call);
             return;
         default:
@@ -1102,6 +1102,25 @@ s_on_worker_message (router_t *self, int64_t now)
     worker_t *worker = s_worker_lookup (self, &self->raw.identity);
     if (worker)
         worker->last_heard = now;
+    //  Replies, the bulk of the traffic, are relayed as they came: the
+    //  router reads only the type, the call id and the status, and the
+    //  frontend decodes them in full
+    int type;
+    char call_id [ZG_CALL_ID_MAX + 1];
+    uint16_t status;
+    const uint8_t *header = (const uint8_t *) zmq_msg_data (&self->raw.header);
+    if (worker
+    &&  zg_msg_peek (header, zmq_msg_size (&self->raw.header), &type, call_id, &status) == ZG_MSG_OK
+    &&  type != ZG_MSG_CANCEL) {
+        if (self->raw.has_payload && (type == ZG_MSG_END || type == ZG_MSG_ERROR)) {
+            zg_warning ("router: malformed message from worker %s: dropped", worker->name);
+            return;
+        }
+        zg_debug ("router: %s %s from worker %s", zg_msg_type_name (type), call_id,
+                  worker->name);
+        s_on_reply (self, worker, type, call_id, status, now);
+        return;
+    }
     if (s_decode (self) != ZG_MSG_OK) {
         zg_warning ("router: malformed message from worker %s: dropped",
                     worker? worker->name: "(unknown)");
@@ -1151,7 +1170,7 @@ s_on_worker_message (router_t *self, int64_t now)
         case ZG_MSG_CHUNK:
         case ZG_MSG_END:
         case ZG_MSG_ERROR:
-            s_on_reply (self, worker, now);
+            s_on_reply (self, worker, self->in.type, self->in.call_id, self->in.status, now);
             break;
         default:
             zg_warning ("router: unexpected %s from worker %s: dropped",
