@@ -121,7 +121,8 @@ struct _worker_t {
     zhashx_t *by_call_id;                   //  call_id -> slot_t *, keys owned by the slots
     size_t    awaiting_first_byte;          //  streams with a first-byte deadline running
 
-    uint32_t  credit_pending;               //  slots freed this turn, sent as one CREDIT
+    uint32_t  credit_pending;               //  slots freed and not yet returned by CREDIT
+    uint32_t  credit_batch;                 //  returned at once when this many are pending
     int64_t   heartbeat_us;
     int64_t   next_heartbeat_us;
     int64_t   last_heard_us;
@@ -281,6 +282,36 @@ s_send_end (worker_t *self, slot_t *slot)
 //  ---------------------------------------------------------------------
 //  Slots
 
+//  The deployment struct is mostly string space (about 4 KB): copy and
+//  clear what the strings use, not the whole struct, on every call
+static void
+s_deployment_copy (zg_deployment_wire_t *to, const zg_deployment_wire_t *from)
+{
+    ZG_MSG_SET (to->id, from->id);
+    ZG_MSG_SET (to->provider, from->provider);
+    ZG_MSG_SET (to->upstream_model, from->upstream_model);
+    ZG_MSG_SET (to->api_base, from->api_base);
+    ZG_MSG_SET (to->api_key, from->api_key);
+    to->timeout_ms = from->timeout_ms;
+    to->stream_timeout_ms = from->stream_timeout_ms;
+    to->input_cost_per_token = from->input_cost_per_token;
+    to->output_cost_per_token = from->output_cost_per_token;
+}
+
+static void
+s_deployment_clear (zg_deployment_wire_t *deployment)
+{
+    memset (deployment->api_key, 0, strnlen (deployment->api_key, sizeof (deployment->api_key)));
+    deployment->id [0] = 0;
+    deployment->provider [0] = 0;
+    deployment->upstream_model [0] = 0;
+    deployment->api_base [0] = 0;
+    deployment->timeout_ms = 0;
+    deployment->stream_timeout_ms = 0;
+    deployment->input_cost_per_token = 0;
+    deployment->output_cost_per_token = 0;
+}
+
 static void
 s_slot_release (worker_t *self, slot_t *slot, bool credit)
 {
@@ -295,7 +326,7 @@ s_slot_release (worker_t *self, slot_t *slot, bool credit)
     zg_buffer_trim (&slot->body, BUFFER_KEEP);
     //  Credentials do not outlive the call in the copy of the deployment;
     //  the cached header list keeps its own copy for reuse
-    memset (&slot->deployment, 0, sizeof (slot->deployment));
+    s_deployment_clear (&slot->deployment);
     slot->busy = false;
     self->free_slots [self->free_count++] = (size_t) (slot - self->slots);
     if (credit)
@@ -728,7 +759,7 @@ s_on_dispatch (worker_t *self, zg_msg_t *msg)
     ZG_MSG_SET (slot->call_id, msg->call_id);
     zhashx_insert (self->by_call_id, slot->call_id, slot);
     slot->flags = msg->flags;
-    slot->deployment = msg->deployment;
+    s_deployment_copy (&slot->deployment, &msg->deployment);
     s_copy_api_base (slot->api_base, sizeof (slot->api_base), slot->deployment.api_base);
     slot->request = msg->payload;
     msg->payload = NULL;
@@ -1019,6 +1050,7 @@ s_worker_new (const zg_config_t *config, const char *endpoint, const char *name)
     ZG_MSG_SET (self->name, name && *name ? name : "worker");
     self->pid = (uint32_t) getpid ();
     self->capacity = config->worker_capacity > 0 ? (size_t) config->worker_capacity : 256;
+    self->credit_batch = self->capacity >= 16 ? (uint32_t) (self->capacity / 8) : 1;
     self->heartbeat_us = (int64_t) (config->heartbeat_ms > 0 ? config->heartbeat_ms : 1000) * 1000;
     self->curl_deadline_us = -1;
     zg_msg_init (&self->in, 0);
@@ -1114,9 +1146,13 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
     while (!zsys_interrupted) {
         now = s_now_us ();
         int wait_ms = s_wait_ms (self, now);
+        //  Credit goes back in batches while the worker is busy, and all of
+        //  it before the worker sleeps
+        if (wait_ms > 0 && self->credit_pending)
+            s_flush_credit (self);
         //  Only a send since the last empty receive can hide a message
         //  from ZMQ_FD; otherwise the socket's state is known
-        if (self->zmq_unsettled && (zsock_events (self->dealer) & ZMQ_POLLIN))
+        if (wait_ms > 0 && self->zmq_unsettled && (zsock_events (self->dealer) & ZMQ_POLLIN))
             wait_ms = 0;
         int count = epoll_wait (self->epoll_fd, events, EPOLL_BATCH, wait_ms);
         if (count < 0) {
@@ -1157,13 +1193,11 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
             exit_code = 1;
             break;
         }
-        //  Credit once per turn, for every slot freed in it; before the
-        //  socket is read, so that the read is the last thing the socket
-        //  sees before the loop sleeps
-        s_flush_credit (self);
+        //  A batch of credit goes before the socket is read, so that the
+        //  read is the last thing the socket sees before the loop sleeps
+        if (self->credit_pending >= self->credit_batch)
+            s_flush_credit (self);
         s_drain_socket (self, now);
-        //  Slots a CANCEL freed just now
-        s_flush_credit (self);
     }
     zg_info ("worker %s: stopping", self->name);
     s_worker_destroy (&self);
