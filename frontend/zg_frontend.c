@@ -352,6 +352,29 @@ s_header_name_ok (const char *name, size_t length)
     return true;
 }
 
+//  Microseconds as milliseconds with three decimals ("12.345"), without
+//  the cost of printf's floating point on every answer
+static void
+s_format_ms (char *text, int64_t us)
+{
+    if (us < 0)
+        us = 0;
+    char digits [24];
+    int count = 0;
+    uint64_t value = (uint64_t) us;
+    do {
+        digits [count++] = (char) ('0' + value % 10);
+        value /= 10;
+    } while (value || count < 4);       //  at least "0.000"
+    char *cursor = text;
+    while (count > 3)
+        *cursor++ = digits [--count];
+    *cursor++ = '.';
+    while (count > 0)
+        *cursor++ = digits [--count];
+    *cursor = 0;
+}
+
 //  The headers the reference puts on every LLM answer, and the upstream's
 //  own headers prefixed llm_provider-. Names and values are assembled in
 //  the reused scratch buffer; MHD copies them.
@@ -370,8 +393,7 @@ s_add_answer_headers (s_frontend_t *self, zg_call_t *call, struct MHD_Response *
         MHD_add_response_header (response, "x-litellm-model-api-base", api_base);
     }
     char duration [32];
-    snprintf (duration, sizeof (duration), "%.3f",
-              (double) (zclock_usecs () - call->started_us) / 1000.0);
+    s_format_ms (duration, zclock_usecs () - call->started_us);
     MHD_add_response_header (response, "x-litellm-response-duration-ms", duration);
 
     static const char prefix [] = "llm_provider-";
@@ -996,7 +1018,9 @@ s_on_request (void *cls, struct MHD_Connection *connection, const char *url,
         call->connection = connection;
         call->started_us = zclock_usecs ();
         call->method = zg_http_method (method);
-        snprintf (call->path, sizeof (call->path), "%s", url ? url : "");
+        size_t path_length = url ? strnlen (url, sizeof (call->path) - 1) : 0;
+        memcpy (call->path, url ? url : "", path_length);
+        call->path [path_length] = 0;
         call->fd = s_connection_fd (connection);
         s_socket_t *socket = s_socket (self, call->fd);
         if (socket)

@@ -113,6 +113,7 @@ struct _worker_t {
     bool     *parked;                       //  by fd: libcurl let it go, still registered
     size_t    watched_size;
     bool      zmq_unsettled;                //  sent since the last receive found nothing
+    bool      proxy_from_environment;       //  a proxy variable is set: libcurl reads it
 
     slot_t   *slots;
     size_t    capacity;
@@ -734,6 +735,29 @@ s_easy_setup (worker_t *self, slot_t *slot)
 #else
     curl_easy_setopt (easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
+    //  libcurl reads the proxy variables from the environment for every
+    //  transfer; when none is set, saying "no proxy" once is the same
+    //  answer without the lookups
+    if (!self->proxy_from_environment) {
+        curl_easy_setopt (easy, CURLOPT_PROXY, "");
+        curl_easy_setopt (easy, CURLOPT_NOPROXY, "");
+    }
+}
+
+//  The variables libcurl would read to choose a proxy
+static bool
+s_proxy_in_environment (void)
+{
+    static const char *names [] = {
+        "http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+        "no_proxy", "NO_PROXY", NULL
+    };
+    for (size_t index = 0; names [index]; index++) {
+        const char *value = getenv (names [index]);
+        if (value && *value)
+            return true;
+    }
+    return false;
 }
 
 static void
@@ -1051,6 +1075,7 @@ s_worker_new (const zg_config_t *config, const char *endpoint, const char *name)
     self->pid = (uint32_t) getpid ();
     self->capacity = config->worker_capacity > 0 ? (size_t) config->worker_capacity : 256;
     self->credit_batch = self->capacity >= 16 ? (uint32_t) (self->capacity / 8) : 1;
+    self->proxy_from_environment = s_proxy_in_environment ();
     self->heartbeat_us = (int64_t) (config->heartbeat_ms > 0 ? config->heartbeat_ms : 1000) * 1000;
     self->curl_deadline_us = -1;
     zg_msg_init (&self->in, 0);
