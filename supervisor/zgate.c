@@ -8,6 +8,7 @@
 #include "frontend/zg_frontend.h"
 #include "router/zg_router.h"
 #include "supervisor/zg_cli.h"
+#include "supervisor/zg_dotenv.h"
 #include "supervisor/zg_supervisor.h"
 #include "workers/zg_worker.h"
 
@@ -80,6 +81,12 @@ s_run_frontend (const zg_config_t *config, const zg_cli_t *cli, const char *fron
 int
 main (int argc, char **argv)
 {
+    //  Before the command line, as the reference does: .env may hold PORT,
+    //  HOST, the master key... Children inherit the result from the
+    //  supervisor and do not read the file again.
+    if (!getenv ("ZGATE_SUPERVISED") && zg_dotenv_load_for_mode () < 0)
+        fprintf (stderr, "zgate: cannot read .env; going on without it\n");
+
     zg_cli_t cli;
     char errbuf [1024];
     if (zg_cli_parse (&cli, argc, argv, errbuf, sizeof (errbuf))) {

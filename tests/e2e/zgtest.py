@@ -456,7 +456,7 @@ def children_by_role(pid, role):
 class Process:
     """A child process whose stdout and stderr go to files."""
 
-    def __init__(self, argv, workdir, name, env=None):
+    def __init__(self, argv, workdir, name, env=None, cwd=None):
         self.argv = list(argv)
         self.name = name
         self.stdout_path = os.path.join(workdir, name + ".stdout.log")
@@ -468,7 +468,7 @@ class Process:
         full_env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.popen = subprocess.Popen(self.argv, stdout=out, stderr=err,
-                                          stdin=subprocess.DEVNULL, env=full_env)
+                                          stdin=subprocess.DEVNULL, env=full_env, cwd=cwd)
         self.pid = self.popen.pid
 
     def stdout(self):
@@ -575,7 +575,7 @@ class Gateway:
     """A zgate supervisor tree on a free loopback port."""
 
     def __init__(self, workdir, config, num_workers=2, env=None, name="zgate",
-                 extra_args=(), wait_ready=True, config_text=None):
+                 extra_args=(), wait_ready=True, config_text=None, cwd=None):
         self.workdir = workdir
         self.name = name
         self.run_dir = tempfile.mkdtemp(prefix="run-", dir=workdir)
@@ -588,7 +588,7 @@ class Gateway:
         full_env.update(env or {})
         argv = [zgate_bin(), "--config", self.config_path, "--host", "127.0.0.1",
                 "--port", str(self.port), "--num_workers", str(num_workers)] + list(extra_args)
-        self.proc = Process(argv, workdir, name, env=full_env)
+        self.proc = Process(argv, workdir, name, env=full_env, cwd=cwd)
         self.pid = self.proc.pid
         self.known_children = set()
         if wait_ready:
