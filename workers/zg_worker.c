@@ -730,6 +730,12 @@ s_easy_setup (worker_t *self, slot_t *slot)
     curl_easy_setopt (easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt (easy, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt (easy, CURLOPT_SSL_VERIFYHOST, 2L);
+    //  A private CA (an internal LLM endpoint) is trusted the way the
+    //  reference's HTTP client does it: SSL_CERT_FILE names the bundle.
+    //  Verification itself is never turned off.
+    const char *ca_file = getenv ("SSL_CERT_FILE");
+    if (ca_file && *ca_file)
+        curl_easy_setopt (easy, CURLOPT_CAINFO, ca_file);
 #if LIBCURL_VERSION_NUM >= 0x075500
     curl_easy_setopt (easy, CURLOPT_PROTOCOLS_STR, "http,https");
 #else
