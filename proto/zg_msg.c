@@ -129,6 +129,20 @@ static const s_field_t s_heartbeat_fields [] = {
     S_STR (zg_msg_t, name), S_UNSIGNED (zg_msg_t, pid)
 };
 
+static const s_field_t s_spend_fields [] = {
+    S_UNSIGNED (zg_msg_t, seq), S_CALL_ID, S_STR (zg_msg_t, key_hash),
+    S_STR (zg_msg_t, user_id), S_STR (zg_msg_t, team_id), S_STR (zg_msg_t, model),
+    S_STR (zg_msg_t, deployment_id), S_STR (zg_msg_t, api_base), S_ROUTE, S_STATUS,
+    S_UNSIGNED (zg_msg_t, prompt_tokens), S_UNSIGNED (zg_msg_t, completion_tokens),
+    S_UNSIGNED (zg_msg_t, total_tokens), S_FLOAT (zg_msg_t, cost),
+    S_UNSIGNED (zg_msg_t, start_us), S_UNSIGNED (zg_msg_t, duration_us),
+    S_UNSIGNED (zg_msg_t, ttfb_us), S_STR (zg_msg_t, err_type), S_STR (zg_msg_t, message)
+};
+
+static const s_field_t s_spend_ack_fields [] = {
+    S_UNSIGNED (zg_msg_t, seq)
+};
+
 typedef struct {
     const char *name;
     const s_field_t *fields;
@@ -151,8 +165,12 @@ static const s_spec_t s_specs [] = {
     S_SPEC ("READY",     s_ready_fields,     false),
     S_SPEC ("CREDIT",    s_credit_fields,    false),
     S_SPEC ("HEARTBEAT", s_heartbeat_fields, false),
-    { "DISCONNECT", NULL, 0, false }
+    { "DISCONNECT", NULL, 0, false },
+    S_SPEC ("SPEND",     s_spend_fields,     false),
+    S_SPEC ("SPEND_ACK", s_spend_ack_fields, false)
 };
+
+#define S_LAST_TYPE     ZG_MSG_SPEND_ACK
 
 #define S_MAGIC         "ZG"
 #define S_MAGIC_SIZE    2
@@ -162,7 +180,7 @@ static const s_spec_t s_specs [] = {
 static const s_spec_t *
 s_spec_for (int type)
 {
-    if (type < ZG_MSG_REQUEST || type > ZG_MSG_DISCONNECT)
+    if (type < ZG_MSG_REQUEST || type > S_LAST_TYPE)
         return NULL;
     return &s_specs [type];
 }
@@ -233,7 +251,7 @@ s_clear_fields (const s_field_t *fields, size_t count, char *base)
 static void
 s_clear (zg_msg_t *self, int type)
 {
-    for (int each = ZG_MSG_REQUEST; each <= ZG_MSG_DISCONNECT; each++)
+    for (int each = ZG_MSG_REQUEST; each <= S_LAST_TYPE; each++)
         s_clear_fields (s_specs [each].fields, s_specs [each].field_count, (char *) self);
     self->type = type;
 }
@@ -523,7 +541,7 @@ s_decode_object (zg_msg_t *self, const msgpack_object *root)
     ||  items [1].type != MSGPACK_OBJECT_POSITIVE_INTEGER
     ||  items [1].via.u64 != ZG_PROTO_VERSION
     ||  items [2].type != MSGPACK_OBJECT_POSITIVE_INTEGER
-    ||  items [2].via.u64 > ZG_MSG_DISCONNECT)
+    ||  items [2].via.u64 > S_LAST_TYPE)
         return -1;
     const s_spec_t *spec = s_spec_for ((int) items [2].via.u64);
     if (!spec || root->via.array.size != S_PREAMBLE + spec->field_count)
@@ -1063,7 +1081,7 @@ static bool
 s_test_rest_is_empty (const zg_msg_t *msg)
 {
     const s_spec_t *own = s_spec_for (msg->type);
-    for (int type = ZG_MSG_REQUEST; type <= ZG_MSG_DISCONNECT; type++) {
+    for (int type = ZG_MSG_REQUEST; type <= S_LAST_TYPE; type++) {
         for (size_t index = 0; index < s_specs [type].field_count; index++) {
             const s_field_t *field = &s_specs [type].fields [index];
             bool carried = false;
@@ -1307,7 +1325,7 @@ s_random (void)
 static void
 s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
 {
-    for (int type = ZG_MSG_REQUEST; type <= ZG_MSG_DISCONNECT; type++) {
+    for (int type = ZG_MSG_REQUEST; type <= S_LAST_TYPE; type++) {
         for (int variant = 0; variant <= 2; variant++) {
             s_test_make (msg, type, variant);
             int size = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
@@ -1318,7 +1336,7 @@ s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
                 printf ("zg_msg: %s variant %d: %d bytes\n", zg_msg_type_name (type), variant, size);
 
             //  Decode over a message that has every field of every type set
-            for (int other = ZG_MSG_REQUEST; other <= ZG_MSG_DISCONNECT; other++)
+            for (int other = ZG_MSG_REQUEST; other <= S_LAST_TYPE; other++)
                 s_test_fill (s_specs [other].fields, s_specs [other].field_count,
                              (char *) back, 1, 7);
             S_CHECK (zg_msg_decode (back, buffer, (size_t) size) == ZG_MSG_OK);
@@ -1386,7 +1404,7 @@ s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
 static void
 s_test_reset (zg_msg_t *msg, zg_msg_t *fresh)
 {
-    for (int type = ZG_MSG_REQUEST; type <= ZG_MSG_DISCONNECT; type++) {
+    for (int type = ZG_MSG_REQUEST; type <= S_LAST_TYPE; type++) {
         s_test_make (msg, ZG_MSG_DISPATCH, 1);
         const s_spec_t *spec = s_spec_for (type);
         s_test_fill (spec->fields, spec->field_count, (char *) msg, 1, (size_t) type * 100);
@@ -1401,7 +1419,7 @@ s_test_reset (zg_msg_t *msg, zg_msg_t *fresh)
             wiped = wiped && msg->deployment.api_key [index] == 0;
         S_CHECK (wiped);
         zg_msg_reset (fresh, 0);
-        for (int each = ZG_MSG_REQUEST; each <= ZG_MSG_DISCONNECT; each++) {
+        for (int each = ZG_MSG_REQUEST; each <= S_LAST_TYPE; each++) {
             msg->type = fresh->type = each;
             S_CHECK (s_test_equal (msg, fresh));
         }
@@ -1445,7 +1463,7 @@ s_test_peek (zg_msg_t *msg, uint8_t *buffer)
     }
     //  Types that do not start with a call id are not peeked
     int other_types [] = { ZG_MSG_REQUEST, ZG_MSG_DISPATCH, ZG_MSG_READY, ZG_MSG_CREDIT,
-                           ZG_MSG_HEARTBEAT, ZG_MSG_DISCONNECT };
+                           ZG_MSG_HEARTBEAT, ZG_MSG_DISCONNECT, ZG_MSG_SPEND, ZG_MSG_SPEND_ACK };
     for (size_t each = 0; each < sizeof (other_types) / sizeof (other_types [0]); each++) {
         s_test_make (msg, other_types [each], 1);
         int size = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
@@ -1496,7 +1514,7 @@ s_test_encode_refusals (zg_msg_t *msg, uint8_t *buffer)
 {
     zg_msg_reset (msg, 0);
     S_CHECK (zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES) == -1);
-    zg_msg_reset (msg, ZG_MSG_DISCONNECT + 1);
+    zg_msg_reset (msg, S_LAST_TYPE + 1);
     S_CHECK (zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES) == -1);
     s_test_make (msg, ZG_MSG_DISCONNECT, 1);
     S_CHECK (zg_msg_encode (msg, NULL, ZG_HEADER_MAX_BYTES) == -1);
@@ -1536,7 +1554,7 @@ static void
 s_test_hostile_headers (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
 {
     //  Every way a field can be wrong, in every field of every type
-    for (int type = ZG_MSG_REQUEST; type <= ZG_MSG_DISCONNECT; type++) {
+    for (int type = ZG_MSG_REQUEST; type <= S_LAST_TYPE; type++) {
         s_test_make (msg, type, 1);
         const s_spec_t *spec = s_spec_for (type);
         for (size_t top = 0; top < spec->field_count; top++) {
@@ -1630,6 +1648,7 @@ s_test_corruption (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         { ZG_MSG_REQUEST, 1 }, { ZG_MSG_DISPATCH, 1 }, { ZG_MSG_HEAD, 1 }, { ZG_MSG_CHUNK, 1 },
         { ZG_MSG_END, 1 }, { ZG_MSG_ERROR, 1 }, { ZG_MSG_CANCEL, 1 }, { ZG_MSG_READY, 1 },
         { ZG_MSG_CREDIT, 1 }, { ZG_MSG_HEARTBEAT, 1 }, { ZG_MSG_DISCONNECT, 1 },
+        { ZG_MSG_SPEND, 1 }, { ZG_MSG_SPEND_ACK, 1 }, { ZG_MSG_SPEND, 2 },
         { ZG_MSG_DISPATCH, 2 }, { ZG_MSG_END, 2 }, { ZG_MSG_ERROR, 0 }, { ZG_MSG_HEAD, 0 }
     };
     static const uint8_t replacements [] = { 0x00, 0xff, 0xc0, 0xc1, 0x7f, 0xa0, 0xcb, 0xdd };
@@ -1718,7 +1737,7 @@ s_test_fuzz (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         }
         else {
             //  A valid encoding, mutated, sometimes cut or extended
-            s_test_make (msg, 1 + (int) (s_random () % ZG_MSG_DISCONNECT), (int) (s_random () % 2));
+            s_test_make (msg, 1 + (int) (s_random () % S_LAST_TYPE), (int) (s_random () % 2));
             int encoded = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
             assert (encoded > 0);
             size = (size_t) encoded;
@@ -1765,7 +1784,7 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
 
     zg_msg_t answer;
     zg_msg_init (&answer, 0);
-    for (int type = ZG_MSG_REQUEST; type <= ZG_MSG_DISCONNECT; type++) {
+    for (int type = ZG_MSG_REQUEST; type <= S_LAST_TYPE; type++) {
         for (int variant = 0; variant <= 2; variant++) {
             int payloads = s_specs [type].carries_payload? 2: 1;
             for (int with_payload = 0; with_payload < payloads; with_payload++) {
@@ -1909,8 +1928,10 @@ zg_msg_test (bool verbose)
     //  The names
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_REQUEST), "REQUEST"));
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_DISCONNECT), "DISCONNECT"));
+    S_CHECK (streq (zg_msg_type_name (ZG_MSG_SPEND), "SPEND"));
+    S_CHECK (streq (zg_msg_type_name (ZG_MSG_SPEND_ACK), "SPEND_ACK"));
     S_CHECK (streq (zg_msg_type_name (0), "?"));
-    S_CHECK (streq (zg_msg_type_name (ZG_MSG_DISCONNECT + 1), "?"));
+    S_CHECK (streq (zg_msg_type_name (S_LAST_TYPE + 1), "?"));
     S_CHECK (streq (zg_msg_type_name (-1), "?"));
 
     //  Fixed fields truncate, on a character boundary

@@ -39,6 +39,19 @@
         both ways            HEARTBEAT name pid
         router   -> worker/frontend
                              DISCONNECT   ("I do not know you: send READY again")
+        router   -> spend    SPEND     seq call_id key_hash user_id team_id
+                                       model deployment_id api_base route
+                                       status prompt_tokens completion_tokens
+                                       total_tokens cost start_us duration_us
+                                       ttfb_us err_type message
+        spend    -> router   SPEND_ACK seq   (cumulative: every SPEND with a
+                                       seq <= this one is committed)
+        spend    -> router   HEARTBEAT, DISCONNECT (its liveness, as above)
+
+    Every call that reached the router ends as exactly one SPEND, numbered
+    by a per-router sequence; the router keeps it until a SPEND_ACK covers
+    it and sends it again after the spend actor's silence or restart, so
+    the spend actor must treat a repeated call_id as already written.
 
     A request's answer is HEAD then either END (HEAD has ZG_FLAG_FINAL and
     carries the whole body; the END that follows reports usage and timings
@@ -90,7 +103,9 @@ typedef enum {
     ZG_MSG_READY      = 8,
     ZG_MSG_CREDIT     = 9,
     ZG_MSG_HEARTBEAT  = 10,
-    ZG_MSG_DISCONNECT = 11
+    ZG_MSG_DISCONNECT = 11,
+    ZG_MSG_SPEND      = 12,
+    ZG_MSG_SPEND_ACK  = 13
 } zg_msg_type_t;
 
 //  Routes a REQUEST can carry
@@ -114,6 +129,7 @@ typedef enum {
 #define ZG_MESSAGE_MAX     4095     //  error messages
 #define ZG_HEADERS_MAX     16384    //  HEAD.headers
 #define ZG_HEADER_MAX_BYTES 32768   //  the whole encoded header frame
+#define ZG_KEY_HASH_MAX    64       //  SHA-256 hex of an API key
 
 //  Decoder results
 #define ZG_MSG_OK          0
@@ -173,6 +189,12 @@ typedef struct {
     uint32_t  pid;              //  READY/HEARTBEAT
     uint32_t  capacity;         //  READY: how many requests it can hold at once
     uint32_t  credit;           //  CREDIT: how many more it can take now
+
+    uint64_t  seq;              //  SPEND/SPEND_ACK: per-router record sequence
+    char      key_hash [ZG_KEY_HASH_MAX + 1];       //  SPEND: SHA-256 hex; may be empty
+    char      user_id [ZG_NAME_MAX + 1];            //  SPEND: may be empty
+    char      team_id [ZG_NAME_MAX + 1];            //  SPEND: may be empty
+    uint64_t  start_us;         //  SPEND: call start, unix microseconds
 
     zframe_t *payload;          //  REQUEST/DISPATCH/HEAD/CHUNK body bytes; owned, may be NULL
 } zg_msg_t;
