@@ -47,6 +47,7 @@ struct _zg_call_t {
     bool      suspended;            //  MHD_suspend_connection is in force
     bool      routed;               //  in the call id index: router messages are expected
     bool      client_gone;          //  the client hung up; the next MHD call closes
+    bool      headers_pending;      //  GET/HEAD: the route is served on the next MHD call
     bool      stream_ended;         //  no more bytes will be queued
     bool      saw_done;             //  the stream carried its own "data: [DONE]"
     uint8_t   route;                //  zg_route_t

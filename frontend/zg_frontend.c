@@ -1025,7 +1025,26 @@ s_on_request (void *cls, struct MHD_Connection *connection, const char *url,
         s_socket_t *socket = s_socket (self, call->fd);
         if (socket)
             socket->call = call;
+        //  libmicrohttpd 0.9.75 takes a response queued in this first call
+        //  as an early answer to a request whose body is still unread, and
+        //  closes the connection after it. A GET or HEAD is answered on the
+        //  next call, which follows at once, so that probes and clients
+        //  polling /models keep their connection. Requests with a body are
+        //  still refused here, before their body is read.
+        if (call->method == ZG_HTTP_GET || call->method == ZG_HTTP_HEAD) {
+            call->headers_pending = true;
+            return MHD_YES;
+        }
         return s_on_headers (self, call, url);
+    }
+    if (call->headers_pending) {
+        call->headers_pending = false;
+        enum MHD_Result result = s_on_headers (self, call, url);
+        if (result != MHD_YES)
+            return result;
+        if (call->state != ZG_CALL_UPLOADING)
+            return s_discard (self, call, upload_data_size);
+        //  An LLM route reached with GET: this call may carry its body
     }
     switch (call->state) {
         case ZG_CALL_UPLOADING:

@@ -317,6 +317,30 @@ class GatewayRoutesTest(zgtest.GatewayTestCase):
         finally:
             conn.close()
 
+    def test_get_routes_keep_the_connection_alive(self):
+        """Probes and clients polling /models reuse one connection: every GET
+        is answered without `Connection: close` on the same socket."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=zgtest.HTTP_TIMEOUT)
+        try:
+            paths = ["/v1/models", "/v1/models", "/model/info", "/health/liveliness",
+                     "/health/liveness", "/health/readiness"]
+            local_port = None
+            for path in paths:
+                conn.request("GET", path, headers={"Authorization": "Bearer " + MASTER_KEY})
+                resp = conn.getresponse()
+                payload = resp.read()
+                self.assertEqual(resp.status, 200, (path, payload))
+                self.assertNotEqual((resp.getheader("Connection") or "").lower(), "close",
+                                    (path, resp.getheaders()))
+                self.assertFalse(resp.will_close, (path, resp.getheaders()))
+                self.assertIsNotNone(conn.sock, path)
+                port = conn.sock.getsockname()[1]
+                if local_port is None:
+                    local_port = port
+                self.assertEqual(port, local_port, "%s was sent on a new connection" % path)
+        finally:
+            conn.close()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
