@@ -1,0 +1,525 @@
+/*  =========================================================================
+    zg_outbox - the router's spend records until the spend actor commits them
+
+    The ring holds encoded SPEND frames (a few hundred bytes each, not the
+    12 KB zg_msg_t), so its memory is bounded by ring_limit records of at
+    most ZG_HEADER_MAX_BYTES. Once one record has spilled, every later one
+    spills too until the file is read back empty: that keeps the order.
+
+    Spill file: records of [ 4-byte little-endian length ][ frame ]. Frames
+    in the file carry whatever seq they had; a record gets its real seq
+    when it enters the ring, so seqs are consecutive there. A torn last
+    record (a crash while appending) is ignored.
+    =========================================================================
+*/
+#include "router/zg_outbox.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+    uint64_t seq;
+    uint8_t *data;
+    size_t   size;
+} entry_t;
+
+struct _zg_outbox_t {
+    entry_t  *ring;
+    size_t    limit;
+    size_t    head;             //  oldest unacked
+    size_t    count;            //  unacked in the ring
+    size_t    sent;             //  of those, handed out since the last rewind
+    uint64_t  next_seq;
+
+    char     *spill_path;
+    FILE     *spill;            //  open while the file holds records
+    long      spill_read_at;    //  offset of the oldest record not read back
+    size_t    spilled;          //  records in the file not read back
+
+    zg_msg_t *scratch;          //  for renumbering what comes back from the file
+    uint8_t   buffer [ZG_HEADER_MAX_BYTES];
+};
+
+static void
+s_put_u32 (uint8_t *bytes, uint32_t value)
+{
+    for (int index = 0; index < 4; index++)
+        bytes [index] = (uint8_t) (value >> (8 * index));
+}
+
+static uint32_t
+s_get_u32 (const uint8_t *bytes)
+{
+    return (uint32_t) bytes [0] | (uint32_t) bytes [1] << 8
+         | (uint32_t) bytes [2] << 16 | (uint32_t) bytes [3] << 24;
+}
+
+//  Reads the record at *offset into self->buffer; -1 at the end or on a
+//  torn or impossible record
+static int
+s_spill_read (zg_outbox_t *self, long *offset, size_t *size)
+{
+    uint8_t length [4];
+    if (fseek (self->spill, *offset, SEEK_SET)
+    ||  fread (length, 1, 4, self->spill) != 4)
+        return -1;
+    uint32_t frame_size = s_get_u32 (length);
+    if (frame_size == 0 || frame_size > ZG_HEADER_MAX_BYTES
+    ||  fread (self->buffer, 1, frame_size, self->spill) != frame_size)
+        return -1;
+    *offset += 4 + (long) frame_size;
+    *size = frame_size;
+    return 0;
+}
+
+static int
+s_spill_open (zg_outbox_t *self)
+{
+    if (self->spill)
+        return 0;
+    if (!self->spill_path)
+        return -1;
+    self->spill = fopen (self->spill_path, "a+b");
+    return self->spill? 0: -1;
+}
+
+static void
+s_spill_close_empty (zg_outbox_t *self)
+{
+    if (self->spill) {
+        fclose (self->spill);
+        self->spill = NULL;
+    }
+    if (self->spill_path)
+        unlink (self->spill_path);
+    self->spill_read_at = 0;
+    self->spilled = 0;
+}
+
+static int
+s_spill_append (zg_outbox_t *self, const uint8_t *data, size_t size)
+{
+    if (s_spill_open (self))
+        return -1;
+    uint8_t length [4];
+    s_put_u32 (length, (uint32_t) size);
+    if (fwrite (length, 1, 4, self->spill) != 4
+    ||  fwrite (data, 1, size, self->spill) != size
+    ||  fflush (self->spill))
+        return -1;
+    self->spilled++;
+    return 0;
+}
+
+//  Puts an encoded record at the ring's tail with the next seq
+static int
+s_ring_add (zg_outbox_t *self, zg_msg_t *record)
+{
+    assert (self->count < self->limit);
+    record->seq = self->next_seq;
+    int size = zg_msg_encode (record, self->buffer, sizeof self->buffer);
+    if (size <= 0)
+        return -1;
+    uint8_t *data = (uint8_t *) malloc ((size_t) size);
+    if (!data)
+        return -1;
+    memcpy (data, self->buffer, (size_t) size);
+    entry_t *entry = &self->ring [(self->head + self->count) % self->limit];
+    entry->seq = self->next_seq++;
+    entry->data = data;
+    entry->size = (size_t) size;
+    self->count++;
+    return 0;
+}
+
+//  Moves records from the file into the ring while there is room
+static void
+s_refill (zg_outbox_t *self)
+{
+    while (self->spilled && self->count < self->limit) {
+        size_t size;
+        long offset = self->spill_read_at;
+        if (s_spill_read (self, &offset, &size)
+        ||  zg_msg_decode (self->scratch, self->buffer, size) != ZG_MSG_OK
+        ||  self->scratch->type != ZG_MSG_SPEND) {
+            //  A record that cannot be read cannot be sent either
+            self->spilled = 0;
+            break;
+        }
+        self->spill_read_at = offset;
+        self->spilled--;
+        if (s_ring_add (self, self->scratch))
+            break;
+    }
+    if (self->spill && self->spilled == 0)
+        s_spill_close_empty (self);
+}
+
+zg_outbox_t *
+zg_outbox_new (size_t ring_limit, const char *spill_path)
+{
+    zg_outbox_t *self = (zg_outbox_t *) calloc (1, sizeof (zg_outbox_t));
+    if (!self)
+        return NULL;
+    self->limit = ring_limit? ring_limit: 1;
+    self->ring = (entry_t *) calloc (self->limit, sizeof (entry_t));
+    self->scratch = (zg_msg_t *) malloc (sizeof (zg_msg_t));
+    self->spill_path = spill_path? strdup (spill_path): NULL;
+    self->next_seq = 1;
+    if (!self->ring || !self->scratch || (spill_path && !self->spill_path)) {
+        free (self->scratch);
+        self->scratch = NULL;
+        zg_outbox_destroy (&self);
+        return NULL;
+    }
+    zg_msg_init (self->scratch, 0);
+    if (self->spill_path && access (self->spill_path, F_OK) == 0) {
+        if (s_spill_open (self)) {
+            zg_outbox_destroy (&self);
+            return NULL;
+        }
+        long offset = 0;
+        size_t size;
+        while (s_spill_read (self, &offset, &size) == 0)
+            self->spilled++;
+        if (self->spilled == 0)
+            s_spill_close_empty (self);
+        else
+        if (ftruncate (fileno (self->spill), offset))
+            self->spilled = self->spilled;  //  the torn tail stays behind; appends follow it
+        s_refill (self);
+    }
+    return self;
+}
+
+void
+zg_outbox_destroy (zg_outbox_t **self_p)
+{
+    assert (self_p);
+    zg_outbox_t *self = *self_p;
+    if (!self)
+        return;
+    for (size_t index = 0; self->ring && index < self->count; index++)
+        free (self->ring [(self->head + index) % self->limit].data);
+    free (self->ring);
+    if (self->spill)
+        fclose (self->spill);
+    if (self->scratch) {
+        zg_msg_reset (self->scratch, 0);
+        free (self->scratch);
+    }
+    free (self->spill_path);
+    free (self);
+    *self_p = NULL;
+}
+
+int
+zg_outbox_push (zg_outbox_t *self, zg_msg_t *record)
+{
+    assert (self && record && record->type == ZG_MSG_SPEND);
+    if (self->spilled == 0 && self->count < self->limit)
+        return s_ring_add (self, record);
+    record->seq = 0;
+    int size = zg_msg_encode (record, self->buffer, sizeof self->buffer);
+    if (size <= 0)
+        return -1;
+    return s_spill_append (self, self->buffer, (size_t) size);
+}
+
+bool
+zg_outbox_next (zg_outbox_t *self, const uint8_t **data, size_t *size)
+{
+    assert (self && data && size);
+    if (self->sent >= self->count)
+        return false;
+    const entry_t *entry = &self->ring [(self->head + self->sent) % self->limit];
+    self->sent++;
+    *data = entry->data;
+    *size = entry->size;
+    return true;
+}
+
+void
+zg_outbox_ack (zg_outbox_t *self, uint64_t seq)
+{
+    assert (self);
+    while (self->count && self->ring [self->head].seq <= seq) {
+        free (self->ring [self->head].data);
+        self->ring [self->head].data = NULL;
+        self->head = (self->head + 1) % self->limit;
+        self->count--;
+        if (self->sent)
+            self->sent--;
+    }
+    s_refill (self);
+}
+
+void
+zg_outbox_rewind (zg_outbox_t *self)
+{
+    assert (self);
+    self->sent = 0;
+}
+
+size_t
+zg_outbox_pending (zg_outbox_t *self)
+{
+    assert (self);
+    return self->count + self->spilled;
+}
+
+size_t
+zg_outbox_in_flight (zg_outbox_t *self)
+{
+    assert (self);
+    return self->sent;
+}
+
+size_t
+zg_outbox_in_memory (zg_outbox_t *self)
+{
+    assert (self);
+    return self->count;
+}
+
+int
+zg_outbox_save (zg_outbox_t *self)
+{
+    assert (self);
+    if (!self->spill_path)
+        return self->count? -1: 0;
+    if (self->count == 0 && self->spilled == 0) {
+        s_spill_close_empty (self);
+        return 0;
+    }
+    size_t path_size = strlen (self->spill_path) + 8;
+    char *temporary = (char *) malloc (path_size);
+    if (!temporary)
+        return -1;
+    snprintf (temporary, path_size, "%s.new", self->spill_path);
+    FILE *file = fopen (temporary, "wb");
+    int rc = file? 0: -1;
+    uint8_t length [4];
+    for (size_t index = 0; rc == 0 && index < self->count; index++) {
+        const entry_t *entry = &self->ring [(self->head + index) % self->limit];
+        s_put_u32 (length, (uint32_t) entry->size);
+        if (fwrite (length, 1, 4, file) != 4 || fwrite (entry->data, 1, entry->size, file) != entry->size)
+            rc = -1;
+    }
+    long offset = self->spill_read_at;
+    for (size_t index = 0; rc == 0 && index < self->spilled; index++) {
+        size_t size;
+        if (s_spill_read (self, &offset, &size))
+            break;
+        s_put_u32 (length, (uint32_t) size);
+        if (fwrite (length, 1, 4, file) != 4 || fwrite (self->buffer, 1, size, file) != size)
+            rc = -1;
+    }
+    if (file) {
+        if (fflush (file) || fsync (fileno (file)))
+            rc = -1;
+        if (fclose (file))
+            rc = -1;
+    }
+    if (rc == 0 && rename (temporary, self->spill_path))
+        rc = -1;
+    if (rc)
+        unlink (temporary);
+    free (temporary);
+    return rc;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Self test
+
+static int s_passed;
+static int s_failed;
+
+#define S_CHECK(condition) s_test_check ((condition), #condition, __LINE__)
+
+static void
+s_test_check (bool ok, const char *text, int line)
+{
+    if (ok)
+        s_passed++;
+    else {
+        if (s_failed++ < 20)
+            fprintf (stderr, "zg_outbox: FAILED at line %d: %s\n", line, text);
+    }
+}
+
+static void
+s_test_record (zg_msg_t *msg, int number)
+{
+    zg_msg_reset (msg, ZG_MSG_SPEND);
+    snprintf (msg->call_id, sizeof msg->call_id, "call-%d", number);
+    ZG_MSG_SET (msg->model, "gpt");
+    msg->route = ZG_ROUTE_CHAT;
+    msg->status = 200;
+    msg->cost = 0.001 * number;
+}
+
+//  Takes everything handed out now; checks call ids follow from *expected.
+//  Returns how many came and the last seq.
+static size_t
+s_test_drain (zg_outbox_t *outbox, zg_msg_t *msg, int *expected, uint64_t *last_seq)
+{
+    const uint8_t *data;
+    size_t size, taken = 0;
+    while (zg_outbox_next (outbox, &data, &size)) {
+        S_CHECK (zg_msg_decode (msg, data, size) == ZG_MSG_OK);
+        char want [32];
+        snprintf (want, sizeof want, "call-%d", *expected);
+        S_CHECK (streq (msg->call_id, want));
+        S_CHECK (*last_seq == 0 || msg->seq == *last_seq + 1);
+        *last_seq = msg->seq;
+        (*expected)++;
+        taken++;
+    }
+    return taken;
+}
+
+void
+zg_outbox_test (bool verbose)
+{
+    printf (" * zg_outbox: ");
+    if (verbose)
+        printf ("\n");
+    s_passed = 0;
+    s_failed = 0;
+
+    char directory [] = "/tmp/zg_outbox_test_XXXXXX";
+    if (!mkdtemp (directory)) {
+        fprintf (stderr, "zg_outbox: cannot make %s\n", directory);
+        abort ();
+    }
+    char path [128];
+    snprintf (path, sizeof path, "%s/spend.spill", directory);
+    zg_msg_t *msg = (zg_msg_t *) malloc (sizeof (zg_msg_t));
+    if (!msg)
+        abort ();
+    zg_msg_init (msg, 0);
+
+    //  In memory only: push, hand out, ack, rewind
+    zg_outbox_t *outbox = zg_outbox_new (4, NULL);
+    S_CHECK (outbox);
+    for (int number = 0; number < 4; number++) {
+        s_test_record (msg, number);
+        S_CHECK (zg_outbox_push (outbox, msg) == 0);
+    }
+    s_test_record (msg, 4);
+    S_CHECK (zg_outbox_push (outbox, msg) == -1);      //  full, nowhere to spill
+    int expected = 0;
+    uint64_t last_seq = 0;
+    S_CHECK (s_test_drain (outbox, msg, &expected, &last_seq) == 4 && last_seq == 4);
+    S_CHECK (zg_outbox_in_flight (outbox) == 4);
+    zg_outbox_ack (outbox, 2);
+    S_CHECK (zg_outbox_pending (outbox) == 2 && zg_outbox_in_flight (outbox) == 2);
+    zg_outbox_rewind (outbox);
+    expected = 2;
+    last_seq = 0;
+    S_CHECK (s_test_drain (outbox, msg, &expected, &last_seq) == 2 && last_seq == 4);
+    zg_outbox_ack (outbox, 1);                          //  stale ack: nothing
+    S_CHECK (zg_outbox_pending (outbox) == 2);
+    zg_outbox_ack (outbox, 100);
+    S_CHECK (zg_outbox_pending (outbox) == 0 && zg_outbox_in_flight (outbox) == 0);
+    zg_outbox_destroy (&outbox);
+    S_CHECK (outbox == NULL);
+
+    //  Spilling: memory stays at the limit, order and consecutive seqs hold
+    const int total = 1000;
+    const size_t limit = 16;
+    outbox = zg_outbox_new (limit, path);
+    S_CHECK (outbox);
+    for (int number = 0; number < total; number++) {
+        s_test_record (msg, number);
+        S_CHECK (zg_outbox_push (outbox, msg) == 0);
+        S_CHECK (zg_outbox_in_memory (outbox) <= limit);
+    }
+    S_CHECK (zg_outbox_pending (outbox) == (size_t) total);
+    S_CHECK (access (path, F_OK) == 0);
+    expected = 0;
+    last_seq = 0;
+    size_t received = 0;
+    while (received < (size_t) total) {
+        size_t taken = s_test_drain (outbox, msg, &expected, &last_seq);
+        S_CHECK (taken > 0 && taken <= limit);
+        if (taken == 0)
+            break;
+        received += taken;
+        zg_outbox_ack (outbox, last_seq);
+        S_CHECK (zg_outbox_in_memory (outbox) <= limit);
+    }
+    S_CHECK (received == (size_t) total && expected == total);
+    S_CHECK (zg_outbox_pending (outbox) == 0);
+    S_CHECK (access (path, F_OK) != 0);                 //  drained: removed
+
+    //  Save on stop, take back at the next start, before anything new
+    for (int number = 0; number < 40; number++) {
+        s_test_record (msg, number);
+        S_CHECK (zg_outbox_push (outbox, msg) == 0);
+    }
+    expected = 0;
+    last_seq = 0;
+    S_CHECK (s_test_drain (outbox, msg, &expected, &last_seq) == limit);
+    zg_outbox_ack (outbox, last_seq - 6);               //  10 acked, 6 in flight
+    S_CHECK (zg_outbox_pending (outbox) == 30);
+    S_CHECK (zg_outbox_save (outbox) == 0);
+    zg_outbox_destroy (&outbox);
+
+    outbox = zg_outbox_new (limit, path);
+    S_CHECK (outbox && zg_outbox_pending (outbox) == 30);
+    s_test_record (msg, 40);
+    S_CHECK (zg_outbox_push (outbox, msg) == 0);
+    expected = 10;
+    last_seq = 0;
+    received = 0;
+    while (outbox && zg_outbox_pending (outbox)) {
+        size_t taken = s_test_drain (outbox, msg, &expected, &last_seq);
+        if (taken == 0)
+            break;
+        received += taken;
+        zg_outbox_ack (outbox, last_seq);
+    }
+    S_CHECK (received == 31 && expected == 41);
+    S_CHECK (zg_outbox_save (outbox) == 0);
+    S_CHECK (access (path, F_OK) != 0);                 //  nothing left: no file
+    zg_outbox_destroy (&outbox);
+
+    //  A torn last record is ignored
+    outbox = zg_outbox_new (1, path);
+    for (int number = 0; number < 3; number++) {
+        s_test_record (msg, number);
+        S_CHECK (zg_outbox_push (outbox, msg) == 0);
+    }
+    S_CHECK (zg_outbox_save (outbox) == 0);
+    zg_outbox_destroy (&outbox);
+    FILE *file = fopen (path, "ab");
+    S_CHECK (file && fwrite ("\x40\x00\x00\x00zz", 1, 6, file) == 6);
+    if (file)
+        fclose (file);
+    outbox = zg_outbox_new (8, path);
+    S_CHECK (outbox && zg_outbox_pending (outbox) == 3);
+    expected = 0;
+    last_seq = 0;
+    S_CHECK (s_test_drain (outbox, msg, &expected, &last_seq) == 3);
+    zg_outbox_ack (outbox, last_seq);
+    S_CHECK (zg_outbox_save (outbox) == 0);
+    zg_outbox_destroy (&outbox);
+
+    zg_msg_reset (msg, 0);
+    free (msg);
+    unlink (path);
+    rmdir (directory);
+
+    printf ("%s\n", s_failed? "FAILED": "OK");
+    printf ("%d passed, %d failed\n", s_passed, s_failed);
+    fflush (stdout);
+    if (s_failed)
+        abort ();
+}
