@@ -25,15 +25,20 @@
 */
 #include "router/zg_router.h"
 #include "router/zg_balancer.h"
+#include "router/zg_outbox.h"
 #include "proto/zg_msg.h"
 #include "common/zg_log.h"
+#include "common/zg_sha256.h"
 
 #include <czmq.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 //  A peer is dead after this many silent heartbeat intervals
@@ -52,6 +57,13 @@
 //  Call records are allocated this many at a time and never freed before
 //  the router stops
 #define CALL_BLOCK          256
+//  Spend records kept in memory until the spend actor acks them; beyond,
+//  they spill to a file
+#define SPEND_RING          100000
+//  Spend records sent and not yet acked
+#define SPEND_WINDOW        2000
+//  On stop, how long to wait for the spend actor to ack what is held
+#define SPEND_STOP_WAIT_MS  30000
 
 typedef struct _call_t call_t;
 typedef struct _worker_t worker_t;
@@ -103,6 +115,7 @@ struct _call_t {
     int64_t       deadline;
     size_t        heap_index;
     int64_t       dispatched_at;
+    uint64_t      started_us;       //  wall clock, for the spend record
 };
 
 struct _worker_t {
@@ -176,6 +189,16 @@ typedef struct {
     uint32_t    pid;
     int64_t     heartbeat_ms;
     int64_t     next_heartbeat;
+
+    //  Spend records to the spend actor, when one is configured
+    zsock_t    *spend;
+    void       *spend_handle;
+    zg_outbox_t *outbox;
+    int64_t     spend_heard;
+    bool        spend_push_failed;
+    bool        spend_skip;         //  the error being sent is not a call's end
+    char        key_hash [ZG_KEY_HASH_MAX + 1];
+    zg_msg_t    record;
 } router_t;
 
 static const char *
@@ -638,6 +661,9 @@ s_send (router_t *self, void *handle, zframe_t *identity, zg_msg_t *msg, zmq_msg
     return 0;
 }
 
+static void s_spend_record (router_t *self, const call_t *call, const char *call_id,
+                            const zg_msg_t *end);
+
 static void
 s_send_error (router_t *self, frontend_t *frontend, const char *call_id, int status,
               const char *err_type, const char *param, uint32_t flags, const char *format, ...)
@@ -659,6 +685,8 @@ s_send_error (router_t *self, frontend_t *frontend, const char *call_id, int sta
     vsnprintf (out->message, sizeof (out->message), format, args);
     va_end (args);
     zg_debug ("router: call %s: ERROR %d %s: %s", call_id, status, err_type, out->message);
+    if (!self->spend_skip)
+        s_spend_record (self, s_call_lookup (self, call_id), call_id, out);
     if (s_send (self, self->frontend_handle, frontend->identity, out, NULL))
         zg_debug ("router: call %s: cannot reach its frontend: %s", call_id,
                   zmq_strerror (zmq_errno ()));
@@ -690,6 +718,229 @@ s_send_disconnect (router_t *self, const zmq_msg_t *identity)
         return;
     s_send_simple (self, self->backend_handle, frame, ZG_MSG_DISCONNECT, NULL);
     zframe_destroy (&frame);
+}
+
+//  ---------------------------------------------------------------------
+//  Spend records: one per call that reached the router, whatever its end
+
+static uint64_t
+s_wall_us (void)
+{
+    struct timespec now;
+    clock_gettime (CLOCK_REALTIME, &now);
+    return (uint64_t) now.tv_sec * 1000000 + (uint64_t) now.tv_nsec / 1000;
+}
+
+//  Sends what the window allows. A refused send leaves a hole after it,
+//  so everything unacked goes again from the oldest, later.
+static void
+s_spend_flush (router_t *self)
+{
+    if (!self->outbox)
+        return;
+    const uint8_t *data;
+    size_t size;
+    while (zg_outbox_in_flight (self->outbox) < SPEND_WINDOW
+       &&  zg_outbox_next (self->outbox, &data, &size))
+        if (zmq_send (self->spend_handle, data, size, ZMQ_DONTWAIT) < 0) {
+            zg_outbox_rewind (self->outbox);
+            break;
+        }
+}
+
+//  A HEARTBEAT first tells the spend actor that what follows starts again
+//  from the oldest unacked record
+static void
+s_spend_resend (router_t *self, int64_t now)
+{
+    zg_msg_t *out = &self->out;
+    zg_msg_reset (out, ZG_MSG_HEARTBEAT);
+    ZG_MSG_SET (out->name, "router");
+    out->pid = self->pid;
+    if (zg_msg_send (out, self->spend_handle))
+        zg_debug ("router: cannot reach the spend actor: %s", zmq_strerror (zmq_errno ()));
+    zg_outbox_rewind (self->outbox);
+    self->spend_heard = now;
+    s_spend_flush (self);
+}
+
+//  end: the END or ERROR that ended the call (from the worker, or made
+//  here), or NULL for a cancelled call
+static void
+s_spend_record (router_t *self, const call_t *call, const char *call_id, const zg_msg_t *end)
+{
+    if (!self->outbox)
+        return;
+    zg_msg_t *record = &self->record;
+    zg_msg_reset (record, ZG_MSG_SPEND);
+    ZG_MSG_SET (record->call_id, call_id);
+    ZG_MSG_SET (record->key_hash, self->key_hash);
+    uint64_t now_us = s_wall_us ();
+    if (call) {
+        ZG_MSG_SET (record->model, call->group->name);
+        record->route = call->route;
+        record->start_us = call->started_us;
+        if (call->dispatched_at) {
+            const zg_deployment_wire_t *wire =
+                &self->wire [call->group->indexes [call->member]];
+            ZG_MSG_SET (record->deployment_id, wire->id);
+            ZG_MSG_SET (record->api_base, wire->api_base);
+        }
+    }
+    else {
+        //  Refused before it became a call: the REQUEST being handled
+        ZG_MSG_SET (record->model, self->in.model);
+        record->route = self->in.route;
+        record->start_us = now_us;
+    }
+    if (record->route < ZG_ROUTE_CHAT || record->route > ZG_ROUTE_EMBEDDINGS)
+        record->route = ZG_ROUTE_CHAT;
+    if (end && end->type == ZG_MSG_END) {
+        record->status = end->status;
+        record->prompt_tokens = end->prompt_tokens;
+        record->completion_tokens = end->completion_tokens;
+        record->total_tokens = end->total_tokens;
+        record->cost = isfinite (end->cost) && end->cost > 0? end->cost: 0;
+        record->ttfb_us = end->ttfb_us;
+        if (end->deployment_id [0])
+            ZG_MSG_SET (record->deployment_id, end->deployment_id);
+    }
+    else
+    if (end) {
+        record->status = end->status;
+        ZG_MSG_SET (record->err_type, end->err_type);
+        ZG_MSG_SET (record->message, end->message);
+        if (end->deployment_id [0])
+            ZG_MSG_SET (record->deployment_id, end->deployment_id);
+        if (end->api_base [0])
+            ZG_MSG_SET (record->api_base, end->api_base);
+    }
+    else {
+        record->status = 499;
+        ZG_MSG_SET (record->err_type, "cancelled");
+        ZG_MSG_SET (record->message, "the client went away before the answer ended");
+    }
+    record->duration_us = now_us > record->start_us? now_us - record->start_us: 0;
+    if (zg_outbox_push (self->outbox, record)) {
+        if (!self->spend_push_failed)
+            zg_error ("router: cannot keep the spend record of call %s: it is lost (%s)",
+                      call_id, strerror (errno));
+        self->spend_push_failed = true;
+    }
+    else
+        self->spend_push_failed = false;
+    zg_msg_reset (record, 0);
+    s_spend_flush (self);
+}
+
+static void
+s_on_spend_message (router_t *self, int64_t now)
+{
+    zg_msg_t *in = &self->record;
+    for (int count = 0; count < DRAIN_BATCH; count++) {
+        if (!(zsock_events (self->spend) & ZMQ_POLLIN))
+            break;
+        int rc = zg_msg_recv (in, self->spend_handle);
+        if (rc == ZG_MSG_ERR_IO)
+            break;
+        if (rc != ZG_MSG_OK) {
+            zg_warning ("router: malformed message from the spend actor: dropped");
+            continue;
+        }
+        self->spend_heard = now;
+        if (in->type == ZG_MSG_SPEND_ACK)
+            zg_outbox_ack (self->outbox, in->seq);
+        else
+        if (in->type == ZG_MSG_DISCONNECT) {
+            zg_debug ("router: the spend actor does not know us: sending from the oldest");
+            s_spend_resend (self, now);
+        }
+        zg_msg_reset (in, 0);
+    }
+    s_spend_flush (self);
+}
+
+static void
+s_spend_tick (router_t *self, int64_t now)
+{
+    if (!self->outbox)
+        return;
+    if (zg_outbox_pending (self->outbox) == 0)
+        self->spend_heard = now;
+    else
+    if (now - self->spend_heard > LIVENESS * self->heartbeat_ms) {
+        zg_debug ("router: the spend actor is silent; %zu records unacked",
+                  zg_outbox_pending (self->outbox));
+        s_spend_resend (self, now);
+    }
+    else
+        s_spend_flush (self);
+}
+
+//  The spend actor's endpoint comes from the environment (the supervisor
+//  sets it when a database is configured); the spill file lives under
+//  ZGATE_SPILL_DIR
+static int
+s_spend_start (router_t *self)
+{
+    const char *endpoint = getenv ("ZGATE_SPEND_ENDPOINT");
+    if (!endpoint || !*endpoint)
+        return 0;
+    const char *master_key = self->config->master_key;
+    if (master_key && *master_key)
+        zg_sha256_hex (master_key, strlen (master_key), self->key_hash);
+    const char *spill_dir = getenv ("ZGATE_SPILL_DIR");
+    char path [4096];
+    if (spill_dir && *spill_dir) {
+        mkdir (spill_dir, 0700);
+        snprintf (path, sizeof path, "%s/spend.spill", spill_dir);
+    }
+    else
+        snprintf (path, sizeof path, "/tmp/zgate-spend-%u.spill", (unsigned) getuid ());
+    self->outbox = zg_outbox_new (SPEND_RING, path);
+    if (!self->outbox) {
+        zg_error ("router: cannot open the spend spill file %s: %s", path, strerror (errno));
+        return -1;
+    }
+    self->spend = zsock_new (ZMQ_DEALER);
+    if (!self->spend)
+        return -1;
+    zsock_set_sndhwm (self->spend, SOCKET_HWM);
+    zsock_set_rcvhwm (self->spend, SOCKET_HWM);
+    zsock_set_linger (self->spend, 0);
+    if (zsock_connect (self->spend, "%s", endpoint) < 0) {
+        zg_error ("router: cannot connect to the spend actor at %s: %s", endpoint,
+                  zmq_strerror (zmq_errno ()));
+        return -1;
+    }
+    self->spend_handle = zsock_resolve (self->spend);
+    if (zg_outbox_pending (self->outbox))
+        zg_info ("router: %zu spend records from the last run to send first",
+                 zg_outbox_pending (self->outbox));
+    s_spend_resend (self, zclock_mono ());
+    return 0;
+}
+
+//  On stop: wait, bounded, for the spend actor to ack what is held
+static void
+s_spend_drain (router_t *self)
+{
+    if (!self->outbox || zg_outbox_pending (self->outbox) == 0)
+        return;
+    int64_t give_up = zclock_mono () + SPEND_STOP_WAIT_MS;
+    zmq_pollitem_t item = { self->spend_handle, 0, ZMQ_POLLIN, 0 };
+    while (zg_outbox_pending (self->outbox)) {
+        int64_t now = zclock_mono ();
+        if (now >= give_up)
+            break;
+        int64_t wait = give_up - now < self->heartbeat_ms? give_up - now: self->heartbeat_ms;
+        if (zmq_poll (&item, 1, (long) wait) < 0 && zmq_errno () != EINTR)
+            break;
+        now = zclock_mono ();
+        if (item.revents & ZMQ_POLLIN)
+            s_on_spend_message (self, now);
+        s_spend_tick (self, now);
+    }
 }
 
 //  ---------------------------------------------------------------------
@@ -838,8 +1089,10 @@ s_frontend_expire (router_t *self, frontend_t *frontend)
     if (frontend->calls.size)
         zg_info ("router: frontend %s went silent: cancelling %zu call(s)", frontend->label,
                  frontend->calls.size);
-    while (frontend->calls.head)
+    while (frontend->calls.head) {
+        s_spend_record (self, frontend->calls.head, frontend->calls.head->call_id, NULL);
         s_call_cancel (self, frontend->calls.head);
+    }
     if (frontend->prev)
         frontend->prev->next = frontend->next;
     else
@@ -898,6 +1151,7 @@ s_tick (router_t *self, int64_t now)
     for (index = 0; index < self->worker_count; index++)
         s_send_simple (self, self->backend_handle, self->worker_heap [index]->identity,
                        ZG_MSG_HEARTBEAT, NULL);
+    s_spend_tick (self, now);
 
     frontend_t *frontend = self->frontend_list;
     while (frontend) {
@@ -977,9 +1231,12 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
         return;
     }
     if (s_call_lookup (self, in->call_id)) {
+        //  The call in flight under that id will have the record
+        self->spend_skip = true;
         s_send_error (self, frontend, in->call_id, 400, "bad_request_error", NULL, 0,
                       "x-litellm-call-id %s is already in use by a request in flight",
                       in->call_id);
+        self->spend_skip = false;
         return;
     }
     worker_t *worker = self->queue.size? NULL: s_worker_with_credit (self);
@@ -997,6 +1254,7 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
         return;
     }
     call->group = group;
+    call->started_us = s_wall_us ();
     call->route = in->route;
     call->flags = in->flags;
     call->timeout_ms = in->timeout_ms;
@@ -1033,8 +1291,10 @@ s_on_frontend_message (router_t *self, int64_t now)
             break;
         case ZG_MSG_CANCEL: {
             call_t *call = s_call_lookup (self, in->call_id);
-            if (call && call->frontend == frontend)
+            if (call && call->frontend == frontend) {
+                s_spend_record (self, call, call->call_id, NULL);
                 s_call_cancel (self, call);
+            }
             break;
         }
         case ZG_MSG_HEARTBEAT:
@@ -1061,6 +1321,12 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
         return;
     }
     raw_t *raw = &self->raw;
+    //  The spend record needs the usage: decoded before the frames go
+    bool ends = type == ZG_MSG_END || type == ZG_MSG_ERROR;
+    bool decoded = ends && self->outbox
+                && zg_msg_decode (&self->in, (const uint8_t *) zmq_msg_data (&raw->header),
+                                  zmq_msg_size (&raw->header)) == ZG_MSG_OK
+                && self->in.type == type;
     void *handle = self->frontend_handle;
     bool delivered =
         zmq_send (handle, zframe_data (call->frontend->identity),
@@ -1084,6 +1350,15 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
                                   (uint64_t) (now - call->dispatched_at) * 1000);
             zg_debug ("router: call %s ended (%s %u)", call->call_id,
                       zg_msg_type_name (type), status);
+            if (self->outbox) {
+                if (!decoded) {
+                    //  Relayed as it came; the record still says how it ended
+                    zg_msg_reset (&self->in, ZG_MSG_ERROR);
+                    self->in.status = status;
+                    ZG_MSG_SET (self->in.err_type, "internal_server_error");
+                }
+                s_spend_record (self, call, call->call_id, &self->in);
+            }
             s_call_destroy (self, call);
             return;
         default:
@@ -1092,6 +1367,7 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
     if (!delivered) {
         zg_warning ("router: call %s: cannot reach its frontend (%s): cancelled",
                     call->call_id, zmq_strerror (zmq_errno ()));
+        s_spend_record (self, call, call->call_id, NULL);
         s_call_cancel (self, call);
     }
 }
@@ -1288,6 +1564,18 @@ s_router_destroy (router_t *self)
 {
     while (self->frontend_list)
         s_frontend_expire (self, self->frontend_list);
+    if (self->outbox) {
+        s_spend_drain (self);
+        size_t left = zg_outbox_pending (self->outbox);
+        if (zg_outbox_save (self->outbox))
+            zg_error ("router: cannot save %zu unacked spend records: they are lost", left);
+        else
+        if (left)
+            zg_warning ("router: %zu spend records not acked; saved for the next start", left);
+        zg_outbox_destroy (&self->outbox);
+    }
+    zsock_destroy (&self->spend);
+    zg_msg_reset (&self->record, 0);
     //  Calls still queued belong to no worker: forget them
     while (self->queue.head)
         s_call_destroy (self, self->queue.head);
@@ -1357,6 +1645,7 @@ s_router_start (router_t *self, const zg_config_t *config, const char *frontend_
     self->heartbeat_ms = config->heartbeat_ms > 0? config->heartbeat_ms: 1000;
     zg_msg_init (&self->in, 0);
     zg_msg_init (&self->out, 0);
+    zg_msg_init (&self->record, 0);
     zmq_msg_init (&self->raw.identity);
     zmq_msg_init (&self->raw.header);
     zmq_msg_init (&self->raw.payload);
@@ -1385,6 +1674,8 @@ s_router_start (router_t *self, const zg_config_t *config, const char *frontend_
         return -1;
     self->frontend_handle = zsock_resolve (self->frontend);
     self->backend_handle = zsock_resolve (self->backend);
+    if (s_spend_start (self))
+        return -1;
     zg_info ("router: serving %zu model group(s); frontends on %s, workers on %s",
              zhashx_size (self->groups), frontend_endpoints, worker_endpoint);
     return 0;
@@ -1401,9 +1692,14 @@ s_router_loop (router_t *self, zsock_t *pipe)
     zmq_pollitem_t items [] = {
         { backend, 0, ZMQ_POLLIN, 0 },
         { frontend, 0, ZMQ_POLLIN, 0 },
+        { self->spend_handle, 0, ZMQ_POLLIN, 0 },
         { pipe_handle, 0, ZMQ_POLLIN, 0 }
     };
-    int item_count = pipe? 3: 2;
+    //  Without a spend actor its slot is left out of the poll
+    if (!self->spend_handle)
+        items [2] = items [3];
+    int item_count = (self->spend_handle? 3: 2) + (pipe? 1: 0);
+    zmq_pollitem_t *pipe_item = pipe? &items [item_count - 1]: NULL;
     self->next_heartbeat = zclock_mono () + self->heartbeat_ms;
     while (pipe || !zsys_interrupted) {
         int64_t now = zclock_mono ();
@@ -1420,7 +1716,7 @@ s_router_loop (router_t *self, zsock_t *pipe)
             zg_error ("router: poll failed: %s", zmq_strerror (zmq_errno ()));
             break;
         }
-        if (pipe && (items [2].revents & ZMQ_POLLIN)) {
+        if (pipe_item && (pipe_item->revents & ZMQ_POLLIN)) {
             char *command = zstr_recv (pipe);
             bool term = !command || streq (command, "$TERM");
             zstr_free (&command);
@@ -1433,6 +1729,8 @@ s_router_loop (router_t *self, zsock_t *pipe)
         if (items [1].revents & ZMQ_POLLIN)
             s_drain (self, frontend, false);
         now = zclock_mono ();
+        if (self->spend_handle && (items [2].revents & ZMQ_POLLIN))
+            s_on_spend_message (self, now);
         s_check_deadlines (self, now);
         if (now >= self->next_heartbeat) {
             s_tick (self, now);

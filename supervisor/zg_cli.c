@@ -19,6 +19,7 @@ static const char *s_usage =
     "       zgate worker   --config FILE [--worker-endpoint E] [--name NAME]\n"
     "       zgate frontend --config FILE [--frontend-endpoint E] [--host HOST] [--port PORT]\n"
     "                      [--with-router [--worker-endpoint E]]\n"
+    "       zgate spend    --config FILE [--spend-endpoint E]\n"
     "       zgate migrate  [--config FILE]\n"
     "\n"
     "With no role, zgate runs the router, N workers and the frontend on this machine and\n"
@@ -110,8 +111,11 @@ zg_cli_parse (zg_cli_t *cli, int argc, char **argv, char *errbuf, size_t errsize
         else
         if (strcmp (role, "migrate") == 0)
             cli->role = ZG_ROLE_MIGRATE;
+        else
+        if (strcmp (role, "spend") == 0)
+            cli->role = ZG_ROLE_SPEND;
         else {
-            snprintf (errbuf, errsize, "unknown role \"%s\" (router, worker, frontend or migrate)", role);
+            snprintf (errbuf, errsize, "unknown role \"%s\" (router, worker, frontend, spend or migrate)", role);
             return -1;
         }
     }
@@ -188,6 +192,9 @@ zg_cli_parse (zg_cli_t *cli, int argc, char **argv, char *errbuf, size_t errsize
         else
         if (!strcmp (name, "--name"))
             TAKE_VALUE (cli->name);
+        else
+        if (!strcmp (name, "--spend-endpoint"))
+            TAKE_VALUE (cli->spend_endpoint);
         else
         if (!strcmp (name, "--with-router"))
             cli->with_router = true;

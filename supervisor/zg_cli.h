@@ -8,6 +8,7 @@
         zgate worker   --config FILE [--worker-endpoint E] [--name NAME]
         zgate frontend --config FILE [--frontend-endpoint E] [--host H] [--port P]
                        [--with-router [--worker-endpoint E]]
+        zgate spend    --config FILE [--spend-endpoint E]
         zgate migrate  [--config FILE]
 
     Environment fallbacks as the reference: CONFIG_FILE_PATH, HOST, PORT,
@@ -25,7 +26,8 @@ typedef enum {
     ZG_ROLE_ROUTER,
     ZG_ROLE_WORKER,
     ZG_ROLE_FRONTEND,
-    ZG_ROLE_MIGRATE         //  apply pending database migrations and exit
+    ZG_ROLE_MIGRATE,        //  apply pending database migrations and exit
+    ZG_ROLE_SPEND           //  write the routers' spend records to the database
 } zg_role_t;
 
 typedef struct {
@@ -39,6 +41,7 @@ typedef struct {
     const char *log_level;              //  from --debug / --detailed_debug, else NULL
     const char *frontend_endpoint;      //  NULL = from configuration
     const char *worker_endpoint;
+    const char *spend_endpoint;         //  spend actor's socket; frontend: its router sends there
     const char *name;                   //  worker name
     int         listen_fd;              //  frontend: inherited listening socket, -1 = bind itself
     bool        show_version;

@@ -4,6 +4,7 @@
 */
 #include "supervisor/zg_supervisor.h"
 #include "common/zg_log.h"
+#include "spend/zg_spend.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -54,6 +55,7 @@ s_role_name (zg_role_t role)
         case ZG_ROLE_ROUTER:   return "router";
         case ZG_ROLE_WORKER:   return "worker";
         case ZG_ROLE_FRONTEND: return "frontend";
+        case ZG_ROLE_SPEND:    return "spend";
         default:               return "zgate";
     }
 }
@@ -121,6 +123,7 @@ typedef struct {
     bool   own_run_dir;         //  we made it, so we remove it
     char   frontend_ep [PATH_MAX + 32];
     char   worker_ep [PATH_MAX + 32];
+    char   spend_ep [PATH_MAX + 32];    //  empty: no database, no spend actor
     int    listen_fd;
     s_child_t *children;
     int    child_count;
@@ -172,6 +175,10 @@ s_spawn (s_supervisor_t *self, s_child_t *child)
     }
     if (child->role == ZG_ROLE_FRONTEND)
         argv [argc++] = "--with-router";
+    if ((child->role == ZG_ROLE_FRONTEND || child->role == ZG_ROLE_SPEND) && self->spend_ep [0]) {
+        argv [argc++] = "--spend-endpoint";
+        argv [argc++] = self->spend_ep;
+    }
     if (child->role != ZG_ROLE_ALL) {
         argv [argc++] = "--worker-endpoint";
         argv [argc++] = self->worker_ep;
@@ -340,6 +347,8 @@ s_remove_run_dir (s_supervisor_t *self)
     unlink (path);
     snprintf (path, sizeof (path), "%s/worker.ipc", self->run_dir);
     unlink (path);
+    snprintf (path, sizeof (path), "%s/spend.ipc", self->run_dir);
+    unlink (path);
     rmdir (self->run_dir);
 }
 
@@ -382,7 +391,16 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
     //  is replaced while the others answer. The frontend starts first so
     //  the workers find the router's endpoint bound; ZeroMQ would
     //  reconnect anyway, this only avoids a burst of retries at start.
-    self.child_count = 1 + cli->num_workers;
+    //  With a database, one spend actor writes every router's records
+    bool with_spend = config->database_url && *config->database_url;
+    if (with_spend) {
+        const char *spend_env = getenv ("ZGATE_SPEND_ENDPOINT");
+        if (spend_env && *spend_env)
+            snprintf (self.spend_ep, sizeof (self.spend_ep), "%s", spend_env);
+        else
+            zg_spend_endpoint (self.run_dir, self.spend_ep, sizeof (self.spend_ep));
+    }
+    self.child_count = 1 + cli->num_workers + (with_spend? 1: 0);
     self.children = calloc (self.child_count, sizeof (s_child_t));
     if (!self.children) {
         close (self.listen_fd);
@@ -394,6 +412,8 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
         self.children [1 + i].role = ZG_ROLE_WORKER;
         self.children [1 + i].index = i + 1;
     }
+    if (with_spend)
+        self.children [1 + cli->num_workers].role = ZG_ROLE_SPEND;
 
     //  Signals arrive through a descriptor so the loop below has one place
     //  to wait and no async-signal-safety puzzles

@@ -7,6 +7,7 @@
 #include "db/zg_migrate.h"
 #include "frontend/zg_frontend.h"
 #include "router/zg_router.h"
+#include "spend/zg_spend.h"
 #include "supervisor/zg_cli.h"
 #include "supervisor/zg_dotenv.h"
 #include "supervisor/zg_supervisor.h"
@@ -28,6 +29,7 @@ s_component (zg_role_t role)
         case ZG_ROLE_WORKER:   return "zgate.worker";
         case ZG_ROLE_FRONTEND: return "zgate.frontend";
         case ZG_ROLE_MIGRATE:  return "zgate.migrate";
+        case ZG_ROLE_SPEND:    return "zgate.spend";
         default:               return "zgate";
     }
 }
@@ -148,6 +150,17 @@ main (int argc, char **argv)
     &&  strncmp (frontend_ep, "ipc://", 6) == 0)
         zsys_dir_create ("%s", s_run_dir (config));
 
+    //  The router finds the spend actor through the environment, so that
+    //  a router started by any role sends its records to the same place
+    if (cli.spend_endpoint && cli.role != ZG_ROLE_SPEND) {
+        setenv ("ZGATE_SPEND_ENDPOINT", cli.spend_endpoint, 1);
+        if (!getenv ("ZGATE_SPILL_DIR")) {
+            char spill_dir [PATH_MAX + 16];
+            snprintf (spill_dir, sizeof (spill_dir), "%s/spill", s_run_dir (config));
+            setenv ("ZGATE_SPILL_DIR", spill_dir, 1);
+        }
+    }
+
     int rc = 0;
     switch (cli.role) {
         case ZG_ROLE_ALL:
@@ -163,6 +176,15 @@ main (int argc, char **argv)
         case ZG_ROLE_ROUTER:
             rc = zg_router_run (config, frontend_ep, worker_ep);
             break;
+        case ZG_ROLE_SPEND: {
+            char spend_ep [PATH_MAX + 32];
+            if (cli.spend_endpoint)
+                snprintf (spend_ep, sizeof (spend_ep), "%s", cli.spend_endpoint);
+            else
+                zg_spend_endpoint (s_run_dir (config), spend_ep, sizeof (spend_ep));
+            rc = zg_spend_run (config, spend_ep);
+            break;
+        }
         case ZG_ROLE_WORKER: {
             char name [64];
             if (cli.name)

@@ -1,0 +1,630 @@
+/*  =========================================================================
+    zg_spend - writes the routers' spend records to the database
+
+    A batch is one JSON array handed to PostgreSQL as a single parameter
+    and unpacked there with jsonb_to_recordset: one statement, so one
+    transaction, whatever the number of rows, with no per-row round trip
+    and no parameter limit. The statement's CTEs insert the rows (ON
+    CONFLICT DO NOTHING on the call id), then add to the key, user and
+    team totals the spend of what RETURNING reports as inserted: a record
+    that was already written adds nothing.
+
+    Cumulative acks need the records of one router to arrive without a
+    gap. A router is "synced" once it has sent a HEARTBEAT: it promises to
+    send, after it, everything unacked from the oldest, so what follows is
+    contiguous with what was acked. SPEND from a router that is not synced
+    is dropped and answered with DISCONNECT (once), which makes it send the
+    HEARTBEAT and start again.
+    =========================================================================
+*/
+#include "spend/zg_spend.h"
+#include "db/zg_db.h"
+#include "common/zg_json.h"
+#include "common/zg_log.h"
+#include "common/zg_sha256.h"
+
+#include <czmq.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+//  Records per write when they come fast
+#define BATCH_RECORDS       500
+//  Records held while the database is away; beyond, routers keep them
+#define HELD_RECORDS_MAX    50000
+#define RETRY_FIRST_MS      500
+#define RETRY_MAX_MS        10000
+//  On stop, how long to keep trying to write what is held
+#define STOP_WAIT_MS        15000
+//  A router silent this long with nothing held is forgotten
+#define PEER_FORGET_MS      60000
+//  One rendered record is at most the sum of its fields, escaped
+#define RECORD_MAX          (8 * ZG_MESSAGE_MAX + 4 * ZG_URL_MAX + 4096)
+
+typedef struct {
+    zframe_t *identity;
+    char     *key;
+    bool      synced;
+    bool      disconnect_sent;
+    uint64_t  held_max;         //  highest seq held in the batch; 0 = none
+    uint64_t  last_seq;         //  highest seq taken since the last HEARTBEAT
+    bool      expect_any;       //  right after a HEARTBEAT: the oldest unacked comes
+    int64_t   last_heard;
+} peer_t;
+
+typedef struct {
+    const zg_config_t *config;
+    zsock_t  *socket;
+    zhashx_t *peers;            //  identity hex -> peer_t
+    zg_msg_t  msg;
+
+    char     *batch;            //  "{...},{...}" without the brackets
+    size_t    batch_used;
+    size_t    batch_size;
+    size_t    held;             //  records in batch
+    int64_t   first_held_at;    //  when the oldest held record arrived
+
+    zg_db_t  *db;
+    char     *url;
+    bool      master_key_done;
+    bool      outage;           //  the database failed and has not come back
+    int       retry_ms;
+    int64_t   retry_at;
+    int64_t   interval_ms;
+    int64_t   heartbeat_ms;
+    int64_t   next_heartbeat;
+    char     *record;           //  RECORD_MAX bytes, for rendering
+} spend_t;
+
+static const char *s_write_sql =
+    "WITH rows AS ("
+    "  SELECT DISTINCT ON (request_id) * FROM jsonb_to_recordset ($1::jsonb) AS r ("
+    "    request_id text, call_type text, api_key text, spend float8, prompt_tokens int,"
+    "    completion_tokens int, total_tokens int, start_us bigint, duration_us bigint,"
+    "    ttfb_us bigint, model_group text, model_id text, api_base text, user_id text,"
+    "    team_id text, status int, err_type text, message text)"
+    "), ins AS ("
+    "  INSERT INTO \"LiteLLM_SpendLogs\" (request_id, call_type, api_key, spend,"
+    "    total_tokens, prompt_tokens, completion_tokens, \"startTime\", \"endTime\","
+    "    request_duration_ms, \"completionStartTime\", model, model_id, model_group,"
+    "    api_base, \"user\", team_id, status)"
+    "  SELECT request_id, call_type, api_key, spend, total_tokens, prompt_tokens,"
+    "    completion_tokens,"
+    "    to_timestamp (start_us / 1e6) AT TIME ZONE 'UTC',"
+    "    to_timestamp ((start_us + duration_us) / 1e6) AT TIME ZONE 'UTC',"
+    "    duration_us / 1000,"
+    "    CASE WHEN ttfb_us > 0 THEN to_timestamp ((start_us + ttfb_us) / 1e6) AT TIME ZONE 'UTC' END,"
+    "    model_group, model_id, model_group, api_base, user_id, NULLIF (team_id, ''),"
+    "    CASE WHEN status < 400 THEN 'success' ELSE 'failure' END"
+    "  FROM rows ON CONFLICT (request_id) DO NOTHING"
+    "  RETURNING request_id, api_key, spend, \"user\", team_id"
+    "), keys AS ("
+    "  UPDATE \"LiteLLM_VerificationToken\" t SET spend = t.spend + s.total"
+    "  FROM (SELECT api_key, sum (spend) AS total FROM ins WHERE api_key <> ''"
+    "        GROUP BY api_key) s WHERE t.token = s.api_key RETURNING 1"
+    "), users AS ("
+    "  UPDATE \"LiteLLM_UserTable\" u SET spend = u.spend + s.total"
+    "  FROM (SELECT \"user\", sum (spend) AS total FROM ins WHERE \"user\" <> ''"
+    "        GROUP BY \"user\") s WHERE u.user_id = s.\"user\" RETURNING 1"
+    "), teams AS ("
+    "  UPDATE \"LiteLLM_TeamTable\" m SET spend = m.spend + s.total"
+    "  FROM (SELECT team_id, sum (spend) AS total FROM ins WHERE team_id IS NOT NULL"
+    "        GROUP BY team_id) s WHERE m.team_id = s.team_id RETURNING 1"
+    "), errors AS ("
+    "  INSERT INTO \"LiteLLM_ErrorLogs\" (request_id, \"startTime\", \"endTime\", api_base,"
+    "    model_group, litellm_model_name, model_id, exception_type, exception_string,"
+    "    status_code)"
+    "  SELECT r.request_id,"
+    "    to_timestamp (r.start_us / 1e6) AT TIME ZONE 'UTC',"
+    "    to_timestamp ((r.start_us + r.duration_us) / 1e6) AT TIME ZONE 'UTC',"
+    "    r.api_base, r.model_group, r.model_group, r.model_id, r.err_type, r.message,"
+    "    r.status::text"
+    "  FROM rows r JOIN ins USING (request_id)"
+    "  WHERE r.status >= 400 AND NOT $2::boolean"
+    "  ON CONFLICT (request_id) DO NOTHING RETURNING 1"
+    ") SELECT (SELECT count (*) FROM ins)";
+
+static int64_t
+s_now_ms (void)
+{
+    return zclock_mono ();
+}
+
+static const char *
+s_call_type (int route)
+{
+    switch (route) {
+        case ZG_ROUTE_COMPLETIONS: return "atext_completion";
+        case ZG_ROUTE_EMBEDDINGS:  return "aembedding";
+        default:                   return "acompletion";
+    }
+}
+
+//  Appends "key":<quoted value>, to out; false if it does not fit
+static bool
+s_put_string (char *out, size_t size, size_t *used, const char *key, const char *value, bool last)
+{
+    int written = snprintf (out + *used, size - *used, "\"%s\":", key);
+    if (written < 0 || (size_t) written >= size - *used)
+        return false;
+    *used += (size_t) written;
+    written = zg_json_quote (value, out + *used, size - *used);
+    if (written < 0)
+        return false;
+    *used += (size_t) written;
+    if (!last) {
+        if (*used + 1 >= size)
+            return false;
+        out [(*used)++] = ',';
+        out [*used] = 0;
+    }
+    return true;
+}
+
+int
+zg_spend_render (const zg_msg_t *record, char *out, size_t size)
+{
+    assert (record && out);
+    size_t used = 0;
+    double cost = isfinite (record->cost) && record->cost > 0? record->cost: 0;
+    int written = snprintf (out, size,
+        "{\"spend\":%.17g,\"prompt_tokens\":%u,\"completion_tokens\":%u,\"total_tokens\":%u,"
+        "\"start_us\":%llu,\"duration_us\":%llu,\"ttfb_us\":%llu,\"status\":%u,",
+        cost, (unsigned) record->prompt_tokens, (unsigned) record->completion_tokens,
+        (unsigned) record->total_tokens, (unsigned long long) record->start_us,
+        (unsigned long long) record->duration_us, (unsigned long long) record->ttfb_us,
+        (unsigned) record->status);
+    if (written < 0 || (size_t) written >= size)
+        return -1;
+    used = (size_t) written;
+    if (!s_put_string (out, size, &used, "request_id", record->call_id, false)
+    ||  !s_put_string (out, size, &used, "call_type", s_call_type (record->route), false)
+    ||  !s_put_string (out, size, &used, "api_key", record->key_hash, false)
+    ||  !s_put_string (out, size, &used, "model_group", record->model, false)
+    ||  !s_put_string (out, size, &used, "model_id", record->deployment_id, false)
+    ||  !s_put_string (out, size, &used, "api_base", record->api_base, false)
+    ||  !s_put_string (out, size, &used, "user_id", record->user_id, false)
+    ||  !s_put_string (out, size, &used, "team_id", record->team_id, false)
+    ||  !s_put_string (out, size, &used, "err_type", record->err_type, false)
+    ||  !s_put_string (out, size, &used, "message", record->message, true))
+        return -1;
+    if (used + 2 > size)
+        return -1;
+    out [used++] = '}';
+    out [used] = 0;
+    return (int) used;
+}
+
+void
+zg_spend_endpoint (const char *run_dir, char *endpoint, size_t size)
+{
+    snprintf (endpoint, size, "ipc://%s/spend.ipc", run_dir? run_dir: "/tmp");
+}
+
+static void
+s_peer_destroy (void **item)
+{
+    peer_t *peer = (peer_t *) *item;
+    zframe_destroy (&peer->identity);
+    free (peer->key);
+    free (peer);
+    *item = NULL;
+}
+
+static peer_t *
+s_peer_touch (spend_t *self, zframe_t *identity, int64_t now)
+{
+    char *key = zframe_strhex (identity);
+    if (!key)
+        return NULL;
+    peer_t *peer = (peer_t *) zhashx_lookup (self->peers, key);
+    if (peer) {
+        free (key);
+        peer->last_heard = now;
+        return peer;
+    }
+    peer = (peer_t *) calloc (1, sizeof (peer_t));
+    if (!peer) {
+        free (key);
+        return NULL;
+    }
+    peer->identity = zframe_dup (identity);
+    peer->key = key;
+    peer->last_heard = now;
+    zhashx_insert (self->peers, key, peer);
+    return peer;
+}
+
+static void
+s_send_to (spend_t *self, peer_t *peer, int type, uint64_t seq)
+{
+    zg_msg_t *out = &self->msg;
+    zg_msg_reset (out, type);
+    out->routing_id = zframe_dup (peer->identity);
+    if (type == ZG_MSG_HEARTBEAT) {
+        ZG_MSG_SET (out->name, "spend");
+        out->pid = (uint32_t) getpid ();
+    }
+    out->seq = seq;
+    if (zg_msg_send (out, zsock_resolve (self->socket)))
+        zg_debug ("cannot send %s to a router", zg_msg_type_name (type));
+    zg_msg_reset (out, 0);
+}
+
+static int
+s_hold (spend_t *self, const zg_msg_t *record)
+{
+    int size = zg_spend_render (record, self->record, RECORD_MAX);
+    if (size < 0)
+        return -1;
+    size_t need = self->batch_used + (size_t) size + 2;
+    if (need > self->batch_size) {
+        size_t grown = self->batch_size? self->batch_size * 2: 65536;
+        while (grown < need)
+            grown *= 2;
+        char *batch = (char *) realloc (self->batch, grown);
+        if (!batch)
+            return -1;
+        self->batch = batch;
+        self->batch_size = grown;
+    }
+    if (self->batch_used)
+        self->batch [self->batch_used++] = ',';
+    memcpy (self->batch + self->batch_used, self->record, (size_t) size);
+    self->batch_used += (size_t) size;
+    self->batch [self->batch_used] = 0;
+    self->held++;
+    return 0;
+}
+
+static void
+s_on_message (spend_t *self, int64_t now)
+{
+    zg_msg_t *in = &self->msg;
+    int rc = zg_msg_recv (in, zsock_resolve (self->socket));
+    if (rc != ZG_MSG_OK || !in->routing_id) {
+        if (rc == ZG_MSG_ERR_MALFORMED)
+            zg_warning ("spend: dropped a malformed message");
+        zg_msg_reset (in, 0);
+        return;
+    }
+    peer_t *peer = s_peer_touch (self, in->routing_id, now);
+    if (!peer) {
+        zg_msg_reset (in, 0);
+        return;
+    }
+    if (in->type == ZG_MSG_HEARTBEAT) {
+        //  The router's promise: everything unacked follows, oldest first
+        peer->synced = true;
+        peer->disconnect_sent = false;
+        peer->expect_any = true;
+        s_send_to (self, peer, ZG_MSG_HEARTBEAT, 0);
+    }
+    else
+    if (in->type == ZG_MSG_SPEND) {
+        bool accepted = peer->synced && self->held < HELD_RECORDS_MAX
+                     && in->seq > 0 && (peer->expect_any || in->seq <= peer->last_seq + 1);
+        if (accepted && s_hold (self, in) == 0) {
+            if (self->held == 1)
+                self->first_held_at = now;
+            peer->expect_any = false;
+            if (in->seq > peer->last_seq)
+                peer->last_seq = in->seq;
+            if (in->seq > peer->held_max)
+                peer->held_max = in->seq;
+        }
+        else {
+            //  A gap would make a later cumulative ack cover a record we
+            //  never saw: stop taking this router's records until it
+            //  starts again from its oldest
+            peer->synced = false;
+            if (!peer->disconnect_sent) {
+                peer->disconnect_sent = true;
+                s_send_to (self, peer, ZG_MSG_DISCONNECT, 0);
+            }
+        }
+    }
+    zg_msg_reset (in, 0);
+}
+
+static void
+s_db_drop (spend_t *self)
+{
+    zg_db_destroy (&self->db);
+}
+
+static int
+s_db_ready (spend_t *self, char *errbuf, size_t errsize)
+{
+    if (self->db && zg_db_ready (self->db))
+        return 0;
+    s_db_drop (self);
+    self->db = zg_db_connect (self->url, errbuf, errsize);
+    return self->db? 0: -1;
+}
+
+//  The master key's row, so that its spend has somewhere to go
+static int
+s_upsert_master_key (spend_t *self, char *errbuf, size_t errsize)
+{
+    const char *key = self->config->master_key;
+    if (!key || !*key)
+        return 0;
+    char hash [2 * ZG_SHA256_SIZE + 1];
+    zg_sha256_hex (key, strlen (key), hash);
+    size_t length = strlen (key);
+    char name [32];
+    snprintf (name, sizeof name, "sk-...%s", length >= 4? key + length - 4: key);
+    const char *params [] = { hash, name };
+    return zg_db_command (self->db,
+        "INSERT INTO \"LiteLLM_VerificationToken\" (token, key_name, user_id)"
+        " VALUES ($1, $2, 'default_user_id') ON CONFLICT (token) DO NOTHING",
+        2, params, errbuf, errsize);
+}
+
+static void
+s_failed (spend_t *self, const char *errbuf, int64_t now)
+{
+    if (!self->outage) {
+        char redacted [512];
+        zg_db_url_redact (self->url, redacted, sizeof redacted);
+        zg_error ("spend: cannot write to the database at %s: %s; holding %zu records and retrying",
+                  redacted, errbuf, self->held);
+        self->outage = true;
+    }
+    s_db_drop (self);
+    self->retry_ms = self->retry_ms? self->retry_ms * 2: RETRY_FIRST_MS;
+    if (self->retry_ms > RETRY_MAX_MS)
+        self->retry_ms = RETRY_MAX_MS;
+    self->retry_at = now + self->retry_ms;
+}
+
+static void
+s_succeeded (spend_t *self)
+{
+    if (self->outage)
+        zg_info ("spend: the database is back");
+    self->outage = false;
+    self->retry_ms = 0;
+    self->retry_at = 0;
+}
+
+//  Writes what is held in one statement; acks each router after the commit
+static int
+s_write (spend_t *self, int64_t now)
+{
+    char errbuf [512] = "";
+    if (s_db_ready (self, errbuf, sizeof errbuf)) {
+        s_failed (self, errbuf, now);
+        return -1;
+    }
+    if (!self->master_key_done) {
+        if (s_upsert_master_key (self, errbuf, sizeof errbuf)) {
+            s_failed (self, errbuf, now);
+            return -1;
+        }
+        self->master_key_done = true;
+    }
+    if (self->held == 0) {
+        s_succeeded (self);
+        return 0;
+    }
+    size_t json_size = self->batch_used + 3;
+    char *json = (char *) malloc (json_size);
+    if (!json)
+        return -1;
+    snprintf (json, json_size, "[%s]", self->batch);
+    const char *params [] = { json, self->config->disable_error_logs? "true": "false" };
+    PGresult *result = zg_db_exec (self->db, s_write_sql, 2, params, errbuf, sizeof errbuf);
+    free (json);
+    if (!result) {
+        s_failed (self, errbuf, now);
+        return -1;
+    }
+    zg_debug ("spend: wrote %s new of %zu records", PQgetvalue (result, 0, 0), self->held);
+    PQclear (result);
+    s_succeeded (self);
+    self->batch_used = 0;
+    if (self->batch)
+        self->batch [0] = 0;
+    self->held = 0;
+    for (peer_t *peer = (peer_t *) zhashx_first (self->peers); peer;
+         peer = (peer_t *) zhashx_next (self->peers))
+        if (peer->held_max) {
+            s_send_to (self, peer, ZG_MSG_SPEND_ACK, peer->held_max);
+            peer->held_max = 0;
+        }
+    return 0;
+}
+
+static bool
+s_write_due (spend_t *self, int64_t now)
+{
+    if (self->retry_at && now < self->retry_at)
+        return false;
+    if (self->held >= BATCH_RECORDS)
+        return true;
+    return self->held && now - self->first_held_at >= self->interval_ms;
+}
+
+static void
+s_heartbeat (spend_t *self, int64_t now)
+{
+    zlistx_t *forget = NULL;
+    for (peer_t *peer = (peer_t *) zhashx_first (self->peers); peer;
+         peer = (peer_t *) zhashx_next (self->peers)) {
+        if (peer->held_max == 0 && now - peer->last_heard > PEER_FORGET_MS) {
+            if (!forget)
+                forget = zlistx_new ();
+            if (forget)
+                zlistx_add_end (forget, peer->key);
+        }
+        else
+        if (peer->synced)
+            s_send_to (self, peer, ZG_MSG_HEARTBEAT, 0);
+    }
+    if (forget) {
+        for (char *key = (char *) zlistx_first (forget); key; key = (char *) zlistx_next (forget))
+            zhashx_delete (self->peers, key);
+        zlistx_destroy (&forget);
+    }
+    self->next_heartbeat = now + self->heartbeat_ms;
+}
+
+int
+zg_spend_run (const zg_config_t *config, const char *endpoint)
+{
+    assert (config && endpoint);
+    if (!config->database_url || !*config->database_url) {
+        zg_error ("spend: no database_url configured");
+        return 1;
+    }
+    spend_t self;
+    memset (&self, 0, sizeof self);
+    self.config = config;
+    self.url = config->database_url;
+    self.interval_ms = config->proxy_batch_write_at > 0
+                     ? (int64_t) (config->proxy_batch_write_at * 1000): 10000;
+    self.heartbeat_ms = config->heartbeat_ms > 0? config->heartbeat_ms: 1000;
+    self.record = (char *) malloc (RECORD_MAX);
+    self.peers = zhashx_new ();
+    self.socket = zsock_new (ZMQ_ROUTER);
+    if (!self.record || !self.peers || !self.socket) {
+        free (self.record);
+        zhashx_destroy (&self.peers);
+        zsock_destroy (&self.socket);
+        return 1;
+    }
+    zhashx_set_destructor (self.peers, s_peer_destroy);
+    zg_msg_init (&self.msg, 0);
+    zsock_set_router_mandatory (self.socket, 0);
+    zsock_set_sndhwm (self.socket, 100000);
+    zsock_set_rcvhwm (self.socket, 100000);
+    int rc = 0;
+    if (zsock_bind (self.socket, "%s", endpoint) < 0) {
+        zg_error ("spend: cannot bind %s: %s", endpoint, zmq_strerror (zmq_errno ()));
+        rc = 1;
+    }
+    else {
+        zg_info ("spend: serving routers on %s", endpoint);
+        if (s_write (&self, s_now_ms ()) == 0)
+            zg_debug ("spend: database ready");
+        zpoller_t *poller = zpoller_new (self.socket, NULL);
+        self.next_heartbeat = s_now_ms () + self.heartbeat_ms;
+        while (poller && !zsys_interrupted) {
+            int64_t now = s_now_ms ();
+            int64_t wait = self.next_heartbeat - now;
+            if (self.held) {
+                int64_t due = self.first_held_at + self.interval_ms;
+                if (self.retry_at > due)
+                    due = self.retry_at;
+                if (due - now < wait)
+                    wait = due - now;
+            }
+            if (wait < 0)
+                wait = 0;
+            void *which = zpoller_wait (poller, (int) wait);
+            if (which == NULL && zpoller_terminated (poller))
+                break;
+            now = s_now_ms ();
+            if (which) {
+                for (int count = 0; count < 1000; count++) {
+                    if (!(zsock_events (self.socket) & ZMQ_POLLIN))
+                        break;
+                    s_on_message (&self, now);
+                    if (self.held >= BATCH_RECORDS)
+                        break;
+                }
+            }
+            if (s_write_due (&self, now))
+                s_write (&self, now);
+            if (now >= self.next_heartbeat)
+                s_heartbeat (&self, now);
+        }
+        zpoller_destroy (&poller);
+        //  Stopping: what is held is written if the database lets us
+        int64_t give_up = s_now_ms () + STOP_WAIT_MS;
+        while (self.held && s_now_ms () < give_up) {
+            int64_t now = s_now_ms ();
+            if (!self.retry_at || now >= self.retry_at)
+                s_write (&self, now);
+            else
+                zclock_sleep ((int) (self.retry_at - now < 200? self.retry_at - now: 200));
+        }
+        if (self.held)
+            zg_error ("spend: stopping with %zu records not written; their routers still hold them",
+                      self.held);
+    }
+    s_db_drop (&self);
+    zg_msg_reset (&self.msg, 0);
+    zhashx_destroy (&self.peers);
+    zsock_destroy (&self.socket);
+    free (self.batch);
+    free (self.record);
+    return rc;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Self test
+
+void
+zg_spend_test (bool verbose)
+{
+    printf (" * zg_spend: ");
+    if (verbose)
+        printf ("\n");
+    int passed = 0, failed = 0;
+#define S_CHECK(condition) do { if (condition) passed++; else { failed++; \
+        fprintf (stderr, "zg_spend: FAILED at line %d: %s\n", __LINE__, #condition); } } while (0)
+
+    zg_msg_t *record = (zg_msg_t *) malloc (sizeof (zg_msg_t));
+    char *out = (char *) malloc (RECORD_MAX);
+    if (!record || !out)
+        abort ();
+    zg_msg_init (record, ZG_MSG_SPEND);
+    ZG_MSG_SET (record->call_id, "call-1");
+    ZG_MSG_SET (record->model, "gpt \"quoted\"");
+    ZG_MSG_SET (record->message, "line\nbreak");
+    record->route = ZG_ROUTE_EMBEDDINGS;
+    record->status = 429;
+    record->cost = 0.1 + 0.2;
+    record->start_us = 1700000000000000ULL;
+    int size = zg_spend_render (record, out, RECORD_MAX);
+    S_CHECK (size > 0);
+    S_CHECK (zg_json_valid (out, (size_t) size, NULL));
+    zg_json_span_t span;
+    char text [64];
+    S_CHECK (zg_json_find (out, (size_t) size, "model_group", &span)
+          && zg_json_string (out, &span, text, sizeof text) >= 0 && streq (text, "gpt \"quoted\""));
+    double cost = 0;
+    S_CHECK (zg_json_find (out, (size_t) size, "spend", &span)
+          && zg_json_double (out, &span, &cost) && cost == 0.1 + 0.2);
+    S_CHECK (zg_json_find (out, (size_t) size, "call_type", &span)
+          && zg_json_string (out, &span, text, sizeof text) >= 0 && streq (text, "aembedding"));
+    int64_t start = 0;
+    S_CHECK (zg_json_find (out, (size_t) size, "start_us", &span)
+          && zg_json_int64 (out, &span, &start) && start == 1700000000000000LL);
+    //  Too small a buffer is refused, never overrun
+    S_CHECK (zg_spend_render (record, out, 16) == -1);
+    //  A record at every maximum still fits
+    memset (record->message, 'x', ZG_MESSAGE_MAX);
+    record->message [ZG_MESSAGE_MAX] = 0;
+    memset (record->api_base, '"', ZG_URL_MAX);
+    record->api_base [ZG_URL_MAX] = 0;
+    S_CHECK (zg_spend_render (record, out, RECORD_MAX) > 0);
+    char endpoint [64];
+    zg_spend_endpoint ("/run", endpoint, sizeof endpoint);
+    S_CHECK (streq (endpoint, "ipc:///run/spend.ipc"));
+
+    zg_msg_reset (record, 0);
+    free (record);
+    free (out);
+    printf ("%s\n", failed? "FAILED": "OK");
+    printf ("%d passed, %d failed\n", passed, failed);
+    fflush (stdout);
+    if (failed)
+        abort ();
+}

@@ -1,0 +1,182 @@
+"""End-to-end: spend records reach PostgreSQL, exactly once per call.
+
+A real PostgreSQL (zgpg.py), one fresh database and one zgate per test,
+proxy_batch_write_at: 1 and a priced deployment so that every call costs
+something. Each test sends N requests, remembers the x-litellm-call-id of
+every answer, and then polls (generous bounds) until "LiteLLM_SpendLogs"
+holds exactly those call ids, with the master key's spend equal to their
+sum. The faults: the spend actor SIGKILLed mid-way, PostgreSQL stopped
+while the requests are sent, and zgate stopped right after the last one.
+"""
+
+import hashlib
+import os
+import signal
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import zgpg  # noqa: E402
+import zgtest  # noqa: E402
+from zgtest import MASTER_KEY, chat_body  # noqa: E402
+
+N = 200
+THREADS = 8
+#  Rows must appear within this many seconds once the database is there
+ROWS_TIMEOUT = 120.0
+MASTER_HASH = hashlib.sha256(MASTER_KEY.encode()).hexdigest()
+
+
+class SpendTest(zgtest.GatewayTestCase):
+
+    @classmethod
+    def start(cls):
+        cls.up = cls.upstream()
+        cls.pg = zgpg.PostgresServer(name=cls.__name__).start()
+        cls.db_count = 0
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.pg.stop()
+
+    def setUp(self):
+        type(self).db_count += 1
+        self.db = "spend%d" % self.db_count
+        self.url = self.pg.create_database(self.db)
+        config = zgtest.make_config(
+            [zgtest.deployment("gpt-4o", self.up.api_base,
+                               input_cost_per_token=0.000001, output_cost_per_token=0.000002)],
+            general={"database_url": self.url, "proxy_batch_write_at": 1})
+        self.gw = self.gateway(config, num_workers=1, name="zgate-" + self.db)
+        self.addCleanup(self.stop_gateway)
+
+    def stop_gateway(self):
+        if self.gw.proc.poll() is None:
+            self.assertEqual(self.gw.stop(), [])
+        self.assertEqual(self.gw.sanitizer_reports(), [])
+
+    # helpers
+
+    def send(self, count, on_progress=None):
+        """count chat requests from THREADS threads; the call ids seen."""
+        ids = []
+        lock = threading.Lock()
+        next_index = [0]
+
+        def worker(_):
+            while True:
+                with lock:
+                    if next_index[0] >= count:
+                        return None
+                    next_index[0] += 1
+                    index = next_index[0]
+                resp = self.gw.post("/chat/completions", chat_body(content="hi %d" % index))
+                if resp.status != 200:
+                    return AssertionError("request %d: %r" % (index, resp))
+                call_id = resp.headers.get("x-litellm-call-id")
+                if not call_id:
+                    return AssertionError("request %d: no x-litellm-call-id" % index)
+                with lock:
+                    ids.append(call_id)
+                    done = len(ids)
+                if on_progress:
+                    on_progress(done)
+
+        results = zgtest.run_threads(THREADS, worker)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        self.assertEqual(len(ids), count)
+        self.assertEqual(len(set(ids)), count)
+        return ids
+
+    def rows(self):
+        return [r[0] for r in self.pg.query(
+            'SELECT request_id FROM "LiteLLM_SpendLogs"', db=self.db)]
+
+    def row_count(self):
+        try:
+            return int(self.pg.scalar('SELECT count(*) FROM "LiteLLM_SpendLogs"', db=self.db))
+        except Exception:
+            return -1
+
+    def assertAllWritten(self, ids, timeout=ROWS_TIMEOUT):
+        zgtest.wait_until(lambda: self.row_count() >= len(ids), timeout, interval=0.2,
+                          message="%d rows in LiteLLM_SpendLogs" % len(ids))
+        self.assertEqual(sorted(self.rows()), sorted(ids))
+        total = float(self.pg.scalar('SELECT sum(spend) FROM "LiteLLM_SpendLogs"', db=self.db))
+        self.assertGreater(total, 0.0)
+        zgtest.wait_until(lambda: self.key_spend() is not None, timeout, interval=0.2,
+                          message="the master key's row")
+        key_spend = self.key_spend()
+        self.assertLessEqual(abs(key_spend - total), 1e-9 * total,
+                             "key spend %r, rows %r" % (key_spend, total))
+        statuses = {r[0] for r in self.pg.query(
+            'SELECT DISTINCT status FROM "LiteLLM_SpendLogs"', db=self.db)}
+        self.assertEqual(statuses, {"success"})
+        self.assertEqual(self.pg.scalar(
+            'SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE api_key <> %s' % ("'" + MASTER_HASH + "'"),
+            db=self.db), "0")
+
+    def key_spend(self):
+        value = self.pg.scalar('SELECT spend FROM "LiteLLM_VerificationToken" WHERE token = \'%s\''
+                               % MASTER_HASH, db=self.db)
+        return float(value) if value not in (None, "") else None
+
+    def spend_pid(self):
+        pids = self.gw.children("spend")
+        return pids[0] if pids else None
+
+    # tests
+
+    def test_every_call_once(self):
+        ids = self.send(N)
+        self.assertAllWritten(ids)
+        name = self.pg.scalar('SELECT key_name FROM "LiteLLM_VerificationToken" WHERE token = \'%s\''
+                              % MASTER_HASH, db=self.db)
+        self.assertEqual(name, "sk-..." + MASTER_KEY[-4:])
+        model, model_id, call_type = self.pg.query(
+            'SELECT model_group, model_id, call_type FROM "LiteLLM_SpendLogs" LIMIT 1',
+            db=self.db)[0]
+        self.assertEqual((model, call_type), ("gpt-4o", "acompletion"))
+
+    def test_spend_actor_killed(self):
+        zgtest.wait_until(lambda: self.spend_pid() is not None, 30, message="a spend actor")
+        first = self.spend_pid()
+        killed = []
+
+        def progress(done):
+            if done >= N // 3 and not killed:
+                killed.append(True)
+                os.kill(first, signal.SIGKILL)
+
+        ids = self.send(N, on_progress=progress)
+        self.assertTrue(killed)
+        zgtest.wait_until(lambda: self.spend_pid() not in (None, first), 60,
+                          message="the supervisor started a new spend actor")
+        self.assertAllWritten(ids)
+
+    def test_database_down(self):
+        #  The key's row exists before the outage, as at any real start
+        zgtest.wait_until(lambda: self.key_spend() is not None, 60, interval=0.2,
+                          message="the master key's row")
+        self.pg.halt()
+        try:
+            ids = self.send(N)
+        finally:
+            self.pg.start()
+        self.assertAllWritten(ids)
+
+    def test_stop_right_after_the_last_request(self):
+        ids = self.send(N)
+        problems = self.gw.stop()
+        self.assertEqual(problems, [])
+        self.assertEqual(sorted(self.rows()), sorted(ids))
+
+
+if __name__ == "__main__":
+    unittest.main()
