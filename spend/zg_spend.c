@@ -51,6 +51,7 @@ typedef struct {
     uint64_t  held_max;         //  highest seq held in the batch; 0 = none
     uint64_t  last_seq;         //  highest seq taken since the last HEARTBEAT
     bool      expect_any;       //  right after a HEARTBEAT: the oldest unacked comes
+    bool      resync;           //  records dropped while full: DISCONNECT when room
     int64_t   last_heard;
 } peer_t;
 
@@ -299,27 +300,44 @@ s_on_message (spend_t *self, int64_t now)
         //  The router's promise: everything unacked follows, oldest first
         peer->synced = true;
         peer->disconnect_sent = false;
+        peer->resync = false;
         peer->expect_any = true;
         s_send_to (self, peer, ZG_MSG_HEARTBEAT, 0);
     }
     else
     if (in->type == ZG_MSG_SPEND) {
-        bool accepted = peer->synced && self->held < HELD_RECORDS_MAX
-                     && in->seq > 0 && (peer->expect_any || in->seq <= peer->last_seq + 1);
-        if (accepted && s_hold (self, in) == 0) {
+        //  Every seq up to last_seq is held or committed: a re-sent one
+        //  is already taken care of
+        if (peer->synced && in->seq > 0 && in->seq <= peer->last_seq && !peer->expect_any) {
+            zg_msg_reset (in, 0);
+            return;
+        }
+        bool in_order = peer->synced && in->seq > 0
+                     && (peer->expect_any || in->seq == peer->last_seq + 1);
+        bool room = self->held < HELD_RECORDS_MAX;
+        if (in_order && peer->expect_any && in->seq <= peer->last_seq) {
+            //  The re-sent run begins with what we have: skip to the new
+            peer->expect_any = false;
+            zg_msg_reset (in, 0);
+            return;
+        }
+        if (in_order && room && s_hold (self, in) == 0) {
             if (self->held == 1)
                 self->first_held_at = now;
             peer->expect_any = false;
-            if (in->seq > peer->last_seq)
-                peer->last_seq = in->seq;
+            peer->last_seq = in->seq;
             if (in->seq > peer->held_max)
                 peer->held_max = in->seq;
         }
         else {
             //  A gap would make a later cumulative ack cover a record we
             //  never saw: stop taking this router's records until it
-            //  starts again from its oldest
+            //  starts again from its oldest. When full, it is told so
+            //  only once there is room again, or it would re-send in a loop.
             peer->synced = false;
+            if (!room || peer->resync)
+                peer->resync = true;
+            else
             if (!peer->disconnect_sent) {
                 peer->disconnect_sent = true;
                 s_send_to (self, peer, ZG_MSG_DISCONNECT, 0);
@@ -464,6 +482,12 @@ s_heartbeat (spend_t *self, int64_t now)
         else
         if (peer->synced)
             s_send_to (self, peer, ZG_MSG_HEARTBEAT, 0);
+        else
+        if (peer->resync && self->held < HELD_RECORDS_MAX) {
+            peer->resync = false;
+            peer->disconnect_sent = true;
+            s_send_to (self, peer, ZG_MSG_DISCONNECT, 0);
+        }
     }
     if (forget) {
         for (char *key = (char *) zlistx_first (forget); key; key = (char *) zlistx_next (forget))
