@@ -36,6 +36,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -63,6 +64,7 @@
 //  Spend records sent and not yet acked
 #define SPEND_WINDOW        2000
 //  On stop, how long to wait for the spend actor to ack what is held
+//  (ZGATE_SPEND_STOP_WAIT_MS overrides it)
 #define SPEND_STOP_WAIT_MS  30000
 
 typedef struct _call_t call_t;
@@ -927,7 +929,9 @@ s_spend_drain (router_t *self)
 {
     if (!self->outbox || zg_outbox_pending (self->outbox) == 0)
         return;
-    int64_t give_up = zclock_mono () + SPEND_STOP_WAIT_MS;
+    const char *wait_env = getenv ("ZGATE_SPEND_STOP_WAIT_MS");
+    int64_t wait_ms = wait_env && atol (wait_env) >= 0? atol (wait_env): SPEND_STOP_WAIT_MS;
+    int64_t give_up = zclock_mono () + wait_ms;
     zmq_pollitem_t item = { self->spend_handle, 0, ZMQ_POLLIN, 0 };
     while (zg_outbox_pending (self->outbox)) {
         int64_t now = zclock_mono ();

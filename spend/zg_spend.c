@@ -37,6 +37,7 @@
 #define RETRY_FIRST_MS      500
 #define RETRY_MAX_MS        10000
 //  On stop, how long to keep trying to write what is held
+//  (ZGATE_SPEND_STOP_WAIT_MS overrides it)
 #define STOP_WAIT_MS        15000
 //  A router silent this long with nothing held is forgotten
 #define PEER_FORGET_MS      60000
@@ -569,7 +570,9 @@ zg_spend_run (const zg_config_t *config, const char *endpoint)
         }
         zpoller_destroy (&poller);
         //  Stopping: what is held is written if the database lets us
-        int64_t give_up = s_now_ms () + STOP_WAIT_MS;
+        const char *wait_env = getenv ("ZGATE_SPEND_STOP_WAIT_MS");
+        int64_t wait_ms = wait_env && atol (wait_env) >= 0? atol (wait_env): STOP_WAIT_MS;
+        int64_t give_up = s_now_ms () + wait_ms;
         while (self.held && s_now_ms () < give_up) {
             int64_t now = s_now_ms ();
             if (!self.retry_at || now >= self.retry_at)

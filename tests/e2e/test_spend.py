@@ -47,17 +47,23 @@ class SpendTest(zgtest.GatewayTestCase):
         type(self).db_count += 1
         self.db = "spend%d" % self.db_count
         self.url = self.pg.create_database(self.db)
-        config = zgtest.make_config(
+        self.spill_dir = os.path.join(self.workdir, "spill-" + self.db)
+        self.config = zgtest.make_config(
             [zgtest.deployment("gpt-4o", self.up.api_base,
                                input_cost_per_token=0.000001, output_cost_per_token=0.000002)],
             general={"database_url": self.url, "proxy_batch_write_at": 1})
-        self.gw = self.gateway(config, num_workers=1, name="zgate-" + self.db)
-        self.addCleanup(self.stop_gateway)
+        self.gw = self.start_gateway("zgate-" + self.db)
 
-    def stop_gateway(self):
-        if self.gw.proc.poll() is None:
-            self.assertEqual(self.gw.stop(), [])
-        self.assertEqual(self.gw.sanitizer_reports(), [])
+    def start_gateway(self, name):
+        env = {"ZGATE_SPILL_DIR": self.spill_dir, "ZGATE_SPEND_STOP_WAIT_MS": "2000"}
+        gw = self.gateway(self.config, num_workers=1, name=name, env=env)
+        self.addCleanup(self.stop_gateway, gw)
+        return gw
+
+    def stop_gateway(self, gw):
+        if gw.proc.poll() is None:
+            self.assertEqual(gw.stop(), [])
+        self.assertEqual(gw.sanitizer_reports(), [])
 
     # helpers
 
@@ -176,6 +182,26 @@ class SpendTest(zgtest.GatewayTestCase):
         problems = self.gw.stop()
         self.assertEqual(problems, [])
         self.assertEqual(sorted(self.rows()), sorted(ids))
+
+    def test_unacked_records_survive_a_restart(self):
+        zgtest.wait_until(lambda: self.key_spend() is not None, 60, interval=0.2,
+                          message="the master key's row")
+        self.pg.halt()
+        try:
+            ids = self.send(N)
+            #  Nothing can be acked: the router saves its records on stop
+            self.assertEqual(self.gw.stop(), [])
+            spill = os.path.join(self.spill_dir, "spend.spill")
+            self.assertTrue(os.path.exists(spill) and os.path.getsize(spill) > 0,
+                            "no spill file after the stop")
+            self.assertIn("saved for the next start", self.gw.output())
+        finally:
+            self.pg.start()
+        self.assertEqual(self.row_count(), 0)
+        self.start_gateway("zgate-%s-again" % self.db)
+        self.assertAllWritten(ids)
+        zgtest.wait_until(lambda: not os.path.exists(spill), 30,
+                          message="the spill file removed once sent")
 
 
 if __name__ == "__main__":
