@@ -150,6 +150,25 @@ class SpendTest(zgtest.GatewayTestCase):
             db=self.db)[0]
         self.assertEqual((model, call_type), ("gpt-4o", "acompletion"))
 
+    def test_failures_are_recorded(self):
+        ok = self.send(5)
+        failed = []
+        for body in (chat_body(fake={"status": 400}), chat_body(model="no-such-model")):
+            resp = self.gw.post("/chat/completions", body)
+            self.assertEqual(resp.status, 400, resp)
+            failed.append(resp.headers.get("x-litellm-call-id"))
+        self.assertTrue(all(failed), failed)
+        zgtest.wait_until(lambda: self.row_count() >= 7, ROWS_TIMEOUT, interval=0.2,
+                          message="7 rows in LiteLLM_SpendLogs")
+        rows = {r[0]: r[1:] for r in self.pg.query(
+            'SELECT request_id, status, spend FROM "LiteLLM_SpendLogs"', db=self.db)}
+        self.assertEqual(sorted(rows), sorted(ok + failed))
+        for call_id in failed:
+            self.assertEqual(rows[call_id], ["failure", "0"])
+        errors = {r[0]: r[1] for r in self.pg.query(
+            'SELECT request_id, status_code FROM "LiteLLM_ErrorLogs"', db=self.db)}
+        self.assertEqual(errors, {call_id: "400" for call_id in failed})
+
     def test_spend_actor_killed(self):
         zgtest.wait_until(lambda: self.spend_pid() is not None, 30, message="a spend actor")
         first = self.spend_pid()
