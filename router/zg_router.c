@@ -901,8 +901,12 @@ s_spend_start (router_t *self)
         snprintf (path, sizeof path, "/tmp/zgate-spend-%u.spill", (unsigned) getuid ());
     self->outbox = zg_outbox_new (SPEND_RING, path);
     if (!self->outbox) {
-        zg_error ("router: cannot open the spend spill file %s: %s", path, strerror (errno));
-        return -1;
+        //  Serving matters more than spilling: records then live in memory only
+        zg_error ("router: cannot open the spend spill file %s: %s; keeping at most %d "
+                  "spend records, in memory only", path, strerror (errno), SPEND_RING);
+        self->outbox = zg_outbox_new (SPEND_RING, NULL);
+        if (!self->outbox)
+            return -1;
     }
     self->spend = zsock_new (ZMQ_DEALER);
     if (!self->spend)

@@ -5,9 +5,10 @@
               [--max_requests_before_restart N] [--run_gunicorn] [--debug]
               [--detailed_debug] [--version] [--help]
         zgate router   --config FILE [--frontend-endpoint E] [--worker-endpoint E]
+                       [--spend-endpoint E]
         zgate worker   --config FILE [--worker-endpoint E] [--name NAME]
         zgate frontend --config FILE [--frontend-endpoint E] [--host H] [--port P]
-                       [--with-router [--worker-endpoint E]]
+                       [--with-router [--worker-endpoint E] [--spend-endpoint E]]
         zgate spend    --config FILE [--spend-endpoint E]
         zgate migrate  [--config FILE]
 
