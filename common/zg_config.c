@@ -15,6 +15,7 @@
 */
 
 #include "common/zg_config.h"
+#include "common/zg_selftest.h"
 #include "common/zg_log.h"
 #include "common/zg_sha256.h"
 
@@ -1412,12 +1413,6 @@ zg_config_find_group (const zg_config_t *self, const char *model_name, size_t *o
 #include <fcntl.h>
 #include <unistd.h>
 
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 static char s_test_dir [64];
 static char s_test_path [128];
@@ -1428,8 +1423,8 @@ static zg_config_t *
 s_test_load (const char *text, char *errbuf, size_t errsize, char **warnings)
 {
     FILE *file = fopen (s_test_path, "wb");
-    s_check (file);
-    s_check (fwrite (text, 1, strlen (text), file) == strlen (text));
+    ZG_CHECK (file);
+    ZG_CHECK (fwrite (text, 1, strlen (text), file) == strlen (text));
     fclose (file);
 
     char capture_path [128];
@@ -1437,7 +1432,7 @@ s_test_load (const char *text, char *errbuf, size_t errsize, char **warnings)
     fflush (stderr);
     int saved = dup (STDERR_FILENO);
     int fd = open (capture_path, O_CREAT | O_TRUNC | O_WRONLY | O_APPEND, 0600);
-    s_check (saved >= 0 && fd >= 0);
+    ZG_CHECK (saved >= 0 && fd >= 0);
     dup2 (fd, STDERR_FILENO);
     close (fd);
     zg_config_t *config = zg_config_load (s_test_path, errbuf, errsize);
@@ -1445,9 +1440,9 @@ s_test_load (const char *text, char *errbuf, size_t errsize, char **warnings)
     close (saved);
 
     file = fopen (capture_path, "rb");
-    s_check (file);
+    ZG_CHECK (file);
     char *logged = calloc (1, 65536);
-    s_check (logged);
+    ZG_CHECK (logged);
     size_t size = fread (logged, 1, 65535, file);
     logged [size] = 0;
     fclose (file);
@@ -1471,7 +1466,7 @@ s_test_load_ok (const char *text)
     free (warnings);
     if (!config)
         fprintf (stderr, "unexpected error: %s\n", errbuf);
-    s_check (config);
+    ZG_CHECK (config);
     return config;
 }
 
@@ -1484,8 +1479,8 @@ s_test_error (const char *text, const char *expected)
     snprintf (wanted, sizeof (wanted), "%s:%s", s_test_path, expected);
     if (config || strcmp (errbuf, wanted) != 0)
         fprintf (stderr, "error: %s\n  got: %s\n want: %s\n", config? "none": "wrong", errbuf, wanted);
-    s_check (!config);
-    s_check (strcmp (errbuf, wanted) == 0);
+    ZG_CHECK (!config);
+    ZG_CHECK (strcmp (errbuf, wanted) == 0);
 }
 
 static size_t
@@ -1553,73 +1548,73 @@ zg_config_test (bool verbose)
         unsetenv (clear [index]);
     zg_log_init ("zgate.test", false, false);
     snprintf (s_test_dir, sizeof (s_test_dir), "/tmp/zg_config_test_XXXXXX");
-    s_check (mkdtemp (s_test_dir));
+    ZG_CHECK (mkdtemp (s_test_dir));
     snprintf (s_test_path, sizeof (s_test_path), "%s/config.yaml", s_test_dir);
     char errbuf [512];
     char *warnings;
 
     //  Defaults
     zg_config_t *config = zg_config_new_default ();
-    s_check (config);
-    s_check (config->deployment_count == 0 && config->deployments == NULL);
-    s_check (config->master_key == NULL && config->database_url == NULL);
-    s_check (config->max_request_size_mb == 32);
-    s_check (config->database_connection_pool_limit == 10);
-    s_check (config->proxy_batch_write_at == 10);
-    s_check (!config->disable_error_logs && !config->allow_requests_on_db_unavailable);
-    s_check (config->request_timeout_s == 6000);
-    s_check (!config->set_verbose && !config->json_logs);
-    s_check (strcmp (config->routing_strategy, "simple-shuffle") == 0);
-    s_check (config->num_retries == 2);
-    s_check (!config->frontend_endpoint && !config->worker_endpoint && !config->run_dir);
-    s_check (config->worker_capacity == 256 && config->queue_timeout_ms == 5000);
-    s_check (config->max_queue == 10000 && config->heartbeat_ms == 1000);
+    ZG_CHECK (config);
+    ZG_CHECK (config->deployment_count == 0 && config->deployments == NULL);
+    ZG_CHECK (config->master_key == NULL && config->database_url == NULL);
+    ZG_CHECK (config->max_request_size_mb == 32);
+    ZG_CHECK (config->database_connection_pool_limit == 10);
+    ZG_CHECK (config->proxy_batch_write_at == 10);
+    ZG_CHECK (!config->disable_error_logs && !config->allow_requests_on_db_unavailable);
+    ZG_CHECK (config->request_timeout_s == 6000);
+    ZG_CHECK (!config->set_verbose && !config->json_logs);
+    ZG_CHECK (strcmp (config->routing_strategy, "simple-shuffle") == 0);
+    ZG_CHECK (config->num_retries == 2);
+    ZG_CHECK (!config->frontend_endpoint && !config->worker_endpoint && !config->run_dir);
+    ZG_CHECK (config->worker_capacity == 256 && config->queue_timeout_ms == 5000);
+    ZG_CHECK (config->max_queue == 10000 && config->heartbeat_ms == 1000);
     size_t group [4];
-    s_check (zg_config_find_group (config, "gpt-4o", group, 4) == 0);
+    ZG_CHECK (zg_config_find_group (config, "gpt-4o", group, 4) == 0);
     zg_config_destroy (&config);
     zg_config_destroy (&config);
-    s_check (config == NULL);
+    ZG_CHECK (config == NULL);
 
     //  An empty file is the defaults too
     config = s_test_load_ok ("# nothing yet\n");
-    s_check (config->deployment_count == 0 && config->request_timeout_s == 6000);
+    ZG_CHECK (config->deployment_count == 0 && config->request_timeout_s == 6000);
     zg_config_destroy (&config);
 
     //  The production guide's config loads, with one warning (alerting)
     config = s_test_load (s_production_config, errbuf, sizeof (errbuf), &warnings);
     if (!config)
         fprintf (stderr, "production config: %s\n", errbuf);
-    s_check (config);
-    s_check (s_count (warnings, "WARNING") == 1);
-    s_check (strstr (warnings, "config.yaml:10: general_settings.alerting is not implemented by zgate yet; ignored"));
+    ZG_CHECK (config);
+    ZG_CHECK (s_count (warnings, "WARNING") == 1);
+    ZG_CHECK (strstr (warnings, "config.yaml:10: general_settings.alerting is not implemented by zgate yet; ignored"));
     free (warnings);
-    s_check (config->deployment_count == 1);
+    ZG_CHECK (config->deployment_count == 1);
     zg_deployment_t *deployment = &config->deployments [0];
-    s_check (strcmp (deployment->model_name, "fake-openai-endpoint") == 0);
-    s_check (strcmp (deployment->provider, "openai") == 0);
-    s_check (strcmp (deployment->upstream_model, "fake") == 0);
-    s_check (strcmp (deployment->api_key, "fake-key") == 0);
-    s_check (strcmp (deployment->api_base, "https://exampleopenaiendpoint-production.up.railway.app/") == 0);
-    s_check (deployment->line == 2);
-    s_check (strlen (deployment->id) == 64);
-    s_check (deployment->timeout_s == 0 && deployment->stream_timeout_s == 0);
-    s_check (deployment->rpm == 0 && deployment->tpm == 0 && deployment->weight == 0);
-    s_check (deployment->max_retries == -1);
-    s_check (deployment->input_cost_per_token < 0 && deployment->output_cost_per_token < 0);
-    s_check (strcmp (config->master_key, "sk-1234") == 0);
-    s_check (config->proxy_batch_write_at == 60);
-    s_check (config->database_connection_pool_limit == 10);
-    s_check (config->disable_error_logs && config->allow_requests_on_db_unavailable);
-    s_check (config->request_timeout_s == 600);
-    s_check (!config->set_verbose && config->json_logs);
-    s_check (strcmp (config->path, s_test_path) == 0);
+    ZG_CHECK (strcmp (deployment->model_name, "fake-openai-endpoint") == 0);
+    ZG_CHECK (strcmp (deployment->provider, "openai") == 0);
+    ZG_CHECK (strcmp (deployment->upstream_model, "fake") == 0);
+    ZG_CHECK (strcmp (deployment->api_key, "fake-key") == 0);
+    ZG_CHECK (strcmp (deployment->api_base, "https://exampleopenaiendpoint-production.up.railway.app/") == 0);
+    ZG_CHECK (deployment->line == 2);
+    ZG_CHECK (strlen (deployment->id) == 64);
+    ZG_CHECK (deployment->timeout_s == 0 && deployment->stream_timeout_s == 0);
+    ZG_CHECK (deployment->rpm == 0 && deployment->tpm == 0 && deployment->weight == 0);
+    ZG_CHECK (deployment->max_retries == -1);
+    ZG_CHECK (deployment->input_cost_per_token < 0 && deployment->output_cost_per_token < 0);
+    ZG_CHECK (strcmp (config->master_key, "sk-1234") == 0);
+    ZG_CHECK (config->proxy_batch_write_at == 60);
+    ZG_CHECK (config->database_connection_pool_limit == 10);
+    ZG_CHECK (config->disable_error_logs && config->allow_requests_on_db_unavailable);
+    ZG_CHECK (config->request_timeout_s == 600);
+    ZG_CHECK (!config->set_verbose && config->json_logs);
+    ZG_CHECK (strcmp (config->path, s_test_path) == 0);
     //  The id is deterministic: the same file gives the same id
     char first_id [65];
     snprintf (first_id, sizeof (first_id), "%s", deployment->id);
     zg_config_destroy (&config);
     config = s_test_load (s_production_config, errbuf, sizeof (errbuf), &warnings);
     free (warnings);
-    s_check (config && strcmp (config->deployments [0].id, first_id) == 0);
+    ZG_CHECK (config && strcmp (config->deployments [0].id, first_id) == 0);
     zg_config_destroy (&config);
     //  ...and does not depend on key order or layout, only on content
     config = s_test_load_ok (
@@ -1627,14 +1622,14 @@ zg_config_test (bool verbose)
         "  - litellm_params: {api_base: \"https://exampleopenaiendpoint-production.up.railway.app/\","
         " api_key: fake-key, model: openai/fake}\n"
         "    model_name: fake-openai-endpoint\n");
-    s_check (strcmp (config->deployments [0].id, first_id) == 0);
+    ZG_CHECK (strcmp (config->deployments [0].id, first_id) == 0);
     zg_config_destroy (&config);
     config = s_test_load_ok (
         "model_list:\n"
         "  - model_name: fake-openai-endpoint\n"
         "    litellm_params: {model: openai/fake, api_key: other-key,"
         " api_base: \"https://exampleopenaiendpoint-production.up.railway.app/\"}\n");
-    s_check (strcmp (config->deployments [0].id, first_id) != 0);
+    ZG_CHECK (strcmp (config->deployments [0].id, first_id) != 0);
     zg_config_destroy (&config);
 
     //  Section 4's Redis block: accepted with warnings once REDIS_* are set
@@ -1645,17 +1640,17 @@ zg_config_test (bool verbose)
     config = s_test_load (s_redis_config, errbuf, sizeof (errbuf), &warnings);
     if (!config)
         fprintf (stderr, "redis config: %s\n", errbuf);
-    s_check (config);
-    s_check (s_count (warnings, "WARNING") == 5);
-    s_check (strstr (warnings, "config.yaml:4: router_settings.redis_host is not implemented by zgate yet; ignored"));
-    s_check (strstr (warnings, "config.yaml:5: router_settings.redis_port is not implemented"));
-    s_check (strstr (warnings, "config.yaml:6: router_settings.redis_password is not implemented"));
-    s_check (strstr (warnings, "config.yaml:9: litellm_settings.cache is not implemented"));
-    s_check (strstr (warnings, "config.yaml:10: litellm_settings.cache_params is not implemented"));
-    s_check (!strstr (warnings, "hunter2"));
+    ZG_CHECK (config);
+    ZG_CHECK (s_count (warnings, "WARNING") == 5);
+    ZG_CHECK (strstr (warnings, "config.yaml:4: router_settings.redis_host is not implemented by zgate yet; ignored"));
+    ZG_CHECK (strstr (warnings, "config.yaml:5: router_settings.redis_port is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:6: router_settings.redis_password is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:9: litellm_settings.cache is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:10: litellm_settings.cache_params is not implemented"));
+    ZG_CHECK (!strstr (warnings, "hunter2"));
     free (warnings);
-    s_check (strcmp (config->routing_strategy, "simple-shuffle") == 0);
-    s_check (config->deployment_count == 0);
+    ZG_CHECK (strcmp (config->routing_strategy, "simple-shuffle") == 0);
+    ZG_CHECK (config->deployment_count == 0);
     zg_config_destroy (&config);
 
     //  A full deployment, os.environ references, environment_variables,
@@ -1726,56 +1721,56 @@ zg_config_test (bool verbose)
         errbuf, sizeof (errbuf), &warnings);
     if (!config)
         fprintf (stderr, "full config: %s\n", errbuf);
-    s_check (config);
-    s_check (s_count (warnings, "WARNING") == 2);       //  frobnicate once, least-busy once
-    s_check (strstr (warnings, "config.yaml:22: model_list[0].litellm_params.frobnicate: not a litellm_params key zgate knows; ignored"));
-    s_check (strstr (warnings, "config.yaml:51: router_settings.routing_strategy: least-busy is not implemented, using simple-shuffle"));
+    ZG_CHECK (config);
+    ZG_CHECK (s_count (warnings, "WARNING") == 2);       //  frobnicate once, least-busy once
+    ZG_CHECK (strstr (warnings, "config.yaml:22: model_list[0].litellm_params.frobnicate: not a litellm_params key zgate knows; ignored"));
+    ZG_CHECK (strstr (warnings, "config.yaml:51: router_settings.routing_strategy: least-busy is not implemented, using simple-shuffle"));
     free (warnings);
-    s_check (strcmp (getenv ("ZG_TEST_SET_BY_FILE"), "from-file") == 0);
-    s_check (strcmp (getenv ("ZG_TEST_ALREADY"), "from-environment") == 0);
-    s_check (strcmp (getenv ("ZG_TEST_RPM"), "600") == 0);
-    s_check (config->deployment_count == 4);
+    ZG_CHECK (strcmp (getenv ("ZG_TEST_SET_BY_FILE"), "from-file") == 0);
+    ZG_CHECK (strcmp (getenv ("ZG_TEST_ALREADY"), "from-environment") == 0);
+    ZG_CHECK (strcmp (getenv ("ZG_TEST_RPM"), "600") == 0);
+    ZG_CHECK (config->deployment_count == 4);
     deployment = &config->deployments [0];
-    s_check (strcmp (deployment->id, "deployment-a") == 0);
-    s_check (strcmp (deployment->provider, "openai") == 0);
-    s_check (strcmp (deployment->upstream_model, "gpt-4o-2024-08-06") == 0);
-    s_check (strcmp (deployment->api_key, "sk-upstream") == 0);
-    s_check (strcmp (deployment->api_base, "http://127.0.0.1:8080/v1") == 0);
-    s_check (deployment->timeout_s == 30 && deployment->stream_timeout_s == 2.5);
-    s_check (deployment->rpm == 600 && deployment->tpm == 100000);
-    s_check (deployment->weight == 2 && deployment->max_retries == 3);
-    s_check (deployment->input_cost_per_token == 0.0000025 && deployment->output_cost_per_token == 1e-5);
-    s_check (deployment->line == 7);
+    ZG_CHECK (strcmp (deployment->id, "deployment-a") == 0);
+    ZG_CHECK (strcmp (deployment->provider, "openai") == 0);
+    ZG_CHECK (strcmp (deployment->upstream_model, "gpt-4o-2024-08-06") == 0);
+    ZG_CHECK (strcmp (deployment->api_key, "sk-upstream") == 0);
+    ZG_CHECK (strcmp (deployment->api_base, "http://127.0.0.1:8080/v1") == 0);
+    ZG_CHECK (deployment->timeout_s == 30 && deployment->stream_timeout_s == 2.5);
+    ZG_CHECK (deployment->rpm == 600 && deployment->tpm == 100000);
+    ZG_CHECK (deployment->weight == 2 && deployment->max_retries == 3);
+    ZG_CHECK (deployment->input_cost_per_token == 0.0000025 && deployment->output_cost_per_token == 1e-5);
+    ZG_CHECK (deployment->line == 7);
     deployment = &config->deployments [1];
-    s_check (strcmp (deployment->provider, "hosted_vllm") == 0);
-    s_check (strcmp (deployment->upstream_model, "meta/llama-3") == 0);
-    s_check (deployment->api_key == NULL);
-    s_check (deployment->input_cost_per_token == 0.5 && deployment->output_cost_per_token < 0);
-    s_check (strlen (deployment->id) == 64);
+    ZG_CHECK (strcmp (deployment->provider, "hosted_vllm") == 0);
+    ZG_CHECK (strcmp (deployment->upstream_model, "meta/llama-3") == 0);
+    ZG_CHECK (deployment->api_key == NULL);
+    ZG_CHECK (deployment->input_cost_per_token == 0.5 && deployment->output_cost_per_token < 0);
+    ZG_CHECK (strlen (deployment->id) == 64);
     deployment = &config->deployments [2];
-    s_check (strcmp (deployment->provider, "openai") == 0);
-    s_check (strcmp (deployment->upstream_model, "gpt-4o-mini") == 0);
-    s_check (strcmp (deployment->api_base, "https://api.openai.com/v1") == 0);
-    s_check (deployment->input_cost_per_token == 0.25 && deployment->output_cost_per_token == 0.75);
-    s_check (strcmp (config->deployments [3].provider, "custom_openai") == 0);
-    s_check (strcmp (config->database_url, "sk-upstream") == 0);
-    s_check (config->max_request_size_mb == 0.5);
-    s_check (config->disable_error_logs && !config->allow_requests_on_db_unavailable);
-    s_check (config->set_verbose && !config->json_logs);
-    s_check (strcmp (config->routing_strategy, "least-busy") == 0);
-    s_check (config->num_retries == 0);
-    s_check (strcmp (config->frontend_endpoint, "ipc:///tmp/x/frontend.ipc") == 0);
-    s_check (strcmp (config->worker_endpoint, "tcp://127.0.0.1:5556") == 0);
-    s_check (strcmp (config->run_dir, "/tmp/x") == 0);
-    s_check (config->worker_capacity == 65535 && config->queue_timeout_ms == 1);
-    s_check (config->max_queue == 1 && config->heartbeat_ms == 10);
+    ZG_CHECK (strcmp (deployment->provider, "openai") == 0);
+    ZG_CHECK (strcmp (deployment->upstream_model, "gpt-4o-mini") == 0);
+    ZG_CHECK (strcmp (deployment->api_base, "https://api.openai.com/v1") == 0);
+    ZG_CHECK (deployment->input_cost_per_token == 0.25 && deployment->output_cost_per_token == 0.75);
+    ZG_CHECK (strcmp (config->deployments [3].provider, "custom_openai") == 0);
+    ZG_CHECK (strcmp (config->database_url, "sk-upstream") == 0);
+    ZG_CHECK (config->max_request_size_mb == 0.5);
+    ZG_CHECK (config->disable_error_logs && !config->allow_requests_on_db_unavailable);
+    ZG_CHECK (config->set_verbose && !config->json_logs);
+    ZG_CHECK (strcmp (config->routing_strategy, "least-busy") == 0);
+    ZG_CHECK (config->num_retries == 0);
+    ZG_CHECK (strcmp (config->frontend_endpoint, "ipc:///tmp/x/frontend.ipc") == 0);
+    ZG_CHECK (strcmp (config->worker_endpoint, "tcp://127.0.0.1:5556") == 0);
+    ZG_CHECK (strcmp (config->run_dir, "/tmp/x") == 0);
+    ZG_CHECK (config->worker_capacity == 65535 && config->queue_timeout_ms == 1);
+    ZG_CHECK (config->max_queue == 1 && config->heartbeat_ms == 10);
     //  Groups: three deployments share gpt-4o
-    s_check (zg_config_find_group (config, "gpt-4o", group, 4) == 3);
-    s_check (group [0] == 0 && group [1] == 1 && group [2] == 3);
-    s_check (zg_config_find_group (config, "gpt-4o", group, 2) == 2);
-    s_check (zg_config_find_group (config, "mini", group, 4) == 1 && group [0] == 2);
-    s_check (zg_config_find_group (config, "fake-openai-endpoint", group, 4) == 0);
-    s_check (zg_config_find_group (config, NULL, group, 4) == 0);
+    ZG_CHECK (zg_config_find_group (config, "gpt-4o", group, 4) == 3);
+    ZG_CHECK (group [0] == 0 && group [1] == 1 && group [2] == 3);
+    ZG_CHECK (zg_config_find_group (config, "gpt-4o", group, 2) == 2);
+    ZG_CHECK (zg_config_find_group (config, "mini", group, 4) == 1 && group [0] == 2);
+    ZG_CHECK (zg_config_find_group (config, "fake-openai-endpoint", group, 4) == 0);
+    ZG_CHECK (zg_config_find_group (config, NULL, group, 4) == 0);
     zg_config_destroy (&config);
 
     //  Identical deployments are one group with distinct, stable ids
@@ -1786,8 +1781,8 @@ zg_config_test (bool verbose)
         "  - model_name: twin\n"
         "    litellm_params: {model: openai/gpt-4o, api_key: os.environ/ZG_TEST_KEY}\n";
     config = s_test_load_ok (twins);
-    s_check (zg_config_find_group (config, "twin", group, 4) == 2);
-    s_check (strcmp (config->deployments [0].id, config->deployments [1].id) != 0);
+    ZG_CHECK (zg_config_find_group (config, "twin", group, 4) == 2);
+    ZG_CHECK (strcmp (config->deployments [0].id, config->deployments [1].id) != 0);
     char twin_ids [2][65];
     snprintf (twin_ids [0], 65, "%s", config->deployments [0].id);
     snprintf (twin_ids [1], 65, "%s", config->deployments [1].id);
@@ -1795,9 +1790,9 @@ zg_config_test (bool verbose)
     //  A rotated secret does not change the ids
     setenv ("ZG_TEST_KEY", "sk-rotated", 1);
     config = s_test_load_ok (twins);
-    s_check (strcmp (config->deployments [0].id, twin_ids [0]) == 0);
-    s_check (strcmp (config->deployments [1].id, twin_ids [1]) == 0);
-    s_check (strcmp (config->deployments [0].api_key, "sk-rotated") == 0);
+    ZG_CHECK (strcmp (config->deployments [0].id, twin_ids [0]) == 0);
+    ZG_CHECK (strcmp (config->deployments [1].id, twin_ids [1]) == 0);
+    ZG_CHECK (strcmp (config->deployments [0].api_key, "sk-rotated") == 0);
     zg_config_destroy (&config);
 
     //  Anchors, aliases and merge keys, as PyYAML reads them
@@ -1811,8 +1806,8 @@ zg_config_test (bool verbose)
         "      <<: *defaults\n"
         "      model: openai/a\n"
         "      timeout: 20\n");
-    s_check (strcmp (config->deployments [0].api_base, "http://127.0.0.1:9/v1") == 0);
-    s_check (config->deployments [0].timeout_s == 20);
+    ZG_CHECK (strcmp (config->deployments [0].api_base, "http://127.0.0.1:9/v1") == 0);
+    ZG_CHECK (config->deployments [0].timeout_s == 20);
     zg_config_destroy (&config);
 
     //  Warnings: once per key, LiteLLM's own keys told apart from unknown
@@ -1842,25 +1837,25 @@ zg_config_test (bool verbose)
         "  redis_url: redis://localhost\n"
         "  cooldown_time: 5\n",
         errbuf, sizeof (errbuf), &warnings);
-    s_check (config);
-    s_check (strstr (warnings, "config.yaml:1: guardrails is not implemented by zgate yet; ignored"));
-    s_check (strstr (warnings, "config.yaml:2: mcp_servers is not implemented by zgate yet; ignored"));
-    s_check (strstr (warnings, "config.yaml:3: credential_list is not implemented by zgate yet; ignored"));
-    s_check (strstr (warnings, "config.yaml:4: callback_settings is not implemented by zgate yet; ignored"));
-    s_check (strstr (warnings, "config.yaml:5: no_such_section is not a setting zgate knows; ignored"));
-    s_check (strstr (warnings, "config.yaml:8: model_list[0].litellm_params.weird: not a litellm_params key"));
-    s_check (strstr (warnings, "config.yaml:9: model_list[0].extra: not a model_list key"));
-    s_check (s_count (warnings, "weird") == 1 && s_count (warnings, "extra") == 1);
-    s_check (strstr (warnings, "config.yaml:14: general_settings.store_model_in_db is not implemented by zgate yet"));
-    s_check (strstr (warnings, "config.yaml:15: general_settings.background_health_checks is not implemented"));
-    s_check (strstr (warnings, "config.yaml:16: general_settings.health_check_interval is not implemented"));
-    s_check (strstr (warnings, "config.yaml:17: general_settings.no_such_key is not a setting zgate knows"));
-    s_check (strstr (warnings, "config.yaml:19: litellm_settings.num_retries is not implemented"));
-    s_check (strstr (warnings, "config.yaml:20: litellm_settings.fallbacks is not implemented"));
-    s_check (strstr (warnings, "config.yaml:21: litellm_settings.success_callback is not implemented"));
-    s_check (strstr (warnings, "config.yaml:23: router_settings.redis_url is not implemented"));
-    s_check (strstr (warnings, "config.yaml:24: router_settings.cooldown_time is not implemented"));
-    s_check (s_count (warnings, "WARNING") == 16);
+    ZG_CHECK (config);
+    ZG_CHECK (strstr (warnings, "config.yaml:1: guardrails is not implemented by zgate yet; ignored"));
+    ZG_CHECK (strstr (warnings, "config.yaml:2: mcp_servers is not implemented by zgate yet; ignored"));
+    ZG_CHECK (strstr (warnings, "config.yaml:3: credential_list is not implemented by zgate yet; ignored"));
+    ZG_CHECK (strstr (warnings, "config.yaml:4: callback_settings is not implemented by zgate yet; ignored"));
+    ZG_CHECK (strstr (warnings, "config.yaml:5: no_such_section is not a setting zgate knows; ignored"));
+    ZG_CHECK (strstr (warnings, "config.yaml:8: model_list[0].litellm_params.weird: not a litellm_params key"));
+    ZG_CHECK (strstr (warnings, "config.yaml:9: model_list[0].extra: not a model_list key"));
+    ZG_CHECK (s_count (warnings, "weird") == 1 && s_count (warnings, "extra") == 1);
+    ZG_CHECK (strstr (warnings, "config.yaml:14: general_settings.store_model_in_db is not implemented by zgate yet"));
+    ZG_CHECK (strstr (warnings, "config.yaml:15: general_settings.background_health_checks is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:16: general_settings.health_check_interval is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:17: general_settings.no_such_key is not a setting zgate knows"));
+    ZG_CHECK (strstr (warnings, "config.yaml:19: litellm_settings.num_retries is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:20: litellm_settings.fallbacks is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:21: litellm_settings.success_callback is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:23: router_settings.redis_url is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:24: router_settings.cooldown_time is not implemented"));
+    ZG_CHECK (s_count (warnings, "WARNING") == 16);
     free (warnings);
     zg_config_destroy (&config);
 
@@ -1872,22 +1867,22 @@ zg_config_test (bool verbose)
     setenv ("PROXY_BATCH_WRITE_AT", "7", 1);
     setenv ("ZGATE_RUN_DIR", "/tmp/run", 1);
     config = s_test_load_ok ("model_list: []\n");
-    s_check (strcmp (config->master_key, "sk-from-env") == 0);
-    s_check (strcmp (config->database_url, "postgresql://u:p@h/db") == 0);
-    s_check (config->json_logs && config->request_timeout_s == 42 && config->proxy_batch_write_at == 7);
-    s_check (strcmp (config->run_dir, "/tmp/run") == 0);
+    ZG_CHECK (strcmp (config->master_key, "sk-from-env") == 0);
+    ZG_CHECK (strcmp (config->database_url, "postgresql://u:p@h/db") == 0);
+    ZG_CHECK (config->json_logs && config->request_timeout_s == 42 && config->proxy_batch_write_at == 7);
+    ZG_CHECK (strcmp (config->run_dir, "/tmp/run") == 0);
     zg_config_destroy (&config);
     config = zg_config_new_default ();
-    s_check (strcmp (config->master_key, "sk-from-env") == 0 && config->request_timeout_s == 42);
+    ZG_CHECK (strcmp (config->master_key, "sk-from-env") == 0 && config->request_timeout_s == 42);
     zg_config_destroy (&config);
     //  ...but the file wins
     config = s_test_load_ok (
         "general_settings: {master_key: sk-file, database_url: db, proxy_batch_write_at: 3}\n"
         "litellm_settings: {request_timeout: 5}\n"
         "zgate_settings: {run_dir: /tmp/file}\n");
-    s_check (strcmp (config->master_key, "sk-file") == 0 && strcmp (config->database_url, "db") == 0);
-    s_check (config->request_timeout_s == 5 && config->proxy_batch_write_at == 3);
-    s_check (strcmp (config->run_dir, "/tmp/file") == 0);
+    ZG_CHECK (strcmp (config->master_key, "sk-file") == 0 && strcmp (config->database_url, "db") == 0);
+    ZG_CHECK (config->request_timeout_s == 5 && config->proxy_batch_write_at == 3);
+    ZG_CHECK (strcmp (config->run_dir, "/tmp/file") == 0);
     zg_config_destroy (&config);
     setenv ("REQUEST_TIMEOUT", "soon", 1);
     s_test_error ("model_list: []\n", " REQUEST_TIMEOUT: environment variable: expected a number > 0, got \"soon\"");
@@ -2013,15 +2008,15 @@ zg_config_test (bool verbose)
     //  A missing file
     char missing [160];
     snprintf (missing, sizeof (missing), "%s/absent.yaml", s_test_dir);
-    s_check (zg_config_load (missing, errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (zg_config_load (missing, errbuf, sizeof (errbuf)) == NULL);
     char wanted [256];
     snprintf (wanted, sizeof (wanted), "%s: cannot open the configuration file: No such file or directory", missing);
-    s_check (strcmp (errbuf, wanted) == 0);
-    s_check (zg_config_load (NULL, errbuf, sizeof (errbuf)) == NULL);
-    s_check (zg_config_load (missing, NULL, 0) == NULL);
+    ZG_CHECK (strcmp (errbuf, wanted) == 0);
+    ZG_CHECK (zg_config_load (NULL, errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (zg_config_load (missing, NULL, 0) == NULL);
 
     //  Aliases that expand without end stop with an error, not a hang
-    s_check (s_test_load (
+    ZG_CHECK (s_test_load (
         "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
         "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
         "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
@@ -2030,10 +2025,10 @@ zg_config_test (bool verbose)
         "f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
         "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n",
         errbuf, sizeof (errbuf), NULL) == NULL);
-    s_check (strstr (errbuf, "too many nodes"));
+    ZG_CHECK (strstr (errbuf, "too many nodes"));
 
     unlink (s_test_path);
-    s_check (rmdir (s_test_dir) == 0);
+    ZG_CHECK (rmdir (s_test_dir) == 0);
     if (verbose)
         printf ("(last error: %s) ", errbuf);
     printf ("OK\n");

@@ -9,6 +9,7 @@
 */
 
 #include "common/zg_crypt.h"
+#include "common/zg_selftest.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -476,12 +477,6 @@ zg_crypt_salt_key (const zg_config_t *config, char *errbuf, size_t errsize)
 //  --------------------------------------------------------------------------
 //  Self test
 
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 //  Values stored by an independent implementation, the way LiteLLM writes
 //  them: printed by tests/vectors/crypt_vectors.js (Node's crypto for
@@ -570,7 +565,7 @@ s_unhex (const char *hex, uint8_t *bytes)
     size_t size = strlen (hex) / 2;
     for (size_t index = 0; index < size; index++) {
         unsigned int byte;
-        s_check (sscanf (hex + 2 * index, "%2x", &byte) == 1);
+        ZG_CHECK (sscanf (hex + 2 * index, "%2x", &byte) == 1);
         bytes [index] = (uint8_t) byte;
     }
     return size;
@@ -585,11 +580,11 @@ s_check_refused (const char *salt_key, const char *stored, const char *expected)
     char *plaintext = zg_crypt_decrypt (salt_key, stored, error, sizeof (error));
     if (plaintext)
         fprintf (stderr, "decrypted what it should not: '%s'\n", stored);
-    s_check (plaintext == NULL);
-    s_check (*error);
+    ZG_CHECK (plaintext == NULL);
+    ZG_CHECK (*error);
     if (expected && strncmp (error, expected, strlen (expected)) != 0)
         fprintf (stderr, "for '%s': '%s'\n", stored, error);
-    s_check (!expected || strncmp (error, expected, strlen (expected)) == 0);
+    ZG_CHECK (!expected || strncmp (error, expected, strlen (expected)) == 0);
 }
 
 //  Every single-byte change of the decoded value and every single-character
@@ -606,12 +601,12 @@ s_check_tamper_proof (const char *salt_key, const char *stored)
 
     size_t raw_size = 0;
     uint8_t *raw = s_base64_decode (encoded, strlen (encoded), &raw_size);
-    s_check (raw);
+    ZG_CHECK (raw);
     for (size_t index = 0; index < raw_size; index++) {
         for (int bit = 0; bit < 8; bit += 7) {
             raw [index] ^= (uint8_t) (1 << bit);
             char *altered = s_base64_encode (raw, raw_size, prefix);
-            s_check (altered);
+            ZG_CHECK (altered);
             s_check_refused (salt_key, altered, "cannot decrypt: ");
             free (altered);
             raw [index] ^= (uint8_t) (1 << bit);
@@ -620,7 +615,7 @@ s_check_tamper_proof (const char *salt_key, const char *stored)
     free (raw);
 
     char *text = strdup (stored);
-    s_check (text);
+    ZG_CHECK (text);
     size_t length = strlen (text);
     for (size_t index = 0; index < length; index++) {
         char original = text [index];
@@ -650,48 +645,48 @@ zg_crypt_test (bool verbose)
         size_t salt_size = s_unhex (test->salt, salt);
         size_t info_size = s_unhex (test->info, info);
         size_t okm_size = s_unhex (test->okm, okm);
-        s_check (s_hkdf_sha256 (salt, salt_size, ikm, ikm_size, info, info_size,
+        ZG_CHECK (s_hkdf_sha256 (salt, salt_size, ikm, ikm_size, info, info_size,
                                 derived, okm_size) == 0);
-        s_check (memcmp (derived, okm, okm_size) == 0);
+        ZG_CHECK (memcmp (derived, okm, okm_size) == 0);
         if (salt_size == 0) {
             //  "not provided" is HashLen zeros, the salt s_v3_key passes
             uint8_t zeros [32] = { 0 };
-            s_check (s_hkdf_sha256 (zeros, sizeof (zeros), ikm, ikm_size, info, info_size,
+            ZG_CHECK (s_hkdf_sha256 (zeros, sizeof (zeros), ikm, ikm_size, info, info_size,
                                     derived, okm_size) == 0);
-            s_check (memcmp (derived, okm, okm_size) == 0);
+            ZG_CHECK (memcmp (derived, okm, okm_size) == 0);
         }
     }
 
     //  base64 as Python writes it
     char *text = s_base64_encode ((const uint8_t *) "\xfb\xff\xfe", 3, "");
-    s_check (text && strcmp (text, "-__-") == 0);
+    ZG_CHECK (text && strcmp (text, "-__-") == 0);
     free (text);
     text = s_base64_encode ((const uint8_t *) "ab", 2, "p:");
-    s_check (text && strcmp (text, "p:YWI=") == 0);
+    ZG_CHECK (text && strcmp (text, "p:YWI=") == 0);
     free (text);
     text = s_base64_encode ((const uint8_t *) "a", 1, "");
-    s_check (text && strcmp (text, "YQ==") == 0);
+    ZG_CHECK (text && strcmp (text, "YQ==") == 0);
     free (text);
     size_t size = 0;
     uint8_t *bytes = s_base64_decode ("-__-+//+", 8, &size);
-    s_check (bytes && size == 6 && memcmp (bytes, "\xfb\xff\xfe\xfb\xff\xfe", 6) == 0);
+    ZG_CHECK (bytes && size == 6 && memcmp (bytes, "\xfb\xff\xfe\xfb\xff\xfe", 6) == 0);
     free (bytes);
-    s_check (!s_base64_decode ("YQ=", 3, &size));          //  short padding
-    s_check (!s_base64_decode ("YQ", 2, &size));           //  none
-    s_check (!s_base64_decode ("YR==", 4, &size));         //  unused bits set
-    s_check (!s_base64_decode ("YWJ=", 4, &size));         //  unused bits set
-    s_check (!s_base64_decode ("Y===", 4, &size));
-    s_check (!s_base64_decode ("YQ==YQ==", 8, &size));     //  padding inside
-    s_check (!s_base64_decode ("YW I", 4, &size));
-    s_check (!s_base64_decode ("YW.I", 4, &size));
+    ZG_CHECK (!s_base64_decode ("YQ=", 3, &size));          //  short padding
+    ZG_CHECK (!s_base64_decode ("YQ", 2, &size));           //  none
+    ZG_CHECK (!s_base64_decode ("YR==", 4, &size));         //  unused bits set
+    ZG_CHECK (!s_base64_decode ("YWJ=", 4, &size));         //  unused bits set
+    ZG_CHECK (!s_base64_decode ("Y===", 4, &size));
+    ZG_CHECK (!s_base64_decode ("YQ==YQ==", 8, &size));     //  padding inside
+    ZG_CHECK (!s_base64_decode ("YW I", 4, &size));
+    ZG_CHECK (!s_base64_decode ("YW.I", 4, &size));
 
     //  UTF-8 as Python's decoder takes it
-    s_check (s_utf8_valid ((const uint8_t *) "\xf4\x8f\xbf\xbf \xc2\x80 \xef\xbf\xbf", 11));
-    s_check (!s_utf8_valid ((const uint8_t *) "\xc0\xaf", 2));         //  overlong
-    s_check (!s_utf8_valid ((const uint8_t *) "\xed\xa0\x80", 3));     //  surrogate
-    s_check (!s_utf8_valid ((const uint8_t *) "\xf4\x90\x80\x80", 4)); //  past U+10FFFF
-    s_check (!s_utf8_valid ((const uint8_t *) "\xe2\x9c", 2));         //  cut short
-    s_check (!s_utf8_valid ((const uint8_t *) "\xff", 1));
+    ZG_CHECK (s_utf8_valid ((const uint8_t *) "\xf4\x8f\xbf\xbf \xc2\x80 \xef\xbf\xbf", 11));
+    ZG_CHECK (!s_utf8_valid ((const uint8_t *) "\xc0\xaf", 2));         //  overlong
+    ZG_CHECK (!s_utf8_valid ((const uint8_t *) "\xed\xa0\x80", 3));     //  surrogate
+    ZG_CHECK (!s_utf8_valid ((const uint8_t *) "\xf4\x90\x80\x80", 4)); //  past U+10FFFF
+    ZG_CHECK (!s_utf8_valid ((const uint8_t *) "\xe2\x9c", 2));         //  cut short
+    ZG_CHECK (!s_utf8_valid ((const uint8_t *) "\xff", 1));
 
     //  Values written by the independent implementation decrypt, and are
     //  refused under another key, when altered and when cut short
@@ -703,8 +698,8 @@ zg_crypt_test (bool verbose)
         char *plaintext = zg_crypt_decrypt (vector->salt_key, vector->stored, error, sizeof (error));
         if (!plaintext)
             fprintf (stderr, "%s: %s\n", vector->label, error);
-        s_check (plaintext);
-        s_check (strcmp (plaintext, vector->plaintext) == 0);
+        ZG_CHECK (plaintext);
+        ZG_CHECK (strcmp (plaintext, vector->plaintext) == 0);
         free (plaintext);
         s_check_refused ("sk-12345", vector->stored, s_wrong_key);
         s_check_refused ("another key", vector->stored,
@@ -720,18 +715,18 @@ zg_crypt_test (bool verbose)
     };
     for (size_t index = 0; index < sizeof (plaintexts) / sizeof (plaintexts [0]); index++) {
         char *stored = zg_crypt_encrypt ("my salt key", plaintexts [index], error, sizeof (error));
-        s_check (stored);
-        s_check (strncmp (stored, "v3:gcm:", 7) == 0);
-        s_check (strlen (stored) == 7 + (12 + strlen (plaintexts [index]) + 16 + 2) / 3 * 4);
-        s_check (strspn (stored + 7, s_urlsafe) + strspn (stored + 7 + strspn (stored + 7, s_urlsafe), "=")
+        ZG_CHECK (stored);
+        ZG_CHECK (strncmp (stored, "v3:gcm:", 7) == 0);
+        ZG_CHECK (strlen (stored) == 7 + (12 + strlen (plaintexts [index]) + 16 + 2) / 3 * 4);
+        ZG_CHECK (strspn (stored + 7, s_urlsafe) + strspn (stored + 7 + strspn (stored + 7, s_urlsafe), "=")
                  == strlen (stored + 7));
         char *again = zg_crypt_encrypt ("my salt key", plaintexts [index], error, sizeof (error));
-        s_check (again && strcmp (again, stored) != 0);     //  a fresh nonce each time
+        ZG_CHECK (again && strcmp (again, stored) != 0);     //  a fresh nonce each time
         char *plaintext = zg_crypt_decrypt ("my salt key", stored, error, sizeof (error));
-        s_check (plaintext && strcmp (plaintext, plaintexts [index]) == 0);
+        ZG_CHECK (plaintext && strcmp (plaintext, plaintexts [index]) == 0);
         free (plaintext);
         plaintext = zg_crypt_decrypt ("my salt key", again, error, sizeof (error));
-        s_check (plaintext && strcmp (plaintext, plaintexts [index]) == 0);
+        ZG_CHECK (plaintext && strcmp (plaintext, plaintexts [index]) == 0);
         free (plaintext);
         s_check_refused ("my salt key!", stored, s_wrong_key);
         if (strlen (plaintexts [index]) < 64)
@@ -741,12 +736,12 @@ zg_crypt_test (bool verbose)
     }
 
     //  Refusals on the way in
-    s_check (!zg_crypt_encrypt ("", "secret", error, sizeof (error)));
-    s_check (strstr (error, "salt key is empty"));
-    s_check (!zg_crypt_encrypt ("key", "bad \xc3\x28 utf8", error, sizeof (error)));
-    s_check (strstr (error, "not UTF-8"));
-    s_check (!zg_crypt_encrypt ("", "x", NULL, 0));         //  no errbuf is fine
-    s_check (!zg_crypt_decrypt ("", s_vectors [0].stored, error, sizeof (error)));
+    ZG_CHECK (!zg_crypt_encrypt ("", "secret", error, sizeof (error)));
+    ZG_CHECK (strstr (error, "salt key is empty"));
+    ZG_CHECK (!zg_crypt_encrypt ("key", "bad \xc3\x28 utf8", error, sizeof (error)));
+    ZG_CHECK (strstr (error, "not UTF-8"));
+    ZG_CHECK (!zg_crypt_encrypt ("", "x", NULL, 0));         //  no errbuf is fine
+    ZG_CHECK (!zg_crypt_decrypt ("", s_vectors [0].stored, error, sizeof (error)));
 
     //  Malformed stored values
     s_check_refused ("sk-1234", "", s_invalid);             //  no bytes at all
@@ -772,12 +767,12 @@ zg_crypt_test (bool verbose)
     //  An authenticated value that is not text is refused, not returned
     uint8_t key [s_KEY_SIZE];
     uint8_t raw [12 + 3 + 16] = { 0 };
-    s_check (s_v3_key ("sk-1234", key) == 0);
-    s_check (s_gcm_seal (key, raw, (const uint8_t *) "a\0b", 3, raw + 12, raw + 15) == 0);
+    ZG_CHECK (s_v3_key ("sk-1234", key) == 0);
+    ZG_CHECK (s_gcm_seal (key, raw, (const uint8_t *) "a\0b", 3, raw + 12, raw + 15) == 0);
     text = s_base64_encode (raw, sizeof (raw), "v3:gcm:");
     s_check_refused ("sk-1234", text, s_invalid);
     free (text);
-    s_check (s_gcm_seal (key, raw, (const uint8_t *) "a\xff""b", 3, raw + 12, raw + 15) == 0);
+    ZG_CHECK (s_gcm_seal (key, raw, (const uint8_t *) "a\xff""b", 3, raw + 12, raw + 15) == 0);
     text = s_base64_encode (raw, sizeof (raw), "v3:gcm:");
     s_check_refused ("sk-1234", text, s_invalid);
     free (text);
@@ -785,26 +780,26 @@ zg_crypt_test (bool verbose)
     //  The salt key: LITELLM_SALT_KEY, then the master key, else an error
     unsetenv ("LITELLM_SALT_KEY");
     unsetenv ("LITELLM_MASTER_KEY");        //  the default config reads it
-    s_check (!zg_crypt_salt_key (NULL, error, sizeof (error)));
-    s_check (strstr (error, "LITELLM_SALT_KEY") && strstr (error, "master_key"));
+    ZG_CHECK (!zg_crypt_salt_key (NULL, error, sizeof (error)));
+    ZG_CHECK (strstr (error, "LITELLM_SALT_KEY") && strstr (error, "master_key"));
     zg_config_t *config = zg_config_new_default ();
-    s_check (config);
-    s_check (!zg_crypt_salt_key (config, error, sizeof (error)));
+    ZG_CHECK (config);
+    ZG_CHECK (!zg_crypt_salt_key (config, error, sizeof (error)));
     free (config->master_key);
     config->master_key = strdup ("sk-master");
     char *salt_key = zg_crypt_salt_key (config, error, sizeof (error));
-    s_check (salt_key && strcmp (salt_key, "sk-master") == 0);
+    ZG_CHECK (salt_key && strcmp (salt_key, "sk-master") == 0);
     free (salt_key);
     setenv ("LITELLM_SALT_KEY", "", 1);
     salt_key = zg_crypt_salt_key (config, error, sizeof (error));
-    s_check (salt_key && strcmp (salt_key, "sk-master") == 0);
+    ZG_CHECK (salt_key && strcmp (salt_key, "sk-master") == 0);
     free (salt_key);
     setenv ("LITELLM_SALT_KEY", "salty", 1);
     salt_key = zg_crypt_salt_key (config, error, sizeof (error));
-    s_check (salt_key && strcmp (salt_key, "salty") == 0);
+    ZG_CHECK (salt_key && strcmp (salt_key, "salty") == 0);
     free (salt_key);
     salt_key = zg_crypt_salt_key (NULL, error, sizeof (error));
-    s_check (salt_key && strcmp (salt_key, "salty") == 0);
+    ZG_CHECK (salt_key && strcmp (salt_key, "salty") == 0);
     free (salt_key);
     unsetenv ("LITELLM_SALT_KEY");
     zg_config_destroy (&config);

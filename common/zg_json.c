@@ -9,6 +9,7 @@
 */
 
 #include "common/zg_json.h"
+#include "common/zg_selftest.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -760,12 +761,6 @@ zg_json_quote (const char *s, char *out, size_t size)
 //  Self test. Checks stay on in release builds (NDEBUG): a failure prints
 //  where and aborts.
 
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 //  Validates a copy in a buffer of exactly size bytes, so that the
 //  sanitizers see any read past the end.
@@ -773,7 +768,7 @@ static bool
 s_valid_exact (const char *text, size_t size, size_t *error_at)
 {
     char *copy = malloc (size? size: 1);
-    s_check (copy);
+    ZG_CHECK (copy);
     memcpy (copy, text, size);
     bool valid = zg_json_valid (copy, size, error_at);
     free (copy);
@@ -806,12 +801,12 @@ s_exercise_finders (const char *data, size_t size)
     const char *keys [] = { "model", "a", "stream_options", "usage", "x", "" };
     for (size_t index = 0; index < sizeof (keys) / sizeof (keys [0]); index++) {
         if (zg_json_find (data, size, keys [index], &span)) {
-            s_check (span.offset + span.length <= size);
+            ZG_CHECK (span.offset + span.length <= size);
             zg_json_string (data, &span, text, sizeof (text));
             zg_json_int64 (data, &span, &integer);
             zg_json_double (data, &span, &real);
             if (zg_json_find_in (data, size, &span, "include_usage", &inner))
-                s_check (inner.offset + inner.length <= size);
+                ZG_CHECK (inner.offset + inner.length <= size);
         }
     }
 }
@@ -836,7 +831,7 @@ zg_json_test (bool verbose)
     for (size_t index = 0; index < sizeof (valid) / sizeof (valid [0]); index++) {
         if (!s_valid (valid [index]))
             fprintf (stderr, "should be valid: %s\n", valid [index]);
-        s_check (s_valid (valid [index]));
+        ZG_CHECK (s_valid (valid [index]));
     }
 
     //  Invalid documents
@@ -853,30 +848,30 @@ zg_json_test (bool verbose)
     for (size_t index = 0; index < sizeof (invalid) / sizeof (invalid [0]); index++) {
         if (s_valid (invalid [index]))
             fprintf (stderr, "should be invalid: %s\n", invalid [index]);
-        s_check (!s_valid (invalid [index]));
+        ZG_CHECK (!s_valid (invalid [index]));
     }
 
     //  NUL bytes, inside and outside strings
-    s_check (!s_valid_exact ("{}\0", 3, NULL));
-    s_check (!s_valid_exact ("\"a\0b\"", 5, NULL));
-    s_check (!s_valid_exact ("[1,\0 2]", 7, NULL));
-    s_check (!zg_json_valid (NULL, 1, NULL));
+    ZG_CHECK (!s_valid_exact ("{}\0", 3, NULL));
+    ZG_CHECK (!s_valid_exact ("\"a\0b\"", 5, NULL));
+    ZG_CHECK (!s_valid_exact ("[1,\0 2]", 7, NULL));
+    ZG_CHECK (!zg_json_valid (NULL, 1, NULL));
 
     //  Where the first bad byte is
     size_t error_at = 0;
-    s_check (!s_valid_exact ("{\"a\":1,}", 8, &error_at));
-    s_check (error_at == 7);
-    s_check (!s_valid_exact ("[1, 2", 5, &error_at));
-    s_check (error_at == 5);
-    s_check (!s_valid_exact ("{}  x", 5, &error_at));
-    s_check (error_at == 4);
+    ZG_CHECK (!s_valid_exact ("{\"a\":1,}", 8, &error_at));
+    ZG_CHECK (error_at == 7);
+    ZG_CHECK (!s_valid_exact ("[1, 2", 5, &error_at));
+    ZG_CHECK (error_at == 5);
+    ZG_CHECK (!s_valid_exact ("{}  x", 5, &error_at));
+    ZG_CHECK (error_at == 4);
 
     //  Depth: ZG_JSON_MAX_DEPTH nested containers are fine, one more is not
     char deep [2 * (ZG_JSON_MAX_DEPTH + 1) + 1];
     for (int depth = ZG_JSON_MAX_DEPTH; depth <= ZG_JSON_MAX_DEPTH + 1; depth++) {
         memset (deep, '[', depth);
         memset (deep + depth, ']', depth);
-        s_check (s_valid_exact (deep, 2 * depth, NULL) == (depth <= ZG_JSON_MAX_DEPTH));
+        ZG_CHECK (s_valid_exact (deep, 2 * depth, NULL) == (depth <= ZG_JSON_MAX_DEPTH));
     }
     {
         //  Deep objects too, and the failure is at the 65th opener
@@ -887,8 +882,8 @@ zg_json_test (bool verbose)
         length += sprintf (objects + length, "1");
         for (int depth = 0; depth < ZG_JSON_MAX_DEPTH + 1; depth++)
             objects [length++] = '}';
-        s_check (!s_valid_exact (objects, length, &error_at));
-        s_check (error_at == 5 * ZG_JSON_MAX_DEPTH);
+        ZG_CHECK (!s_valid_exact (objects, length, &error_at));
+        ZG_CHECK (error_at == 5 * ZG_JSON_MAX_DEPTH);
     }
 
     //  Every proper prefix of a valid document is invalid
@@ -896,149 +891,149 @@ zg_json_test (bool verbose)
         "{\"model\": \"gpt-4o\", \"messages\": [{\"role\": \"user\", \"content\": \"h\\u00e9llo \\ud83d\\ude00 \\\"q\\\"\"}],"
         " \"stream\": true, \"temperature\": -0.5e-1, \"stream_options\": {\"include_usage\": false}, \"n\": null}";
     size_t document_size = strlen (document);
-    s_check (s_valid_exact (document, document_size, NULL));
+    ZG_CHECK (s_valid_exact (document, document_size, NULL));
     for (size_t prefix = 0; prefix < document_size; prefix++)
-        s_check (!s_valid_exact (document, prefix, NULL));
+        ZG_CHECK (!s_valid_exact (document, prefix, NULL));
 
     //  Finding top-level members
     zg_json_span_t span, inner;
     char text [128];
-    s_check (zg_json_find (document, document_size, "model", &span));
-    s_check (span.type == ZG_JSON_STRING);
-    s_check (span.length == 8 && memcmp (document + span.offset, "\"gpt-4o\"", 8) == 0);
-    s_check (memcmp (document + span.key_offset, "\"model\"", 7) == 0);
-    s_check (zg_json_string (document, &span, text, sizeof (text)) == 6);
-    s_check (strcmp (text, "gpt-4o") == 0);
-    s_check (zg_json_string (document, &span, text, 7) == 6);
-    s_check (zg_json_string (document, &span, text, 6) == -1);       //  no room for the NUL
+    ZG_CHECK (zg_json_find (document, document_size, "model", &span));
+    ZG_CHECK (span.type == ZG_JSON_STRING);
+    ZG_CHECK (span.length == 8 && memcmp (document + span.offset, "\"gpt-4o\"", 8) == 0);
+    ZG_CHECK (memcmp (document + span.key_offset, "\"model\"", 7) == 0);
+    ZG_CHECK (zg_json_string (document, &span, text, sizeof (text)) == 6);
+    ZG_CHECK (strcmp (text, "gpt-4o") == 0);
+    ZG_CHECK (zg_json_string (document, &span, text, 7) == 6);
+    ZG_CHECK (zg_json_string (document, &span, text, 6) == -1);       //  no room for the NUL
 
-    s_check (zg_json_find (document, document_size, "stream", &span));
-    s_check (span.type == ZG_JSON_TRUE && span.length == 4);
-    s_check (zg_json_find (document, document_size, "n", &span));
-    s_check (span.type == ZG_JSON_NULL);
-    s_check (zg_json_find (document, document_size, "messages", &span));
-    s_check (span.type == ZG_JSON_ARRAY && document [span.offset + span.length - 1] == ']');
-    s_check (!zg_json_find_in (document, document_size, &span, "role", &inner));   //  not an object
-    s_check (inner.type == ZG_JSON_NONE);
+    ZG_CHECK (zg_json_find (document, document_size, "stream", &span));
+    ZG_CHECK (span.type == ZG_JSON_TRUE && span.length == 4);
+    ZG_CHECK (zg_json_find (document, document_size, "n", &span));
+    ZG_CHECK (span.type == ZG_JSON_NULL);
+    ZG_CHECK (zg_json_find (document, document_size, "messages", &span));
+    ZG_CHECK (span.type == ZG_JSON_ARRAY && document [span.offset + span.length - 1] == ']');
+    ZG_CHECK (!zg_json_find_in (document, document_size, &span, "role", &inner));   //  not an object
+    ZG_CHECK (inner.type == ZG_JSON_NONE);
 
     //  Keys inside nested objects and inside strings are not members
-    s_check (!zg_json_find (document, document_size, "role", &span));
-    s_check (span.type == ZG_JSON_NONE);
-    s_check (!zg_json_find (document, document_size, "content", &span));
-    s_check (!zg_json_find (document, document_size, "include_usage", &span));
-    s_check (!zg_json_find (document, document_size, "q", &span));
-    s_check (!zg_json_find (document, document_size, "gpt-4o", &span));
+    ZG_CHECK (!zg_json_find (document, document_size, "role", &span));
+    ZG_CHECK (span.type == ZG_JSON_NONE);
+    ZG_CHECK (!zg_json_find (document, document_size, "content", &span));
+    ZG_CHECK (!zg_json_find (document, document_size, "include_usage", &span));
+    ZG_CHECK (!zg_json_find (document, document_size, "q", &span));
+    ZG_CHECK (!zg_json_find (document, document_size, "gpt-4o", &span));
     const char *tricky = "{\"x\": \"\\\"model\\\": 1\", \"y\": {\"model\": 2}, \"z\": [\"model\", {\"model\": 3}]}";
-    s_check (!zg_json_find (tricky, strlen (tricky), "model", &span));
-    s_check (zg_json_find (tricky, strlen (tricky), "y", &span));
-    s_check (zg_json_find_in (tricky, strlen (tricky), &span, "model", &inner));
+    ZG_CHECK (!zg_json_find (tricky, strlen (tricky), "model", &span));
+    ZG_CHECK (zg_json_find (tricky, strlen (tricky), "y", &span));
+    ZG_CHECK (zg_json_find_in (tricky, strlen (tricky), &span, "model", &inner));
     int64_t integer = 0;
-    s_check (zg_json_int64 (tricky, &inner, &integer) && integer == 2);
+    ZG_CHECK (zg_json_int64 (tricky, &inner, &integer) && integer == 2);
 
     //  Nested lookup
-    s_check (zg_json_find (document, document_size, "stream_options", &span));
-    s_check (span.type == ZG_JSON_OBJECT);
-    s_check (zg_json_find_in (document, document_size, &span, "include_usage", &inner));
-    s_check (inner.type == ZG_JSON_FALSE);
-    s_check (memcmp (document + inner.offset, "false", 5) == 0);
-    s_check (memcmp (document + inner.key_offset, "\"include_usage\"", 15) == 0);
-    s_check (!zg_json_find_in (document, document_size, &span, "model", &inner));
+    ZG_CHECK (zg_json_find (document, document_size, "stream_options", &span));
+    ZG_CHECK (span.type == ZG_JSON_OBJECT);
+    ZG_CHECK (zg_json_find_in (document, document_size, &span, "include_usage", &inner));
+    ZG_CHECK (inner.type == ZG_JSON_FALSE);
+    ZG_CHECK (memcmp (document + inner.offset, "false", 5) == 0);
+    ZG_CHECK (memcmp (document + inner.key_offset, "\"include_usage\"", 15) == 0);
+    ZG_CHECK (!zg_json_find_in (document, document_size, &span, "model", &inner));
 
     //  Duplicate keys: the first one wins
     const char *duplicate = "{\"model\": \"first\", \"model\": \"second\"}";
-    s_check (zg_json_find (duplicate, strlen (duplicate), "model", &span));
-    s_check (zg_json_string (duplicate, &span, text, sizeof (text)) == 5 && strcmp (text, "first") == 0);
+    ZG_CHECK (zg_json_find (duplicate, strlen (duplicate), "model", &span));
+    ZG_CHECK (zg_json_string (duplicate, &span, text, sizeof (text)) == 5 && strcmp (text, "first") == 0);
 
     //  Escaped keys match their unescaped form; prefixes do not match
     const char *escaped = "  {\"mod\\u0065l\": 1, \"a\\\"b\": 2, \"modelx\": 3, \"\\u00e9\": 4}  ";
-    s_check (zg_json_find (escaped, strlen (escaped), "model", &span));
-    s_check (zg_json_int64 (escaped, &span, &integer) && integer == 1);
-    s_check (zg_json_find (escaped, strlen (escaped), "a\"b", &span));
-    s_check (zg_json_int64 (escaped, &span, &integer) && integer == 2);
-    s_check (zg_json_find (escaped, strlen (escaped), "\xc3\xa9", &span));
-    s_check (!zg_json_find (escaped, strlen (escaped), "mode", &span));
-    s_check (!zg_json_find (escaped, strlen (escaped), "modelxy", &span));
-    s_check (!zg_json_find ("[1]", 3, "a", &span));
-    s_check (!zg_json_find ("{}", 2, "a", &span));
-    s_check (!zg_json_find ("\"a\"", 3, "a", &span));
+    ZG_CHECK (zg_json_find (escaped, strlen (escaped), "model", &span));
+    ZG_CHECK (zg_json_int64 (escaped, &span, &integer) && integer == 1);
+    ZG_CHECK (zg_json_find (escaped, strlen (escaped), "a\"b", &span));
+    ZG_CHECK (zg_json_int64 (escaped, &span, &integer) && integer == 2);
+    ZG_CHECK (zg_json_find (escaped, strlen (escaped), "\xc3\xa9", &span));
+    ZG_CHECK (!zg_json_find (escaped, strlen (escaped), "mode", &span));
+    ZG_CHECK (!zg_json_find (escaped, strlen (escaped), "modelxy", &span));
+    ZG_CHECK (!zg_json_find ("[1]", 3, "a", &span));
+    ZG_CHECK (!zg_json_find ("{}", 2, "a", &span));
+    ZG_CHECK (!zg_json_find ("\"a\"", 3, "a", &span));
 
     //  Unescaping
     const char *strings = "{\"s\": \"a\\n\\t\\\"\\\\\\/\\u0041\\u00e9\\u20ac\\ud83d\\ude00\", \"e\": \"\"}";
-    s_check (zg_json_find (strings, strlen (strings), "s", &span));
+    ZG_CHECK (zg_json_find (strings, strlen (strings), "s", &span));
     const char *expected = "a\n\t\"\\/A\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80";
-    s_check (zg_json_string (strings, &span, text, sizeof (text)) == (int) strlen (expected));
-    s_check (strcmp (text, expected) == 0);
-    s_check (zg_json_string (strings, &span, text, strlen (expected)) == -1);
-    s_check (zg_json_find (strings, strlen (strings), "e", &span));
-    s_check (zg_json_string (strings, &span, text, 1) == 0 && text [0] == 0);
-    s_check (zg_json_find (strings, strlen (strings), "s", &span));
+    ZG_CHECK (zg_json_string (strings, &span, text, sizeof (text)) == (int) strlen (expected));
+    ZG_CHECK (strcmp (text, expected) == 0);
+    ZG_CHECK (zg_json_string (strings, &span, text, strlen (expected)) == -1);
+    ZG_CHECK (zg_json_find (strings, strlen (strings), "e", &span));
+    ZG_CHECK (zg_json_string (strings, &span, text, 1) == 0 && text [0] == 0);
+    ZG_CHECK (zg_json_find (strings, strlen (strings), "s", &span));
     span.type = ZG_JSON_NUMBER;
-    s_check (zg_json_string (strings, &span, text, sizeof (text)) == -1);
+    ZG_CHECK (zg_json_string (strings, &span, text, sizeof (text)) == -1);
 
     //  Numbers
     const char *numbers = "{\"i\": 42, \"n\": -17, \"d\": 2.75, \"nd\": -2.75, \"e\": 1.5e3, \"big\": 9223372036854775807,"
                           " \"min\": -9223372036854775808, \"over\": 9223372036854775808, \"huge\": 1e400,"
                           " \"s\": \"1\", \"z\": -0}";
     size_t numbers_size = strlen (numbers);
-    s_check (s_valid_exact (numbers, numbers_size, NULL));
+    ZG_CHECK (s_valid_exact (numbers, numbers_size, NULL));
     double real = 0;
-    s_check (zg_json_find (numbers, numbers_size, "i", &span) && zg_json_int64 (numbers, &span, &integer) && integer == 42);
-    s_check (zg_json_double (numbers, &span, &real) && real == 42.0);
-    s_check (zg_json_find (numbers, numbers_size, "n", &span) && zg_json_int64 (numbers, &span, &integer) && integer == -17);
-    s_check (zg_json_find (numbers, numbers_size, "d", &span) && zg_json_int64 (numbers, &span, &integer) && integer == 2);
-    s_check (zg_json_double (numbers, &span, &real) && real == 2.75);
-    s_check (zg_json_find (numbers, numbers_size, "nd", &span) && zg_json_int64 (numbers, &span, &integer) && integer == -2);
-    s_check (zg_json_find (numbers, numbers_size, "e", &span) && zg_json_int64 (numbers, &span, &integer) && integer == 1500);
-    s_check (zg_json_find (numbers, numbers_size, "big", &span) && zg_json_int64 (numbers, &span, &integer) && integer == INT64_MAX);
-    s_check (zg_json_find (numbers, numbers_size, "min", &span) && zg_json_int64 (numbers, &span, &integer) && integer == INT64_MIN);
-    s_check (zg_json_find (numbers, numbers_size, "over", &span) && !zg_json_int64 (numbers, &span, &integer));
-    s_check (zg_json_double (numbers, &span, &real) && real > 9.2e18);
-    s_check (zg_json_find (numbers, numbers_size, "huge", &span) && !zg_json_int64 (numbers, &span, &integer));
-    s_check (!zg_json_double (numbers, &span, &real));
-    s_check (zg_json_find (numbers, numbers_size, "s", &span) && !zg_json_int64 (numbers, &span, &integer));
-    s_check (!zg_json_double (numbers, &span, &real));
-    s_check (zg_json_find (numbers, numbers_size, "z", &span) && zg_json_int64 (numbers, &span, &integer) && integer == 0);
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "i", &span) && zg_json_int64 (numbers, &span, &integer) && integer == 42);
+    ZG_CHECK (zg_json_double (numbers, &span, &real) && real == 42.0);
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "n", &span) && zg_json_int64 (numbers, &span, &integer) && integer == -17);
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "d", &span) && zg_json_int64 (numbers, &span, &integer) && integer == 2);
+    ZG_CHECK (zg_json_double (numbers, &span, &real) && real == 2.75);
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "nd", &span) && zg_json_int64 (numbers, &span, &integer) && integer == -2);
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "e", &span) && zg_json_int64 (numbers, &span, &integer) && integer == 1500);
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "big", &span) && zg_json_int64 (numbers, &span, &integer) && integer == INT64_MAX);
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "min", &span) && zg_json_int64 (numbers, &span, &integer) && integer == INT64_MIN);
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "over", &span) && !zg_json_int64 (numbers, &span, &integer));
+    ZG_CHECK (zg_json_double (numbers, &span, &real) && real > 9.2e18);
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "huge", &span) && !zg_json_int64 (numbers, &span, &integer));
+    ZG_CHECK (!zg_json_double (numbers, &span, &real));
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "s", &span) && !zg_json_int64 (numbers, &span, &integer));
+    ZG_CHECK (!zg_json_double (numbers, &span, &real));
+    ZG_CHECK (zg_json_find (numbers, numbers_size, "z", &span) && zg_json_int64 (numbers, &span, &integer) && integer == 0);
     //  A number that ends the buffer, with no terminator after it
     zg_json_span_t bare = { ZG_JSON_NUMBER, 0, 3, 0 };
     char *unterminated = malloc (3);
-    s_check (unterminated);
+    ZG_CHECK (unterminated);
     memcpy (unterminated, "125", 3);
-    s_check (zg_json_int64 (unterminated, &bare, &integer) && integer == 125);
-    s_check (zg_json_double (unterminated, &bare, &real) && real == 125.0);
+    ZG_CHECK (zg_json_int64 (unterminated, &bare, &integer) && integer == 125);
+    ZG_CHECK (zg_json_double (unterminated, &bare, &real) && real == 125.0);
     free (unterminated);
 
     //  Quoting
     char quoted [64];
-    s_check (zg_json_quote ("plain", quoted, sizeof (quoted)) == 7 && strcmp (quoted, "\"plain\"") == 0);
-    s_check (zg_json_quote ("", quoted, sizeof (quoted)) == 2 && strcmp (quoted, "\"\"") == 0);
+    ZG_CHECK (zg_json_quote ("plain", quoted, sizeof (quoted)) == 7 && strcmp (quoted, "\"plain\"") == 0);
+    ZG_CHECK (zg_json_quote ("", quoted, sizeof (quoted)) == 2 && strcmp (quoted, "\"\"") == 0);
     int length = zg_json_quote ("a\"b\\c\nd\x01\x1f\xc3\xa9", quoted, sizeof (quoted));
-    s_check (strcmp (quoted, "\"a\\\"b\\\\c\\nd\\u0001\\u001f\xc3\xa9\"") == 0);
-    s_check (length == (int) strlen (quoted));
-    s_check (s_valid (quoted));
-    s_check (zg_json_quote ("bad \xff utf8 \xc3", quoted, sizeof (quoted)) > 0);
-    s_check (strcmp (quoted, "\"bad \\ufffd utf8 \\ufffd\"") == 0);
-    s_check (s_valid (quoted));
-    s_check (zg_json_quote ("abc", quoted, 5) == -1);
-    s_check (zg_json_quote ("abc", quoted, 6) == 5);
-    s_check (zg_json_quote ("\x01", quoted, 8) == -1);
-    s_check (zg_json_quote ("\x01", quoted, 9) == 8);
+    ZG_CHECK (strcmp (quoted, "\"a\\\"b\\\\c\\nd\\u0001\\u001f\xc3\xa9\"") == 0);
+    ZG_CHECK (length == (int) strlen (quoted));
+    ZG_CHECK (s_valid (quoted));
+    ZG_CHECK (zg_json_quote ("bad \xff utf8 \xc3", quoted, sizeof (quoted)) > 0);
+    ZG_CHECK (strcmp (quoted, "\"bad \\ufffd utf8 \\ufffd\"") == 0);
+    ZG_CHECK (s_valid (quoted));
+    ZG_CHECK (zg_json_quote ("abc", quoted, 5) == -1);
+    ZG_CHECK (zg_json_quote ("abc", quoted, 6) == 5);
+    ZG_CHECK (zg_json_quote ("\x01", quoted, 8) == -1);
+    ZG_CHECK (zg_json_quote ("\x01", quoted, 9) == 8);
     {
         //  quote and unescape are inverses
         const char *original = "tab\there \"quoted\" back\\slash \x02 caf\xc3\xa9";
         char literal [128], wrapped [160], decoded [128];
-        s_check (zg_json_quote (original, literal, sizeof (literal)) > 0);
+        ZG_CHECK (zg_json_quote (original, literal, sizeof (literal)) > 0);
         snprintf (wrapped, sizeof (wrapped), "{\"k\":%s}", literal);
-        s_check (s_valid (wrapped));
-        s_check (zg_json_find (wrapped, strlen (wrapped), "k", &span));
-        s_check (zg_json_string (wrapped, &span, decoded, sizeof (decoded)) == (int) strlen (original));
-        s_check (strcmp (decoded, original) == 0);
+        ZG_CHECK (s_valid (wrapped));
+        ZG_CHECK (zg_json_find (wrapped, strlen (wrapped), "k", &span));
+        ZG_CHECK (zg_json_string (wrapped, &span, decoded, sizeof (decoded)) == (int) strlen (original));
+        ZG_CHECK (strcmp (decoded, original) == 0);
     }
 
     //  Random byte flips: never a crash or a read out of bounds, and the
     //  finders stay inside the buffer on whatever the validator accepts.
     uint32_t state = 0x2545F491;
     char *mutant = malloc (document_size);
-    s_check (mutant);
+    ZG_CHECK (mutant);
     for (int round = 0; round < 20000; round++) {
         memcpy (mutant, document, document_size);
         int flips = 1 + s_random (&state) % 4;
@@ -1054,7 +1049,7 @@ zg_json_test (bool verbose)
         if (zg_json_valid (mutant, size, &where))
             s_exercise_finders (mutant, size);
         else
-            s_check (where <= size);
+            ZG_CHECK (where <= size);
         //  The finders must also stay in bounds on what was not validated
         s_exercise_finders (mutant, size);
     }

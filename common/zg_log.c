@@ -9,6 +9,7 @@
 */
 
 #include "common/zg_log.h"
+#include "common/zg_selftest.h"
 #include "common/zg_json.h"
 
 #include <ctype.h>
@@ -498,12 +499,6 @@ zg_log_redact (char *text)
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 static void
 s_check_redact (const char *input, const char *expected)
@@ -513,7 +508,7 @@ s_check_redact (const char *input, const char *expected)
     zg_log_redact (buffer);
     if (strcmp (buffer, expected) != 0)
         fprintf (stderr, "redact (%s) = %s, expected %s\n", input, buffer, expected);
-    s_check (strcmp (buffer, expected) == 0);
+    ZG_CHECK (strcmp (buffer, expected) == 0);
 }
 
 //  Captures stdout and stderr into two temporary files while the test logs
@@ -530,12 +525,12 @@ s_capture_start (s_capture_t *capture)
     for (int index = 0; index < 2; index++) {
         snprintf (capture->path [index], sizeof (capture->path [index]), "/tmp/zg_log_test_XXXXXX");
         int fd = mkstemp (capture->path [index]);
-        s_check (fd >= 0);
+        ZG_CHECK (fd >= 0);
         int flags = fcntl (fd, F_GETFL);
         fcntl (fd, F_SETFL, flags | O_APPEND);
         capture->saved [index] = dup (index + 1);
-        s_check (capture->saved [index] >= 0);
-        s_check (dup2 (fd, index + 1) == index + 1);
+        ZG_CHECK (capture->saved [index] >= 0);
+        ZG_CHECK (dup2 (fd, index + 1) == index + 1);
         close (fd);
     }
 }
@@ -546,16 +541,16 @@ static void
 s_capture_stop (s_capture_t *capture, char *output [2])
 {
     for (int index = 0; index < 2; index++) {
-        s_check (dup2 (capture->saved [index], index + 1) == index + 1);
+        ZG_CHECK (dup2 (capture->saved [index], index + 1) == index + 1);
         close (capture->saved [index]);
         FILE *file = fopen (capture->path [index], "rb");
-        s_check (file);
+        ZG_CHECK (file);
         fseek (file, 0, SEEK_END);
         long size = ftell (file);
         fseek (file, 0, SEEK_SET);
         output [index] = malloc ((size_t) size + 1);
-        s_check (output [index]);
-        s_check (fread (output [index], 1, (size_t) size, file) == (size_t) size);
+        ZG_CHECK (output [index]);
+        ZG_CHECK (fread (output [index], 1, (size_t) size, file) == (size_t) size);
         output [index][size] = 0;
         fclose (file);
         unlink (capture->path [index]);
@@ -588,21 +583,21 @@ s_check_json_line (const char *line, size_t size, const char *level, char *out, 
 {
     zg_json_span_t span;
     char text [128];
-    s_check (zg_json_valid (line, size, NULL));
-    s_check (zg_json_find (line, size, "level", &span));
-    s_check (zg_json_string (line, &span, text, sizeof (text)) > 0 && strcmp (text, level) == 0);
-    s_check (zg_json_find (line, size, "component", &span));
-    s_check (zg_json_string (line, &span, text, sizeof (text)) > 0 && strcmp (text, "zgate.test") == 0);
-    s_check (zg_json_find (line, size, "timestamp", &span));
-    s_check (zg_json_string (line, &span, text, sizeof (text)) == 26);
+    ZG_CHECK (zg_json_valid (line, size, NULL));
+    ZG_CHECK (zg_json_find (line, size, "level", &span));
+    ZG_CHECK (zg_json_string (line, &span, text, sizeof (text)) > 0 && strcmp (text, level) == 0);
+    ZG_CHECK (zg_json_find (line, size, "component", &span));
+    ZG_CHECK (zg_json_string (line, &span, text, sizeof (text)) > 0 && strcmp (text, "zgate.test") == 0);
+    ZG_CHECK (zg_json_find (line, size, "timestamp", &span));
+    ZG_CHECK (zg_json_string (line, &span, text, sizeof (text)) == 26);
     //  2026-11-24T16:02:11.123456
     const char *shape = "dddd-dd-ddTdd:dd:dd.dddddd";
     for (int index = 0; shape [index]; index++)
-        s_check (shape [index] == 'd'? isdigit ((unsigned char) text [index]) != 0: text [index] == shape [index]);
-    s_check (zg_json_find (line, size, "message", &span));
-    s_check (zg_json_string (line, &span, out, out_size) >= 0);
+        ZG_CHECK (shape [index] == 'd'? isdigit ((unsigned char) text [index]) != 0: text [index] == shape [index]);
+    ZG_CHECK (zg_json_find (line, size, "message", &span));
+    ZG_CHECK (zg_json_string (line, &span, out, out_size) >= 0);
     //  The reference's key order
-    s_check (strncmp (line, "{\"message\": ", 12) == 0);
+    ZG_CHECK (strncmp (line, "{\"message\": ", 12) == 0);
 }
 
 void
@@ -611,46 +606,46 @@ zg_log_test (bool verbose)
     printf (" * zg_log: ");
 
     //  Levels
-    s_check (zg_log_level_parse ("DEBUG") == ZG_LOG_DEBUG);
-    s_check (zg_log_level_parse ("info") == ZG_LOG_INFO);
-    s_check (zg_log_level_parse ("Warning") == ZG_LOG_WARNING);
-    s_check (zg_log_level_parse ("ERROR") == ZG_LOG_ERROR);
-    s_check (zg_log_level_parse ("LOUD") == -1);
-    s_check (zg_log_level_parse ("") == -1);
-    s_check (zg_log_level_parse (NULL) == -1);
+    ZG_CHECK (zg_log_level_parse ("DEBUG") == ZG_LOG_DEBUG);
+    ZG_CHECK (zg_log_level_parse ("info") == ZG_LOG_INFO);
+    ZG_CHECK (zg_log_level_parse ("Warning") == ZG_LOG_WARNING);
+    ZG_CHECK (zg_log_level_parse ("ERROR") == ZG_LOG_ERROR);
+    ZG_CHECK (zg_log_level_parse ("LOUD") == -1);
+    ZG_CHECK (zg_log_level_parse ("") == -1);
+    ZG_CHECK (zg_log_level_parse (NULL) == -1);
 
     unsetenv ("LITELLM_LOG");
     zg_log_init ("zgate.test", false, false);
-    s_check (zg_log_level () == ZG_LOG_INFO);
-    s_check (!zg_log_enabled (ZG_LOG_DEBUG) && zg_log_enabled (ZG_LOG_INFO));
+    ZG_CHECK (zg_log_level () == ZG_LOG_INFO);
+    ZG_CHECK (!zg_log_enabled (ZG_LOG_DEBUG) && zg_log_enabled (ZG_LOG_INFO));
     zg_log_init ("zgate.test", true, false);
-    s_check (zg_log_level () == ZG_LOG_DEBUG);
+    ZG_CHECK (zg_log_level () == ZG_LOG_DEBUG);
     setenv ("LITELLM_LOG", "error", 1);
     zg_log_init ("zgate.test", true, false);        //  LITELLM_LOG wins over verbose
-    s_check (zg_log_level () == ZG_LOG_ERROR);
-    s_check (!zg_log_enabled (ZG_LOG_WARNING));
+    ZG_CHECK (zg_log_level () == ZG_LOG_ERROR);
+    ZG_CHECK (!zg_log_enabled (ZG_LOG_WARNING));
 
     //  Reason phrases
-    s_check (strcmp (zg_http_reason (200), "OK") == 0);
-    s_check (strcmp (zg_http_reason (201), "Created") == 0);
-    s_check (strcmp (zg_http_reason (204), "No Content") == 0);
-    s_check (strcmp (zg_http_reason (400), "Bad Request") == 0);
-    s_check (strcmp (zg_http_reason (401), "Unauthorized") == 0);
-    s_check (strcmp (zg_http_reason (403), "Forbidden") == 0);
-    s_check (strcmp (zg_http_reason (404), "Not Found") == 0);
-    s_check (strcmp (zg_http_reason (405), "Method Not Allowed") == 0);
-    s_check (strcmp (zg_http_reason (408), "Request Timeout") == 0);
-    s_check (strcmp (zg_http_reason (409), "Conflict") == 0);
-    s_check (strcmp (zg_http_reason (413), "Request Entity Too Large") == 0);
-    s_check (strcmp (zg_http_reason (422), "Unprocessable Entity") == 0);
-    s_check (strcmp (zg_http_reason (429), "Too Many Requests") == 0);
-    s_check (strcmp (zg_http_reason (500), "Internal Server Error") == 0);
-    s_check (strcmp (zg_http_reason (501), "Not Implemented") == 0);
-    s_check (strcmp (zg_http_reason (502), "Bad Gateway") == 0);
-    s_check (strcmp (zg_http_reason (503), "Service Unavailable") == 0);
-    s_check (strcmp (zg_http_reason (504), "Gateway Timeout") == 0);
-    s_check (strcmp (zg_http_reason (599), "Server Error") == 0);
-    s_check (strcmp (zg_http_reason (999), "Unknown") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (200), "OK") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (201), "Created") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (204), "No Content") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (400), "Bad Request") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (401), "Unauthorized") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (403), "Forbidden") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (404), "Not Found") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (405), "Method Not Allowed") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (408), "Request Timeout") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (409), "Conflict") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (413), "Request Entity Too Large") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (422), "Unprocessable Entity") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (429), "Too Many Requests") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (500), "Internal Server Error") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (501), "Not Implemented") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (502), "Bad Gateway") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (503), "Service Unavailable") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (504), "Gateway Timeout") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (599), "Server Error") == 0);
+    ZG_CHECK (strcmp (zg_http_reason (999), "Unknown") == 0);
 
     //  Redaction
     s_check_redact ("key sk-abcdef123456 used", "key sk-...3456 used");
@@ -694,17 +689,17 @@ zg_log_test (bool verbose)
     zg_error ("error: Bearer sk-verysecret");
     zg_log_access ("127.0.0.1", 54321, "POST", "/chat/completions", 200);
     s_capture_stop (&capture, output);
-    s_check (s_count_lines (output [0]) == 3);
-    s_check (s_count_lines (output [1]) == 2);
-    s_check (s_is_plain_time (output [0]));
-    s_check (strstr (output [0], " - zgate.test:DEBUG: debug 1\n"));
-    s_check (strstr (output [0], " - zgate.test:INFO: info with key sk-...3456 inside\n"));
-    s_check (!strstr (output [0], "sk-abcdef123456"));
-    s_check (strstr (output [0], "\nINFO:     127.0.0.1:54321 - \"POST /chat/completions HTTP/1.1\" 200 OK\n"));
-    s_check (s_is_plain_time (output [1]));
-    s_check (strstr (output [1], " - zgate.test:WARNING: warning two\n"));
-    s_check (strstr (output [1], " - zgate.test:ERROR: error: Bearer ****\n"));
-    s_check (!strstr (output [1], "verysecret"));
+    ZG_CHECK (s_count_lines (output [0]) == 3);
+    ZG_CHECK (s_count_lines (output [1]) == 2);
+    ZG_CHECK (s_is_plain_time (output [0]));
+    ZG_CHECK (strstr (output [0], " - zgate.test:DEBUG: debug 1\n"));
+    ZG_CHECK (strstr (output [0], " - zgate.test:INFO: info with key sk-...3456 inside\n"));
+    ZG_CHECK (!strstr (output [0], "sk-abcdef123456"));
+    ZG_CHECK (strstr (output [0], "\nINFO:     127.0.0.1:54321 - \"POST /chat/completions HTTP/1.1\" 200 OK\n"));
+    ZG_CHECK (s_is_plain_time (output [1]));
+    ZG_CHECK (strstr (output [1], " - zgate.test:WARNING: warning two\n"));
+    ZG_CHECK (strstr (output [1], " - zgate.test:ERROR: error: Bearer ****\n"));
+    ZG_CHECK (!strstr (output [1], "verysecret"));
     free (output [0]);
     free (output [1]);
 
@@ -712,7 +707,7 @@ zg_log_test (bool verbose)
     setenv ("LITELLM_LOG", "WARNING", 1);
     zg_log_init ("zgate.test", false, false);
     char *long_text = malloc (20000);
-    s_check (long_text);
+    ZG_CHECK (long_text);
     memset (long_text, 'x', 19999);
     long_text [19999] = 0;
     s_capture_start (&capture);
@@ -721,9 +716,9 @@ zg_log_test (bool verbose)
     zg_log_write (ZG_LOG_INFO, "not shown either");
     zg_warning ("%s", long_text);
     s_capture_stop (&capture, output);
-    s_check (output [0][0] == 0);
-    s_check (s_count_lines (output [1]) == 1);
-    s_check (strstr (output [1], long_text));
+    ZG_CHECK (output [0][0] == 0);
+    ZG_CHECK (s_count_lines (output [1]) == 1);
+    ZG_CHECK (strstr (output [1], long_text));
     free (output [0]);
     free (output [1]);
 
@@ -735,19 +730,19 @@ zg_log_test (bool verbose)
     zg_warning ("%s", long_text);
     zg_log_access ("127.0.0.1", 54321, "POST", "/chat/completions", 404);
     s_capture_stop (&capture, output);
-    s_check (s_count_lines (output [0]) == 2);
-    s_check (s_count_lines (output [1]) == 1);
+    ZG_CHECK (s_count_lines (output [0]) == 2);
+    ZG_CHECK (s_count_lines (output [1]) == 1);
     char *message = malloc (20001);
-    s_check (message);
+    ZG_CHECK (message);
     char *newline = strchr (output [0], '\n');
     s_check_json_line (output [0], newline - output [0], "INFO", message, 20001);
-    s_check (strcmp (message, "quote \" backslash \\ newline \n tab \t key sk-...3456 done") == 0);
+    ZG_CHECK (strcmp (message, "quote \" backslash \\ newline \n tab \t key sk-...3456 done") == 0);
     char *second = newline + 1;
     newline = strchr (second, '\n');
     s_check_json_line (second, newline - second, "INFO", message, 20001);
-    s_check (strcmp (message, "INFO:     127.0.0.1:54321 - \"POST /chat/completions HTTP/1.1\" 404 Not Found") == 0);
+    ZG_CHECK (strcmp (message, "INFO:     127.0.0.1:54321 - \"POST /chat/completions HTTP/1.1\" 404 Not Found") == 0);
     s_check_json_line (output [1], strlen (output [1]) - 1, "WARNING", message, 20001);
-    s_check (strcmp (message, long_text) == 0);
+    ZG_CHECK (strcmp (message, long_text) == 0);
     free (message);
     free (output [0]);
     free (output [1]);
@@ -759,10 +754,10 @@ zg_log_test (bool verbose)
     zg_log_init ("zgate.test", true, false);
     zg_log_init ("zgate.test", true, false);
     s_capture_stop (&capture, output);
-    s_check (zg_log_level () == ZG_LOG_INFO);
-    s_check (output [0][0] == 0);
-    s_check (s_count_lines (output [1]) == 1);
-    s_check (strstr (output [1], ":WARNING: LITELLM_LOG=LOUD is not one of"));
+    ZG_CHECK (zg_log_level () == ZG_LOG_INFO);
+    ZG_CHECK (output [0][0] == 0);
+    ZG_CHECK (s_count_lines (output [1]) == 1);
+    ZG_CHECK (strstr (output [1], ":WARNING: LITELLM_LOG=LOUD is not one of"));
     free (output [0]);
     free (output [1]);
     unsetenv ("LITELLM_LOG");
@@ -776,7 +771,7 @@ zg_log_test (bool verbose)
     const int writers = 4, lines_each = 200;
     for (int writer = 0; writer < writers; writer++) {
         pid_t pid = fork ();
-        s_check (pid >= 0);
+        ZG_CHECK (pid >= 0);
         if (pid == 0) {
             for (int line = 0; line < lines_each; line++)
                 zg_info ("writer %d line %d %s end", writer, line, filler);
@@ -785,23 +780,23 @@ zg_log_test (bool verbose)
     }
     for (int writer = 0; writer < writers; writer++) {
         int status;
-        s_check (wait (&status) > 0 && WIFEXITED (status) && WEXITSTATUS (status) == 0);
+        ZG_CHECK (wait (&status) > 0 && WIFEXITED (status) && WEXITSTATUS (status) == 0);
     }
     s_capture_stop (&capture, output);
-    s_check (s_count_lines (output [0]) == (size_t) (writers * lines_each));
+    ZG_CHECK (s_count_lines (output [0]) == (size_t) (writers * lines_each));
     for (char *line = output [0]; *line; ) {
         char *end = strchr (line, '\n');
-        s_check (end);
+        ZG_CHECK (end);
         *end = 0;
         int writer, number;
         char tail [8];
-        s_check (s_is_plain_time (line));
-        s_check (sscanf (strstr (line, "INFO: ") + 6, "writer %d line %d %*s %7s", &writer, &number, tail) == 3);
-        s_check (strcmp (tail, "end") == 0);
+        ZG_CHECK (s_is_plain_time (line));
+        ZG_CHECK (sscanf (strstr (line, "INFO: ") + 6, "writer %d line %d %*s %7s", &writer, &number, tail) == 3);
+        ZG_CHECK (strcmp (tail, "end") == 0);
         char expected [512];
         snprintf (expected, sizeof (expected), "%.8s - zgate.test:INFO: writer %d line %d %s end",
                   line, writer, number, filler);
-        s_check (strcmp (line, expected) == 0);
+        ZG_CHECK (strcmp (line, expected) == 0);
         line = end + 1;
     }
     free (output [0]);

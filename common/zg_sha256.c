@@ -8,6 +8,7 @@
 */
 
 #include "common/zg_sha256.h"
+#include "common/zg_selftest.h"
 
 #include <assert.h>
 #include <openssl/evp.h>
@@ -66,12 +67,6 @@ zg_sha256_hex (const void *data, size_t size, char hex [2 * ZG_SHA256_SIZE + 1])
 //  Self test: the FIPS 180-4 examples (NIST CSRC "SHA256.pdf") and the
 //  million-'a' vector
 
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 void
 zg_sha256_test (bool verbose)
@@ -80,16 +75,16 @@ zg_sha256_test (bool verbose)
     char hex [2 * ZG_SHA256_SIZE + 1];
 
     zg_sha256_hex ("abc", 3, hex);
-    s_check (strcmp (hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
+    ZG_CHECK (strcmp (hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
     zg_sha256_hex ("", 0, hex);
-    s_check (strcmp (hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == 0);
+    ZG_CHECK (strcmp (hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == 0);
     const char *two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
     zg_sha256_hex (two_blocks, strlen (two_blocks), hex);
-    s_check (strcmp (hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1") == 0);
+    ZG_CHECK (strcmp (hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1") == 0);
     const char *long_message = "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmn"
                                "hijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu";
     zg_sha256_hex (long_message, strlen (long_message), hex);
-    s_check (strcmp (hex, "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1") == 0);
+    ZG_CHECK (strcmp (hex, "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1") == 0);
 
     //  One million 'a', fed in uneven pieces to exercise the block buffer
     char chunk [997];
@@ -108,15 +103,15 @@ zg_sha256_test (bool verbose)
         0xcd, 0xc7, 0x6e, 0x5c, 0x99, 0x14, 0xfb, 0x92, 0x81, 0xa1, 0xc7, 0xe2, 0x84, 0xd7, 0x3e, 0x67,
         0xf1, 0x80, 0x9a, 0x48, 0xa4, 0x97, 0x20, 0x0e, 0x04, 0x6d, 0x39, 0xcc, 0xc7, 0x11, 0x2c, 0xd0
     };
-    s_check (memcmp (digest, million, sizeof (million)) == 0);
+    ZG_CHECK (memcmp (digest, million, sizeof (million)) == 0);
 
     //  Padding edges: 55, 56 and 64 bytes
     zg_sha256_hex (chunk, 55, hex);
-    s_check (strcmp (hex, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318") == 0);
+    ZG_CHECK (strcmp (hex, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318") == 0);
     zg_sha256_hex (chunk, 56, hex);
-    s_check (strcmp (hex, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a") == 0);
+    ZG_CHECK (strcmp (hex, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a") == 0);
     zg_sha256_hex (chunk, 64, hex);
-    s_check (strcmp (hex, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb") == 0);
+    ZG_CHECK (strcmp (hex, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb") == 0);
 
     printf ("OK\n");
 }

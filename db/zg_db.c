@@ -4,6 +4,7 @@
     =========================================================================
 */
 #include "db/zg_db.h"
+#include "common/zg_selftest.h"
 #include "common/zg_log.h"
 
 #include <assert.h>
@@ -521,12 +522,6 @@ zg_db_pool_idle (zg_db_pool_t *self)
 //  --------------------------------------------------------------------------
 //  Self test
 
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 static int64_t
 s_now_ms (void)
@@ -581,121 +576,121 @@ s_test_live (const char *url, bool verbose)
     zg_db_t *db = zg_db_connect (url, errbuf, sizeof (errbuf));
     if (!db)
         fprintf (stderr, "%s\n", errbuf);
-    s_check (db);
-    s_check (zg_db_ready (db));
+    ZG_CHECK (db);
+    ZG_CHECK (zg_db_ready (db));
 
     //  Blocking, with parameters, NULL and errors
     const char *params [] = { "41", NULL };
     PGresult *result = zg_db_exec (db, "SELECT $1::int + 1, $2::text IS NULL", 2, params,
                                    errbuf, sizeof (errbuf));
-    s_check (result);
-    s_check (strcmp (PQgetvalue (result, 0, 0), "42") == 0);
-    s_check (strcmp (PQgetvalue (result, 0, 1), "t") == 0);
+    ZG_CHECK (result);
+    ZG_CHECK (strcmp (PQgetvalue (result, 0, 0), "42") == 0);
+    ZG_CHECK (strcmp (PQgetvalue (result, 0, 1), "t") == 0);
     PQclear (result);
-    s_check (zg_db_exec (db, "SELECT * FROM zg_no_such_table", 0, NULL,
+    ZG_CHECK (zg_db_exec (db, "SELECT * FROM zg_no_such_table", 0, NULL,
                          errbuf, sizeof (errbuf)) == NULL);
-    s_check (strstr (errbuf, "zg_no_such_table") && strstr (errbuf, "SQLSTATE 42P01"));
-    s_check (zg_db_command (db, "SELECT 1", 0, NULL, errbuf, sizeof (errbuf)) == 0);
-    s_check (zg_db_exec_script (db,
+    ZG_CHECK (strstr (errbuf, "zg_no_such_table") && strstr (errbuf, "SQLSTATE 42P01"));
+    ZG_CHECK (zg_db_command (db, "SELECT 1", 0, NULL, errbuf, sizeof (errbuf)) == 0);
+    ZG_CHECK (zg_db_exec_script (db,
         "CREATE TEMP TABLE zg_t (n int); INSERT INTO zg_t VALUES (1), (2);",
         errbuf, sizeof (errbuf)) == 0);
-    s_check (zg_db_exec_script (db, "INSERT INTO zg_t VALUES (3); SELEC 1;",
+    ZG_CHECK (zg_db_exec_script (db, "INSERT INTO zg_t VALUES (3); SELEC 1;",
                                 errbuf, sizeof (errbuf)) == -1);
-    s_check (strstr (errbuf, "syntax error"));
+    ZG_CHECK (strstr (errbuf, "syntax error"));
 
     //  Non-blocking: the query is sent, the caller returns to its poller,
     //  and the answer is collected over several wake-ups
-    s_check (zg_db_socket (db) >= 0);
+    ZG_CHECK (zg_db_socket (db) >= 0);
     const char *sleep_params [] = { "0.2" };
-    s_check (zg_db_send (db, "SELECT pg_sleep($1::float8), 'done'", 1, sleep_params,
+    ZG_CHECK (zg_db_send (db, "SELECT pg_sleep($1::float8), 'done'", 1, sleep_params,
                          errbuf, sizeof (errbuf)) == 0);
-    s_check (zg_db_busy (db) && !zg_db_ready (db));
-    s_check (zg_db_send (db, "SELECT 1", 0, NULL, errbuf, sizeof (errbuf)) == -1);
-    s_check (zg_db_exec (db, "SELECT 1", 0, NULL, errbuf, sizeof (errbuf)) == NULL);
-    s_check (zg_db_collect (db, &result, errbuf, sizeof (errbuf)) == 0 && !result);
+    ZG_CHECK (zg_db_busy (db) && !zg_db_ready (db));
+    ZG_CHECK (zg_db_send (db, "SELECT 1", 0, NULL, errbuf, sizeof (errbuf)) == -1);
+    ZG_CHECK (zg_db_exec (db, "SELECT 1", 0, NULL, errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (zg_db_collect (db, &result, errbuf, sizeof (errbuf)) == 0 && !result);
     int wakeups = 0;
-    s_check (s_collect_by_poll (db, &result, errbuf, sizeof (errbuf), &wakeups) == 1);
-    s_check (result && strcmp (PQgetvalue (result, 0, 1), "done") == 0);
+    ZG_CHECK (s_collect_by_poll (db, &result, errbuf, sizeof (errbuf), &wakeups) == 1);
+    ZG_CHECK (result && strcmp (PQgetvalue (result, 0, 1), "done") == 0);
     PQclear (result);
-    s_check (zg_db_ready (db));
+    ZG_CHECK (zg_db_ready (db));
     if (verbose)
         printf ("  non-blocking query collected after %d wake-ups\n", wakeups);
 
     //  A failing non-blocking query ends with its error, and the
     //  connection stays usable
-    s_check (zg_db_send (db, "SELECT 1/0", 0, NULL, errbuf, sizeof (errbuf)) == 0);
-    s_check (s_collect_by_poll (db, &result, errbuf, sizeof (errbuf), &wakeups) == 1);
-    s_check (!result && strstr (errbuf, "division by zero") && strstr (errbuf, "22012"));
-    s_check (zg_db_ready (db));
+    ZG_CHECK (zg_db_send (db, "SELECT 1/0", 0, NULL, errbuf, sizeof (errbuf)) == 0);
+    ZG_CHECK (s_collect_by_poll (db, &result, errbuf, sizeof (errbuf), &wakeups) == 1);
+    ZG_CHECK (!result && strstr (errbuf, "division by zero") && strstr (errbuf, "22012"));
+    ZG_CHECK (zg_db_ready (db));
 
     //  A large query is flushed through zg_db_wants_write / zg_db_collect
     size_t big = 4 * 1024 * 1024;
     char *text = malloc (big + 1);
-    s_check (text);
+    ZG_CHECK (text);
     memset (text, 'x', big);
     text [big] = 0;
     const char *big_params [] = { text };
-    s_check (zg_db_send (db, "SELECT length($1)", 1, big_params, errbuf, sizeof (errbuf)) == 0);
-    s_check (s_collect_by_poll (db, &result, errbuf, sizeof (errbuf), &wakeups) == 1);
-    s_check (result && atol (PQgetvalue (result, 0, 0)) == (long) big);
+    ZG_CHECK (zg_db_send (db, "SELECT length($1)", 1, big_params, errbuf, sizeof (errbuf)) == 0);
+    ZG_CHECK (s_collect_by_poll (db, &result, errbuf, sizeof (errbuf), &wakeups) == 1);
+    ZG_CHECK (result && atol (PQgetvalue (result, 0, 0)) == (long) big);
     PQclear (result);
     free (text);
 
     //  A connection the server ends is reported as lost
     zg_db_t *victim = zg_db_connect (url, errbuf, sizeof (errbuf));
-    s_check (victim);
+    ZG_CHECK (victim);
     char pid [32];
     snprintf (pid, sizeof (pid), "%d", PQbackendPID (zg_db_handle (victim)));
     const char *kill_params [] = { pid };
-    s_check (zg_db_command (db, "SELECT pg_terminate_backend($1::int)", 1, kill_params,
+    ZG_CHECK (zg_db_command (db, "SELECT pg_terminate_backend($1::int)", 1, kill_params,
                             errbuf, sizeof (errbuf)) == 0);
     int rc = zg_db_send (victim, "SELECT 1", 0, NULL, errbuf, sizeof (errbuf));
     if (rc == 0)
         rc = s_collect_by_poll (victim, &result, errbuf, sizeof (errbuf), &wakeups);
-    s_check (rc == -1 || (rc == 1 && !result));
-    s_check (!zg_db_ready (victim));
+    ZG_CHECK (rc == -1 || (rc == 1 && !result));
+    ZG_CHECK (!zg_db_ready (victim));
     zg_db_destroy (&victim);
     zg_db_destroy (&db);
-    s_check (db == NULL);
+    ZG_CHECK (db == NULL);
 
     //  The pool: at most limit connections, reuse, bounded waits
     zg_db_pool_t *pool = zg_db_pool_new (url, 2);
-    s_check (pool);
+    ZG_CHECK (pool);
     zg_db_t *first = zg_db_pool_acquire (pool, 1000, errbuf, sizeof (errbuf));
     zg_db_t *second = zg_db_pool_acquire (pool, 1000, errbuf, sizeof (errbuf));
-    s_check (first && second && first != second);
-    s_check (zg_db_pool_size (pool) == 2 && zg_db_pool_idle (pool) == 0);
+    ZG_CHECK (first && second && first != second);
+    ZG_CHECK (zg_db_pool_size (pool) == 2 && zg_db_pool_idle (pool) == 0);
     int64_t start = s_now_ms ();
-    s_check (zg_db_pool_acquire (pool, 100, errbuf, sizeof (errbuf)) == NULL);
-    s_check (s_now_ms () - start >= 90);
-    s_check (strstr (errbuf, "all 2 database connections"));
-    s_check (zg_db_pool_acquire (pool, 0, errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (zg_db_pool_acquire (pool, 100, errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (s_now_ms () - start >= 90);
+    ZG_CHECK (strstr (errbuf, "all 2 database connections"));
+    ZG_CHECK (zg_db_pool_acquire (pool, 0, errbuf, sizeof (errbuf)) == NULL);
 
     //  A waiter gets the connection another thread releases
     s_release_later_t job = { pool, second, 100 };
     second = NULL;
     pthread_t thread;
-    s_check (pthread_create (&thread, NULL, s_release_later, &job) == 0);
+    ZG_CHECK (pthread_create (&thread, NULL, s_release_later, &job) == 0);
     zg_db_t *third = zg_db_pool_acquire (pool, 30000, errbuf, sizeof (errbuf));
     pthread_join (thread, NULL);
-    s_check (third && job.db == NULL);
-    s_check (zg_db_pool_size (pool) == 2);
+    ZG_CHECK (third && job.db == NULL);
+    ZG_CHECK (zg_db_pool_size (pool) == 2);
 
     //  Released inside a transaction: closed, never handed out again
-    s_check (zg_db_command (third, "BEGIN", 0, NULL, errbuf, sizeof (errbuf)) == 0);
+    ZG_CHECK (zg_db_command (third, "BEGIN", 0, NULL, errbuf, sizeof (errbuf)) == 0);
     zg_db_pool_release (pool, &third);
-    s_check (third == NULL);
-    s_check (zg_db_pool_size (pool) == 1 && zg_db_pool_idle (pool) == 0);
+    ZG_CHECK (third == NULL);
+    ZG_CHECK (zg_db_pool_size (pool) == 1 && zg_db_pool_idle (pool) == 0);
     zg_db_pool_release (pool, &first);
-    s_check (zg_db_pool_size (pool) == 1 && zg_db_pool_idle (pool) == 1);
+    ZG_CHECK (zg_db_pool_size (pool) == 1 && zg_db_pool_idle (pool) == 1);
     zg_db_t *again = zg_db_pool_acquire (pool, 0, errbuf, sizeof (errbuf));
-    s_check (again);
+    ZG_CHECK (again);
     result = zg_db_exec (again, "SELECT 1", 0, NULL, errbuf, sizeof (errbuf));
-    s_check (result);
+    ZG_CHECK (result);
     PQclear (result);
     zg_db_pool_release (pool, &again);
     zg_db_pool_destroy (&pool);
-    s_check (pool == NULL);
+    ZG_CHECK (pool == NULL);
 }
 
 void
@@ -707,45 +702,45 @@ zg_db_test (bool verbose)
 
     char out [256];
     zg_db_url_redact ("postgresql://llm:s3cret@db.internal:5432/litellm", out, sizeof (out));
-    s_check (strcmp (out, "postgresql://llm:****@db.internal:5432/litellm") == 0);
+    ZG_CHECK (strcmp (out, "postgresql://llm:****@db.internal:5432/litellm") == 0);
     zg_db_url_redact ("postgres://llm@db/x?password=s3cret&sslmode=require", out, sizeof (out));
-    s_check (strcmp (out, "postgres://llm@db/x?password=****&sslmode=require") == 0);
+    ZG_CHECK (strcmp (out, "postgres://llm@db/x?password=****&sslmode=require") == 0);
     zg_db_url_redact ("host=db user=llm password=s3cret dbname=x", out, sizeof (out));
-    s_check (strcmp (out, "host=db user=llm password=**** dbname=x") == 0);
+    ZG_CHECK (strcmp (out, "host=db user=llm password=**** dbname=x") == 0);
     zg_db_url_redact ("postgresql://db/x", out, sizeof (out));
-    s_check (strcmp (out, "postgresql://db/x") == 0);
+    ZG_CHECK (strcmp (out, "postgresql://db/x") == 0);
     zg_db_url_redact ("postgresql://a:b@c:d@host/x", out, sizeof (out));
-    s_check (strcmp (out, "postgresql://a:****@host/x") == 0);
+    ZG_CHECK (strcmp (out, "postgresql://a:****@host/x") == 0);
 
     //  Nothing listens on port 1: refused at once, with a clear reason and
     //  no password in it
     char errbuf [512];
     int64_t start = s_now_ms ();
     zg_db_t *db = zg_db_connect ("postgresql://zg:hunter2@127.0.0.1:1/zg", errbuf, sizeof (errbuf));
-    s_check (db == NULL);
-    s_check (strstr (errbuf, "cannot connect to postgresql://zg:****@127.0.0.1:1/zg: "));
-    s_check (!strstr (errbuf, "hunter2"));
-    s_check (s_now_ms () - start < 10000);
-    s_check (zg_db_connect ("", errbuf, sizeof (errbuf)) == NULL);
-    s_check (zg_db_connect ("not a url = = =", errbuf, sizeof (errbuf)) == NULL);
-    s_check (*errbuf);
+    ZG_CHECK (db == NULL);
+    ZG_CHECK (strstr (errbuf, "cannot connect to postgresql://zg:****@127.0.0.1:1/zg: "));
+    ZG_CHECK (!strstr (errbuf, "hunter2"));
+    ZG_CHECK (s_now_ms () - start < 10000);
+    ZG_CHECK (zg_db_connect ("", errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (zg_db_connect ("not a url = = =", errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (*errbuf);
 
     //  A pool that cannot connect gives its slot back
     zg_db_pool_t *pool = zg_db_pool_new ("postgresql://zg@127.0.0.1:1/zg", 0);
-    s_check (pool);
-    s_check (zg_db_pool_acquire (pool, 1000, errbuf, sizeof (errbuf)) == NULL);
-    s_check (strstr (errbuf, "cannot connect"));
-    s_check (zg_db_pool_size (pool) == 0);
+    ZG_CHECK (pool);
+    ZG_CHECK (zg_db_pool_acquire (pool, 1000, errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (strstr (errbuf, "cannot connect"));
+    ZG_CHECK (zg_db_pool_size (pool) == 0);
     zg_db_pool_destroy (&pool);
 
     zg_config_t *config = zg_config_new_default ();
-    s_check (config);
+    ZG_CHECK (config);
     free (config->database_url);
     config->database_url = NULL;
-    s_check (zg_db_pool_new_from_config (config) == NULL);
+    ZG_CHECK (zg_db_pool_new_from_config (config) == NULL);
     config->database_url = strdup ("postgresql://zg@127.0.0.1:1/zg");
     pool = zg_db_pool_new_from_config (config);
-    s_check (pool && pool->limit == config->database_connection_pool_limit);
+    ZG_CHECK (pool && pool->limit == config->database_connection_pool_limit);
     zg_db_pool_destroy (&pool);
     zg_config_destroy (&config);
 

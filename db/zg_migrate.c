@@ -3,6 +3,7 @@
     =========================================================================
 */
 #include "db/zg_migrate.h"
+#include "common/zg_selftest.h"
 #include "db/zg_db.h"
 #include "common/zg_log.h"
 #include "common/zg_sha256.h"
@@ -518,12 +519,6 @@ zg_migrate_at_start (const zg_config_t *config)
 //  --------------------------------------------------------------------------
 //  Self test
 
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 static void
 s_write (const char *dir, const char *name, const char *text)
@@ -531,8 +526,8 @@ s_write (const char *dir, const char *name, const char *text)
     char path [4096];
     snprintf (path, sizeof (path), "%s/%s", dir, name);
     FILE *file = fopen (path, "wb");
-    s_check (file);
-    s_check (fwrite (text, 1, strlen (text), file) == strlen (text));
+    ZG_CHECK (file);
+    ZG_CHECK (fwrite (text, 1, strlen (text), file) == strlen (text));
     fclose (file);
 }
 
@@ -569,69 +564,69 @@ zg_migrate_test (bool verbose)
     //  File names
     int64_t version;
     char name [64];
-    s_check (zg_migration_parse_name ("0001_litellm_tables.sql", &version, name, sizeof (name)) == 0);
-    s_check (version == 1 && strcmp (name, "litellm_tables") == 0);
-    s_check (zg_migration_parse_name ("20260101_a-b.c.sql", &version, name, sizeof (name)) == 0);
-    s_check (version == 20260101 && strcmp (name, "a-b.c") == 0);
-    s_check (zg_migration_parse_name ("12_x.sql", &version, NULL, 0) == 0 && version == 12);
-    s_check (zg_migration_parse_name ("0001_.sql", NULL, NULL, 0) == -1);
-    s_check (zg_migration_parse_name ("0001.sql", NULL, NULL, 0) == -1);
-    s_check (zg_migration_parse_name ("_x.sql", NULL, NULL, 0) == -1);
-    s_check (zg_migration_parse_name ("x_0001.sql", NULL, NULL, 0) == -1);
-    s_check (zg_migration_parse_name ("0001_x.SQL", NULL, NULL, 0) == -1);
-    s_check (zg_migration_parse_name ("0001_x.sql.bak", NULL, NULL, 0) == -1);
-    s_check (zg_migration_parse_name ("0001_a b.sql", NULL, NULL, 0) == -1);
-    s_check (zg_migration_parse_name ("0001_../x.sql", NULL, NULL, 0) == -1);
-    s_check (zg_migration_parse_name ("1234567890123456789_x.sql", NULL, NULL, 0) == -1);
-    s_check (zg_migration_parse_name ("0001_long_name.sql", &version, name, 5) == -1);
+    ZG_CHECK (zg_migration_parse_name ("0001_litellm_tables.sql", &version, name, sizeof (name)) == 0);
+    ZG_CHECK (version == 1 && strcmp (name, "litellm_tables") == 0);
+    ZG_CHECK (zg_migration_parse_name ("20260101_a-b.c.sql", &version, name, sizeof (name)) == 0);
+    ZG_CHECK (version == 20260101 && strcmp (name, "a-b.c") == 0);
+    ZG_CHECK (zg_migration_parse_name ("12_x.sql", &version, NULL, 0) == 0 && version == 12);
+    ZG_CHECK (zg_migration_parse_name ("0001_.sql", NULL, NULL, 0) == -1);
+    ZG_CHECK (zg_migration_parse_name ("0001.sql", NULL, NULL, 0) == -1);
+    ZG_CHECK (zg_migration_parse_name ("_x.sql", NULL, NULL, 0) == -1);
+    ZG_CHECK (zg_migration_parse_name ("x_0001.sql", NULL, NULL, 0) == -1);
+    ZG_CHECK (zg_migration_parse_name ("0001_x.SQL", NULL, NULL, 0) == -1);
+    ZG_CHECK (zg_migration_parse_name ("0001_x.sql.bak", NULL, NULL, 0) == -1);
+    ZG_CHECK (zg_migration_parse_name ("0001_a b.sql", NULL, NULL, 0) == -1);
+    ZG_CHECK (zg_migration_parse_name ("0001_../x.sql", NULL, NULL, 0) == -1);
+    ZG_CHECK (zg_migration_parse_name ("1234567890123456789_x.sql", NULL, NULL, 0) == -1);
+    ZG_CHECK (zg_migration_parse_name ("0001_long_name.sql", &version, name, 5) == -1);
 
     //  Order is the version's, whatever the order of adding; checksums
     //  are SHA-256 of the exact bytes
     char errbuf [512];
     zg_migration_set_t *set = zg_migration_set_new ();
-    s_check (set);
-    s_check (zg_migration_set_add (set, "0010_c.sql", "SELECT 10;", 10, errbuf, sizeof (errbuf)) == 0);
-    s_check (zg_migration_set_add (set, "0002_b.sql", "SELECT 2;", 9, errbuf, sizeof (errbuf)) == 0);
-    s_check (zg_migration_set_add (set, "0001_a.sql", "", 0, errbuf, sizeof (errbuf)) == 0);
-    s_check (zg_migration_set_add (set, "0003_d.sql", "SELECT 3;", 9, errbuf, sizeof (errbuf)) == 0);
-    s_check (zg_migration_set_add (set, "2_again.sql", "x", 1, errbuf, sizeof (errbuf)) == -1);
-    s_check (strstr (errbuf, "2_again.sql: version 2 is also 0002_b.sql"));
-    s_check (zg_migration_set_add (set, "b.sql", "x", 1, errbuf, sizeof (errbuf)) == -1);
-    s_check (strstr (errbuf, "b.sql: a migration's file name must be NNNN_<name>.sql"));
-    s_check (zg_migration_set_size (set) == 4);
+    ZG_CHECK (set);
+    ZG_CHECK (zg_migration_set_add (set, "0010_c.sql", "SELECT 10;", 10, errbuf, sizeof (errbuf)) == 0);
+    ZG_CHECK (zg_migration_set_add (set, "0002_b.sql", "SELECT 2;", 9, errbuf, sizeof (errbuf)) == 0);
+    ZG_CHECK (zg_migration_set_add (set, "0001_a.sql", "", 0, errbuf, sizeof (errbuf)) == 0);
+    ZG_CHECK (zg_migration_set_add (set, "0003_d.sql", "SELECT 3;", 9, errbuf, sizeof (errbuf)) == 0);
+    ZG_CHECK (zg_migration_set_add (set, "2_again.sql", "x", 1, errbuf, sizeof (errbuf)) == -1);
+    ZG_CHECK (strstr (errbuf, "2_again.sql: version 2 is also 0002_b.sql"));
+    ZG_CHECK (zg_migration_set_add (set, "b.sql", "x", 1, errbuf, sizeof (errbuf)) == -1);
+    ZG_CHECK (strstr (errbuf, "b.sql: a migration's file name must be NNNN_<name>.sql"));
+    ZG_CHECK (zg_migration_set_size (set) == 4);
     int64_t expected [] = { 1, 2, 3, 10 };
     for (size_t index = 0; index < 4; index++)
-        s_check (zg_migration_set_get (set, index)->version == expected [index]);
-    s_check (zg_migration_set_get (set, 4) == NULL);
+        ZG_CHECK (zg_migration_set_get (set, index)->version == expected [index]);
+    ZG_CHECK (zg_migration_set_get (set, 4) == NULL);
     const zg_migration_t *empty = zg_migration_set_get (set, 0);
-    s_check (strcmp (empty->checksum,
+    ZG_CHECK (strcmp (empty->checksum,
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == 0);
-    s_check (strcmp (empty->sql, "") == 0 && strcmp (empty->file_name, "0001_a.sql") == 0);
+    ZG_CHECK (strcmp (empty->sql, "") == 0 && strcmp (empty->file_name, "0001_a.sql") == 0);
     char hex [65];
     zg_sha256_hex ("SELECT 10;", 10, hex);
-    s_check (strcmp (zg_migration_set_get (set, 3)->checksum, hex) == 0);
+    ZG_CHECK (strcmp (zg_migration_set_get (set, 3)->checksum, hex) == 0);
     zg_migration_set_destroy (&set);
-    s_check (set == NULL);
+    ZG_CHECK (set == NULL);
 
     //  The compiled-in migrations are the files of db/migrations, byte for byte
     set = zg_migration_set_embedded (errbuf, sizeof (errbuf));
-    s_check (set);
-    s_check (zg_migration_set_size (set) >= 2 && zg_migration_set_size (set) == zg_migrations_embedded_count);
-    s_check (zg_migration_set_get (set, 0)->version == 1);
-    s_check (strstr (zg_migration_set_get (set, 0)->sql, "\"LiteLLM_VerificationToken\""));
-    s_check (strstr (zg_migration_set_get (set, 0)->sql, "\"LiteLLM_SpendLogs\""));
+    ZG_CHECK (set);
+    ZG_CHECK (zg_migration_set_size (set) >= 2 && zg_migration_set_size (set) == zg_migrations_embedded_count);
+    ZG_CHECK (zg_migration_set_get (set, 0)->version == 1);
+    ZG_CHECK (strstr (zg_migration_set_get (set, 0)->sql, "\"LiteLLM_VerificationToken\""));
+    ZG_CHECK (strstr (zg_migration_set_get (set, 0)->sql, "\"LiteLLM_SpendLogs\""));
 #ifdef ZG_MIGRATIONS_SOURCE_DIR
     if (access (ZG_MIGRATIONS_SOURCE_DIR, R_OK) == 0) {
         zg_migration_set_t *files = zg_migration_set_load_dir (ZG_MIGRATIONS_SOURCE_DIR,
                                                                errbuf, sizeof (errbuf));
-        s_check (files);
-        s_check (zg_migration_set_size (files) == zg_migration_set_size (set));
+        ZG_CHECK (files);
+        ZG_CHECK (zg_migration_set_size (files) == zg_migration_set_size (set));
         for (size_t index = 0; index < zg_migration_set_size (set); index++) {
             const zg_migration_t *a = zg_migration_set_get (set, index);
             const zg_migration_t *b = zg_migration_set_get (files, index);
-            s_check (strcmp (a->file_name, b->file_name) == 0);
-            s_check (strcmp (a->checksum, b->checksum) == 0);
-            s_check (a->size == b->size && memcmp (a->sql, b->sql, a->size) == 0);
+            ZG_CHECK (strcmp (a->file_name, b->file_name) == 0);
+            ZG_CHECK (strcmp (a->checksum, b->checksum) == 0);
+            ZG_CHECK (a->size == b->size && memcmp (a->sql, b->sql, a->size) == 0);
         }
         zg_migration_set_destroy (&files);
     }
@@ -639,7 +634,7 @@ zg_migrate_test (bool verbose)
     //  Never anything that drops or empties data
     for (size_t index = 0; index < zg_migration_set_size (set); index++) {
         const char *sql = zg_migration_set_get (set, index)->sql;
-        s_check (!strcasestr (sql, "DROP ") && !strcasestr (sql, "TRUNCATE")
+        ZG_CHECK (!strcasestr (sql, "DROP ") && !strcasestr (sql, "TRUNCATE")
               && !strcasestr (sql, "DELETE "));
     }
     zg_migration_set_destroy (&set);
@@ -647,55 +642,55 @@ zg_migrate_test (bool verbose)
     //  A directory: *.sql files only, in version order; a bad name is an
     //  error naming the file; an empty directory falls back to built-in
     char dir [] = "/tmp/zg-migrate-test-XXXXXX";
-    s_check (mkdtemp (dir));
+    ZG_CHECK (mkdtemp (dir));
     s_write (dir, "0002_second.sql", "SELECT 2;\n");
     s_write (dir, "0001_first.sql", "SELECT 1;\n");
     s_write (dir, "README.md", "not a migration");
     s_write (dir, ".0003_hidden.sql", "SELECT 3;\n");
     set = zg_migration_set_load_dir (dir, errbuf, sizeof (errbuf));
-    s_check (set && zg_migration_set_size (set) == 2);
-    s_check (strcmp (zg_migration_set_get (set, 0)->name, "first") == 0);
-    s_check (strcmp (zg_migration_set_get (set, 1)->sql, "SELECT 2;\n") == 0);
+    ZG_CHECK (set && zg_migration_set_size (set) == 2);
+    ZG_CHECK (strcmp (zg_migration_set_get (set, 0)->name, "first") == 0);
+    ZG_CHECK (strcmp (zg_migration_set_get (set, 1)->sql, "SELECT 2;\n") == 0);
     zg_migration_set_destroy (&set);
 
     setenv ("LITELLM_MIGRATION_DIR", dir, 1);
     set = zg_migration_set_from_environment (errbuf, sizeof (errbuf));
-    s_check (set && zg_migration_set_size (set) == 2);
+    ZG_CHECK (set && zg_migration_set_size (set) == 2);
     zg_migration_set_destroy (&set);
 
     s_write (dir, "notes.sql", "SELECT 0;\n");
-    s_check (zg_migration_set_load_dir (dir, errbuf, sizeof (errbuf)) == NULL);
-    s_check (strstr (errbuf, "/notes.sql: a migration's file name"));
-    s_check (zg_migration_set_from_environment (errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (zg_migration_set_load_dir (dir, errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (strstr (errbuf, "/notes.sql: a migration's file name"));
+    ZG_CHECK (zg_migration_set_from_environment (errbuf, sizeof (errbuf)) == NULL);
     s_remove_dir (dir);
 
     strcpy (dir, "/tmp/zg-migrate-test-XXXXXX");
-    s_check (mkdtemp (dir));
+    ZG_CHECK (mkdtemp (dir));
     setenv ("LITELLM_MIGRATION_DIR", dir, 1);
     set = zg_migration_set_from_environment (errbuf, sizeof (errbuf));
-    s_check (set && zg_migration_set_size (set) == zg_migrations_embedded_count);
+    ZG_CHECK (set && zg_migration_set_size (set) == zg_migrations_embedded_count);
     zg_migration_set_destroy (&set);
     s_remove_dir (dir);
     set = zg_migration_set_from_environment (errbuf, sizeof (errbuf));
-    s_check (set && zg_migration_set_size (set) == zg_migrations_embedded_count);
+    ZG_CHECK (set && zg_migration_set_size (set) == zg_migrations_embedded_count);
     zg_migration_set_destroy (&set);
     unsetenv ("LITELLM_MIGRATION_DIR");
-    s_check (zg_migration_set_load_dir ("/nonexistent/zg", errbuf, sizeof (errbuf)) == NULL);
-    s_check (strstr (errbuf, "/nonexistent/zg: No such file"));
+    ZG_CHECK (zg_migration_set_load_dir ("/nonexistent/zg", errbuf, sizeof (errbuf)) == NULL);
+    ZG_CHECK (strstr (errbuf, "/nonexistent/zg: No such file"));
 
     //  No database: an error for `zgate migrate`, nothing to do at start;
     //  an unreachable one: a warning at start, an error for `zgate migrate`
     zg_config_t *config = zg_config_new_default ();
-    s_check (config);
+    ZG_CHECK (config);
     free (config->database_url);
     config->database_url = NULL;
-    s_check (zg_migrate_run (config, errbuf, sizeof (errbuf)) == ZG_MIGRATE_FAILED);
-    s_check (strstr (errbuf, "no database configured"));
-    s_check (zg_migrate_at_start (config) == 0);
+    ZG_CHECK (zg_migrate_run (config, errbuf, sizeof (errbuf)) == ZG_MIGRATE_FAILED);
+    ZG_CHECK (strstr (errbuf, "no database configured"));
+    ZG_CHECK (zg_migrate_at_start (config) == 0);
     config->database_url = strdup ("postgresql://zg@127.0.0.1:1/zg");
-    s_check (zg_migrate_run (config, errbuf, sizeof (errbuf)) == ZG_MIGRATE_UNREACHABLE);
-    s_check (strstr (errbuf, "cannot connect to postgresql://zg@127.0.0.1:1/zg"));
-    s_check (zg_migrate_at_start (config) == 0);
+    ZG_CHECK (zg_migrate_run (config, errbuf, sizeof (errbuf)) == ZG_MIGRATE_UNREACHABLE);
+    ZG_CHECK (strstr (errbuf, "cannot connect to postgresql://zg@127.0.0.1:1/zg"));
+    ZG_CHECK (zg_migrate_at_start (config) == 0);
     zg_config_destroy (&config);
 
     printf ("OK\n");

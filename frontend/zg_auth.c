@@ -3,6 +3,7 @@
     =========================================================================
 */
 #include "frontend/zg_auth.h"
+#include "common/zg_selftest.h"
 
 #include <assert.h>
 #include <stdint.h>
@@ -137,14 +138,6 @@ zg_auth_message (zg_auth_verdict_t verdict, const char *key, char *buf, size_t s
     }
 }
 
-//  Self-test checks stay on in release builds (NDEBUG): a failure prints
-//  where and aborts.
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 void
 zg_auth_test (bool verbose)
@@ -155,56 +148,56 @@ zg_auth_test (bool verbose)
 
     //  Header precedence and parsing
     const char *key = zg_auth_presented_key ("Bearer sk-1", "sk-2", "sk-3", "sk-4", &malformed);
-    s_check (key && strcmp (key, "sk-1") == 0 && !malformed);
+    ZG_CHECK (key && strcmp (key, "sk-1") == 0 && !malformed);
     key = zg_auth_presented_key ("bearer   sk-1", NULL, NULL, NULL, &malformed);
-    s_check (key && strcmp (key, "sk-1") == 0);
+    ZG_CHECK (key && strcmp (key, "sk-1") == 0);
     key = zg_auth_presented_key (NULL, "sk-2", "sk-3", "sk-4", &malformed);
-    s_check (key && strcmp (key, "sk-2") == 0);
+    ZG_CHECK (key && strcmp (key, "sk-2") == 0);
     key = zg_auth_presented_key (NULL, NULL, "sk-3", "sk-4", &malformed);
-    s_check (key && strcmp (key, "sk-3") == 0);
+    ZG_CHECK (key && strcmp (key, "sk-3") == 0);
     key = zg_auth_presented_key (NULL, "", "", "sk-4", &malformed);
-    s_check (key && strcmp (key, "sk-4") == 0);
+    ZG_CHECK (key && strcmp (key, "sk-4") == 0);
     key = zg_auth_presented_key ("Basic abc", NULL, NULL, NULL, &malformed);
-    s_check (key == NULL && malformed);
+    ZG_CHECK (key == NULL && malformed);
     key = zg_auth_presented_key ("Basic abc", NULL, NULL, "sk-4", &malformed);
-    s_check (key && strcmp (key, "sk-4") == 0 && !malformed);
+    ZG_CHECK (key && strcmp (key, "sk-4") == 0 && !malformed);
     key = zg_auth_presented_key (NULL, NULL, NULL, NULL, &malformed);
-    s_check (key == NULL && !malformed);
+    ZG_CHECK (key == NULL && !malformed);
 
     //  Open gateway
     zg_auth_t *open_gate = zg_auth_new (NULL);
-    s_check (!zg_auth_required (open_gate));
-    s_check (zg_auth_check (open_gate, NULL, false) == ZG_AUTH_OK);
-    s_check (zg_auth_check (open_gate, "anything", false) == ZG_AUTH_OK);
+    ZG_CHECK (!zg_auth_required (open_gate));
+    ZG_CHECK (zg_auth_check (open_gate, NULL, false) == ZG_AUTH_OK);
+    ZG_CHECK (zg_auth_check (open_gate, "anything", false) == ZG_AUTH_OK);
     zg_auth_destroy (&open_gate);
-    s_check (open_gate == NULL);
+    ZG_CHECK (open_gate == NULL);
     zg_auth_destroy (&open_gate);
 
     //  Master key
     zg_auth_t *auth = zg_auth_new ("sk-master-1234");
-    s_check (zg_auth_required (auth));
-    s_check (zg_auth_check (auth, "sk-master-1234", false) == ZG_AUTH_OK);
-    s_check (zg_auth_check (auth, "sk-master-1235", false) == ZG_AUTH_INVALID);
-    s_check (zg_auth_check (auth, "sk-master-123", false) == ZG_AUTH_INVALID);
-    s_check (zg_auth_check (auth, "sk-master-12345", false) == ZG_AUTH_INVALID);
+    ZG_CHECK (zg_auth_required (auth));
+    ZG_CHECK (zg_auth_check (auth, "sk-master-1234", false) == ZG_AUTH_OK);
+    ZG_CHECK (zg_auth_check (auth, "sk-master-1235", false) == ZG_AUTH_INVALID);
+    ZG_CHECK (zg_auth_check (auth, "sk-master-123", false) == ZG_AUTH_INVALID);
+    ZG_CHECK (zg_auth_check (auth, "sk-master-12345", false) == ZG_AUTH_INVALID);
     //  A key that repeats to match must not pass the wrap-around compare
-    s_check (zg_auth_check (auth, "sk-master-1234sk-master-1234", false) == ZG_AUTH_INVALID);
-    s_check (zg_auth_check (auth, "", false) == ZG_AUTH_MISSING);
-    s_check (zg_auth_check (auth, NULL, false) == ZG_AUTH_MISSING);
-    s_check (zg_auth_check (auth, NULL, true) == ZG_AUTH_MALFORMED);
+    ZG_CHECK (zg_auth_check (auth, "sk-master-1234sk-master-1234", false) == ZG_AUTH_INVALID);
+    ZG_CHECK (zg_auth_check (auth, "", false) == ZG_AUTH_MISSING);
+    ZG_CHECK (zg_auth_check (auth, NULL, false) == ZG_AUTH_MISSING);
+    ZG_CHECK (zg_auth_check (auth, NULL, true) == ZG_AUTH_MALFORMED);
 
     //  Messages never echo the key
     char message [512];
     zg_auth_message (ZG_AUTH_MISSING, NULL, message, sizeof (message));
-    s_check (strcmp (message, "Authentication Error, No api key passed in.") == 0);
+    ZG_CHECK (strcmp (message, "Authentication Error, No api key passed in.") == 0);
     zg_auth_message (ZG_AUTH_INVALID, "sk-secret-value-wxyz", message, sizeof (message));
-    s_check (strstr (message, "Invalid proxy server token passed"));
-    s_check (strstr (message, "sk-...wxyz"));
-    s_check (!strstr (message, "secret"));
+    ZG_CHECK (strstr (message, "Invalid proxy server token passed"));
+    ZG_CHECK (strstr (message, "sk-...wxyz"));
+    ZG_CHECK (!strstr (message, "secret"));
     zg_auth_message (ZG_AUTH_INVALID, "short", message, sizeof (message));
-    s_check (!strstr (message, "short") && !strstr (message, "hort"));
+    ZG_CHECK (!strstr (message, "short") && !strstr (message, "hort"));
     zg_auth_message (ZG_AUTH_MALFORMED, NULL, message, sizeof (message));
-    s_check (strstr (message, "Malformed API Key"));
+    ZG_CHECK (strstr (message, "Malformed API Key"));
     zg_auth_destroy (&auth);
 
     if (verbose)

@@ -3,6 +3,7 @@
     =========================================================================
 */
 #include "frontend/zg_calls.h"
+#include "common/zg_selftest.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -383,23 +384,7 @@ zg_call_queue_clear (zg_call_t *self)
     self->queued_bytes = 0;
 }
 
-//  Self-test checks stay on in release builds (NDEBUG): a failure prints
-//  where and aborts.
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
-//  Self-test checks stay on in release builds (NDEBUG): a failure prints
-//  where and aborts.
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 void
 zg_call_queue_trim (zg_call_t *self)
@@ -426,29 +411,29 @@ zg_calls_test (bool verbose)
         printf (" * zg_calls: ");
 
     zg_calls_t *calls = zg_calls_new (42);
-    s_check (calls);
+    ZG_CHECK (calls);
 
     //  Ids: shape, version, uniqueness
     char id_a [37], id_b [37];
     zg_calls_new_id (calls, id_a);
     zg_calls_new_id (calls, id_b);
-    s_check (strlen (id_a) == 36);
-    s_check (id_a [8] == '-' && id_a [13] == '-' && id_a [18] == '-' && id_a [23] == '-');
-    s_check (id_a [14] == '4');
-    s_check (strchr ("89ab", id_a [19]));
-    s_check (strcmp (id_a, id_b) != 0);
-    s_check (zg_calls_id_is_sane (id_a));
-    s_check (zg_calls_id_is_sane ("client.id:42_x-y"));
-    s_check (!zg_calls_id_is_sane (""));
-    s_check (!zg_calls_id_is_sane ("has space"));
-    s_check (!zg_calls_id_is_sane ("quote\""));
+    ZG_CHECK (strlen (id_a) == 36);
+    ZG_CHECK (id_a [8] == '-' && id_a [13] == '-' && id_a [18] == '-' && id_a [23] == '-');
+    ZG_CHECK (id_a [14] == '4');
+    ZG_CHECK (strchr ("89ab", id_a [19]));
+    ZG_CHECK (strcmp (id_a, id_b) != 0);
+    ZG_CHECK (zg_calls_id_is_sane (id_a));
+    ZG_CHECK (zg_calls_id_is_sane ("client.id:42_x-y"));
+    ZG_CHECK (!zg_calls_id_is_sane (""));
+    ZG_CHECK (!zg_calls_id_is_sane ("has space"));
+    ZG_CHECK (!zg_calls_id_is_sane ("quote\""));
     char long_id [80];
     memset (long_id, 'a', 64);
     long_id [64] = 0;
-    s_check (zg_calls_id_is_sane (long_id));
+    ZG_CHECK (zg_calls_id_is_sane (long_id));
     long_id [64] = 'a';
     long_id [65] = 0;
-    s_check (!zg_calls_id_is_sane (long_id));
+    ZG_CHECK (!zg_calls_id_is_sane (long_id));
 
     //  Routing many calls grows the index; lookups find each one
     enum { COUNT = 3000 };
@@ -456,36 +441,36 @@ zg_calls_test (bool verbose)
     for (int index = 0; index < COUNT; index++) {
         all [index] = zg_calls_acquire (calls);
         zg_calls_new_id (calls, all [index]->call_id);
-        s_check (zg_calls_route (calls, all [index]) == 0);
+        ZG_CHECK (zg_calls_route (calls, all [index]) == 0);
     }
-    s_check (zg_calls_routed (calls) == COUNT);
+    ZG_CHECK (zg_calls_routed (calls) == COUNT);
     for (int index = 0; index < COUNT; index++)
-        s_check (zg_calls_lookup (calls, all [index]->call_id) == all [index]);
-    s_check (zg_calls_first (calls) == all [0]);
+        ZG_CHECK (zg_calls_lookup (calls, all [index]->call_id) == all [index]);
+    ZG_CHECK (zg_calls_first (calls) == all [0]);
 
     //  A duplicate id is refused
     zg_call_t *twin = zg_calls_acquire (calls);
     strcpy (twin->call_id, all [7]->call_id);
-    s_check (zg_calls_route (calls, twin) == -1);
+    ZG_CHECK (zg_calls_route (calls, twin) == -1);
     zg_calls_release (calls, twin);
 
     //  Unrouting from the middle keeps the list and index whole
     zg_calls_unroute (calls, all [0]);
     zg_calls_unroute (calls, all [1500]);
-    s_check (zg_calls_lookup (calls, all [1500]->call_id) == NULL);
-    s_check (zg_calls_first (calls) == all [1]);
+    ZG_CHECK (zg_calls_lookup (calls, all [1500]->call_id) == NULL);
+    ZG_CHECK (zg_calls_first (calls) == all [1]);
     size_t walked = 0;
     for (zg_call_t *call = zg_calls_first (calls); call; call = call->next)
         walked++;
-    s_check (walked == COUNT - 2);
+    ZG_CHECK (walked == COUNT - 2);
     for (int index = 0; index < COUNT; index++)
         zg_calls_release (calls, all [index]);
-    s_check (zg_calls_routed (calls) == 0);
-    s_check (zg_calls_first (calls) == NULL);
+    ZG_CHECK (zg_calls_routed (calls) == 0);
+    ZG_CHECK (zg_calls_first (calls) == NULL);
 
     //  The free list hands calls back zeroed
     zg_call_t *again = zg_calls_acquire (calls);
-    s_check (again->call_id [0] == 0 && !again->routed && again->fd == -1);
+    ZG_CHECK (again->call_id [0] == 0 && !again->routed && again->fd == -1);
 
     //  Stream queue: order, partial reads, tail tracking, growth
     for (int index = 0; index < 20; index++) {
@@ -493,21 +478,21 @@ zg_calls_test (bool verbose)
         snprintf (text, sizeof (text), "data: %02d\n\n", index);
         zframe_t *frame = zframe_new (text, strlen (text));
         zg_call_queue_push (again, &frame);
-        s_check (frame == NULL);
+        ZG_CHECK (frame == NULL);
     }
     zframe_t *done = zframe_new ("data: [DONE]\n\n", 14);
     zg_call_queue_push (again, &done);
-    s_check (again->queued_bytes == 20 * 10 + 14);
-    s_check (again->tail_len == 16 && memcmp (again->tail + 2, "data: [DONE]\n\n", 14) == 0);
+    ZG_CHECK (again->queued_bytes == 20 * 10 + 14);
+    ZG_CHECK (again->tail_len == 16 && memcmp (again->tail + 2, "data: [DONE]\n\n", 14) == 0);
     char out [256];
     size_t got = zg_call_queue_read (again, out, 5);
-    s_check (got == 5 && memcmp (out, "data:", 5) == 0);
+    ZG_CHECK (got == 5 && memcmp (out, "data:", 5) == 0);
     got = zg_call_queue_read (again, out, sizeof (out));
-    s_check (got == 200 + 14 - 5);
-    s_check (memcmp (out, " 00\n\ndata: 01\n\n", 15) == 0);
-    s_check (memcmp (out + got - 14, "data: [DONE]\n\n", 14) == 0);
-    s_check (again->queued_bytes == 0 && again->queue_count == 0);
-    s_check (zg_call_queue_read (again, out, sizeof (out)) == 0);
+    ZG_CHECK (got == 200 + 14 - 5);
+    ZG_CHECK (memcmp (out, " 00\n\ndata: 01\n\n", 15) == 0);
+    ZG_CHECK (memcmp (out + got - 14, "data: [DONE]\n\n", 14) == 0);
+    ZG_CHECK (again->queued_bytes == 0 && again->queue_count == 0);
+    ZG_CHECK (zg_call_queue_read (again, out, sizeof (out)) == 0);
 
     //  Small pushes keep the last 16 bytes across frames
     again->tail_len = 0;
@@ -515,13 +500,13 @@ zg_calls_test (bool verbose)
     zg_call_queue_push (again, &part);
     part = zframe_new ("NE]\n\n", 5);
     zg_call_queue_push (again, &part);
-    s_check (again->tail_len == 14 && memcmp (again->tail, "data: [DONE]\n\n", 14) == 0);
+    ZG_CHECK (again->tail_len == 14 && memcmp (again->tail, "data: [DONE]\n\n", 14) == 0);
 
     zg_calls_release (calls, again);
 
     free (all);
     zg_calls_destroy (&calls);
-    s_check (calls == NULL);
+    ZG_CHECK (calls == NULL);
     if (verbose)
         printf ("OK\n");
 }

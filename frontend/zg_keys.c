@@ -29,6 +29,7 @@
     =========================================================================
 */
 #include "frontend/zg_keys.h"
+#include "common/zg_selftest.h"
 #include "common/zg_sha256.h"
 
 #include <assert.h>
@@ -1076,14 +1077,6 @@ zg_keys_duration_end (const char *duration, int64_t from, int64_t *end)
 //  ---------------------------------------------------------------------
 //  Self test
 
-//  Self-test checks stay on in release builds (NDEBUG): a failure prints
-//  where and aborts.
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 //  A key record with every limit off, for the tests to adjust
 static zg_key_record_t
@@ -1121,337 +1114,337 @@ zg_keys_test (bool verbose)
 
     //  Numbers as Python prints them
     s_format_number (0.5, buf, sizeof (buf));
-    s_check (streq (buf, "0.5"));
+    ZG_CHECK (streq (buf, "0.5"));
     s_format_number (10, buf, sizeof (buf));
-    s_check (streq (buf, "10.0"));
+    ZG_CHECK (streq (buf, "10.0"));
     s_format_number (0, buf, sizeof (buf));
-    s_check (streq (buf, "0.0"));
+    ZG_CHECK (streq (buf, "0.0"));
     s_format_number (1e-05, buf, sizeof (buf));
-    s_check (streq (buf, "1e-05"));
+    ZG_CHECK (streq (buf, "1e-05"));
     s_format_number (3.7e-05, buf, sizeof (buf));
-    s_check (streq (buf, "3.7e-05"));
+    ZG_CHECK (streq (buf, "3.7e-05"));
     s_format_number (0.0001, buf, sizeof (buf));
-    s_check (streq (buf, "0.0001"));
+    ZG_CHECK (streq (buf, "0.0001"));
     s_format_number (0.1 + 0.2, buf, sizeof (buf));
-    s_check (streq (buf, "0.30000000000000004"));
+    ZG_CHECK (streq (buf, "0.30000000000000004"));
     s_format_number (1e16, buf, sizeof (buf));
-    s_check (streq (buf, "1e+16"));
+    ZG_CHECK (streq (buf, "1e+16"));
     s_format_number (1e15, buf, sizeof (buf));
-    s_check (streq (buf, "1000000000000000.0"));
+    ZG_CHECK (streq (buf, "1000000000000000.0"));
     s_format_number (123456.789, buf, sizeof (buf));
-    s_check (streq (buf, "123456.789"));
+    ZG_CHECK (streq (buf, "123456.789"));
 
     //  Key generation, hash, key_name
     char key [ZG_KEYS_KEY_MAX + 1], other [ZG_KEYS_KEY_MAX + 1];
-    s_check (zg_keys_generate (key) == 0);
-    s_check (zg_keys_generate (other) == 0);
-    s_check (strlen (key) == 3 + 22);
-    s_check (strncmp (key, "sk-", 3) == 0);
-    s_check (strspn (key + 3, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    ZG_CHECK (zg_keys_generate (key) == 0);
+    ZG_CHECK (zg_keys_generate (other) == 0);
+    ZG_CHECK (strlen (key) == 3 + 22);
+    ZG_CHECK (strncmp (key, "sk-", 3) == 0);
+    ZG_CHECK (strspn (key + 3, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                               "0123456789-_") == 22);
     //  The last character carries 2 bits of the last byte and 4 zero bits
-    s_check (strchr ("AQgw", key [24]));
-    s_check (!streq (key, other));
+    ZG_CHECK (strchr ("AQgw", key [24]));
+    ZG_CHECK (!streq (key, other));
     char hash [ZG_KEYS_HASH_HEX + 1];
     //  The reference's documentation key, hashed as hashlib.sha256 does
     zg_keys_hash ("sk-RV-l2BJEZ_LYNChSx2EueQ", hash);
-    s_check (streq (hash, "d42b36f063f305737b1de9c8dfc07a69150fadfa51d5def119c8b100832e0ade"));
+    ZG_CHECK (streq (hash, "d42b36f063f305737b1de9c8dfc07a69150fadfa51d5def119c8b100832e0ade"));
     zg_keys_hash ("sk-1234", hash);
-    s_check (streq (hash, "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b"));
+    ZG_CHECK (streq (hash, "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b"));
     zg_keys_hash ("abc", hash);
-    s_check (streq (hash, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+    ZG_CHECK (streq (hash, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
     zg_keys_key_name ("sk-RV-l2BJEZ_LYNChSx2EueQ", buf, sizeof (buf));
-    s_check (streq (buf, "sk-...EueQ"));
+    ZG_CHECK (streq (buf, "sk-...EueQ"));
     zg_keys_key_name ("sk", buf, sizeof (buf));
-    s_check (streq (buf, "sk-...sk"));
+    ZG_CHECK (streq (buf, "sk-...sk"));
 
     //  Durations
     int64_t end;
-    s_check (zg_keys_duration_end ("30s", now, &end) == 0 && end == now + 30);
-    s_check (zg_keys_duration_end ("30m", now, &end) == 0 && end == now + 1800);
-    s_check (zg_keys_duration_end ("30h", now, &end) == 0 && end == now + 108000);
-    s_check (zg_keys_duration_end ("30d", now, &end) == 0 && end == now + 2592000);
-    s_check (zg_keys_duration_end ("1w", now, &end) == 0 && end == now + 604800);
-    s_check (zg_keys_duration_end ("1mo", now, &end) == 0 && end == now + 31 * 86400);
-    s_check (zg_keys_duration_end ("13mo", now, &end) == 0
+    ZG_CHECK (zg_keys_duration_end ("30s", now, &end) == 0 && end == now + 30);
+    ZG_CHECK (zg_keys_duration_end ("30m", now, &end) == 0 && end == now + 1800);
+    ZG_CHECK (zg_keys_duration_end ("30h", now, &end) == 0 && end == now + 108000);
+    ZG_CHECK (zg_keys_duration_end ("30d", now, &end) == 0 && end == now + 2592000);
+    ZG_CHECK (zg_keys_duration_end ("1w", now, &end) == 0 && end == now + 604800);
+    ZG_CHECK (zg_keys_duration_end ("1mo", now, &end) == 0 && end == now + 31 * 86400);
+    ZG_CHECK (zg_keys_duration_end ("13mo", now, &end) == 0
           && end == now + (365 + 31) * 86400);
     //  31 January + 1 month = 28 February (2026 is not a leap year)
-    s_check (zg_keys_duration_end ("1mo", now + 30 * 86400, &end) == 0
+    ZG_CHECK (zg_keys_duration_end ("1mo", now + 30 * 86400, &end) == 0
           && end == now + (31 + 27) * 86400);
-    s_check (zg_keys_duration_end ("0d", now, &end) == 0 && end == now);
+    ZG_CHECK (zg_keys_duration_end ("0d", now, &end) == 0 && end == now);
     const char *bad [] = { "", "30", "d", "30x", "30dd", " 30d", "30d ", "-1d", "+1d",
                            "1.5h", "30S", "1mon", "m30", "99999999999999999999s", NULL };
     for (size_t index = 0; bad [index]; index++)
-        s_check (zg_keys_duration_end (bad [index], now, &end) == -1);
-    s_check (zg_keys_duration_end (NULL, now, &end) == -1);
+        ZG_CHECK (zg_keys_duration_end (bad [index], now, &end) == -1);
+    ZG_CHECK (zg_keys_duration_end (NULL, now, &end) == -1);
 
     zg_keys_t *keys = zg_keys_new (0, 0);
-    s_check (keys);
+    ZG_CHECK (keys);
 
     //  Unknown key: the 2026 shape
     s_test_hash_of (1, hash);
-    s_check (zg_keys_check (keys, hash, "sk-0123abcdWXYZ", "gpt-4o", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_UNKNOWN && !verdict.allowed);
-    s_check (verdict.status == 401);
-    s_check (streq (verdict.type, "token_not_found_in_db"));
-    s_check (streq (verdict.param, "key"));
+    ZG_CHECK (zg_keys_check (keys, hash, "sk-0123abcdWXYZ", "gpt-4o", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_UNKNOWN && !verdict.allowed);
+    ZG_CHECK (verdict.status == 401);
+    ZG_CHECK (streq (verdict.type, "token_not_found_in_db"));
+    ZG_CHECK (streq (verdict.param, "key"));
     snprintf (buf, sizeof (buf), "Authentication Error, Invalid proxy server token passed. "
               "Received API Key = sk-...WXYZ, Key Hash (Token) =%s. Unable to find token in "
               "cache or `LiteLLM_VerificationTokenTable`", hash);
-    s_check (streq (verdict.message, buf));
-    s_check (verdict.key == NULL);
-    s_check (zg_keys_check (keys, "not-a-hash", NULL, NULL, now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_UNKNOWN);
+    ZG_CHECK (streq (verdict.message, buf));
+    ZG_CHECK (verdict.key == NULL);
+    ZG_CHECK (zg_keys_check (keys, "not-a-hash", NULL, NULL, now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_UNKNOWN);
 
     //  A known key with no limits
     zg_key_record_t record = s_test_record (hash);
     record.key_alias = "alias";
     record.metadata = "{\"team\":\"x\"}";
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_size (keys) == 1);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_size (keys) == 1);
     const zg_key_record_t *found = zg_keys_lookup (keys, hash);
-    s_check (found && streq (found->key_alias, "alias") && streq (found->metadata, "{\"team\":\"x\"}"));
-    s_check (found->token != hash && streq (found->token, hash));
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
-    s_check (verdict.allowed && verdict.reason == ZG_KEYS_OK && verdict.status == 200);
-    s_check (verdict.key == found);
+    ZG_CHECK (found && streq (found->key_alias, "alias") && streq (found->metadata, "{\"team\":\"x\"}"));
+    ZG_CHECK (found->token != hash && streq (found->token, hash));
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
+    ZG_CHECK (verdict.allowed && verdict.reason == ZG_KEYS_OK && verdict.status == 200);
+    ZG_CHECK (verdict.key == found);
 
     //  Invalid records leave the table as it was
     zg_key_record_t broken = s_test_record ("ABC");
-    s_check (zg_keys_upsert (keys, &broken) == -1);
+    ZG_CHECK (zg_keys_upsert (keys, &broken) == -1);
     char upper [ZG_KEYS_HASH_HEX + 1];
     for (size_t index = 0; index <= ZG_KEYS_HASH_HEX; index++)
         upper [index] = (char) toupper ((unsigned char) hash [index]);
     broken.token = upper;
-    s_check (zg_keys_upsert (keys, &broken) == -1);
+    ZG_CHECK (zg_keys_upsert (keys, &broken) == -1);
     broken = s_test_record (hash);
     broken.budget_duration = "soon";
-    s_check (zg_keys_upsert (keys, &broken) == -1);
+    ZG_CHECK (zg_keys_upsert (keys, &broken) == -1);
     char *long_alias = (char *) malloc (ZG_KEYS_ID_MAX + 2);
     memset (long_alias, 'a', ZG_KEYS_ID_MAX + 1);
     long_alias [ZG_KEYS_ID_MAX + 1] = 0;
     broken = s_test_record (hash);
     broken.key_alias = long_alias;
-    s_check (zg_keys_upsert (keys, &broken) == -1);
+    ZG_CHECK (zg_keys_upsert (keys, &broken) == -1);
     free (long_alias);
     broken = s_test_record (hash);
     broken.models_count = ZG_KEYS_MODELS_MAX + 1;
-    s_check (zg_keys_upsert (keys, &broken) == -1);
-    s_check (streq (zg_keys_lookup (keys, hash)->key_alias, "alias"));
+    ZG_CHECK (zg_keys_upsert (keys, &broken) == -1);
+    ZG_CHECK (streq (zg_keys_lookup (keys, hash)->key_alias, "alias"));
 
     //  Models list
     const char *models [] = { "gpt-4o", "gpt-4o-mini" };
     record.models = models;
     record.models_count = 2;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o-mini", now, &verdict) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, NULL, now, &verdict) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "o3", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_MODEL_DENIED && verdict.status == 403);
-    s_check (streq (verdict.type, "key_model_access_denied") && streq (verdict.param, "model"));
-    s_check (streq (verdict.message, "key not allowed to access model. This key can only access "
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o-mini", now, &verdict) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, NULL, now, &verdict) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "o3", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_MODEL_DENIED && verdict.status == 403);
+    ZG_CHECK (streq (verdict.type, "key_model_access_denied") && streq (verdict.param, "model"));
+    ZG_CHECK (streq (verdict.message, "key not allowed to access model. This key can only access "
                     "models=['gpt-4o', 'gpt-4o-mini']. Tried to access o3"));
     record.models = NULL;
     record.models_count = 0;
 
     //  Expiry: refused only once the expiry time is past
     record.expires = now + 60;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 59, &verdict) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 60, &verdict) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 61, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_EXPIRED && verdict.status == 401);
-    s_check (streq (verdict.type, "expired_key") && streq (verdict.param, "sk-...test"));
-    s_check (streq (verdict.message, "Authentication Error - Expired Key. Key Expiry time "
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 59, &verdict) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 60, &verdict) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 61, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_EXPIRED && verdict.status == 401);
+    ZG_CHECK (streq (verdict.type, "expired_key") && streq (verdict.param, "sk-...test"));
+    ZG_CHECK (streq (verdict.message, "Authentication Error - Expired Key. Key Expiry time "
                     "2026-01-01 00:01:00+00:00 and current time 2026-01-01 00:01:01+00:00"));
     record.expires = 0;
 
     //  Blocked
     record.blocked = true;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_BLOCKED && verdict.status == 401);
-    s_check (streq (verdict.type, "auth_error") && streq (verdict.param, "None"));
-    s_check (streq (verdict.message, "Authentication Error, Key is blocked. Update via "
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_BLOCKED && verdict.status == 401);
+    ZG_CHECK (streq (verdict.type, "auth_error") && streq (verdict.param, "None"));
+    ZG_CHECK (streq (verdict.message, "Authentication Error, Key is blocked. Update via "
                     "`/key/unblock` if you're an admin."));
     record.blocked = false;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
 
     //  Key budget: refused at spend >= max_budget; record_usage makes it bite
     record.max_budget = 1.0;
     record.spend = 0.25;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 10, 0.5, now) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 10, 0.25, now) == 0);
-    s_check (zg_keys_lookup (keys, hash)->spend == 1.0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_KEY_OVER_BUDGET && verdict.status == 429);
-    s_check (streq (verdict.type, "budget_exceeded") && verdict.param == NULL);
-    s_check (streq (verdict.message, "Budget has been exceeded! Current cost: 1.0, Max budget: 1.0"));
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 10, 0.5, now) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 10, 0.25, now) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash)->spend == 1.0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_KEY_OVER_BUDGET && verdict.status == 429);
+    ZG_CHECK (streq (verdict.type, "budget_exceeded") && verdict.param == NULL);
+    ZG_CHECK (streq (verdict.message, "Budget has been exceeded! Current cost: 1.0, Max budget: 1.0"));
     //  An older snapshot does not undo spend recorded here...
     record.spend = 0.25;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_lookup (keys, hash)->spend == 1.0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash)->spend == 1.0);
     //  ...a higher one (other frontends' spend) wins...
     record.spend = 1.5;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_lookup (keys, hash)->spend == 1.5);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash)->spend == 1.5);
     //  ...and a reset is set outright
-    s_check (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
-    s_check (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, "nope", 0) == -1);
+    ZG_CHECK (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
+    ZG_CHECK (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, "nope", 0) == -1);
 
     //  budget_duration: the period ends, spend starts again from zero
     record.spend = 2.0;
     record.budget_duration = "1d";
     record.budget_reset_at = now + 100;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 99, &verdict) == -1);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 100, &verdict) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 99, &verdict) == -1);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now + 100, &verdict) == 0);
     found = zg_keys_lookup (keys, hash);
-    s_check (found->spend == 0 && found->budget_reset_at == now + 100 + 86400);
+    ZG_CHECK (found->spend == 0 && found->budget_reset_at == now + 100 + 86400);
     //  The database, not yet reset, sends the old period: ignored
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_lookup (keys, hash)->spend == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash)->spend == 0);
     //  The database's next period wins
     record.spend = 0.125;
     record.budget_reset_at = now + 100 + 86400;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_lookup (keys, hash)->spend == 0.125);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash)->spend == 0.125);
     record.spend = 0;
     record.max_budget = -1;
     record.budget_duration = NULL;
     record.budget_reset_at = 0;
-    s_check (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
-    s_check (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
 
     //  Team and user budgets
     record.user_id = "ishaan";
     record.team_id = "team-1";
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_set_budget (keys, ZG_KEYS_FOR_TEAM, "team-1", 0.5, 1.0, 0) == 0);
-    s_check (zg_keys_set_budget (keys, ZG_KEYS_FOR_USER, "ishaan", 0, 2.0, 0) == 0);
-    s_check (zg_keys_set_budget (keys, ZG_KEYS_FOR_KEY, hash, 0, 2.0, 0) == -1);
-    s_check (zg_keys_set_budget (keys, ZG_KEYS_FOR_USER, "", 0, 2.0, 0) == -1);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_TEAM_OVER_BUDGET && verdict.status == 429);
-    s_check (streq (verdict.type, "budget_exceeded"));
-    s_check (streq (verdict.message,
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_set_budget (keys, ZG_KEYS_FOR_TEAM, "team-1", 0.5, 1.0, 0) == 0);
+    ZG_CHECK (zg_keys_set_budget (keys, ZG_KEYS_FOR_USER, "ishaan", 0, 2.0, 0) == 0);
+    ZG_CHECK (zg_keys_set_budget (keys, ZG_KEYS_FOR_KEY, hash, 0, 2.0, 0) == -1);
+    ZG_CHECK (zg_keys_set_budget (keys, ZG_KEYS_FOR_USER, "", 0, 2.0, 0) == -1);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_TEAM_OVER_BUDGET && verdict.status == 429);
+    ZG_CHECK (streq (verdict.type, "budget_exceeded"));
+    ZG_CHECK (streq (verdict.message,
                     "Budget has been exceeded! Team=team-1 Current cost: 1.0, Max budget: 1.0"));
     //  An older team snapshot keeps the spend recorded here; a reset does not
-    s_check (zg_keys_set_budget (keys, ZG_KEYS_FOR_TEAM, "team-1", 0, 1.0, 0) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_TEAM_OVER_BUDGET);
-    s_check (zg_keys_set_spend (keys, ZG_KEYS_FOR_TEAM, "team-1", 0) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
-    s_check (zg_keys_set_budget (keys, ZG_KEYS_FOR_TEAM, "team-1", 0, -1, 0) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 0, 1.5, now) == 0);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_USER_OVER_BUDGET && verdict.status == 429);
-    s_check (streq (verdict.type, "budget_exceeded") && verdict.param == NULL);
-    s_check (streq (verdict.message, "ExceededBudget: User=ishaan over budget. Spend=2.0, Budget=2.0"));
-    s_check (zg_keys_set_spend (keys, ZG_KEYS_FOR_USER, "ishaan", 0) == 0);
-    s_check (zg_keys_set_spend (keys, ZG_KEYS_FOR_USER, "nobody", 0) == -1);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
+    ZG_CHECK (zg_keys_set_budget (keys, ZG_KEYS_FOR_TEAM, "team-1", 0, 1.0, 0) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_TEAM_OVER_BUDGET);
+    ZG_CHECK (zg_keys_set_spend (keys, ZG_KEYS_FOR_TEAM, "team-1", 0) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
+    ZG_CHECK (zg_keys_set_budget (keys, ZG_KEYS_FOR_TEAM, "team-1", 0, -1, 0) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 0, 1.5, now) == 0);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_USER_OVER_BUDGET && verdict.status == 429);
+    ZG_CHECK (streq (verdict.type, "budget_exceeded") && verdict.param == NULL);
+    ZG_CHECK (streq (verdict.message, "ExceededBudget: User=ishaan over budget. Spend=2.0, Budget=2.0"));
+    ZG_CHECK (zg_keys_set_spend (keys, ZG_KEYS_FOR_USER, "ishaan", 0) == 0);
+    ZG_CHECK (zg_keys_set_spend (keys, ZG_KEYS_FOR_USER, "nobody", 0) == -1);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
     record.user_id = NULL;
     record.team_id = NULL;
-    s_check (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
+    ZG_CHECK (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
 
     //  rpm over a fixed window, rolled over with the injected clock
     record.rpm_limit = 3;
-    s_check (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
     int64_t start = now + 1000;
     for (int index = 0; index < 3; index++) {
-        s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + index, &verdict, &ticket) == 0);
+        ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + index, &verdict, &ticket) == 0);
         zg_keys_finish (keys, &ticket);
     }
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 10, &verdict, &ticket) == -1);
-    s_check (verdict.reason == ZG_KEYS_OVER_RPM && verdict.status == 429);
-    s_check (streq (verdict.type, "rate_limit_error") && verdict.param == NULL);
-    s_check (verdict.retry_after == 50);
-    s_check (streq (verdict.rate_limit_type, "requests"));
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 10, &verdict, &ticket) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_OVER_RPM && verdict.status == 429);
+    ZG_CHECK (streq (verdict.type, "rate_limit_error") && verdict.param == NULL);
+    ZG_CHECK (verdict.retry_after == 50);
+    ZG_CHECK (streq (verdict.rate_limit_type, "requests"));
     s_format_time (start + 60, " UTC", buf, sizeof (buf));
-    s_check (streq (verdict.reset_at, buf));
+    ZG_CHECK (streq (verdict.reset_at, buf));
     char expected [ZG_KEYS_MESSAGE_MAX];
     snprintf (expected, sizeof (expected), "Rate limit exceeded for api_key: %s. Limit type: "
               "requests. Current limit: 3, Remaining: 0. Limit resets at: %s", hash, buf);
-    s_check (streq (verdict.message, expected));
+    ZG_CHECK (streq (verdict.message, expected));
     zg_keys_finish (keys, &ticket);     //  refused: nothing to finish
-    s_check (zg_keys_double_finishes (keys) == 0);
+    ZG_CHECK (zg_keys_double_finishes (keys) == 0);
     //  Refusals are not counted, and the window ends on time
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 59, &verdict, &ticket) == -1);
-    s_check (verdict.retry_after == 1);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 60, &verdict, &ticket) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 59, &verdict, &ticket) == -1);
+    ZG_CHECK (verdict.retry_after == 1);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 60, &verdict, &ticket) == 0);
     zg_keys_finish (keys, &ticket);
     //  Headers after one request of the new window
     int length = zg_keys_headers (keys, hash, start + 61, buf, sizeof (buf));
-    s_check (length > 0 && (size_t) length == strlen (buf));
-    s_check (streq (buf, "x-ratelimit-remaining-requests: 2\r\n"
+    ZG_CHECK (length > 0 && (size_t) length == strlen (buf));
+    ZG_CHECK (streq (buf, "x-ratelimit-remaining-requests: 2\r\n"
                          "x-ratelimit-limit-requests: 3\r\n"
                          "x-litellm-key-spend: 0.0\r\n"));
     //  rpm_limit 0 refuses all, as in the reference
     record.rpm_limit = 0;
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 500, &verdict, &ticket) == -1);
-    s_check (verdict.reason == ZG_KEYS_OVER_RPM);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 500, &verdict, &ticket) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_OVER_RPM);
     record.rpm_limit = -1;
 
     //  tpm: tokens recorded at the end of requests fill the window
     record.tpm_limit = 100;
-    s_check (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
     start = now + 2000;
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &ticket) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 60, 0, start + 1) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &ticket) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 60, 0, start + 1) == 0);
     zg_keys_finish (keys, &ticket);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 2, &verdict, &ticket) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 40, 0, start + 3) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 2, &verdict, &ticket) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 40, 0, start + 3) == 0);
     zg_keys_finish (keys, &ticket);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 4, &verdict, &ticket) == -1);
-    s_check (verdict.reason == ZG_KEYS_OVER_TPM && verdict.status == 429);
-    s_check (streq (verdict.rate_limit_type, "tokens") && verdict.retry_after == 56);
-    s_check (strstr (verdict.message, "Limit type: tokens. Current limit: 100, Remaining: 0."));
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 60, &verdict, &ticket) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 4, &verdict, &ticket) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_OVER_TPM && verdict.status == 429);
+    ZG_CHECK (streq (verdict.rate_limit_type, "tokens") && verdict.retry_after == 56);
+    ZG_CHECK (strstr (verdict.message, "Limit type: tokens. Current limit: 100, Remaining: 0."));
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 60, &verdict, &ticket) == 0);
     zg_keys_finish (keys, &ticket);
     record.tpm_limit = -1;
 
     //  Parallel: admit counts, finish releases, a double finish is harmless
     record.max_parallel_requests = 2;
-    s_check (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
     zg_keys_ticket_t first, second, third;
     start = now + 3000;
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &first) == 0);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &second) == 0);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == -1);
-    s_check (verdict.reason == ZG_KEYS_OVER_PARALLEL && verdict.status == 429);
-    s_check (streq (verdict.rate_limit_type, "max_parallel_requests") && verdict.retry_after == 1);
-    s_check (strstr (verdict.message, "Limit type: max_parallel_requests. Current limit: 2,"));
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &first) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &second) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_OVER_PARALLEL && verdict.status == 429);
+    ZG_CHECK (streq (verdict.rate_limit_type, "max_parallel_requests") && verdict.retry_after == 1);
+    ZG_CHECK (strstr (verdict.message, "Limit type: max_parallel_requests. Current limit: 2,"));
     zg_keys_finish (keys, &first);
     zg_keys_finish (keys, &first);      //  twice: counted, and must not free a second slot
-    s_check (zg_keys_double_finishes (keys) == 1);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &first) == 0);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == -1);
+    ZG_CHECK (zg_keys_double_finishes (keys) == 1);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &first) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == -1);
     //  A ticket from a key's earlier life does not free its new life's slots
-    s_check (zg_keys_remove (keys, hash) == 0);
-    s_check (zg_keys_remove (keys, hash) == -1);
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == 0);
+    ZG_CHECK (zg_keys_remove (keys, hash) == 0);
+    ZG_CHECK (zg_keys_remove (keys, hash) == -1);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == 0);
     zg_keys_finish (keys, &first);
     zg_keys_finish (keys, &second);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &first) == 0);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &second) == -1);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &first) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &second) == -1);
     zg_keys_finish (keys, &first);
     zg_keys_finish (keys, &third);
-    s_check (zg_keys_double_finishes (keys) == 1);
+    ZG_CHECK (zg_keys_double_finishes (keys) == 1);
     //  Parallel slots survive an upsert of the same key
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &first) == 0);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &second) == 0);
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == -1);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &first) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &second) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == -1);
     zg_keys_finish (keys, &first);
     zg_keys_finish (keys, &second);
     record.max_parallel_requests = -1;
@@ -1460,137 +1453,137 @@ zg_keys_test (bool verbose)
     record.rpm_limit = 10;
     record.tpm_limit = 1000;
     record.max_budget = 5;
-    s_check (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
     start = now + 4000;
-    s_check (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &ticket) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 250, 0.0125, start) == 0);
+    ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &ticket) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 250, 0.0125, start) == 0);
     zg_keys_finish (keys, &ticket);
     length = zg_keys_headers (keys, hash, start, buf, sizeof (buf));
-    s_check (streq (buf, "x-ratelimit-remaining-requests: 9\r\n"
+    ZG_CHECK (streq (buf, "x-ratelimit-remaining-requests: 9\r\n"
                          "x-ratelimit-limit-requests: 10\r\n"
                          "x-ratelimit-remaining-tokens: 750\r\n"
                          "x-ratelimit-limit-tokens: 1000\r\n"
                          "x-litellm-key-spend: 0.0125\r\n"
                          "x-litellm-key-max-budget: 5.0\r\n"));
-    s_check (zg_keys_headers (keys, hash, start, buf, 40) == -1 && buf [0] == 0);
-    s_check (zg_keys_headers (keys, "unknown", start, buf, sizeof (buf)) == 0);
+    ZG_CHECK (zg_keys_headers (keys, hash, start, buf, 40) == -1 && buf [0] == 0);
+    ZG_CHECK (zg_keys_headers (keys, "unknown", start, buf, sizeof (buf)) == 0);
     //  A closed window shows the whole limit again
     zg_keys_headers (keys, hash, start + 60, buf, sizeof (buf));
-    s_check (strstr (buf, "x-ratelimit-remaining-requests: 10\r\n"));
-    s_check (strstr (buf, "x-ratelimit-remaining-tokens: 1000\r\n"));
+    ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 10\r\n"));
+    ZG_CHECK (strstr (buf, "x-ratelimit-remaining-tokens: 1000\r\n"));
     record.rpm_limit = -1;
     record.tpm_limit = -1;
     record.max_budget = -1;
 
     //  Soft budget: the crossing is reported once
     record.soft_budget = 1.0;
-    s_check (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
-    s_check (zg_keys_upsert (keys, &record) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 1);
-    s_check (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 0);
-    s_check (zg_keys_upsert (keys, &record) == 0);      //  a snapshot is not a new crossing
-    s_check (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 0);
-    s_check (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 0, 2, now) == 1);
-    s_check (zg_keys_record_usage (keys, "unknown", 0, 2, now) == -1);
+    ZG_CHECK (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 1);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &record) == 0);      //  a snapshot is not a new crossing
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 0, 0.5, now) == 0);
+    ZG_CHECK (zg_keys_set_spend (keys, ZG_KEYS_FOR_KEY, hash, 0) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 0, 2, now) == 1);
+    ZG_CHECK (zg_keys_record_usage (keys, "unknown", 0, 2, now) == -1);
     //  Bad usage from a bad upstream changes nothing
     double before = zg_keys_lookup (keys, hash)->spend;
-    s_check (zg_keys_record_usage (keys, hash, -5, NAN, now) == 0);
-    s_check (zg_keys_record_usage (keys, hash, 0, -1, now) == 0);
-    s_check (zg_keys_lookup (keys, hash)->spend == before);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, -5, NAN, now) == 0);
+    ZG_CHECK (zg_keys_record_usage (keys, hash, 0, -1, now) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash)->spend == before);
     record.soft_budget = -1;
 
     //  Negative cache: one lookup per unknown key per TTL
     char unknown [ZG_KEYS_HASH_HEX + 1];
     s_test_hash_of (2, unknown);
-    s_check (zg_keys_should_lookup (keys, unknown, now) == ZG_KEYS_LOOKUP);
-    s_check (zg_keys_should_lookup (keys, unknown, now) == ZG_KEYS_LOOKUP_PENDING);
+    ZG_CHECK (zg_keys_should_lookup (keys, unknown, now) == ZG_KEYS_LOOKUP);
+    ZG_CHECK (zg_keys_should_lookup (keys, unknown, now) == ZG_KEYS_LOOKUP_PENDING);
     zg_keys_remember_unknown (keys, unknown, now);
-    s_check (zg_keys_should_lookup (keys, unknown, now + 9) == ZG_KEYS_LOOKUP_KNOWN_BAD);
-    s_check (zg_keys_should_lookup (keys, unknown, now + 10) == ZG_KEYS_LOOKUP);
-    s_check (zg_keys_should_lookup (keys, hash, now) == ZG_KEYS_LOOKUP_KNOWN);
-    s_check (zg_keys_should_lookup (keys, "zz", now) == ZG_KEYS_LOOKUP_KNOWN_BAD);
+    ZG_CHECK (zg_keys_should_lookup (keys, unknown, now + 9) == ZG_KEYS_LOOKUP_KNOWN_BAD);
+    ZG_CHECK (zg_keys_should_lookup (keys, unknown, now + 10) == ZG_KEYS_LOOKUP);
+    ZG_CHECK (zg_keys_should_lookup (keys, hash, now) == ZG_KEYS_LOOKUP_KNOWN);
+    ZG_CHECK (zg_keys_should_lookup (keys, "zz", now) == ZG_KEYS_LOOKUP_KNOWN_BAD);
     //  A pending lookup that never got its answer may be asked again
     s_test_hash_of (3, other);
-    s_check (zg_keys_should_lookup (keys, other, now) == ZG_KEYS_LOOKUP);
-    s_check (zg_keys_should_lookup (keys, other, now + 10) == ZG_KEYS_LOOKUP);
+    ZG_CHECK (zg_keys_should_lookup (keys, other, now) == ZG_KEYS_LOOKUP);
+    ZG_CHECK (zg_keys_should_lookup (keys, other, now + 10) == ZG_KEYS_LOOKUP);
     //  A key created meanwhile works at once
     zg_keys_remember_unknown (keys, other, now);
     size_t remembered = zg_keys_negative_size (keys);
     zg_key_record_t created = s_test_record (other);
-    s_check (zg_keys_upsert (keys, &created) == 0);
-    s_check (zg_keys_negative_size (keys) == remembered - 1);
-    s_check (zg_keys_should_lookup (keys, other, now) == ZG_KEYS_LOOKUP_KNOWN);
-    s_check (zg_keys_check (keys, other, NULL, NULL, now, &verdict) == 0);
+    ZG_CHECK (zg_keys_upsert (keys, &created) == 0);
+    ZG_CHECK (zg_keys_negative_size (keys) == remembered - 1);
+    ZG_CHECK (zg_keys_should_lookup (keys, other, now) == ZG_KEYS_LOOKUP_KNOWN);
+    ZG_CHECK (zg_keys_check (keys, other, NULL, NULL, now, &verdict) == 0);
     zg_keys_remember_unknown (keys, other, now);        //  known: not remembered
-    s_check (zg_keys_negative_size (keys) == remembered - 1);
-    s_check (zg_keys_remove (keys, other) == 0);
+    ZG_CHECK (zg_keys_negative_size (keys) == remembered - 1);
+    ZG_CHECK (zg_keys_remove (keys, other) == 0);
 
     //  Database down: known keys keep working, unknown ones are refused
     //  (503) or, with the flag, let in unprivileged; known-bad stay out
     zg_keys_set_db_available (keys, false);
-    s_check (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
-    s_check (verdict.reason == ZG_KEYS_OK);
+    ZG_CHECK (zg_keys_check (keys, hash, NULL, "gpt-4o", now, &verdict) == 0);
+    ZG_CHECK (verdict.reason == ZG_KEYS_OK);
     s_test_hash_of (4, other);
-    s_check (zg_keys_admit (keys, other, NULL, "gpt-4o", now, &verdict, &ticket) == -1);
-    s_check (verdict.reason == ZG_KEYS_DB_UNAVAILABLE && verdict.status == 503);
-    s_check (streq (verdict.type, "no_db_connection"));
-    s_check (streq (verdict.message, "Service Unavailable, the authentication database is "
+    ZG_CHECK (zg_keys_admit (keys, other, NULL, "gpt-4o", now, &verdict, &ticket) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_DB_UNAVAILABLE && verdict.status == 503);
+    ZG_CHECK (streq (verdict.type, "no_db_connection"));
+    ZG_CHECK (streq (verdict.message, "Service Unavailable, the authentication database is "
                     "temporarily unreachable. Please retry shortly."));
     zg_keys_set_allow_on_db_unavailable (keys, true);
-    s_check (zg_keys_admit (keys, other, NULL, "gpt-4o", now, &verdict, &ticket) == 0);
-    s_check (verdict.allowed && verdict.reason == ZG_KEYS_OK_UNPRIVILEGED && verdict.key == NULL);
+    ZG_CHECK (zg_keys_admit (keys, other, NULL, "gpt-4o", now, &verdict, &ticket) == 0);
+    ZG_CHECK (verdict.allowed && verdict.reason == ZG_KEYS_OK_UNPRIVILEGED && verdict.key == NULL);
     zg_keys_finish (keys, &ticket);
-    s_check (zg_keys_double_finishes (keys) == 1);
+    ZG_CHECK (zg_keys_double_finishes (keys) == 1);
     zg_keys_remember_unknown (keys, unknown, now);
-    s_check (zg_keys_check (keys, unknown, NULL, "gpt-4o", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_UNKNOWN);
-    s_check (zg_keys_check (keys, "garbage", NULL, "gpt-4o", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_UNKNOWN);
+    ZG_CHECK (zg_keys_check (keys, unknown, NULL, "gpt-4o", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_UNKNOWN);
+    ZG_CHECK (zg_keys_check (keys, "garbage", NULL, "gpt-4o", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_UNKNOWN);
     //  And the flag does nothing while the database is up
     zg_keys_set_db_available (keys, true);
-    s_check (zg_keys_check (keys, other, NULL, "gpt-4o", now, &verdict) == -1);
-    s_check (verdict.reason == ZG_KEYS_UNKNOWN && verdict.status == 401);
+    ZG_CHECK (zg_keys_check (keys, other, NULL, "gpt-4o", now, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_UNKNOWN && verdict.status == 401);
     zg_keys_destroy (&keys);
-    s_check (keys == NULL);
+    ZG_CHECK (keys == NULL);
     zg_keys_destroy (&keys);
 
     //  A flood of random bad keys: memory stays bounded, the oldest go
     //  first, and every remembered hash is still found through the index
     keys = zg_keys_new (1000, 10);
-    s_check (keys);
+    ZG_CHECK (keys);
     enum { FLOOD = 100000 };
     for (int index = 0; index < FLOOD; index++) {
         s_test_hash_of (100 + index, hash);
-        s_check (zg_keys_should_lookup (keys, hash, now) == ZG_KEYS_LOOKUP);
+        ZG_CHECK (zg_keys_should_lookup (keys, hash, now) == ZG_KEYS_LOOKUP);
         zg_keys_remember_unknown (keys, hash, now);
-        s_check (zg_keys_negative_size (keys) <= 1000);
+        ZG_CHECK (zg_keys_negative_size (keys) <= 1000);
     }
-    s_check (zg_keys_negative_size (keys) == 1000);
+    ZG_CHECK (zg_keys_negative_size (keys) == 1000);
     for (int index = FLOOD - 1000; index < FLOOD; index++) {
         s_test_hash_of (100 + index, hash);
-        s_check (zg_keys_should_lookup (keys, hash, now) == ZG_KEYS_LOOKUP_KNOWN_BAD);
+        ZG_CHECK (zg_keys_should_lookup (keys, hash, now) == ZG_KEYS_LOOKUP_KNOWN_BAD);
     }
     s_test_hash_of (100 + FLOOD - 1001, hash);
-    s_check (zg_keys_should_lookup (keys, hash, now) == ZG_KEYS_LOOKUP);
+    ZG_CHECK (zg_keys_should_lookup (keys, hash, now) == ZG_KEYS_LOOKUP);
     //  Holes left by keys that came to exist are reused
     for (int index = 0; index < 500; index++) {
         s_test_hash_of (100 + FLOOD - 500 + index, hash);
         record = s_test_record (hash);
-        s_check (zg_keys_upsert (keys, &record) == 0);
+        ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
     }
-    s_check (zg_keys_negative_size (keys) == 500);
+    ZG_CHECK (zg_keys_negative_size (keys) == 500);
     for (int index = 0; index < 5000; index++) {
         s_test_hash_of (1000000 + index, hash);
         zg_keys_remember_unknown (keys, hash, now);
     }
-    s_check (zg_keys_negative_size (keys) == 1000);
+    ZG_CHECK (zg_keys_negative_size (keys) == 1000);
     for (int index = 4000; index < 5000; index++) {
         s_test_hash_of (1000000 + index, hash);
-        s_check (zg_keys_should_lookup (keys, hash, now + 9) == ZG_KEYS_LOOKUP_KNOWN_BAD);
+        ZG_CHECK (zg_keys_should_lookup (keys, hash, now + 9) == ZG_KEYS_LOOKUP_KNOWN_BAD);
     }
-    s_check (zg_keys_size (keys) == 500);
+    ZG_CHECK (zg_keys_size (keys) == 500);
     zg_keys_destroy (&keys);
 
     if (verbose)

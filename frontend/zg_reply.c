@@ -3,6 +3,7 @@
     =========================================================================
 */
 #include "frontend/zg_reply.h"
+#include "common/zg_selftest.h"
 
 #include <assert.h>
 #include <stdarg.h>
@@ -307,14 +308,6 @@ zg_reply_next_header (const char *cursor, const char **name, size_t *name_length
     return NULL;
 }
 
-//  Self-test checks stay on in release builds (NDEBUG): a failure prints
-//  where and aborts.
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 void
 zg_reply_test (bool verbose)
@@ -327,30 +320,30 @@ zg_reply_test (bool verbose)
                                       "Authentication Error, No api key passed in.", NULL);
     const char *expected = "{\"error\":{\"message\":\"Authentication Error, No api key passed in.\","
                            "\"type\":\"auth_error\",\"param\":null,\"code\":\"401\"}}";
-    s_check (length == (int) strlen (expected));
-    s_check (strcmp (buf, expected) == 0);
-    s_check (zg_json_valid (buf, (size_t) length, NULL));
+    ZG_CHECK (length == (int) strlen (expected));
+    ZG_CHECK (strcmp (buf, expected) == 0);
+    ZG_CHECK (zg_json_valid (buf, (size_t) length, NULL));
 
     length = zg_reply_error_json (buf, sizeof (buf), 400, "bad_request_error",
                                   "say \"hi\"\n", "model");
-    s_check (length > 0 && zg_json_valid (buf, (size_t) length, NULL));
-    s_check (strstr (buf, "\"param\":\"model\""));
-    s_check (strstr (buf, "\"code\":\"400\""));
-    s_check (zg_reply_error_json (buf, 20, 400, "t", "m", NULL) == -1);
+    ZG_CHECK (length > 0 && zg_json_valid (buf, (size_t) length, NULL));
+    ZG_CHECK (strstr (buf, "\"param\":\"model\""));
+    ZG_CHECK (strstr (buf, "\"code\":\"400\""));
+    ZG_CHECK (zg_reply_error_json (buf, 20, 400, "t", "m", NULL) == -1);
 
     //  The longest message the wire allows, all escaped, still fits
     char message [4096];
     memset (message, 1, sizeof (message) - 1);
     message [sizeof (message) - 1] = 0;
     length = zg_reply_error_json (buf, sizeof (buf), 500, NULL, message, NULL);
-    s_check (length > 0 && zg_json_valid (buf, (size_t) length, NULL));
-    s_check (strstr (buf, "\"type\":\"internal_server_error\""));
+    ZG_CHECK (length > 0 && zg_json_valid (buf, (size_t) length, NULL));
+    ZG_CHECK (strstr (buf, "\"type\":\"internal_server_error\""));
 
     length = zg_reply_stream_error (buf, sizeof (buf), 429, "rate_limit_error", "slow down", NULL);
-    s_check (length > 0);
-    s_check (strncmp (buf, "data: {\"error\":{", 16) == 0);
-    s_check (strstr (buf, "\"code\":\"429\"}}\n\ndata: [DONE]\n\n"));
-    s_check ((size_t) length == strlen (buf));
+    ZG_CHECK (length > 0);
+    ZG_CHECK (strncmp (buf, "data: {\"error\":{", 16) == 0);
+    ZG_CHECK (strstr (buf, "\"code\":\"429\"}}\n\ndata: [DONE]\n\n"));
+    ZG_CHECK ((size_t) length == strlen (buf));
 
     //  Documents from a configuration
     zg_deployment_t deployments [3];
@@ -378,67 +371,67 @@ zg_reply_test (bool verbose)
     config.deployment_count = 3;
 
     char *models = zg_reply_models_json (&config);
-    s_check (zg_json_valid (models, strlen (models), NULL));
-    s_check (strcmp (models,
+    ZG_CHECK (zg_json_valid (models, strlen (models), NULL));
+    ZG_CHECK (strcmp (models,
         "{\"data\":[{\"id\":\"gpt-4o\",\"object\":\"model\",\"created\":1677610602,\"owned_by\":\"openai\"},"
         "{\"id\":\"text-embedding-3-small\",\"object\":\"model\",\"created\":1677610602,\"owned_by\":\"openai\"}],"
         "\"object\":\"list\"}") == 0);
     free (models);
 
     char *info = zg_reply_model_info_json (&config);
-    s_check (zg_json_valid (info, strlen (info), NULL));
-    s_check (!strstr (info, "api_key"));
-    s_check (!strstr (info, "sk-upstream-secret"));
-    s_check (strstr (info, "\"model\":\"openai/gpt-4o-mini\""));
-    s_check (strstr (info, "\"input_cost_per_token\":2.5e-06"));
-    s_check (strstr (info, "\"output_cost_per_token\":null"));
-    s_check (strstr (info, "\"rpm\":60"));
-    s_check (strstr (info, "\"mode\":\"embedding\""));
-    s_check (strstr (info, "\"id\":\"id-c\""));
+    ZG_CHECK (zg_json_valid (info, strlen (info), NULL));
+    ZG_CHECK (!strstr (info, "api_key"));
+    ZG_CHECK (!strstr (info, "sk-upstream-secret"));
+    ZG_CHECK (strstr (info, "\"model\":\"openai/gpt-4o-mini\""));
+    ZG_CHECK (strstr (info, "\"input_cost_per_token\":2.5e-06"));
+    ZG_CHECK (strstr (info, "\"output_cost_per_token\":null"));
+    ZG_CHECK (strstr (info, "\"rpm\":60"));
+    ZG_CHECK (strstr (info, "\"mode\":\"embedding\""));
+    ZG_CHECK (strstr (info, "\"id\":\"id-c\""));
     free (info);
 
     config.deployment_count = 0;
     models = zg_reply_models_json (&config);
-    s_check (strcmp (models, "{\"data\":[],\"object\":\"list\"}") == 0);
+    ZG_CHECK (strcmp (models, "{\"data\":[],\"object\":\"list\"}") == 0);
     free (models);
 
     char *ready = zg_reply_readiness_json (true, "INFO", false);
-    s_check (zg_json_valid (ready, strlen (ready), NULL));
-    s_check (strstr (ready, "\"status\":\"healthy\""));
-    s_check (strstr (ready, "\"litellm_version\":\"" ZG_VERSION "\""));
-    s_check (!strstr (ready, "\"detail\""));
+    ZG_CHECK (zg_json_valid (ready, strlen (ready), NULL));
+    ZG_CHECK (strstr (ready, "\"status\":\"healthy\""));
+    ZG_CHECK (strstr (ready, "\"litellm_version\":\"" ZG_VERSION "\""));
+    ZG_CHECK (!strstr (ready, "\"detail\""));
     free (ready);
     ready = zg_reply_readiness_json (false, "DEBUG", true);
-    s_check (zg_json_valid (ready, strlen (ready), NULL));
-    s_check (strstr (ready, "\"status\":\"unhealthy\""));
-    s_check (strstr (ready, "\"detail\":\"router not reachable\""));
-    s_check (strstr (ready, "\"is_detailed_debug\":true"));
+    ZG_CHECK (zg_json_valid (ready, strlen (ready), NULL));
+    ZG_CHECK (strstr (ready, "\"status\":\"unhealthy\""));
+    ZG_CHECK (strstr (ready, "\"detail\":\"router not reachable\""));
+    ZG_CHECK (strstr (ready, "\"is_detailed_debug\":true"));
     free (ready);
     char *root = zg_reply_root_json ();
-    s_check (zg_json_valid (root, strlen (root), NULL));
+    ZG_CHECK (zg_json_valid (root, strlen (root), NULL));
     free (root);
 
     char url [64];
-    s_check (strcmp (zg_reply_strip_query ("https://x.azure.com/v1?api-version=1", url, sizeof (url)),
+    ZG_CHECK (strcmp (zg_reply_strip_query ("https://x.azure.com/v1?api-version=1", url, sizeof (url)),
                     "https://x.azure.com/v1") == 0);
-    s_check (strcmp (zg_reply_strip_query ("http://a/b", url, sizeof (url)), "http://a/b") == 0);
-    s_check (strcmp (zg_reply_strip_query ("", url, sizeof (url)), "") == 0);
-    s_check (strcmp (zg_reply_strip_query (NULL, url, sizeof (url)), "") == 0);
+    ZG_CHECK (strcmp (zg_reply_strip_query ("http://a/b", url, sizeof (url)), "http://a/b") == 0);
+    ZG_CHECK (strcmp (zg_reply_strip_query ("", url, sizeof (url)), "") == 0);
+    ZG_CHECK (strcmp (zg_reply_strip_query (NULL, url, sizeof (url)), "") == 0);
 
     const char *lines = "x-request-id: abc\r\nbroken line\r\n: novalue\r\n"
                         "openai-processing-ms:  12 \r\nempty:\r\n";
     const char *name, *value;
     size_t name_length, value_length;
     const char *cursor = zg_reply_next_header (lines, &name, &name_length, &value, &value_length);
-    s_check (cursor && name_length == 12 && memcmp (name, "x-request-id", 12) == 0);
-    s_check (value_length == 3 && memcmp (value, "abc", 3) == 0);
+    ZG_CHECK (cursor && name_length == 12 && memcmp (name, "x-request-id", 12) == 0);
+    ZG_CHECK (value_length == 3 && memcmp (value, "abc", 3) == 0);
     cursor = zg_reply_next_header (cursor, &name, &name_length, &value, &value_length);
-    s_check (cursor && memcmp (name, "openai-processing-ms", name_length) == 0);
-    s_check (value_length == 2 && memcmp (value, "12", 2) == 0);
+    ZG_CHECK (cursor && memcmp (name, "openai-processing-ms", name_length) == 0);
+    ZG_CHECK (value_length == 2 && memcmp (value, "12", 2) == 0);
     cursor = zg_reply_next_header (cursor, &name, &name_length, &value, &value_length);
-    s_check (cursor && name_length == 5 && value_length == 0);
-    s_check (zg_reply_next_header (cursor, &name, &name_length, &value, &value_length) == NULL);
-    s_check (zg_reply_next_header (NULL, &name, &name_length, &value, &value_length) == NULL);
+    ZG_CHECK (cursor && name_length == 5 && value_length == 0);
+    ZG_CHECK (zg_reply_next_header (cursor, &name, &name_length, &value, &value_length) == NULL);
+    ZG_CHECK (zg_reply_next_header (NULL, &name, &name_length, &value, &value_length) == NULL);
 
     if (verbose)
         printf ("OK\n");

@@ -3,6 +3,7 @@
     =========================================================================
 */
 #include "frontend/zg_routes.h"
+#include "common/zg_selftest.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -167,14 +168,6 @@ zg_route_match (zg_http_method_t method, const char *path, zg_route_match_t *mat
     return match->endpoint = endpoint;
 }
 
-//  Self-test checks stay on in release builds (NDEBUG): a failure prints
-//  where and aborts.
-#define s_check(cond) do { \
-    if (!(cond)) { \
-        fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        abort (); \
-    } \
-} while (0)
 
 void
 zg_routes_test (bool verbose)
@@ -183,11 +176,11 @@ zg_routes_test (bool verbose)
         printf (" * zg_routes: ");
     zg_route_match_t match;
 
-    s_check (zg_http_method ("POST") == ZG_HTTP_POST);
-    s_check (zg_http_method ("GET") == ZG_HTTP_GET);
-    s_check (zg_http_method ("get") == ZG_HTTP_OTHER);
-    s_check (zg_http_method (NULL) == ZG_HTTP_OTHER);
-    s_check (strcmp (zg_http_method_name (ZG_HTTP_DELETE), "DELETE") == 0);
+    ZG_CHECK (zg_http_method ("POST") == ZG_HTTP_POST);
+    ZG_CHECK (zg_http_method ("GET") == ZG_HTTP_GET);
+    ZG_CHECK (zg_http_method ("get") == ZG_HTTP_OTHER);
+    ZG_CHECK (zg_http_method (NULL) == ZG_HTTP_OTHER);
+    ZG_CHECK (strcmp (zg_http_method_name (ZG_HTTP_DELETE), "DELETE") == 0);
 
     struct {
         zg_http_method_t method;
@@ -229,27 +222,27 @@ zg_routes_test (bool verbose)
     };
     for (size_t index = 0; index < sizeof (cases) / sizeof (cases [0]); index++) {
         zg_endpoint_t endpoint = zg_route_match (cases [index].method, cases [index].path, &match);
-        s_check (endpoint == cases [index].endpoint);
-        s_check (match.endpoint == endpoint);
+        ZG_CHECK (endpoint == cases [index].endpoint);
+        ZG_CHECK (match.endpoint == endpoint);
         if (cases [index].model) {
-            s_check (match.model_length == strlen (cases [index].model));
-            s_check (memcmp (match.model, cases [index].model, match.model_length) == 0);
+            ZG_CHECK (match.model_length == strlen (cases [index].model));
+            ZG_CHECK (memcmp (match.model, cases [index].model, match.model_length) == 0);
         }
         else
-            s_check (match.model == NULL);
+            ZG_CHECK (match.model == NULL);
     }
     zg_route_match (ZG_HTTP_GET, "/chat/completions", &match);
-    s_check (strcmp (match.allow, "POST") == 0);
+    ZG_CHECK (strcmp (match.allow, "POST") == 0);
     zg_route_match (ZG_HTTP_POST, "/models", &match);
-    s_check (strcmp (match.allow, "GET, HEAD") == 0);
+    ZG_CHECK (strcmp (match.allow, "GET, HEAD") == 0);
 
-    s_check (zg_endpoint_is_llm (ZG_ENDPOINT_EMBEDDINGS));
-    s_check (!zg_endpoint_is_llm (ZG_ENDPOINT_MODELS));
-    s_check (zg_endpoint_needs_auth (ZG_ENDPOINT_MODEL_INFO));
-    s_check (!zg_endpoint_needs_auth (ZG_ENDPOINT_READINESS));
-    s_check (!zg_endpoint_needs_auth (ZG_ENDPOINT_LIVENESS));
-    s_check (zg_endpoint_route (ZG_ENDPOINT_COMPLETIONS) == ZG_ROUTE_COMPLETIONS);
-    s_check (zg_endpoint_route (ZG_ENDPOINT_ROOT) == 0);
+    ZG_CHECK (zg_endpoint_is_llm (ZG_ENDPOINT_EMBEDDINGS));
+    ZG_CHECK (!zg_endpoint_is_llm (ZG_ENDPOINT_MODELS));
+    ZG_CHECK (zg_endpoint_needs_auth (ZG_ENDPOINT_MODEL_INFO));
+    ZG_CHECK (!zg_endpoint_needs_auth (ZG_ENDPOINT_READINESS));
+    ZG_CHECK (!zg_endpoint_needs_auth (ZG_ENDPOINT_LIVENESS));
+    ZG_CHECK (zg_endpoint_route (ZG_ENDPOINT_COMPLETIONS) == ZG_ROUTE_COMPLETIONS);
+    ZG_CHECK (zg_endpoint_route (ZG_ENDPOINT_ROOT) == 0);
     if (verbose)
         printf ("OK\n");
 }
