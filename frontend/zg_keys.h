@@ -93,7 +93,7 @@ typedef struct {
     char                   message [ZG_KEYS_MESSAGE_MAX];
     int                    retry_after;         //  seconds
     const char            *rate_limit_type;     //  "requests", "tokens", "max_parallel_requests"
-    char                   reset_at [32];       //  "YYYY-MM-DD HH:MM:SS UTC"
+    char                   reset_at [48];       //  "YYYY-MM-DD HH:MM:SS UTC" (room for any year)
     const zg_key_record_t *key;                 //  the key when the table knows it
 } zg_keys_verdict_t;
 
