@@ -24,6 +24,7 @@
 */
 
 #include "zg_msg.h"
+#include "common/zg_selftest.h"
 
 #include <math.h>
 #include <msgpack.h>
@@ -912,24 +913,10 @@ zg_msg_type_name (int type)
 
 #include <float.h>
 
-static int s_passed;
-static int s_failed;
+static zg_tally_t s_tally = { "zg_msg", 0, 0 };
 static bool s_verbose;
 
-static bool
-s_check (bool ok, const char *text, int line)
-{
-    if (ok)
-        s_passed++;
-    else {
-        s_failed++;
-        if (s_failed <= 50)
-            fprintf (stderr, "zg_msg: FAILED at line %d: %s\n", line, text);
-    }
-    return ok;
-}
-
-#define S_CHECK(condition) s_check ((condition), #condition, __LINE__)
+#define S_CHECK(condition) ZG_TALLY (s_tally, condition)
 
 //  Variants: 0 = everything zero/empty/minimal, 1 = typical, 2 = every
 //  string at its maximum length and every number at its maximum. salt makes
@@ -1652,7 +1639,7 @@ s_test_corruption (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         { ZG_MSG_DISPATCH, 2 }, { ZG_MSG_END, 2 }, { ZG_MSG_ERROR, 0 }, { ZG_MSG_HEAD, 0 }
     };
     static const uint8_t replacements [] = { 0x00, 0xff, 0xc0, 0xc1, 0x7f, 0xa0, 0xcb, 0xdd };
-    int passed_before = s_passed;
+    int passed_before = s_tally.passed;
     for (size_t index = 0; index < sizeof chosen / sizeof chosen [0]; index++) {
         s_test_make (msg, chosen [index].type, chosen [index].variant);
         int size = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
@@ -1676,7 +1663,7 @@ s_test_corruption (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         S_CHECK (zg_msg_decode (back, buffer, (size_t) size) == ZG_MSG_OK && s_test_equal (msg, back));
     }
     if (s_verbose)
-        printf ("zg_msg: %d corrupted encodings survived\n", s_passed - passed_before);
+        printf ("zg_msg: %d corrupted encodings survived\n", s_tally.passed - passed_before);
 }
 
 static void
@@ -1922,8 +1909,8 @@ zg_msg_test (bool verbose)
     if (verbose)
         printf ("\n");
     s_verbose = verbose;
-    s_passed = 0;
-    s_failed = 0;
+    s_tally.passed = 0;
+    s_tally.failed = 0;
 
     //  The names
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_REQUEST), "REQUEST"));
@@ -1975,9 +1962,5 @@ zg_msg_test (bool verbose)
     free (back);
     free (buffer);
 
-    printf ("%s\n", s_failed? "FAILED": "OK");
-    printf ("%d passed, %d failed\n", s_passed, s_failed);
-    fflush (stdout);
-    if (s_failed)
-        abort ();
+    zg_tally_finish (&s_tally);
 }

@@ -13,6 +13,7 @@
     =========================================================================
 */
 #include "router/zg_outbox.h"
+#include "common/zg_selftest.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -337,21 +338,9 @@ zg_outbox_save (zg_outbox_t *self)
 //  --------------------------------------------------------------------------
 //  Self test
 
-static int s_passed;
-static int s_failed;
+static zg_tally_t s_tally = { "zg_outbox", 0, 0 };
 
-#define S_CHECK(condition) s_test_check ((condition), #condition, __LINE__)
-
-static void
-s_test_check (bool ok, const char *text, int line)
-{
-    if (ok)
-        s_passed++;
-    else {
-        if (s_failed++ < 20)
-            fprintf (stderr, "zg_outbox: FAILED at line %d: %s\n", line, text);
-    }
-}
+#define S_CHECK(condition) ZG_TALLY (s_tally, condition)
 
 static void
 s_test_record (zg_msg_t *msg, int number)
@@ -390,8 +379,8 @@ zg_outbox_test (bool verbose)
     printf (" * zg_outbox: ");
     if (verbose)
         printf ("\n");
-    s_passed = 0;
-    s_failed = 0;
+    s_tally.passed = 0;
+    s_tally.failed = 0;
 
     char directory [] = "/tmp/zg_outbox_test_XXXXXX";
     if (!mkdtemp (directory)) {
@@ -517,9 +506,5 @@ zg_outbox_test (bool verbose)
     unlink (path);
     rmdir (directory);
 
-    printf ("%s\n", s_failed? "FAILED": "OK");
-    printf ("%d passed, %d failed\n", s_passed, s_failed);
-    fflush (stdout);
-    if (s_failed)
-        abort ();
+    zg_tally_finish (&s_tally);
 }

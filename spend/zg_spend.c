@@ -18,6 +18,7 @@
     =========================================================================
 */
 #include "spend/zg_spend.h"
+#include "common/zg_selftest.h"
 #include "db/zg_db.h"
 #include "common/zg_json.h"
 #include "common/zg_log.h"
@@ -603,9 +604,8 @@ zg_spend_test (bool verbose)
     printf (" * zg_spend: ");
     if (verbose)
         printf ("\n");
-    int passed = 0, failed = 0;
-#define S_CHECK(condition) do { if (condition) passed++; else { failed++; \
-        fprintf (stderr, "zg_spend: FAILED at line %d: %s\n", __LINE__, #condition); } } while (0)
+    zg_tally_t tally = { "zg_spend", 0, 0 };
+#define S_CHECK(condition) ZG_TALLY (tally, condition)
 
     zg_msg_t *record = (zg_msg_t *) malloc (sizeof (zg_msg_t));
     char *out = (char *) malloc (RECORD_MAX);
@@ -649,9 +649,5 @@ zg_spend_test (bool verbose)
     zg_msg_reset (record, 0);
     free (record);
     free (out);
-    printf ("%s\n", failed? "FAILED": "OK");
-    printf ("%d passed, %d failed\n", passed, failed);
-    fflush (stdout);
-    if (failed)
-        abort ();
+    zg_tally_finish (&tally);
 }
