@@ -83,7 +83,8 @@ static const s_field_t s_deployment_fields [] = {
 
 static const s_field_t s_request_fields [] = {
     S_CALL_ID, S_ROUTE, S_STR (zg_msg_t, model),
-    S_UNSIGNED (zg_msg_t, flags), S_UNSIGNED (zg_msg_t, timeout_ms)
+    S_UNSIGNED (zg_msg_t, flags), S_UNSIGNED (zg_msg_t, timeout_ms),
+    S_STR (zg_msg_t, key_hash), S_STR (zg_msg_t, user_id), S_STR (zg_msg_t, team_id)
 };
 
 static const s_field_t s_dispatch_fields [] = {
@@ -168,10 +169,11 @@ static const s_spec_t s_specs [] = {
     S_SPEC ("HEARTBEAT", s_heartbeat_fields, false),
     { "DISCONNECT", NULL, 0, false },
     S_SPEC ("SPEND",     s_spend_fields,     false),
-    S_SPEC ("SPEND_ACK", s_spend_ack_fields, false)
+    S_SPEC ("SPEND_ACK", s_spend_ack_fields, false),
+    S_SPEC ("RETIRE",    s_heartbeat_fields, false)
 };
 
-#define S_LAST_TYPE     ZG_MSG_SPEND_ACK
+#define S_LAST_TYPE     ZG_MSG_RETIRE
 
 #define S_MAGIC         "ZG"
 #define S_MAGIC_SIZE    2
@@ -1450,7 +1452,8 @@ s_test_peek (zg_msg_t *msg, uint8_t *buffer)
     }
     //  Types that do not start with a call id are not peeked
     int other_types [] = { ZG_MSG_REQUEST, ZG_MSG_DISPATCH, ZG_MSG_READY, ZG_MSG_CREDIT,
-                           ZG_MSG_HEARTBEAT, ZG_MSG_DISCONNECT, ZG_MSG_SPEND, ZG_MSG_SPEND_ACK };
+                           ZG_MSG_HEARTBEAT, ZG_MSG_DISCONNECT, ZG_MSG_SPEND, ZG_MSG_SPEND_ACK,
+                           ZG_MSG_RETIRE };
     for (size_t each = 0; each < sizeof (other_types) / sizeof (other_types [0]); each++) {
         s_test_make (msg, other_types [each], 1);
         int size = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
@@ -1635,7 +1638,7 @@ s_test_corruption (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         { ZG_MSG_REQUEST, 1 }, { ZG_MSG_DISPATCH, 1 }, { ZG_MSG_HEAD, 1 }, { ZG_MSG_CHUNK, 1 },
         { ZG_MSG_END, 1 }, { ZG_MSG_ERROR, 1 }, { ZG_MSG_CANCEL, 1 }, { ZG_MSG_READY, 1 },
         { ZG_MSG_CREDIT, 1 }, { ZG_MSG_HEARTBEAT, 1 }, { ZG_MSG_DISCONNECT, 1 },
-        { ZG_MSG_SPEND, 1 }, { ZG_MSG_SPEND_ACK, 1 }, { ZG_MSG_SPEND, 2 },
+        { ZG_MSG_SPEND, 1 }, { ZG_MSG_SPEND_ACK, 1 }, { ZG_MSG_SPEND, 2 }, { ZG_MSG_RETIRE, 1 },
         { ZG_MSG_DISPATCH, 2 }, { ZG_MSG_END, 2 }, { ZG_MSG_ERROR, 0 }, { ZG_MSG_HEAD, 0 }
     };
     static const uint8_t replacements [] = { 0x00, 0xff, 0xc0, 0xc1, 0x7f, 0xa0, 0xcb, 0xdd };
@@ -1917,6 +1920,7 @@ zg_msg_test (bool verbose)
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_DISCONNECT), "DISCONNECT"));
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_SPEND), "SPEND"));
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_SPEND_ACK), "SPEND_ACK"));
+    S_CHECK (streq (zg_msg_type_name (ZG_MSG_RETIRE), "RETIRE"));
     S_CHECK (streq (zg_msg_type_name (0), "?"));
     S_CHECK (streq (zg_msg_type_name (S_LAST_TYPE + 1), "?"));
     S_CHECK (streq (zg_msg_type_name (-1), "?"));

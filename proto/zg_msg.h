@@ -20,7 +20,8 @@
 
     The conversation (see also DESIGN.md):
 
-        frontend -> router   REQUEST   call_id route model flags timeout_ms   + body
+        frontend -> router   REQUEST   call_id route model flags timeout_ms
+                                       key_hash user_id team_id              + body
         router   -> worker   DISPATCH  call_id route model flags timeout_ms
                                        attempt deployment...                 + body
         worker   -> router -> frontend
@@ -47,6 +48,8 @@
         spend    -> router   SPEND_ACK seq   (cumulative: every SPEND with a
                                        seq <= this one is committed)
         spend    -> router   HEARTBEAT, DISCONNECT (its liveness, as above)
+        worker   -> router   RETIRE    name pid  (being recycled: send me no new
+                                       DISPATCH; I finish what I hold, then go)
 
     Every call that reached the router ends as exactly one SPEND, numbered
     by a per-router sequence; the router keeps it until a SPEND_ACK covers
@@ -105,7 +108,8 @@ typedef enum {
     ZG_MSG_HEARTBEAT  = 10,
     ZG_MSG_DISCONNECT = 11,
     ZG_MSG_SPEND      = 12,
-    ZG_MSG_SPEND_ACK  = 13
+    ZG_MSG_SPEND_ACK  = 13,
+    ZG_MSG_RETIRE     = 14
 } zg_msg_type_t;
 
 //  Routes a REQUEST can carry
@@ -191,9 +195,10 @@ typedef struct {
     uint32_t  credit;           //  CREDIT: how many more it can take now
 
     uint64_t  seq;              //  SPEND/SPEND_ACK: per-router record sequence
-    char      key_hash [ZG_KEY_HASH_MAX + 1];       //  SPEND: SHA-256 hex; may be empty
-    char      user_id [ZG_NAME_MAX + 1];            //  SPEND: may be empty
-    char      team_id [ZG_NAME_MAX + 1];            //  SPEND: may be empty
+    char      key_hash [ZG_KEY_HASH_MAX + 1];       //  REQUEST/SPEND: SHA-256 hex of the
+                                                    //  caller's key; may be empty
+    char      user_id [ZG_NAME_MAX + 1];            //  REQUEST/SPEND: may be empty
+    char      team_id [ZG_NAME_MAX + 1];            //  REQUEST/SPEND: may be empty
     uint64_t  start_us;         //  SPEND: call start, unix microseconds
 
     zframe_t *payload;          //  REQUEST/DISPATCH/HEAD/CHUNK body bytes; owned, may be NULL
