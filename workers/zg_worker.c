@@ -35,6 +35,7 @@
 #include "workers/zg_provider.h"
 #include "workers/zg_buffer.h"
 #include "workers/zg_sse.h"
+#include "workers/zg_prices.h"
 #include "proto/zg_msg.h"
 #include "common/zg_log.h"
 
@@ -252,6 +253,23 @@ s_send_chunk (worker_t *self, slot_t *slot, const char *data, size_t size)
     return s_send (self);
 }
 
+//  The deployment's own prices win, each on its own; a price it does not
+//  set comes from the built-in table of the upstream model, else is zero
+static double
+s_call_cost (const zg_deployment_wire_t *deployment, const zg_usage_t *usage)
+{
+    double input = deployment->input_cost_per_token;
+    double output = deployment->output_cost_per_token;
+    if (input < 0 || output < 0) {
+        const zg_price_t *price = zg_prices_lookup (deployment->upstream_model);
+        if (input < 0)
+            input = price? price->input_cost_per_token: 0;
+        if (output < 0)
+            output = price? price->output_cost_per_token: 0;
+    }
+    return usage->prompt_tokens * input + usage->completion_tokens * output;
+}
+
 static int
 s_send_end (worker_t *self, slot_t *slot)
 {
@@ -261,12 +279,7 @@ s_send_end (worker_t *self, slot_t *slot)
     self->out.prompt_tokens = slot->usage.prompt_tokens;
     self->out.completion_tokens = slot->usage.completion_tokens;
     self->out.total_tokens = slot->usage.total_tokens;
-    double cost = 0;
-    if (slot->deployment.input_cost_per_token >= 0)
-        cost += slot->usage.prompt_tokens * slot->deployment.input_cost_per_token;
-    if (slot->deployment.output_cost_per_token >= 0)
-        cost += slot->usage.completion_tokens * slot->deployment.output_cost_per_token;
-    self->out.cost = cost;
+    self->out.cost = s_call_cost (&slot->deployment, &slot->usage);
     int64_t end_us = s_now_us ();
     if (slot->body_started)
         self->out.ttfb_us = (uint64_t) (slot->first_byte_us - slot->start_us);

@@ -11,6 +11,7 @@
 #include "workers/zg_provider.h"
 #include "workers/zg_buffer.h"
 #include "workers/zg_sse.h"
+#include "workers/zg_prices.h"
 #include "proto/zg_msg.h"
 #include "common/zg_json.h"
 #include "common/zg_log.h"
@@ -20,6 +21,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -755,6 +757,33 @@ s_test_worker (fake_t *fake)
     s_pump (100, NULL);
     CHECK (s_credits == credits + 1);
 
+    //  Cost without the deployment's prices: the built-in table of the
+    //  upstream model (a dated snapshot priced as its family), each price
+    //  the deployment sets overriding its side, zero for an unknown model
+    zg_deployment_wire_t priced = s_dispatch_deployment;
+    s_dispatch_deployment.input_cost_per_token = -1;
+    s_dispatch_deployment.output_cost_per_token = -1;
+    ZG_MSG_SET (s_dispatch_deployment.upstream_model, "gpt-4o-mini-2024-07-18");
+    s_dispatch ("call-table-price", ZG_ROUTE_CHAT, 0, CHAT_BODY);
+    CHECK (s_collect ("call-table-price", &answer, 0) == 0);
+    CHECK (answer.end && answer.prompt_tokens == 10 && answer.completion_tokens == 8);
+    CHECK (fabs (answer.cost - (10 * 1.5e-07 + 8 * 6e-07)) < 1e-12);
+    s_answer_free (&answer);
+    s_dispatch_deployment.input_cost_per_token = 0.001;
+    ZG_MSG_SET (s_dispatch_deployment.upstream_model, "gpt-4o");
+    s_dispatch ("call-half-price", ZG_ROUTE_CHAT, 0, CHAT_BODY);
+    CHECK (s_collect ("call-half-price", &answer, 0) == 0);
+    CHECK (answer.end && fabs (answer.cost - (10 * 0.001 + 8 * 1e-05)) < 1e-12);
+    s_answer_free (&answer);
+    s_dispatch_deployment.input_cost_per_token = -1;
+    ZG_MSG_SET (s_dispatch_deployment.upstream_model, "fake-model");
+    s_dispatch ("call-no-price", ZG_ROUTE_CHAT, 0, CHAT_BODY);
+    CHECK (s_collect ("call-no-price", &answer, 0) == 0);
+    CHECK (answer.end && answer.cost == 0);
+    s_answer_free (&answer);
+    s_dispatch_deployment = priced;
+    s_pump (100, NULL);
+
     //  What the upstream got: the body byte for byte but for the model,
     //  the key as a Bearer token, no Expect
     char *last = s_http_get (fake->port, "/last_request");
@@ -1040,6 +1069,9 @@ main (int argc, char *argv [])
 
     s_test_provider ();
     s_test_sse ();
+    //  Aborts on a failed check, which fails this test
+    zg_prices_test (verbose);
+    s_passed++;
 
     if (!s_find_fake ())
         printf ("test_workers: %s not found: worker tests skipped\n", s_fake_path);
