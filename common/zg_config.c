@@ -957,7 +957,7 @@ static const char *const s_general_known [] = {
     "alerting", "alerting_threshold", "alert_types", "alert_to_webhook_url", "alerting_args",
     "spend_report_frequency", "alert_type_config", "background_health_checks",
     "health_check_interval", "health_check_details", "max_parallel_requests",
-    "global_max_parallel_requests", "use_redis_transaction_buffer", "user_api_key_cache_ttl",
+    "global_max_parallel_requests", "use_redis_transaction_buffer",
     "litellm_key_header_name", "enforce_user_param", "allowed_routes", "public_routes",
     "custom_auth", "enable_jwt_auth", "use_x_forwarded_for", "forward_client_headers_to_llm_api",
     "store_model_in_db", "maximum_spend_logs_retention_period",
@@ -1059,6 +1059,9 @@ s_load_general_settings (s_loader_t *self, yaml_node_t *section)
         else
         if (strcmp (name, "allow_requests_on_db_unavailable") == 0)
             rc = s_read_bool (self, value, key, &config->allow_requests_on_db_unavailable);
+        else
+        if (strcmp (name, "user_api_key_cache_ttl") == 0)
+            rc = s_read_number (self, value, key, &config->user_api_key_cache_ttl, 0, true);
         else
             s_warn_unimplemented (self, "general_settings", name, pairs.pairs [index].key, s_general_known);
     }
@@ -1200,6 +1203,7 @@ s_config_new (void)
     self->max_request_size_mb = 32;
     self->database_connection_pool_limit = 10;
     self->proxy_batch_write_at = 10;
+    self->user_api_key_cache_ttl = 60;
     self->request_timeout_s = 6000;
     self->routing_strategy = strdup ("simple-shuffle");
     self->num_retries = 2;
@@ -1561,6 +1565,7 @@ zg_config_test (bool verbose)
     ZG_CHECK (config->max_request_size_mb == 32);
     ZG_CHECK (config->database_connection_pool_limit == 10);
     ZG_CHECK (config->proxy_batch_write_at == 10);
+    ZG_CHECK (config->user_api_key_cache_ttl == 60);
     ZG_CHECK (!config->disable_error_logs && !config->allow_requests_on_db_unavailable);
     ZG_CHECK (config->request_timeout_s == 6000);
     ZG_CHECK (!config->set_verbose && !config->json_logs);
@@ -1965,6 +1970,8 @@ zg_config_test (bool verbose)
                   "2: general_settings.database_connection_pool_limit: expected an integer from 1 to 100000, got \"0\"");
     s_test_error ("general_settings:\n  proxy_batch_write_at: -1\n",
                   "2: general_settings.proxy_batch_write_at: expected a number > 0, got \"-1\"");
+    s_test_error ("general_settings:\n  user_api_key_cache_ttl: 0\n",
+                  "2: general_settings.user_api_key_cache_ttl: expected a number > 0, got \"0\"");
     s_test_error ("general_settings:\n  disable_error_logs: maybe\n",
                   "2: general_settings.disable_error_logs: expected true or false, got \"maybe\"");
     s_test_error ("general_settings:\n  allow_requests_on_db_unavailable: {}\n",

@@ -63,6 +63,7 @@ typedef struct {
     double  proxy_batch_write_at;   //  default 10
     bool    disable_error_logs;
     bool    allow_requests_on_db_unavailable;
+    double  user_api_key_cache_ttl; //  seconds between full reloads of the key table; default 60
 
     //  litellm_settings
     double  request_timeout_s;      //  default 6000

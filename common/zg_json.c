@@ -585,6 +585,36 @@ zg_json_find_in (const char *data, size_t size, const zg_json_span_t *parent,
     return false;
 }
 
+bool
+zg_json_element (const char *text, size_t size, const zg_json_span_t *array,
+                 size_t *cursor, zg_json_span_t *element)
+{
+    assert (cursor);
+    assert (element);
+    s_span_clear (element);
+    if (!text || !array || array->type != ZG_JSON_ARRAY || array->length < 2
+    ||  array->offset > size || array->length > size - array->offset)
+        return false;
+    const unsigned char *data = (const unsigned char *) text;
+    size_t end = array->offset + array->length - 1;     //  the closing bracket
+    size_t pos = *cursor ? *cursor : array->offset + 1;
+    if (pos > end)
+        return false;
+    pos = s_skip_space (data, end, pos);
+    if (pos < end && data [pos] == ',')
+        pos = s_skip_space (data, end, pos + 1);
+    if (pos >= end)
+        return false;
+    size_t value_end = s_skip_value (data, end, pos);
+    if (value_end == s_NOT_FOUND)
+        return false;
+    element->type = s_type_of (data [pos]);
+    element->offset = pos;
+    element->length = value_end - pos;
+    *cursor = value_end;
+    return element->type != ZG_JSON_NONE;
+}
+
 int
 zg_json_string (const char *text, const zg_json_span_t *span, char *out, size_t size)
 {
@@ -815,6 +845,26 @@ void
 zg_json_test (bool verbose)
 {
     printf (" * zg_json: ");
+
+    //  Array elements, nested values skipped whole
+    {
+        const char *doc = "{\"a\": [ \"x\" , {\"b\": [1,2]}, [], 3.5 ], \"e\": []}";
+        zg_json_span_t array, element, empty;
+        ZG_CHECK (zg_json_find (doc, strlen (doc), "a", &array));
+        size_t cursor = 0;
+        zg_json_type_t expected [] = { ZG_JSON_STRING, ZG_JSON_OBJECT, ZG_JSON_ARRAY, ZG_JSON_NUMBER };
+        int count = 0;
+        while (zg_json_element (doc, strlen (doc), &array, &cursor, &element)) {
+            ZG_CHECK (count < 4 && element.type == expected [count]);
+            count++;
+        }
+        ZG_CHECK (count == 4 && element.type == ZG_JSON_NONE);
+        ZG_CHECK (zg_json_find (doc, strlen (doc), "e", &empty));
+        cursor = 0;
+        ZG_CHECK (!zg_json_element (doc, strlen (doc), &empty, &cursor, &element));
+        cursor = 0;
+        ZG_CHECK (!zg_json_element (doc, strlen (doc), &element, &cursor, &element));
+    }
 
     //  Valid documents
     const char *valid [] = {

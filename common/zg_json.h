@@ -59,6 +59,13 @@ bool zg_json_find (const char *data, size_t size, const char *key, zg_json_span_
 bool zg_json_find_in (const char *data, size_t size, const zg_json_span_t *parent,
                       const char *key, zg_json_span_t *span);
 
+//  Walk the elements of the array described by array: *cursor starts at
+//  0; each call that returns true sets element to the next one. Returns
+//  false (element->type NONE) after the last element or if array is not
+//  an array. The document must be valid.
+bool zg_json_element (const char *data, size_t size, const zg_json_span_t *array,
+                      size_t *cursor, zg_json_span_t *element);
+
 //  Copy a string value, unescaped, into out (NUL-terminated). Returns the
 //  unescaped length, or -1 if span is not a string or out is too small.
 int zg_json_string (const char *data, const zg_json_span_t *span, char *out, size_t size);
