@@ -1,7 +1,7 @@
 /*  =========================================================================
     zg_admin - the management routes that read and write PostgreSQL
 
-    /key/*, /spend/*, /global/spend*, /model/new|update|delete and, with
+    /key/..., /spend/..., /global/spend..., /model/new|update|delete and, with
     store_model_in_db, /model/info. The frontend never touches the database
     itself: it checks that the caller is the master key, packs the request
     into a zg_admin_job_t and hands it to the keystore (zg_keystore.h), whose
@@ -126,6 +126,42 @@ void zg_admin_run (zg_admin_ctx_t *ctx, zg_admin_job_t *job);
 
 //  Name of an op, for logs
 const char *zg_admin_op_name (zg_admin_op_t op);
+
+//  ---------------------------------------------------------------------
+//  Shared by the handlers and the keystore
+
+//  The columns a key is read with, in the order zg_admin_key_from_row
+//  expects: SELECT ZG_ADMIN_KEY_COLUMNS FROM "LiteLLM_VerificationToken"
+#define ZG_ADMIN_KEY_COLUMNS \
+    "token, key_name, key_alias, coalesce (array_to_json (models), '[]')::text," \
+    " coalesce (floor (extract (epoch FROM expires))::bigint, 0), coalesce (blocked, false)," \
+    " coalesce (max_budget, -1), spend, coalesce (soft_budget, -1), budget_duration," \
+    " coalesce (floor (extract (epoch FROM budget_reset_at))::bigint, 0)," \
+    " coalesce (rpm_limit, -1), coalesce (tpm_limit, -1), coalesce (max_parallel_requests, -1)," \
+    " user_id, team_id, metadata::text"
+
+//  Read a row selected with ZG_ADMIN_KEY_COLUMNS into record. Strings
+//  point into result, the model names into *models_p (one block, the
+//  caller frees it; NULL when there are none). -1 when the row cannot be
+//  read (models not a list of strings, out of memory).
+int zg_admin_key_from_row (PGresult *result, int row, zg_key_record_t *record, char **models_p);
+
+//  The stored hash of what a caller passed as a key: a key ("sk-...") is
+//  hashed, anything else is taken as a hash already (as the reference
+//  does). -1 when it cannot be either (empty, or too long for a hash).
+int zg_admin_key_hash (const char *given, char hash [ZG_KEYS_HASH_HEX + 1]);
+
+//  Answer a failed statement: 503 no_db_connection when the connection is
+//  gone, else 500 with the server's message
+void zg_admin_db_error (zg_admin_ctx_t *ctx, zg_admin_job_t *job, const char *errbuf);
+
+//  The value of name in a URL query string, percent-decoded, into out.
+//  1 when found, 0 when absent, -1 when it does not fit or is badly encoded.
+int zg_admin_query_param (const char *query, const char *name, char *out, size_t size);
+
+//  Self test (what needs no database; zg_keystore_test drives the
+//  handlers against one)
+void zg_admin_test (bool verbose);
 
 #ifdef __cplusplus
 }

@@ -24,6 +24,9 @@
 #include "frontend/zg_auth.h"
 #include "frontend/zg_calls.h"
 #include "frontend/zg_keys.h"
+#include "frontend/zg_admin.h"
+#include "frontend/zg_keystore.h"
+#include "tests/unit/zg_unit.h"
 #include "frontend/zg_reply.h"
 #include "frontend/zg_routes.h"
 #include "common/zg_config.h"
@@ -1331,6 +1334,14 @@ s_test_keep_alive_and_concurrency (int port)
     CHECK (good == PARALLEL);
 }
 
+//  The self tests of the frontend's database side. Each runs in a child
+//  (zg_unit_run): they start threads and ZeroMQ contexts, which this
+//  process must not have when it forks the frontends.
+static const zg_unit_t s_db_side [] = {
+    { "zg_admin", zg_admin_test },
+    { "zg_keystore", zg_keystore_test },
+};
+
 int
 main (int argc, char *argv [])
 {
@@ -1338,6 +1349,28 @@ main (int argc, char *argv [])
     setvbuf (stdout, NULL, _IONBF, 0);
     unsetenv ("LITELLM_MASTER_KEY");
     unsetenv ("LITELLM_LOG");
+
+    //  `test_frontend [-v] zg_keystore ...`: only those self tests
+    //  (tests/e2e/test_keystore.py runs zg_keystore against a server)
+    int first = s_verbose ? 2 : 1;
+    if (argc > first) {
+        zg_unit_t chosen [sizeof (s_db_side) / sizeof (s_db_side [0])];
+        size_t count = 0;
+        for (int arg = first; arg < argc; arg++)
+            for (size_t index = 0; index < sizeof (s_db_side) / sizeof (s_db_side [0]); index++)
+                if (streq (argv [arg], s_db_side [index].name))
+                    chosen [count++] = s_db_side [index];
+        if (count != (size_t) (argc - first)) {
+            fprintf (stderr, "usage: test_frontend [-v] [zg_admin|zg_keystore]...\n");
+            return 2;
+        }
+        return zg_unit_run (chosen, count, argc, argv);
+    }
+    size_t db_side_count = sizeof (s_db_side) / sizeof (s_db_side [0]);
+    if (zg_unit_run (s_db_side, db_side_count, argc, argv) == 0)
+        s_passed += (int) db_side_count;
+    else
+        s_failed++;
 
     //  The classes the frontend is made of
     zg_routes_test (s_verbose);

@@ -1,0 +1,1161 @@
+/*  =========================================================================
+    zg_keystore - the frontend's link to PostgreSQL, in a thread of its own
+
+    One connection does everything: it LISTENs, loads, looks up and runs
+    the jobs. Notifications that arrive while a query runs are queued by
+    libpq and read right after it, so nothing is missed, and one
+    connection is one reconnect state and one slot of the pool limit.
+
+    Commands (a lookup, a job) go to the thread over the actor's pipe as
+    one frame each, sent without waiting; events come back as pointers on
+    an inproc PUSH/PULL pair with no high-water mark, so the thread never
+    waits on the frontend either. Bounds:
+      - the pipe holds what the thread has not read yet (its high-water
+        mark); a command the pipe refuses is answered at once by the
+        frontend's side;
+      - the thread holds at most ZG_KEYSTORE_QUEUE_MAX commands; one more
+        is answered at once.
+    Either way a lookup comes back KEY_UNKNOWN with db_available false
+    ("could not ask", the negative cache is left alone) and a job 503, so
+    the caller hears at once instead of waiting for an answer that is
+    never coming.
+    =========================================================================
+*/
+#include "frontend/zg_keystore.h"
+#include "common/zg_json.h"
+#include "common/zg_log.h"
+#include "common/zg_selftest.h"
+#include "db/zg_db.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+//  Commands the thread holds at most
+#define ZG_KEYSTORE_QUEUE_MAX   1024
+//  Reconnect backoff: doubles from the first to the last
+#define RETRY_FIRST_MS          100
+#define RETRY_LAST_MS           5000
+
+typedef enum { COMMAND_LOOKUP = 1, COMMAND_JOB } s_command_kind_t;
+
+//  One frame on the pipe (one process: plain bytes)
+typedef struct {
+    s_command_kind_t kind;
+    char             hash [ZG_KEYS_HASH_HEX + 1];
+    zg_admin_job_t  *job;
+} s_command_t;
+
+struct _zg_keystore_t {
+    zactor_t *actor;
+    zsock_t  *events;           //  PULL: what the thread and local answers push
+    zsock_t  *local;            //  PUSH: answers the frontend's side gives itself
+    char      endpoint [64];
+};
+
+//  ---------------------------------------------------------------------
+//  Events
+
+static zg_keystore_event_t *
+s_event_new (zg_keystore_event_kind_t kind)
+{
+    zg_keystore_event_t *event = (zg_keystore_event_t *) calloc (1, sizeof (zg_keystore_event_t));
+    if (event)
+        event->kind = kind;
+    return event;
+}
+
+static void
+s_record_free (zg_key_record_t *record)
+{
+    free ((char *) record->token);
+    free ((char *) record->key_name);
+    free ((char *) record->key_alias);
+    for (size_t index = 0; index < record->models_count; index++)
+        free ((char *) record->models [index]);
+    free ((void *) record->models);
+    free ((char *) record->budget_duration);
+    free ((char *) record->user_id);
+    free ((char *) record->team_id);
+    free ((char *) record->metadata);
+    memset (record, 0, sizeof *record);
+}
+
+static bool
+s_dup (const char **target, const char *source)
+{
+    *target = NULL;
+    if (!source)
+        return true;
+    *target = strdup (source);
+    return *target != NULL;
+}
+
+//  A deep copy of record into the event's own record
+static int
+s_record_copy (zg_key_record_t *copy, const zg_key_record_t *record)
+{
+    *copy = *record;
+    copy->models = NULL;
+    copy->models_count = 0;
+    bool ok = s_dup (&copy->token, record->token)
+           && s_dup (&copy->key_name, record->key_name)
+           && s_dup (&copy->key_alias, record->key_alias)
+           && s_dup (&copy->budget_duration, record->budget_duration)
+           && s_dup (&copy->user_id, record->user_id)
+           && s_dup (&copy->team_id, record->team_id)
+           && s_dup (&copy->metadata, record->metadata);
+    if (ok && record->models_count) {
+        const char **models = (const char **) calloc (record->models_count, sizeof (char *));
+        copy->models = models;
+        ok = models != NULL;
+        for (size_t index = 0; ok && index < record->models_count; index++) {
+            ok = s_dup (&models [index], record->models [index]);
+            copy->models_count = index + 1;
+        }
+    }
+    if (!ok) {
+        s_record_free (copy);
+        return -1;
+    }
+    return 0;
+}
+
+void
+zg_keystore_event_destroy (zg_keystore_event_t **event_p)
+{
+    assert (event_p);
+    zg_keystore_event_t *event = *event_p;
+    if (!event)
+        return;
+    s_record_free (&event->record);
+    free (event->id);
+    zg_admin_job_destroy (&event->job);
+    free (event);
+    *event_p = NULL;
+}
+
+static void
+s_push (zsock_t *socket, zg_keystore_event_t **event_p)
+{
+    zg_keystore_event_t *event = *event_p;
+    *event_p = NULL;
+    if (!event)
+        return;
+    //  No high-water mark on this pair: the send queues, never waits
+    if (zmq_send (zsock_resolve (socket), &event, sizeof event, 0) != sizeof event)
+        zg_keystore_event_destroy (&event);
+}
+
+static zg_keystore_event_t *
+s_unknown_event (const char *hash, bool asked)
+{
+    zg_keystore_event_t *event = s_event_new (ZG_KEYSTORE_KEY_UNKNOWN);
+    if (event) {
+        snprintf (event->hash, sizeof event->hash, "%s", hash);
+        event->db_available = asked;
+    }
+    return event;
+}
+
+static zg_keystore_event_t *
+s_done_event (zg_admin_job_t **job_p)
+{
+    zg_keystore_event_t *event = s_event_new (ZG_KEYSTORE_ADMIN_DONE);
+    if (!event) {
+        zg_admin_job_destroy (job_p);
+        return NULL;
+    }
+    event->job = *job_p;
+    *job_p = NULL;
+    return event;
+}
+
+//  ---------------------------------------------------------------------
+//  The thread
+
+typedef struct {
+    zsock_t           *pipe;
+    zsock_t           *events;      //  PUSH to the frontend
+    const zg_config_t *config;
+    const char        *salt_key;
+    zg_db_t           *db;
+    zlistx_t          *queue;       //  s_command_t, in arrival order
+    zhashx_t          *known;       //  hashes the frontend's table holds
+    int                state;       //  -1 not known yet, 0 down, 1 up
+    bool               loaded;
+    int                retry_ms;
+    int64_t            retry_at;    //  ms, monotonic
+    int64_t            reload_at;   //  ms, monotonic
+    bool               terminated;
+} s_self_t;
+
+typedef struct {
+    const zg_config_t *config;
+    const char        *endpoint;
+} s_args_t;
+
+static void
+s_send (s_self_t *self, zg_keystore_event_t *event)
+{
+    s_push (self->events, &event);
+}
+
+static void
+s_set_state (s_self_t *self, bool available)
+{
+    int state = available ? 1 : 0;
+    if (self->state == state)
+        return;
+    self->state = state;
+    if (available)
+        zg_info ("keystore: the database is reachable");
+    else
+        zg_warning ("keystore: the database is not reachable");
+    zg_keystore_event_t *event = s_event_new (ZG_KEYSTORE_DB_STATE);
+    if (event)
+        event->db_available = available;
+    s_send (self, event);
+}
+
+static void
+s_send_upsert (s_self_t *self, const zg_key_record_t *record, zhashx_t *known)
+{
+    zg_keystore_event_t *event = s_event_new (ZG_KEYSTORE_KEY_UPSERT);
+    if (!event)
+        return;
+    if (s_record_copy (&event->record, record)) {
+        zg_keystore_event_destroy (&event);
+        return;
+    }
+    snprintf (event->hash, sizeof event->hash, "%s", record->token ? record->token : "");
+    zhashx_update (known, event->hash, (void *) 1);
+    s_send (self, event);
+}
+
+static void
+s_send_remove (s_self_t *self, const char *hash)
+{
+    zg_keystore_event_t *event = s_event_new (ZG_KEYSTORE_KEY_REMOVE);
+    if (!event)
+        return;
+    snprintf (event->hash, sizeof event->hash, "%s", hash);
+    zhashx_delete (self->known, hash);
+    s_send (self, event);
+}
+
+static void
+s_send_budget (s_self_t *self, zg_keystore_event_kind_t kind, zg_keys_owner_t owner,
+               const char *id, double spend, double max_budget, int64_t reset_at)
+{
+    zg_keystore_event_t *event = s_event_new (kind);
+    if (!event)
+        return;
+    event->owner = owner;
+    event->id = strdup (id);
+    event->spend = spend;
+    event->max_budget = max_budget;
+    event->budget_reset_at = reset_at;
+    if (!event->id)
+        zg_keystore_event_destroy (&event);
+    s_send (self, event);
+}
+
+//  The emit of zg_admin_ctx_t: a handler's change, as an event
+static void
+s_emit (void *arg, const zg_admin_change_t *change)
+{
+    s_self_t *self = (s_self_t *) arg;
+    switch (change->kind) {
+        case ZG_ADMIN_EMIT_KEY_UPSERT:
+            if (change->record)
+                s_send_upsert (self, change->record, self->known);
+            break;
+        case ZG_ADMIN_EMIT_KEY_REMOVE:
+            if (change->id)
+                s_send_remove (self, change->id);
+            break;
+        case ZG_ADMIN_EMIT_BUDGET:
+            if (change->id)
+                s_send_budget (self, ZG_KEYSTORE_BUDGET, change->owner, change->id, change->spend,
+                               change->max_budget, change->budget_reset_at);
+            break;
+        case ZG_ADMIN_EMIT_SET_SPEND:
+            if (change->id)
+                s_send_budget (self, ZG_KEYSTORE_SET_SPEND, change->owner, change->id,
+                               change->spend, 0, 0);
+            break;
+    }
+}
+
+static bool
+s_connected (s_self_t *self)
+{
+    return self->db && PQstatus (zg_db_handle (self->db)) == CONNECTION_OK;
+}
+
+static void s_answer_queue_down (s_self_t *self);
+
+//  The connection is gone: answer what waits, retry later
+static void
+s_lost (s_self_t *self, const char *why)
+{
+    if (self->db)
+        zg_warning ("keystore: lost the database connection: %s", why);
+    zg_db_destroy (&self->db);
+    self->retry_ms = self->retry_ms ? self->retry_ms * 2 : RETRY_FIRST_MS;
+    if (self->retry_ms > RETRY_LAST_MS)
+        self->retry_ms = RETRY_LAST_MS;
+    self->retry_at = zclock_mono () + self->retry_ms;
+    s_set_state (self, false);
+    s_answer_queue_down (self);
+}
+
+//  Run a statement; on a broken connection, the connection is dropped
+static PGresult *
+s_query (s_self_t *self, const char *sql, int count, const char *const *params)
+{
+    char errbuf [512] = "";
+    PGresult *result = zg_db_exec (self->db, sql, count, params, errbuf, sizeof errbuf);
+    if (!result) {
+        if (!s_connected (self))
+            s_lost (self, errbuf);
+        else
+            zg_warning ("keystore: %s", errbuf);
+    }
+    return result;
+}
+
+static void
+s_rollback (s_self_t *self)
+{
+    if (s_connected (self) && PQtransactionStatus (zg_db_handle (self->db)) != PQTRANS_IDLE) {
+        char errbuf [256];
+        zg_db_command (self->db, "ROLLBACK", 0, NULL, errbuf, sizeof errbuf);
+    }
+}
+
+static int64_t
+s_int64 (PGresult *result, int row, int column)
+{
+    return PQgetisnull (result, row, column) ? 0 : strtoll (PQgetvalue (result, row, column), NULL, 10);
+}
+
+static double
+s_double (PGresult *result, int row, int column)
+{
+    return PQgetisnull (result, row, column) ? 0 : strtod (PQgetvalue (result, row, column), NULL);
+}
+
+static const char *s_owner_budget_sql [] = {
+    "SELECT user_id, spend, coalesce (max_budget, -1),"
+    " coalesce (floor (extract (epoch FROM budget_reset_at))::bigint, 0) FROM \"LiteLLM_UserTable\"",
+    "SELECT team_id, spend, coalesce (max_budget, -1),"
+    " coalesce (floor (extract (epoch FROM budget_reset_at))::bigint, 0) FROM \"LiteLLM_TeamTable\""
+};
+
+//  Users' and teams' budgets: BUDGET (merged) or SET_SPEND (outright)
+static int
+s_load_owners (s_self_t *self, zg_keystore_event_kind_t kind)
+{
+    zg_keys_owner_t owners [] = { ZG_KEYS_FOR_USER, ZG_KEYS_FOR_TEAM };
+    for (int index = 0; index < 2; index++) {
+        PGresult *result = s_query (self, s_owner_budget_sql [index], 0, NULL);
+        if (!result)
+            return -1;
+        for (int row = 0; row < PQntuples (result); row++)
+            if (!PQgetisnull (result, row, 0))
+                s_send_budget (self, kind, owners [index], PQgetvalue (result, row, 0),
+                               s_double (result, row, 1), s_double (result, row, 2),
+                               s_int64 (result, row, 3));
+        PQclear (result);
+    }
+    return 0;
+}
+
+//  Every key, user and team; keys gone since the last load are removed
+static int
+s_full_load (s_self_t *self)
+{
+    self->reload_at = zclock_mono () + (int64_t) (self->config->user_api_key_cache_ttl * 1000);
+    PGresult *result = s_query (self, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL);
+    if (!result)
+        return -1;
+    PQclear (result);
+    result = s_query (self, "SELECT " ZG_ADMIN_KEY_COLUMNS " FROM \"LiteLLM_VerificationToken\"",
+                      0, NULL);
+    if (!result) {
+        s_rollback (self);
+        return -1;
+    }
+    zhashx_t *known = zhashx_new ();
+    assert (known);
+    size_t skipped = 0;
+    for (int row = 0; row < PQntuples (result); row++) {
+        zg_key_record_t record;
+        char *models = NULL;
+        if (zg_admin_key_from_row (result, row, &record, &models) == 0)
+            s_send_upsert (self, &record, known);
+        else
+            skipped++;
+        free (models);
+    }
+    PQclear (result);
+    if (skipped)
+        zg_warning ("keystore: %zu keys have a models column that is not a list of names; "
+                    "left out", skipped);
+    if (s_load_owners (self, ZG_KEYSTORE_BUDGET)) {
+        s_rollback (self);
+        zhashx_destroy (&known);
+        return -1;
+    }
+    s_rollback (self);          //  read only: ends the snapshot
+    //  A key that was deleted while this thread was not listening
+    for (void *item = zhashx_first (self->known); item; item = zhashx_next (self->known)) {
+        const char *hash = (const char *) zhashx_cursor (self->known);
+        if (!zhashx_lookup (known, hash)) {
+            zg_keystore_event_t *event = s_event_new (ZG_KEYSTORE_KEY_REMOVE);
+            if (event) {
+                snprintf (event->hash, sizeof event->hash, "%s", hash);
+                s_send (self, event);
+            }
+        }
+    }
+    zhashx_destroy (&self->known);
+    self->known = known;
+    if (!self->loaded) {
+        self->loaded = true;
+        zg_keystore_event_t *event = s_event_new (ZG_KEYSTORE_LOADED);
+        if (event)
+            event->count = zhashx_size (known);
+        s_send (self, event);
+    }
+    zg_debug ("keystore: loaded %zu keys", zhashx_size (known));
+    return 0;
+}
+
+//  One key, after a lookup or a notification. 1 found, 0 not, -1 error.
+static int
+s_load_key (s_self_t *self, const char *hash)
+{
+    const char *params [] = { hash };
+    PGresult *result = s_query (self, "SELECT " ZG_ADMIN_KEY_COLUMNS
+                                " FROM \"LiteLLM_VerificationToken\" WHERE token = $1", 1, params);
+    if (!result)
+        return -1;
+    int found = 0;
+    if (PQntuples (result) > 0) {
+        zg_key_record_t record;
+        char *models = NULL;
+        if (zg_admin_key_from_row (result, 0, &record, &models) == 0) {
+            s_send_upsert (self, &record, self->known);
+            found = 1;
+        }
+        free (models);
+    }
+    PQclear (result);
+    return found;
+}
+
+//  Spend of every key, user and team: merged (BUDGET) after a spend
+//  batch, set outright (SET_SPEND) after a reset
+static int
+s_load_spend (s_self_t *self, bool reset)
+{
+    PGresult *result = s_query (self,
+        "SELECT token, spend, coalesce (max_budget, -1),"
+        " coalesce (floor (extract (epoch FROM budget_reset_at))::bigint, 0)"
+        " FROM \"LiteLLM_VerificationToken\"", 0, NULL);
+    if (!result)
+        return -1;
+    zg_keystore_event_kind_t kind = reset ? ZG_KEYSTORE_SET_SPEND : ZG_KEYSTORE_BUDGET;
+    for (int row = 0; row < PQntuples (result); row++) {
+        const char *hash = PQgetvalue (result, row, 0);
+        if (zhashx_lookup (self->known, hash))
+            s_send_budget (self, kind, ZG_KEYS_FOR_KEY, hash, s_double (result, row, 1),
+                           s_double (result, row, 2), s_int64 (result, row, 3));
+    }
+    PQclear (result);
+    return s_load_owners (self, kind);
+}
+
+//  What the notifications received so far ask for
+static void
+s_notifications (s_self_t *self)
+{
+    if (!s_connected (self))
+        return;
+    PGconn *conn = zg_db_handle (self->db);
+    if (!PQconsumeInput (conn)) {
+        s_lost (self, PQerrorMessage (conn));
+        return;
+    }
+    bool everything = false, spend = false, reset = false;
+    zlistx_t *hashes = zlistx_new ();
+    assert (hashes);
+    zlistx_set_duplicator (hashes, (czmq_duplicator *) strdup);
+    zlistx_set_destructor (hashes, (czmq_destructor *) zstr_free);
+    zlistx_set_comparator (hashes, (czmq_comparator *) strcmp);
+    PGnotify *notify;
+    while ((notify = PQnotifies (conn))) {
+        if (streq (notify->relname, ZG_KEYSTORE_CHANNEL_KEYS)) {
+            if (streq (notify->extra, "*"))
+                everything = true;
+            else
+            if (strlen (notify->extra) == ZG_KEYS_HASH_HEX && !zlistx_find (hashes, notify->extra))
+                zlistx_add_end (hashes, notify->extra);
+        }
+        else
+        if (streq (notify->relname, ZG_KEYSTORE_CHANNEL_SPEND)) {
+            if (streq (notify->extra, "reset"))
+                reset = true;
+            else
+                spend = true;
+        }
+        PQfreemem (notify);
+    }
+    if (everything)
+        s_full_load (self);
+    else
+        for (const char *hash = (const char *) zlistx_first (hashes); hash && s_connected (self);
+             hash = (const char *) zlistx_next (hashes))
+            if (s_load_key (self, hash) == 0 && zhashx_lookup (self->known, hash))
+                s_send_remove (self, hash);
+    zlistx_destroy (&hashes);
+    //  A full load's keys carry spend merged already; a reset must still
+    //  be applied outright
+    if (s_connected (self) && (reset || (spend && !everything)))
+        s_load_spend (self, reset);
+}
+
+static void
+s_connect (s_self_t *self)
+{
+    char errbuf [512] = "";
+    self->db = zg_db_connect (self->config->database_url, errbuf, sizeof errbuf);
+    if (!self->db) {
+        zg_debug ("keystore: %s", errbuf);
+        s_lost (self, errbuf);
+        return;
+    }
+    PGresult *result = s_query (self, "LISTEN " ZG_KEYSTORE_CHANNEL_KEYS, 0, NULL);
+    if (result) {
+        PQclear (result);
+        result = s_query (self, "LISTEN " ZG_KEYSTORE_CHANNEL_SPEND, 0, NULL);
+    }
+    if (!result) {
+        if (self->db)
+            s_lost (self, "LISTEN failed");
+        return;
+    }
+    PQclear (result);
+    if (s_full_load (self)) {
+        if (self->db)
+            s_lost (self, "the first load failed");
+        return;
+    }
+    self->retry_ms = 0;
+    self->retry_at = 0;
+    s_set_state (self, true);
+}
+
+static void
+s_answer_now (s_self_t *self, s_command_t *command, bool asked)
+{
+    if (command->kind == COMMAND_LOOKUP)
+        s_send (self, s_unknown_event (command->hash, asked));
+    else {
+        zg_admin_error (command->job, 503, "no_db_connection", NULL,
+                        "Service Unavailable, the database is unreachable. Please retry shortly.");
+        s_send (self, s_done_event (&command->job));
+    }
+}
+
+static void
+s_answer_queue_down (s_self_t *self)
+{
+    s_command_t *command;
+    while ((command = (s_command_t *) zlistx_detach (self->queue, NULL))) {
+        s_answer_now (self, command, false);
+        free (command);
+    }
+}
+
+static void
+s_run (s_self_t *self, s_command_t *command)
+{
+    if (!s_connected (self)) {
+        s_answer_now (self, command, false);
+        return;
+    }
+    if (command->kind == COMMAND_LOOKUP) {
+        int found = s_load_key (self, command->hash);
+        if (found == 0)
+            s_send (self, s_unknown_event (command->hash, true));
+        else
+        if (found < 0)
+            s_send (self, s_unknown_event (command->hash, false));
+        return;
+    }
+    zg_admin_ctx_t ctx = {
+        self->db, self->config, self->salt_key, (int64_t) time (NULL), s_emit, self
+    };
+    zg_admin_run (&ctx, command->job);
+    zg_debug ("keystore: %s answered %d", zg_admin_op_name (command->job->op), command->job->status);
+    s_send (self, s_done_event (&command->job));
+    if (!s_connected (self))
+        s_lost (self, "connection lost during a job");
+}
+
+//  Everything the pipe holds now
+static void
+s_read_pipe (s_self_t *self)
+{
+    while (!self->terminated && (zsock_events (self->pipe) & ZMQ_POLLIN)) {
+        zframe_t *frame = zframe_recv (self->pipe);
+        if (!frame) {
+            self->terminated = true;
+            break;
+        }
+        if (zframe_size (frame) == sizeof (s_command_t)) {
+            s_command_t *command = (s_command_t *) malloc (sizeof (s_command_t));
+            if (command)
+                memcpy (command, zframe_data (frame), sizeof (s_command_t));
+            else {
+                //  Cannot hold it: answer from the frame itself
+                s_command_t copy;
+                memcpy (&copy, zframe_data (frame), sizeof copy);
+                s_answer_now (self, &copy, false);
+            }
+            if (command && (!s_connected (self) || zlistx_size (self->queue) >= ZG_KEYSTORE_QUEUE_MAX)) {
+                s_answer_now (self, command, false);
+                free (command);
+            }
+            else
+            if (command)
+                zlistx_add_end (self->queue, command);
+        }
+        else
+        if (zframe_streq (frame, "$TERM"))
+            self->terminated = true;
+        zframe_destroy (&frame);
+    }
+}
+
+static void
+s_actor (zsock_t *pipe, void *args)
+{
+    const s_args_t *arguments = (const s_args_t *) args;
+    s_self_t self;
+    memset (&self, 0, sizeof self);
+    self.pipe = pipe;
+    self.config = arguments->config;
+    self.state = -1;
+    self.salt_key = getenv ("LITELLM_SALT_KEY");
+    if (!self.salt_key || !*self.salt_key)
+        self.salt_key = self.config->master_key;
+    self.events = zsock_new (ZMQ_PUSH);
+    self.queue = zlistx_new ();
+    self.known = zhashx_new ();
+    if (!self.events || !self.queue || !self.known) {
+        zsock_destroy (&self.events);
+        zlistx_destroy (&self.queue);
+        zhashx_destroy (&self.known);
+        zsock_signal (pipe, 1);
+        return;
+    }
+    zsock_set_sndhwm (self.events, 0);
+    zsock_set_linger (self.events, -1);
+    int rc = zsock_connect (self.events, "%s", arguments->endpoint);
+    zsock_signal (pipe, rc == 0 ? 0 : 1);
+    if (rc != 0)
+        self.terminated = true;
+
+    while (!self.terminated) {
+        int64_t now = zclock_mono ();
+        if (!self.db && now >= self.retry_at)
+            s_connect (&self);
+        else
+        if (self.db && now >= self.reload_at)
+            s_full_load (&self);
+        s_notifications (&self);
+
+        long timeout = 0;
+        if (zlistx_size (self.queue) == 0) {
+            now = zclock_mono ();
+            int64_t due = self.db ? self.reload_at : self.retry_at;
+            timeout = due > now ? (long) (due - now) : 0;
+        }
+        zmq_pollitem_t items [2] = {
+            { zsock_resolve (pipe), 0, ZMQ_POLLIN, 0 },
+            { NULL, self.db ? zg_db_socket (self.db) : -1, ZMQ_POLLIN, 0 }
+        };
+        int count = self.db && zg_db_socket (self.db) >= 0 ? 2 : 1;
+        if (zmq_poll (items, count, timeout) < 0)
+            break;                  //  interrupted: the process is stopping
+        s_read_pipe (&self);
+        if (self.terminated)
+            break;
+        s_command_t *command = (s_command_t *) zlistx_detach (self.queue, NULL);
+        if (command) {
+            s_run (&self, command);
+            free (command);
+        }
+    }
+    //  Jobs not run are dropped (destroyed with their events' owner gone)
+    s_command_t *command;
+    while ((command = (s_command_t *) zlistx_detach (self.queue, NULL))) {
+        zg_admin_job_destroy (&command->job);
+        free (command);
+    }
+    //  Marks the end, so the frontend's side knows it has every event
+    zg_keystore_event_t *last = NULL;
+    zmq_send (zsock_resolve (self.events), &last, sizeof last, 0);
+    zg_db_destroy (&self.db);
+    zlistx_destroy (&self.queue);
+    zhashx_destroy (&self.known);
+    zsock_destroy (&self.events);
+}
+
+//  ---------------------------------------------------------------------
+//  The frontend's side
+
+zg_keystore_t *
+zg_keystore_new (const zg_config_t *config)
+{
+    assert (config);
+    if (!config->database_url || !*config->database_url)
+        return NULL;
+    zg_keystore_t *self = (zg_keystore_t *) calloc (1, sizeof (zg_keystore_t));
+    if (!self)
+        return NULL;
+    snprintf (self->endpoint, sizeof self->endpoint, "inproc://zg-keystore-%p", (void *) self);
+    self->events = zsock_new (ZMQ_PULL);
+    self->local = zsock_new (ZMQ_PUSH);
+    if (!self->events || !self->local) {
+        zg_keystore_destroy (&self);
+        return NULL;
+    }
+    zsock_set_rcvhwm (self->events, 0);
+    zsock_set_sndhwm (self->local, 0);
+    if (zsock_bind (self->events, "%s", self->endpoint) != 0
+    ||  zsock_connect (self->local, "%s", self->endpoint) != 0) {
+        zg_keystore_destroy (&self);
+        return NULL;
+    }
+    s_args_t args = { config, self->endpoint };
+    self->actor = zactor_new (s_actor, &args);
+    if (!self->actor)
+        zg_keystore_destroy (&self);
+    return self;
+}
+
+void
+zg_keystore_destroy (zg_keystore_t **self_p)
+{
+    assert (self_p);
+    zg_keystore_t *self = *self_p;
+    if (!self)
+        return;
+    bool marked = self->actor != NULL;
+    zactor_destroy (&self->actor);
+    if (self->events) {
+        //  Everything sent before the thread's end mark is there to take;
+        //  local answers may still follow, hence the non-blocking drain after
+        zsock_set_rcvtimeo (self->events, 5000);
+        void *socket = zsock_resolve (self->events);
+        zg_keystore_event_t *event;
+        while (marked && zmq_recv (socket, &event, sizeof event, 0) == sizeof event && event)
+            zg_keystore_event_destroy (&event);
+        while (zmq_recv (socket, &event, sizeof event, ZMQ_DONTWAIT) == sizeof event)
+            zg_keystore_event_destroy (&event);
+    }
+    zsock_destroy (&self->local);
+    zsock_destroy (&self->events);
+    free (self);
+    *self_p = NULL;
+}
+
+void *
+zg_keystore_socket (zg_keystore_t *self)
+{
+    assert (self);
+    return zsock_resolve (self->events);
+}
+
+zg_keystore_event_t *
+zg_keystore_recv (zg_keystore_t *self)
+{
+    assert (self);
+    zg_keystore_event_t *event = NULL;
+    while (zmq_recv (zsock_resolve (self->events), &event, sizeof event, ZMQ_DONTWAIT)
+           == sizeof event) {
+        if (event)
+            return event;
+        //  The end mark of a thread that stopped: nothing follows from it
+    }
+    return NULL;
+}
+
+//  A command the pipe would not take now: answered here, at once
+static void
+s_refuse (zg_keystore_t *self, s_command_t *command)
+{
+    zg_keystore_event_t *event;
+    if (command->kind == COMMAND_LOOKUP)
+        event = s_unknown_event (command->hash, false);
+    else {
+        zg_admin_error (command->job, 503, "no_db_connection", NULL,
+                        "Service Unavailable, too many management requests are waiting for "
+                        "the database. Please retry shortly.");
+        event = s_done_event (&command->job);
+    }
+    s_push (self->local, &event);
+}
+
+static void
+s_command_send (zg_keystore_t *self, s_command_t *command)
+{
+    if (zmq_send (zsock_resolve (zactor_sock (self->actor)), command, sizeof *command,
+                  ZMQ_DONTWAIT) != (int) sizeof *command)
+        s_refuse (self, command);
+}
+
+void
+zg_keystore_lookup (zg_keystore_t *self, const char *hash)
+{
+    assert (self);
+    assert (hash);
+    s_command_t command;
+    memset (&command, 0, sizeof command);
+    command.kind = COMMAND_LOOKUP;
+    snprintf (command.hash, sizeof command.hash, "%s", hash);
+    s_command_send (self, &command);
+}
+
+void
+zg_keystore_submit (zg_keystore_t *self, zg_admin_job_t **job_p)
+{
+    assert (self);
+    assert (job_p && *job_p);
+    s_command_t command;
+    memset (&command, 0, sizeof command);
+    command.kind = COMMAND_JOB;
+    command.job = *job_p;
+    *job_p = NULL;
+    s_command_send (self, &command);
+}
+
+//  A key's spend merged as zg_keys_upsert merges it: the key as it is,
+//  with the database's spend, budget and period
+static int
+s_apply_key_budget (const zg_keystore_event_t *event, zg_keys_t *keys)
+{
+    const zg_key_record_t *current = zg_keys_lookup (keys, event->id);
+    if (!current)
+        return -1;
+    zg_key_record_t record = *current;
+    record.spend = event->spend;
+    record.max_budget = event->max_budget;
+    record.budget_reset_at = event->budget_reset_at;
+    return zg_keys_upsert (keys, &record);
+}
+
+int
+zg_keystore_apply (const zg_keystore_event_t *event, zg_keys_t *keys, int64_t now)
+{
+    assert (event);
+    assert (keys);
+    switch (event->kind) {
+        case ZG_KEYSTORE_KEY_UPSERT:
+            return zg_keys_upsert (keys, &event->record);
+        case ZG_KEYSTORE_KEY_REMOVE:
+            zg_keys_remove (keys, event->hash);
+            return 0;
+        case ZG_KEYSTORE_KEY_UNKNOWN:
+            //  Only the database's "no" is remembered; "could not ask" is not
+            if (event->db_available)
+                zg_keys_remember_unknown (keys, event->hash, now);
+            return 0;
+        case ZG_KEYSTORE_BUDGET:
+            if (!event->id)
+                return -1;
+            if (event->owner == ZG_KEYS_FOR_KEY)
+                return s_apply_key_budget (event, keys);
+            return zg_keys_set_budget (keys, event->owner, event->id, event->spend,
+                                       event->max_budget, event->budget_reset_at);
+        case ZG_KEYSTORE_SET_SPEND:
+            if (!event->id)
+                return -1;
+            //  A reset for someone the table does not hold changes nothing
+            zg_keys_set_spend (keys, event->owner, event->id, event->spend);
+            return 0;
+        case ZG_KEYSTORE_DB_STATE:
+            zg_keys_set_db_available (keys, event->db_available);
+            return 0;
+        case ZG_KEYSTORE_LOADED:
+            return 0;
+        default:
+            return -1;
+    }
+}
+
+//  ---------------------------------------------------------------------
+//  Self test
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+typedef struct {
+    zg_keystore_t *store;
+    zg_keys_t     *keys;
+    uint64_t       handle;
+    int            db_down;         //  DB_STATE false events seen
+    int            db_up;           //  DB_STATE true events seen
+    bool           verbose;
+} s_test_t;
+
+//  Takes events, applying table events to the table, until one of kind
+//  (about hash or id, when given) arrives: that one is returned (caller
+//  destroys), or NULL after timeout_ms
+static zg_keystore_event_t *
+s_test_wait (s_test_t *test, zg_keystore_event_kind_t kind, const char *about, int timeout_ms)
+{
+    int64_t deadline = zclock_mono () + timeout_ms;
+    while (true) {
+        zg_keystore_event_t *event;
+        while ((event = zg_keystore_recv (test->store))) {
+            if (event->kind != ZG_KEYSTORE_ADMIN_DONE)
+                zg_keystore_apply (event, test->keys, (int64_t) time (NULL));
+            if (event->kind == ZG_KEYSTORE_DB_STATE) {
+                if (event->db_available)
+                    test->db_up++;
+                else
+                    test->db_down++;
+            }
+            if (event->kind == kind
+            &&  (!about || streq (event->hash, about) || (event->id && streq (event->id, about))))
+                return event;
+            zg_keystore_event_destroy (&event);
+        }
+        int64_t left = deadline - zclock_mono ();
+        if (left <= 0)
+            return NULL;
+        zmq_pollitem_t item = { zg_keystore_socket (test->store), 0, ZMQ_POLLIN, 0 };
+        zmq_poll (&item, 1, (long) left);
+    }
+}
+
+static bool
+s_test_seen (s_test_t *test, zg_keystore_event_kind_t kind, const char *about, int timeout_ms)
+{
+    zg_keystore_event_t *event = s_test_wait (test, kind, about, timeout_ms);
+    bool seen = event != NULL;
+    zg_keystore_event_destroy (&event);
+    return seen;
+}
+
+//  Run a job through the keystore and return it answered
+static zg_admin_job_t *
+s_test_job (s_test_t *test, zg_admin_op_t op, const char *path_key, const char *query,
+            const char *body)
+{
+    zg_admin_job_t *job = zg_admin_job_new (op, ++test->handle, path_key, query,
+                                            body, body ? strlen (body) : 0);
+    ZG_CHECK (job);
+    zg_keystore_submit (test->store, &job);
+    ZG_CHECK (job == NULL);
+    zg_keystore_event_t *event = s_test_wait (test, ZG_KEYSTORE_ADMIN_DONE, NULL, 30000);
+    ZG_CHECK (event && event->job);
+    job = event->job;
+    event->job = NULL;
+    zg_keystore_event_destroy (&event);
+    ZG_CHECK (job->handle == test->handle);
+    ZG_CHECK (job->answer && zg_json_valid (job->answer, job->answer_size, NULL));
+    if (test->verbose)
+        printf ("   %s %s -> %d %.300s\n", zg_admin_op_name (op), query && *query ? query : "",
+                job->status, job->answer);
+    return job;
+}
+
+//  A loopback port nobody listens on
+static int
+s_test_closed_port (void)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    ZG_CHECK (fd >= 0);
+    struct sockaddr_in address;
+    memset (&address, 0, sizeof address);
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    ZG_CHECK (bind (fd, (struct sockaddr *) &address, sizeof address) == 0);
+    socklen_t length = sizeof address;
+    ZG_CHECK (getsockname (fd, (struct sockaddr *) &address, &length) == 0);
+    close (fd);
+    return ntohs (address.sin_port);
+}
+
+static void
+s_test_apply (void)
+{
+    zg_keys_t *keys = zg_keys_new (0, 0);
+    ZG_CHECK (keys);
+    char hash [ZG_KEYS_HASH_HEX + 1], other [ZG_KEYS_HASH_HEX + 1];
+    zg_keys_hash ("sk-apply-0001", hash);
+    zg_keys_hash ("sk-apply-0002", other);
+    const char *models [] = { "gpt-4o", "m2" };
+    zg_key_record_t record = {
+        hash, "sk-...0001", "alias", models, 2, 0, false, 10, 1.5, -1, "30d", 1000,
+        5, -1, -1, "u1", "t1", "{}"
+    };
+    //  An upsert event owns a deep copy
+    zg_keystore_event_t *event = s_event_new (ZG_KEYSTORE_KEY_UPSERT);
+    ZG_CHECK (event && s_record_copy (&event->record, &record) == 0);
+    ZG_CHECK (event->record.models [1] != models [1] && streq (event->record.models [1], "m2"));
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    zg_keystore_event_destroy (&event);
+    const zg_key_record_t *held = zg_keys_lookup (keys, hash);
+    ZG_CHECK (held && held->spend == 1.5 && held->models_count == 2 && streq (held->user_id, "u1"));
+
+    //  A key's spend from the database merges upward, in the same period
+    event = s_event_new (ZG_KEYSTORE_BUDGET);
+    event->owner = ZG_KEYS_FOR_KEY;
+    event->id = strdup (hash);
+    event->spend = 1.0;
+    event->max_budget = 20;
+    event->budget_reset_at = 1000;
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    held = zg_keys_lookup (keys, hash);
+    ZG_CHECK (held->spend == 1.5 && held->max_budget == 20 && streq (held->key_alias, "alias"));
+    event->spend = 3.0;
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash)->spend == 3.0);
+    free (event->id);
+    event->id = strdup (other);         //  a key the table does not hold
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == -1);
+    //  Users and teams
+    event->owner = ZG_KEYS_FOR_USER;
+    free (event->id);
+    event->id = strdup ("u1");
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    zg_keystore_event_destroy (&event);
+
+    //  Resets are outright
+    event = s_event_new (ZG_KEYSTORE_SET_SPEND);
+    event->owner = ZG_KEYS_FOR_KEY;
+    event->id = strdup (hash);
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash)->spend == 0);
+    free (event->id);
+    event->id = strdup (other);         //  unknown: nothing to reset
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    zg_keystore_event_destroy (&event);
+
+    //  Unknown: remembered only when the database said so
+    event = s_unknown_event (other, false);
+    ZG_CHECK (zg_keys_should_lookup (keys, other, 100) == ZG_KEYS_LOOKUP);
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    ZG_CHECK (zg_keys_should_lookup (keys, other, 100) == ZG_KEYS_LOOKUP_PENDING);
+    event->db_available = true;
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    ZG_CHECK (zg_keys_should_lookup (keys, other, 100) == ZG_KEYS_LOOKUP_KNOWN_BAD);
+    zg_keystore_event_destroy (&event);
+
+    //  Database state
+    zg_keys_verdict_t verdict;
+    event = s_event_new (ZG_KEYSTORE_DB_STATE);
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    char third [ZG_KEYS_HASH_HEX + 1];
+    zg_keys_hash ("sk-apply-0003", third);
+    ZG_CHECK (zg_keys_check (keys, third, NULL, NULL, 100, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_DB_UNAVAILABLE);
+    event->db_available = true;
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    ZG_CHECK (zg_keys_check (keys, third, NULL, NULL, 100, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_UNKNOWN);
+    zg_keystore_event_destroy (&event);
+
+    //  Remove, twice: the second changes nothing
+    event = s_event_new (ZG_KEYSTORE_KEY_REMOVE);
+    snprintf (event->hash, sizeof event->hash, "%s", hash);
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash) == NULL);
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    zg_keystore_event_destroy (&event);
+    event = s_event_new (ZG_KEYSTORE_LOADED);
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == 0);
+    event->kind = ZG_KEYSTORE_ADMIN_DONE;
+    ZG_CHECK (zg_keystore_apply (event, keys, 100) == -1);
+    zg_keystore_event_destroy (&event);
+    ZG_CHECK (event == NULL);
+    zg_keys_destroy (&keys);
+}
+
+//  A database nobody answers: DB_STATE false, lookups "could not ask",
+//  jobs 503, all at once; and stopping is prompt
+static void
+s_test_unreachable (bool verbose)
+{
+    zg_config_t *config = zg_config_new_default ();
+    ZG_CHECK (config);
+    ZG_CHECK (zg_keystore_new (config) == NULL);        //  no database: no keystore
+    char url [128];
+    snprintf (url, sizeof url, "postgresql://zgate@127.0.0.1:%d/zgate?connect_timeout=2",
+              s_test_closed_port ());
+    config->database_url = strdup (url);
+    s_test_t test = { zg_keystore_new (config), zg_keys_new (0, 0), 0, 0, 0, verbose };
+    ZG_CHECK (test.store && test.keys);
+    ZG_CHECK (s_test_seen (&test, ZG_KEYSTORE_DB_STATE, NULL, 20000));
+    ZG_CHECK (test.db_down == 1 && test.db_up == 0);
+    char hash [ZG_KEYS_HASH_HEX + 1];
+    zg_keys_hash ("sk-unreachable-1", hash);
+    zg_keystore_lookup (test.store, hash);
+    zg_keystore_event_t *event = s_test_wait (&test, ZG_KEYSTORE_KEY_UNKNOWN, hash, 20000);
+    ZG_CHECK (event && !event->db_available);
+    zg_keystore_event_destroy (&event);
+    zg_admin_job_t *job = s_test_job (&test, ZG_ADMIN_KEY_LIST, NULL, "", "");
+    ZG_CHECK (job->status == 503 && strstr (job->answer, "\"no_db_connection\""));
+    ZG_CHECK (strstr (job->answer, "\"code\":\"503\""));
+    zg_admin_job_destroy (&job);
+    //  Jobs and lookups left in flight are dropped on destroy, no leak
+    for (int index = 0; index < 50; index++) {
+        zg_keystore_lookup (test.store, hash);
+        job = zg_admin_job_new (ZG_ADMIN_GLOBAL_SPEND, 1, NULL, NULL, NULL, 0);
+        zg_keystore_submit (test.store, &job);
+    }
+    zg_keystore_destroy (&test.store);
+    ZG_CHECK (test.store == NULL);
+    zg_keystore_destroy (&test.store);
+    zg_keys_destroy (&test.keys);
+    zg_config_destroy (&config);
+}
+
+static void s_test_live (const char *url, bool verbose);
+
+void
+zg_keystore_test (bool verbose)
+{
+    printf (" * zg_keystore: ");
+    if (verbose)
+        printf ("\n");
+    s_test_apply ();
+    s_test_unreachable (verbose);
+    const char *url = getenv ("ZG_TEST_DATABASE_URL");
+    if (url && *url)
+        s_test_live (url, verbose);
+    else
+    if (verbose)
+        printf ("   ZG_TEST_DATABASE_URL is not set: no live tests\n");
+    printf ("OK\n");
+}
+
+static void
+s_test_live (const char *url, bool verbose)
+{
+    (void) url;
+    (void) verbose;
+}
