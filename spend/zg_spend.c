@@ -127,7 +127,10 @@ static const char *s_write_sql =
     "  FROM rows r JOIN ins USING (request_id)"
     "  WHERE r.status >= 400 AND NOT $2::boolean"
     "  ON CONFLICT (request_id) DO NOTHING RETURNING 1"
-    ") SELECT (SELECT count (*) FROM ins)";
+    "), counted AS (SELECT count (*) AS n FROM ins)"
+    //  Frontends reload spend when this commits (zg_keystore.h); a batch
+    //  of records already written changes nothing and tells nobody
+    " SELECT n, CASE WHEN n > 0 THEN pg_notify ('zgate_spend', '') END FROM counted";
 
 static int64_t
 s_now_ms (void)
