@@ -1375,7 +1375,13 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
                 else {
                     zg_info ("frontend: stopping; finishing %zu requests", self->llm_active);
                     self->draining = true;
-                    MHD_quiesce_daemon (self->daemon);
+                    //  Quiescing only stops this process from accepting; the
+                    //  kernel would still queue new connections on a socket
+                    //  the supervisor also holds. Shut down, the socket
+                    //  refuses them at once, for every process that holds it.
+                    MHD_socket listening = MHD_quiesce_daemon (self->daemon);
+                    if (listening != MHD_INVALID_SOCKET)
+                        shutdown (listening, SHUT_RDWR);
                 }
             }
         }

@@ -50,6 +50,11 @@
         spend    -> router   HEARTBEAT, DISCONNECT (its liveness, as above)
         worker   -> router   RETIRE    name pid  (being recycled: send me no new
                                        DISPATCH; I finish what I hold, then go)
+        router   -> worker   RETIRE    name pid  (the answer, name "router": no
+                                       DISPATCH follows it on this connection,
+                                       so the worker may exit once it holds
+                                       nothing; the router forgets the worker
+                                       when its last call ends)
 
     Every call that reached the router ends as exactly one SPEND, numbered
     by a per-router sequence; the router keeps it until a SPEND_ACK covers

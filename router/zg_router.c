@@ -18,6 +18,12 @@
     Replies are relayed as the frames that arrived (header and payload),
     without decoding more than the call id or re-encoding anything.
 
+    A worker being recycled sends RETIRE: it keeps no credit from then on,
+    so no new call goes to it, while the replies for the calls it holds
+    are relayed as before; the router answers RETIRE (nothing is
+    dispatched to it after that answer) and forgets the worker when its
+    last call ends.
+
     Costs per message are O(1) or O(log n): calls are in an intrusive hash
     table keyed by call id, recycled through a free list; workers are in a
     heap ordered by free credit; deadlines are in a heap ordered by time.
@@ -131,6 +137,7 @@ struct _worker_t {
     int64_t     last_heard;
     size_t      heap_index;
     uint64_t    last_pick;          //  router->pick_seq when last given a call
+    bool        retiring;           //  sent RETIRE: no new calls; forgotten once it holds none
 };
 
 struct _frontend_t {
@@ -1080,15 +1087,27 @@ s_worker_expire (router_t *self, worker_t *worker, const char *why, int64_t now)
     s_worker_destroy (self, worker);
 }
 
+//  A retiring worker that holds no call is done: forget it
+static void
+s_worker_retire_check (router_t *self, worker_t *worker)
+{
+    if (!worker || !worker->retiring || worker->calls.size)
+        return;
+    zg_info ("router: worker %s (pid %u) retired", worker->name, worker->pid);
+    s_worker_destroy (self, worker);
+}
+
 //  Cancels a call at its worker (if any) and forgets it
 static void
 s_call_cancel (router_t *self, call_t *call)
 {
-    if (call->state != CALL_QUEUED && call->worker)
+    worker_t *worker = call->state != CALL_QUEUED? call->worker: NULL;
+    if (worker)
         //  The worker returns the credit through CREDIT when it lets go
-        s_send_simple (self, self->backend_handle, call->worker->identity, ZG_MSG_CANCEL,
+        s_send_simple (self, self->backend_handle, worker->identity, ZG_MSG_CANCEL,
                        call->call_id);
     s_call_destroy (self, call);
+    s_worker_retire_check (self, worker);
 }
 
 static void
@@ -1368,6 +1387,7 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
                 s_spend_record (self, call, call->call_id, &self->in);
             }
             s_call_destroy (self, call);
+            s_worker_retire_check (self, worker);
             return;
         default:
             break;
@@ -1425,11 +1445,14 @@ s_on_worker_message (router_t *self, int64_t now)
         worker->pid = in->pid;
         worker->capacity = in->capacity;
         //  Calls it still holds for us come back through CREDIT
-        worker->credit = in->capacity > worker->calls.size?
+        worker->credit = in->capacity > worker->calls.size && !worker->retiring?
                          in->capacity - (uint32_t) worker->calls.size: 0;
         s_worker_sift (self, worker->heap_index);
         zg_info ("router: worker %s (pid %u) %s, capacity %u", worker->name, worker->pid,
                  joined? "joined": "registered again", worker->capacity);
+        //  Answered at once: the worker knows from this that it is
+        //  registered (a replacement in a recycle waits for it)
+        s_send_simple (self, self->backend_handle, worker->identity, ZG_MSG_HEARTBEAT, NULL);
         s_pump (self, now);
         return;
     }
@@ -1441,7 +1464,26 @@ s_on_worker_message (router_t *self, int64_t now)
     switch (in->type) {
         case ZG_MSG_HEARTBEAT:
             break;
+        case ZG_MSG_RETIRE: {
+            if (!worker->retiring)
+                zg_info ("router: worker %s (pid %u) retiring; %zu call(s) in flight",
+                         worker->name, worker->pid, worker->calls.size);
+            worker->retiring = true;
+            worker->credit = 0;
+            s_worker_sift (self, worker->heap_index);
+            zg_msg_t *out = &self->out;
+            zg_msg_reset (out, ZG_MSG_RETIRE);
+            ZG_MSG_SET (out->name, "router");
+            out->pid = self->pid;
+            if (s_send (self, self->backend_handle, worker->identity, out, NULL))
+                zg_debug ("router: cannot answer RETIRE of worker %s: %s", worker->name,
+                          zmq_strerror (zmq_errno ()));
+            s_worker_retire_check (self, worker);
+            break;
+        }
         case ZG_MSG_CREDIT: {
+            if (worker->retiring)
+                break;          //  it takes no new calls
             uint64_t credit = (uint64_t) worker->credit + in->credit;
             worker->credit = credit > worker->capacity? worker->capacity: (uint32_t) credit;
             s_worker_sift (self, worker->heap_index);

@@ -29,6 +29,15 @@
 #define ZG_HEALTHY_AFTER_MS   30000
 #define ZG_BACKOFF_FIRST_MS   100
 #define ZG_BACKOFF_MAX_MS     10000
+//  Recycling: how long a replacement worker has to register with the
+//  router (ZGATE_RECYCLE_READY_MS overrides it), and how long the old
+//  one serves on before another replacement is tried
+#define ZG_RECYCLE_READY_MS   30000
+#define ZG_RECYCLE_RETRY_MS   5000
+//  After a second stop signal (or the stop deadline) the children end
+//  what they hold at once; this bounds the bookkeeping that follows
+//  (the router's and the spend actor's last writes) before SIGKILL
+#define ZG_FORCED_STOP_MS     60000
 
 typedef struct {
     zg_role_t role;
@@ -38,6 +47,17 @@ typedef struct {
     int64_t   restart_at;       //  ms; when to start it again after it died
     int       backoff_ms;
     int       crashes;          //  consecutive short-lived runs
+
+    //  Workers being recycled
+    int       status_fd;        //  read end of its status pipe; -1 = none
+    char      status_text [64]; //  a line not yet complete
+    size_t    status_size;
+    bool      standby;          //  a replacement not yet registered: never restarted
+    bool      retiring;         //  told to go: never restarted, forgotten when it exits
+    bool      wants_retire;     //  it said "retire"
+    pid_t     replacement;      //  the standby started for it; 0 = none
+    int64_t   replacement_deadline;
+    int64_t   retry_at;         //  when to try a replacement again; 0 = not waiting
 } s_child_t;
 
 static int64_t
@@ -127,11 +147,56 @@ typedef struct {
     int    listen_fd;
     s_child_t *children;
     int    child_count;
+    int    child_capacity;
     bool   stopping;
+    bool   forced;              //  a second signal or the deadline: end what is left now
     bool   frontend_signalled;
     bool   backend_signalled;
     int    exit_code;
+    int64_t recycle_ready_ms;
+    uint64_t recycles;          //  workers replaced so far
 } s_supervisor_t;
+
+//  A new child entry (not started); returns its index, or -1. The
+//  array may move: pointers into it do not survive this call.
+static int
+s_child_add (s_supervisor_t *self, zg_role_t role, int index)
+{
+    if (self->child_count == self->child_capacity) {
+        int capacity = self->child_capacity? self->child_capacity * 2: 8;
+        s_child_t *children = (s_child_t *) realloc (self->children,
+                                                     capacity * sizeof (s_child_t));
+        if (!children)
+            return -1;
+        self->children = children;
+        self->child_capacity = capacity;
+    }
+    s_child_t *child = &self->children [self->child_count];
+    memset (child, 0, sizeof (*child));
+    child->role = role;
+    child->index = index;
+    child->status_fd = -1;
+    return self->child_count++;
+}
+
+static void
+s_child_remove (s_supervisor_t *self, int at)
+{
+    if (self->children [at].status_fd >= 0)
+        close (self->children [at].status_fd);
+    memmove (&self->children [at], &self->children [at + 1],
+             (self->child_count - at - 1) * sizeof (s_child_t));
+    self->child_count--;
+}
+
+static int
+s_child_find (s_supervisor_t *self, pid_t pid)
+{
+    for (int i = 0; i < self->child_count; i++)
+        if (self->children [i].pid == pid && pid > 0)
+            return i;
+    return -1;
+}
 
 //  A request crosses several threads of zgate (frontend, router, the
 //  ZeroMQ I/O threads, a worker), each woken by a message from the one
@@ -157,11 +222,30 @@ s_schedule_for_throughput (void)
 static pid_t
 s_spawn (s_supervisor_t *self, s_child_t *child)
 {
-    char fd_text [16], name [64];
+    //  A frontend that stopped shut the socket down so that it stopped
+    //  accepting at once: its successor needs it listening again
+    if (child->role == ZG_ROLE_FRONTEND && listen (self->listen_fd, 4096) != 0)
+        zg_warning ("cannot listen again on the socket: %s", strerror (errno));
+    char fd_text [16], name [64], max_requests [32];
     snprintf (fd_text, sizeof (fd_text), "%d", self->listen_fd);
     snprintf (name, sizeof (name), "worker-%d", child->index);
+    //  A little jitter, so that workers started together do not all
+    //  recycle together
+    long limit = self->cli->max_requests_before_restart;
+    if (limit > 0 && limit / 10 > 0)
+        limit += random () % (limit / 10 + 1);
+    snprintf (max_requests, sizeof (max_requests), "%ld", limit);
 
-    const char *argv [16];
+    //  A worker that may be recycled tells us "ready" and "retire" on a pipe
+    int status_pipe [2] = { -1, -1 };
+    if (child->role == ZG_ROLE_WORKER && limit > 0
+    &&  pipe2 (status_pipe, O_CLOEXEC) != 0) {
+        zg_warning ("cannot make a status pipe for worker-%d (%s): it will not be recycled",
+                    child->index, strerror (errno));
+        status_pipe [0] = status_pipe [1] = -1;
+    }
+
+    const char *argv [20];
     int argc = 0;
     argv [argc++] = self->self_exe;
     argv [argc++] = s_role_name (child->role);
@@ -186,6 +270,10 @@ s_spawn (s_supervisor_t *self, s_child_t *child)
     if (child->role == ZG_ROLE_WORKER) {
         argv [argc++] = "--name";
         argv [argc++] = name;
+        //  Always given, so that the worker does not read the variable
+        //  the command line overrode
+        argv [argc++] = "--max_requests_before_restart";
+        argv [argc++] = status_pipe [1] >= 0? max_requests: "0";
     }
     if (child->role == ZG_ROLE_FRONTEND) {
         argv [argc++] = "--listen-fd";
@@ -196,6 +284,10 @@ s_spawn (s_supervisor_t *self, s_child_t *child)
     pid_t pid = fork ();
     if (pid < 0) {
         zg_error ("cannot start the %s: fork: %s", s_role_name (child->role), strerror (errno));
+        if (status_pipe [0] >= 0) {
+            close (status_pipe [0]);
+            close (status_pipe [1]);
+        }
         return -1;
     }
     if (pid == 0) {
@@ -209,6 +301,14 @@ s_spawn (s_supervisor_t *self, s_child_t *child)
             int flags = fcntl (self->listen_fd, F_GETFD);
             fcntl (self->listen_fd, F_SETFD, flags & ~FD_CLOEXEC);
         }
+        if (status_pipe [1] >= 0) {
+            char status_text [16];
+            snprintf (status_text, sizeof (status_text), "%d", status_pipe [1]);
+            fcntl (status_pipe [1], F_SETFD, 0);
+            setenv ("ZGATE_STATUS_FD", status_text, 1);
+        }
+        else
+            unsetenv ("ZGATE_STATUS_FD");
         s_schedule_for_throughput ();
         setenv ("ZGATE_RUN_DIR", self->run_dir, 1);
         setenv ("ZGATE_SUPERVISED", "1", 1);
@@ -216,6 +316,18 @@ s_spawn (s_supervisor_t *self, s_child_t *child)
         fprintf (stderr, "zgate: cannot execute %s: %s\n", self->self_exe, strerror (errno));
         _exit (ZG_EXIT_FATAL);
     }
+    if (child->status_fd >= 0)
+        close (child->status_fd);
+    child->status_fd = -1;
+    child->status_size = 0;
+    if (status_pipe [0] >= 0) {
+        close (status_pipe [1]);
+        fcntl (status_pipe [0], F_SETFL, O_NONBLOCK);
+        child->status_fd = status_pipe [0];
+    }
+    child->wants_retire = false;
+    child->replacement = 0;
+    child->retry_at = 0;
     child->pid = pid;
     child->started_at = s_now_ms ();
     zg_info ("started %s%s%s (pid %d)", s_role_name (child->role),
@@ -233,7 +345,9 @@ s_signal_children (s_supervisor_t *self, int signum)
 
 //  Stopping goes front to back: the frontend first, so it stops accepting
 //  and lets the requests and streams it holds finish while its router and
-//  the workers still serve them; the workers once the frontend has exited.
+//  the workers still serve them; the others once the frontend has exited,
+//  so that the router's last spend records still reach the spend actor.
+//  A forced stop ends the workers' transfers at once too.
 static void
 s_stop_in_order (s_supervisor_t *self)
 {
@@ -253,6 +367,21 @@ s_stop_in_order (s_supervisor_t *self)
     self->backend_signalled = true;
 }
 
+//  A second SIGTERM to the frontend ends the requests it still holds; the
+//  workers stop their transfers. The router (in the frontend's process)
+//  still saves its spend records, so the spend actor waits for it.
+static void
+s_stop_forced (s_supervisor_t *self)
+{
+    self->forced = true;
+    for (int i = 0; i < self->child_count; i++) {
+        s_child_t *child = &self->children [i];
+        if (child->pid > 0 && (child->role == ZG_ROLE_FRONTEND || child->role == ZG_ROLE_WORKER))
+            kill (child->pid, SIGTERM);
+    }
+    s_stop_in_order (self);
+}
+
 static int
 s_running_children (s_supervisor_t *self)
 {
@@ -263,55 +392,268 @@ s_running_children (s_supervisor_t *self)
     return count;
 }
 
+//  ---------------------------------------------------------------------
+//  Recycling workers
+
+static int64_t
+s_recycle_ready_ms (void)
+{
+    const char *text = getenv ("ZGATE_RECYCLE_READY_MS");
+    long value = text && *text? atol (text): 0;
+    return value > 0? value: ZG_RECYCLE_READY_MS;
+}
+
+//  Starts the standby that will take the place of the worker at `at`
+static void
+s_replacement_start (s_supervisor_t *self, int at, int64_t now)
+{
+    int index = self->children [at].index;
+    int standby = s_child_add (self, ZG_ROLE_WORKER, index);
+    s_child_t *old = &self->children [at];
+    if (standby < 0 || s_spawn (self, &self->children [standby]) <= 0) {
+        if (standby >= 0)
+            s_child_remove (self, standby);
+        old = &self->children [at];
+        zg_warning ("cannot start a replacement for worker-%d (pid %d): it serves on; "
+                    "trying again in %d ms", index, (int) old->pid, ZG_RECYCLE_RETRY_MS);
+        old->retry_at = now + ZG_RECYCLE_RETRY_MS;
+        return;
+    }
+    self->children [standby].standby = true;
+    old->replacement = self->children [standby].pid;
+    old->replacement_deadline = now + self->recycle_ready_ms;
+    old->retry_at = 0;
+}
+
+//  The worker at `at` reached its request count
+static void
+s_on_retire_asked (s_supervisor_t *self, int at, int64_t now)
+{
+    s_child_t *child = &self->children [at];
+    if (self->stopping || child->retiring || child->standby || child->wants_retire)
+        return;
+    child->wants_retire = true;
+    zg_info ("worker-%d (pid %d) reached its request count: starting its replacement",
+             child->index, (int) child->pid);
+    s_replacement_start (self, at, now);
+}
+
+//  A standby registered with the router: the worker it replaces may go.
+//  SIGUSR1 makes it send RETIRE, finish what it holds and exit 0.
+static void
+s_on_ready (s_supervisor_t *self, int at)
+{
+    s_child_t *standby = &self->children [at];
+    if (!standby->standby)
+        return;
+    standby->standby = false;
+    for (int i = 0; i < self->child_count; i++) {
+        s_child_t *old = &self->children [i];
+        if (old->replacement != standby->pid)
+            continue;
+        old->replacement = 0;
+        old->retiring = true;
+        kill (old->pid, SIGUSR1);
+        self->recycles++;
+        zg_info ("recycling worker-%d: pid %d takes work, pid %d finishes what it holds "
+                 "and exits", old->index, (int) standby->pid, (int) old->pid);
+        return;
+    }
+}
+
+//  A standby that did not register in time is let go (it may hold work
+//  by now, so it retires as a recycled worker does); the old worker
+//  serves on and another replacement is tried later
+static void
+s_replacement_failed (s_supervisor_t *self, int at, const char *why, int64_t now)
+{
+    s_child_t *old = &self->children [at];
+    int standby = s_child_find (self, old->replacement);
+    old->replacement = 0;
+    old->retry_at = now + ZG_RECYCLE_RETRY_MS;
+    zg_warning ("the replacement for worker-%d %s; pid %d serves on, next try in %d ms",
+                old->index, why, (int) old->pid, ZG_RECYCLE_RETRY_MS);
+    if (standby >= 0 && self->children [standby].pid > 0) {
+        self->children [standby].standby = false;
+        self->children [standby].retiring = true;
+        kill (self->children [standby].pid, SIGUSR1);
+    }
+}
+
+//  Replacements that are late, and retries that are due. Returns the
+//  milliseconds until the next of these, at most max_wait.
+static int
+s_recycle_timers (s_supervisor_t *self, int64_t now, int max_wait)
+{
+    int wait = max_wait;
+    for (int i = 0; i < self->child_count; i++) {
+        s_child_t *child = &self->children [i];
+        if (child->pid <= 0 || child->retiring)
+            continue;
+        if (child->replacement) {
+            if (now >= child->replacement_deadline) {
+                char why [96];
+                snprintf (why, sizeof (why), "(pid %d) did not register within %lld ms",
+                          (int) child->replacement, (long long) self->recycle_ready_ms);
+                s_replacement_failed (self, i, why, now);
+                child = &self->children [i];
+            }
+            else
+            if (child->replacement_deadline - now < wait)
+                wait = (int) (child->replacement_deadline - now);
+        }
+        if (child->wants_retire && !child->replacement && child->retry_at) {
+            if (now >= child->retry_at) {
+                s_replacement_start (self, i, now);
+                child = &self->children [i];
+            }
+            else
+            if (child->retry_at - now < wait)
+                wait = (int) (child->retry_at - now);
+        }
+    }
+    return wait;
+}
+
+//  Reads the lines a worker wrote on its status pipe
+static void
+s_read_status (s_supervisor_t *self, pid_t pid, int64_t now)
+{
+    int at = s_child_find (self, pid);
+    if (at < 0 || self->children [at].status_fd < 0)
+        return;
+    while (true) {
+        s_child_t *child = &self->children [at];
+        char *free_space = child->status_text + child->status_size;
+        size_t room = sizeof (child->status_text) - child->status_size - 1;
+        ssize_t got = read (child->status_fd, free_space, room);
+        if (got <= 0) {
+            if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+                //  It exited, or closed the pipe: nothing more will come
+                close (child->status_fd);
+                child->status_fd = -1;
+            }
+            return;
+        }
+        child->status_size += (size_t) got;
+        child->status_text [child->status_size] = 0;
+        char *line = child->status_text;
+        char *end;
+        while ((end = strchr (line, '\n'))) {
+            *end = 0;
+            if (streq (line, "ready"))
+                s_on_ready (self, at);
+            else
+            if (streq (line, "retire"))
+                s_on_retire_asked (self, at, now);
+            else
+                zg_warning ("worker-%d (pid %d) said \"%s\" on its status pipe: ignored",
+                            self->children [at].index, (int) pid, line);
+            at = s_child_find (self, pid);
+            if (at < 0)
+                return;
+            line = end + 1;
+        }
+        child = &self->children [at];
+        size_t left = strlen (line);
+        if (left == sizeof (child->status_text) - 1)
+            left = 0;           //  no line is this long: drop it
+        memmove (child->status_text, line, left);
+        child->status_size = left;
+    }
+}
+
 //  A child exited: decide whether to start it again, and when
 static void
 s_child_exited (s_supervisor_t *self, pid_t pid, int status)
 {
-    for (int i = 0; i < self->child_count; i++) {
-        s_child_t *child = &self->children [i];
-        if (child->pid != pid)
-            continue;
-        child->pid = 0;
-        if (self->stopping) {
-            s_stop_in_order (self);
-            return;
-        }
+    int at = s_child_find (self, pid);
+    if (at < 0)
+        return;
+    s_child_t *child = &self->children [at];
+    child->pid = 0;
+    if (child->status_fd >= 0) {
+        close (child->status_fd);
+        child->status_fd = -1;
+    }
+    char how [64];
+    if (WIFEXITED (status))
+        snprintf (how, sizeof (how), "exited with code %d", WEXITSTATUS (status));
+    else
+        snprintf (how, sizeof (how), "was killed by signal %d", WTERMSIG (status));
+    bool clean = WIFEXITED (status) && WEXITSTATUS (status) == 0;
 
-        char how [64];
-        if (WIFEXITED (status))
-            snprintf (how, sizeof (how), "exited with code %d", WEXITSTATUS (status));
-        else
-            snprintf (how, sizeof (how), "was killed by signal %d", WTERMSIG (status));
-
-        if (WIFEXITED (status) && WEXITSTATUS (status) == ZG_EXIT_FATAL) {
-            zg_error ("%s (pid %d) %s: it cannot run with this configuration; stopping zgate",
-                      s_role_name (child->role), (int) pid, how);
-            self->stopping = true;
-            self->exit_code = 1;
-            s_signal_children (self, SIGTERM);
-            return;
-        }
-        int64_t now = s_now_ms ();
-        if (now - child->started_at >= ZG_HEALTHY_AFTER_MS) {
-            child->backoff_ms = ZG_BACKOFF_FIRST_MS;
-            child->crashes = 0;
-        }
+    if (self->stopping) {
+        if (clean)
+            zg_info ("%s (pid %d) stopped", s_role_name (child->role), (int) pid);
         else {
-            child->crashes++;
-            child->backoff_ms = child->backoff_ms ? child->backoff_ms * 2 : ZG_BACKOFF_FIRST_MS;
-            if (child->backoff_ms > ZG_BACKOFF_MAX_MS)
-                child->backoff_ms = ZG_BACKOFF_MAX_MS;
+            zg_warning ("%s (pid %d) %s while stopping", s_role_name (child->role), (int) pid,
+                        how);
+            if (!self->forced)
+                self->exit_code = 1;
         }
-        child->restart_at = now + (child->crashes ? child->backoff_ms : 0);
-        if (child->crashes >= 5)
-            zg_error ("%s (pid %d) %s; it is crash-looping (%d quick exits in a row), "
-                      "next start in %d ms", s_role_name (child->role), (int) pid, how,
-                      child->crashes, child->backoff_ms);
-        else
-            zg_warning ("%s (pid %d) %s; starting it again", s_role_name (child->role),
-                        (int) pid, how);
+        s_stop_in_order (self);
         return;
     }
+    if (child->retiring) {
+        //  Recycled (or a standby let go): its replacement serves
+        if (clean)
+            zg_info ("worker-%d (pid %d) retired", child->index, (int) pid);
+        else
+            zg_warning ("worker-%d (pid %d) %s while retiring", child->index, (int) pid, how);
+        s_child_remove (self, at);
+        return;
+    }
+    if (child->standby) {
+        //  Died before it registered: the old worker serves on
+        for (int i = 0; i < self->child_count; i++)
+            if (self->children [i].replacement == pid) {
+                char why [96];
+                snprintf (why, sizeof (why), "(pid %d) %s before it registered", (int) pid, how);
+                s_replacement_failed (self, i, why, s_now_ms ());
+                break;
+            }
+        s_child_remove (self, at);
+        return;
+    }
+    if (child->replacement) {
+        //  Died while its replacement starts: the replacement takes its place
+        int standby = s_child_find (self, child->replacement);
+        zg_warning ("worker-%d (pid %d) %s while being recycled; pid %d takes its place",
+                    child->index, (int) pid, how, (int) child->replacement);
+        if (standby >= 0)
+            self->children [standby].standby = false;
+        s_child_remove (self, at);
+        return;
+    }
+
+    if (WIFEXITED (status) && WEXITSTATUS (status) == ZG_EXIT_FATAL) {
+        zg_error ("%s (pid %d) %s: it cannot run with this configuration; stopping zgate",
+                  s_role_name (child->role), (int) pid, how);
+        self->stopping = true;
+        self->exit_code = 1;
+        s_signal_children (self, SIGTERM);
+        return;
+    }
+    int64_t now = s_now_ms ();
+    if (now - child->started_at >= ZG_HEALTHY_AFTER_MS) {
+        child->backoff_ms = ZG_BACKOFF_FIRST_MS;
+        child->crashes = 0;
+    }
+    else {
+        child->crashes++;
+        child->backoff_ms = child->backoff_ms ? child->backoff_ms * 2 : ZG_BACKOFF_FIRST_MS;
+        if (child->backoff_ms > ZG_BACKOFF_MAX_MS)
+            child->backoff_ms = ZG_BACKOFF_MAX_MS;
+    }
+    child->restart_at = now + (child->crashes ? child->backoff_ms : 0);
+    if (child->crashes >= 5)
+        zg_error ("%s (pid %d) %s; it is crash-looping (%d quick exits in a row), "
+                  "next start in %d ms", s_role_name (child->role), (int) pid, how,
+                  child->crashes, child->backoff_ms);
+    else
+        zg_warning ("%s (pid %d) %s; starting it again", s_role_name (child->role),
+                    (int) pid, how);
 }
 
 static int
@@ -380,10 +722,18 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
     zg_endpoints (config, self.run_dir, self.frontend_ep, sizeof (self.frontend_ep),
                   self.worker_ep, sizeof (self.worker_ep));
 
+    self.recycle_ready_ms = s_recycle_ready_ms ();
+    srandom ((unsigned) (time (NULL) ^ getpid ()));
     if (cli->max_requests_before_restart > 0)
-        zg_warning ("--max_requests_before_restart is not implemented yet; workers are not recycled");
+        zg_info ("workers are recycled after %ld requests (plus up to a tenth, at random)",
+                 cli->max_requests_before_restart);
     if (cli->run_gunicorn)
-        zg_info ("--run_gunicorn is accepted and changes nothing: zgate supervises its own workers");
+        zg_info ("--run_gunicorn is accepted and changes nothing: zgate supervises and "
+                 "recycles its own workers");
+    const char *non_root = getenv ("LITELLM_NON_ROOT");
+    if (non_root && strcasecmp (non_root, "true") == 0)
+        zg_info ("LITELLM_NON_ROOT=true: accepted; zgate runs as the user that starts it "
+                 "(uid %d) and writes only to %s", (int) getuid (), self.run_dir);
 
     //  The router runs as a thread of the frontend's process (frontend and
     //  router meet over inproc://, with no I/O thread or socket between
@@ -400,20 +750,17 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
         else
             zg_spend_endpoint (self.run_dir, self.spend_ep, sizeof (self.spend_ep));
     }
-    self.child_count = 1 + cli->num_workers + (with_spend? 1: 0);
-    self.children = calloc (self.child_count, sizeof (s_child_t));
-    if (!self.children) {
+    bool added = s_child_add (&self, ZG_ROLE_FRONTEND, 0) >= 0;
+    for (int i = 0; i < cli->num_workers && added; i++)
+        added = s_child_add (&self, ZG_ROLE_WORKER, i + 1) >= 0;
+    if (added && with_spend)
+        added = s_child_add (&self, ZG_ROLE_SPEND, 0) >= 0;
+    if (!added) {
+        free (self.children);
         close (self.listen_fd);
         s_remove_run_dir (&self);
         return 1;
     }
-    self.children [0].role = ZG_ROLE_FRONTEND;
-    for (int i = 0; i < cli->num_workers; i++) {
-        self.children [1 + i].role = ZG_ROLE_WORKER;
-        self.children [1 + i].index = i + 1;
-    }
-    if (with_spend)
-        self.children [1 + cli->num_workers].role = ZG_ROLE_SPEND;
 
     //  Signals arrive through a descriptor so the loop below has one place
     //  to wait and no async-signal-safety puzzles
@@ -441,6 +788,10 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
     const char *stopwait = getenv ("SUPERVISORD_STOPWAITSECS");
     int64_t stop_wait_ms = (stopwait && atol (stopwait) > 0 ? atol (stopwait) : 3600) * 1000LL;
     int64_t stop_deadline = 0;
+    int signals = 0;            //  stop signals received
+    struct pollfd *pfds = NULL;
+    pid_t *pfd_pids = NULL;
+    int pfd_size = 0;
 
     while (true) {
         if (self.stopping && s_running_children (&self) == 0)
@@ -458,16 +809,58 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
                         timeout = (int) (child->restart_at - now);
                 }
             }
+            timeout = s_recycle_timers (&self, now, timeout);
         }
         else
         if (now >= stop_deadline) {
-            zg_warning ("children still running after %lld s; killing them",
-                        (long long) (stop_wait_ms / 1000));
-            s_signal_children (&self, SIGKILL);
-            stop_deadline = now + 3600 * 1000LL;
+            if (!self.forced) {
+                zg_warning ("requests still running %lld s after the stop signal "
+                            "(SUPERVISORD_STOPWAITSECS): ending them",
+                            (long long) (stop_wait_ms / 1000));
+                s_stop_forced (&self);
+                stop_deadline = now + ZG_FORCED_STOP_MS;
+            }
+            else {
+                zg_warning ("children still running %d s after they were told to end "
+                            "at once; killing them", ZG_FORCED_STOP_MS / 1000);
+                s_signal_children (&self, SIGKILL);
+                self.exit_code = 1;
+                stop_deadline = now + 3600 * 1000LL;
+            }
         }
-        struct pollfd pfd = { .fd = sigfd, .events = POLLIN };
-        if (poll (&pfd, 1, timeout) <= 0)
+        if (self.stopping && stop_deadline - now < timeout)
+            timeout = stop_deadline - now > 0? (int) (stop_deadline - now): 0;
+
+        //  The signals, and the status pipes of the workers that have one
+        if (pfd_size < self.child_count + 1) {
+            pfd_size = self.child_count + 1;
+            struct pollfd *grown = (struct pollfd *) realloc (pfds, pfd_size * sizeof (*pfds));
+            if (grown)
+                pfds = grown;
+            pid_t *grown_pids = (pid_t *) realloc (pfd_pids, pfd_size * sizeof (pid_t));
+            if (grown_pids)
+                pfd_pids = grown_pids;
+            if (!grown || !grown_pids) {
+                pfd_size = 0;
+                continue;
+            }
+        }
+        int pfd_count = 0;
+        pfds [pfd_count++] = (struct pollfd) { .fd = sigfd, .events = POLLIN };
+        for (int i = 0; i < self.child_count; i++)
+            if (self.children [i].status_fd >= 0) {
+                pfd_pids [pfd_count] = self.children [i].pid;
+                pfds [pfd_count++] = (struct pollfd) {
+                    .fd = self.children [i].status_fd, .events = POLLIN };
+            }
+        if (poll (pfds, pfd_count, timeout) <= 0)
+            continue;
+        now = s_now_ms ();
+        //  Status lines before exits: a worker's last words count
+        for (int i = 1; i < pfd_count; i++)
+            if (pfds [i].revents)
+                s_read_status (&self, pfd_pids [i], now);
+        if (!pfds [0].revents)
             continue;
         struct signalfd_siginfo info;
         while (read (sigfd, &info, sizeof (info)) == sizeof (info)) {
@@ -480,27 +873,44 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
             else
             if (info.ssi_signo == SIGHUP)
                 continue;
-            else
-            if (!self.stopping) {
-                zg_info ("received %s; stopping", info.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
-                self.stopping = true;
-                stop_deadline = s_now_ms () + stop_wait_ms;
-                s_stop_in_order (&self);
-            }
             else {
-                //  A second signal means: do not wait any longer
-                zg_warning ("second stop signal; killing what is left");
-                s_signal_children (&self, SIGKILL);
+                const char *name = info.ssi_signo == SIGINT? "SIGINT": "SIGTERM";
+                signals++;
+                if (signals == 1) {
+                    zg_info ("received %s; stopping once the requests in flight end "
+                             "(at most %lld s)", name, (long long) (stop_wait_ms / 1000));
+                    self.stopping = true;
+                    stop_deadline = s_now_ms () + stop_wait_ms;
+                    s_stop_in_order (&self);
+                }
+                else
+                if (signals == 2) {
+                    zg_warning ("second %s: ending the requests in flight now", name);
+                    s_stop_forced (&self);
+                    stop_deadline = s_now_ms () + ZG_FORCED_STOP_MS;
+                }
+                else {
+                    zg_warning ("third stop signal: killing what is left");
+                    s_signal_children (&self, SIGKILL);
+                    self.exit_code = 1;
+                }
             }
             //  Break out to re-check the loop's exit condition; pending
             //  signals stay queued in the descriptor
             break;
         }
     }
+    free (pfds);
+    free (pfd_pids);
     close (sigfd);
     close (self.listen_fd);
+    for (int i = 0; i < self.child_count; i++)
+        if (self.children [i].status_fd >= 0)
+            close (self.children [i].status_fd);
     free (self.children);
     s_remove_run_dir (&self);
+    if (self.recycles)
+        zg_info ("%llu workers recycled", (unsigned long long) self.recycles);
     zg_info ("stopped");
     return self.exit_code;
 }

@@ -191,7 +191,22 @@ main (int argc, char **argv)
                 snprintf (name, sizeof (name), "%s", cli.name);
             else
                 snprintf (name, sizeof (name), "worker-%d", (int) getpid ());
-            rc = zg_worker_run (config, worker_ep, name);
+            //  The supervisor's pipe for "ready" and "retire"; only a
+            //  supervised worker has one
+            int status_fd = -1;
+            const char *status_env = getenv ("ZGATE_STATUS_FD");
+            if (supervised && status_env && *status_env) {
+                char *end;
+                long value = strtol (status_env, &end, 10);
+                if (*end == 0 && value > 2 && value < INT_MAX)
+                    status_fd = (int) value;
+                else
+                    zg_warning ("ZGATE_STATUS_FD \"%s\" is not a descriptor: the worker "
+                                "will not be recycled", status_env);
+            }
+            unsetenv ("ZGATE_STATUS_FD");
+            rc = zg_worker_run (config, worker_ep, name,
+                                (uint64_t) cli.max_requests_before_restart, status_fd);
             break;
         }
         case ZG_ROLE_FRONTEND: {

@@ -29,6 +29,16 @@
         failure before any answer:  ERROR
         failure after HEAD of a stream:  ERROR with ZG_FLAG_STARTED
         after CANCEL:  nothing
+
+    Recycling. After max_requests DISPATCHes the worker writes "retire" on
+    its status descriptor (ZGATE_STATUS_FD, a pipe from the supervisor) and
+    serves on; the supervisor starts a replacement, waits for its "ready"
+    (written once the router has answered our READY), then sends SIGUSR1.
+    On SIGUSR1 (from the supervisor, or an operator) the worker sends
+    RETIRE; the router answers RETIRE and sends no DISPATCH after it, so
+    once the answer is in and every slot is free the worker exits 0. A
+    retiring worker that loses its router has nothing left to deliver to
+    anyone, and exits too.
     =========================================================================
 */
 #include "workers/zg_worker.h"
@@ -42,8 +52,10 @@
 #include <czmq.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,6 +70,13 @@
 #define EPOLL_BATCH         256
 
 typedef struct _worker_t worker_t;
+
+typedef enum {
+    RETIRE_NONE,                            //  serving
+    RETIRE_SENT,                            //  RETIRE sent, no answer yet: still takes DISPATCH
+    RETIRE_ANSWERED,                        //  no DISPATCH will come: exit once empty
+    RETIRE_DONE                             //  nothing left to finish: exit now
+} retire_state_t;
 
 typedef struct {
     worker_t *worker;
@@ -129,6 +148,14 @@ struct _worker_t {
     int64_t   next_heartbeat_us;
     int64_t   last_heard_us;
 
+    //  Recycling
+    uint64_t  max_requests;                 //  0 = never
+    uint64_t  requests;                     //  DISPATCHes taken
+    int       status_fd;                    //  to the supervisor; -1 = none
+    int       signal_fd;                    //  SIGUSR1: retire
+    bool      awaiting_registration;        //  READY sent, the router has not answered
+    retire_state_t retire;
+
     zg_msg_t  in;
     zg_msg_t  out;
 };
@@ -167,6 +194,30 @@ s_send_ready (worker_t *self)
     self->out.capacity = (uint32_t) self->free_count;
     //  READY states the free slots afresh: credit not yet sent is in it
     self->credit_pending = 0;
+    self->awaiting_registration = true;
+    s_send (self);
+}
+
+//  One line to the supervisor ("ready", "retire"). The pipe holds far
+//  more than the few lines a worker writes, so a write never blocks.
+static void
+s_status (worker_t *self, const char *line)
+{
+    if (self->status_fd < 0)
+        return;
+    char text [64];
+    int size = snprintf (text, sizeof (text), "%s\n", line);
+    if (write (self->status_fd, text, (size_t) size) != size)
+        zg_warning ("worker %s: cannot tell the supervisor \"%s\": %s", self->name, line,
+                    strerror (errno));
+}
+
+static void
+s_send_retire (worker_t *self)
+{
+    zg_msg_reset (&self->out, ZG_MSG_RETIRE);
+    ZG_MSG_SET (self->out.name, self->name);
+    self->out.pid = self->pid;
     s_send (self);
 }
 
@@ -799,6 +850,17 @@ s_on_dispatch (worker_t *self, zg_msg_t *msg)
     }
     slot_t *slot = &self->slots [self->free_slots [--self->free_count]];
     slot->busy = true;
+    self->requests++;
+    if (self->max_requests && self->requests == self->max_requests) {
+        if (self->status_fd >= 0) {
+            zg_info ("worker %s: %llu requests taken: asking to be recycled", self->name,
+                     (unsigned long long) self->requests);
+            s_status (self, "retire");
+        }
+        else
+            zg_warning ("worker %s: %llu requests taken, but recycling needs the supervisor: "
+                        "serving on", self->name, (unsigned long long) self->requests);
+    }
     ZG_MSG_SET (slot->call_id, msg->call_id);
     zhashx_insert (self->by_call_id, slot->call_id, slot);
     slot->flags = msg->flags;
@@ -925,13 +987,15 @@ s_abort_all (worker_t *self)
 //  ---------------------------------------------------------------------
 //  The router connection
 
+//  linger_ms: how long the process's exit may wait for what is still
+//  queued to reach the router
 static void
-s_socket_close (worker_t *self)
+s_socket_close (worker_t *self, int linger_ms)
 {
     if (!self->dealer)
         return;
     epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, self->zmq_fd, NULL);
-    zsock_set_linger (self->dealer, 0);
+    zsock_set_linger (self->dealer, linger_ms);
     zsock_destroy (&self->dealer);
     self->zmq_fd = -1;
 }
@@ -970,7 +1034,7 @@ s_socket_open (worker_t *self)
     struct epoll_event event = { .events = EPOLLIN, .data.fd = self->zmq_fd };
     if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, self->zmq_fd, &event)) {
         zg_error ("worker %s: epoll: %s", self->name, strerror (errno));
-        s_socket_close (self);
+        s_socket_close (self, 0);
         return -1;
     }
     return 0;
@@ -987,10 +1051,26 @@ s_on_message (worker_t *self, zg_msg_t *msg)
             s_on_cancel (self, msg->call_id);
             break;
         case ZG_MSG_DISCONNECT:
+            if (self->retire != RETIRE_NONE) {
+                //  It holds nothing of ours: what we hold cannot be delivered
+                zg_info ("worker %s: the router does not know us while we retire: stopping",
+                         self->name);
+                s_abort_all (self);
+                self->retire = RETIRE_DONE;
+                break;
+            }
             zg_info ("worker %s: the router does not know us: registering again", self->name);
             s_send_ready (self);
             break;
         case ZG_MSG_HEARTBEAT:
+            break;
+        case ZG_MSG_RETIRE:
+            if (self->retire == RETIRE_SENT) {
+                self->retire = RETIRE_ANSWERED;
+                zg_info ("worker %s: retiring after %llu requests; finishing %zu in flight",
+                         self->name, (unsigned long long) self->requests,
+                         self->capacity - self->free_count);
+            }
             break;
         default:
             zg_warning ("worker %s: unexpected %s from the router: dropped", self->name,
@@ -1014,8 +1094,14 @@ s_drain_socket (worker_t *self, int64_t now)
         self->last_heard_us = now;
         if (rc == ZG_MSG_ERR_MALFORMED)
             zg_warning ("worker %s: malformed message from the router: dropped", self->name);
-        else
+        else {
+            if (self->awaiting_registration && self->in.type != ZG_MSG_DISCONNECT) {
+                //  The router answered our READY: it may dispatch to us now
+                self->awaiting_registration = false;
+                s_status (self, "ready");
+            }
             s_on_message (self, &self->in);
+        }
         zg_msg_reset (&self->in, 0);
     }
 }
@@ -1023,11 +1109,19 @@ s_drain_socket (worker_t *self, int64_t now)
 static void
 s_keep_alive (worker_t *self, int64_t now)
 {
+    if (now - self->last_heard_us > LIVENESS * self->heartbeat_us
+    &&  self->retire != RETIRE_NONE) {
+        zg_warning ("worker %s: no word from the router for %d heartbeats while retiring: "
+                    "stopping", self->name, LIVENESS);
+        s_abort_all (self);
+        self->retire = RETIRE_DONE;
+        return;
+    }
     if (now - self->last_heard_us > LIVENESS * self->heartbeat_us) {
         zg_warning ("worker %s: no word from the router for %d heartbeats: reconnecting",
                     self->name, LIVENESS);
         s_abort_all (self);
-        s_socket_close (self);
+        s_socket_close (self, 0);
         if (s_socket_open (self) == 0)
             s_send_ready (self);
         self->last_heard_us = now;
@@ -1036,8 +1130,27 @@ s_keep_alive (worker_t *self, int64_t now)
     }
     if (now >= self->next_heartbeat_us) {
         s_send_heartbeat (self);
+        //  An answer lost on the way (a router that restarted) is asked again
+        if (self->retire == RETIRE_SENT)
+            s_send_retire (self);
         self->next_heartbeat_us = now + self->heartbeat_us;
     }
+}
+
+//  SIGUSR1: stop taking work, finish what is held, exit
+static void
+s_on_signal (worker_t *self)
+{
+    struct signalfd_siginfo info;
+    bool retire = false;
+    while (read (self->signal_fd, &info, sizeof (info)) == (ssize_t) sizeof (info))
+        retire = retire || info.ssi_signo == SIGUSR1;
+    if (!retire || self->retire != RETIRE_NONE)
+        return;
+    zg_info ("worker %s: asked to retire after %llu requests", self->name,
+             (unsigned long long) self->requests);
+    self->retire = RETIRE_SENT;
+    s_send_retire (self);
 }
 
 //  ---------------------------------------------------------------------
@@ -1070,9 +1183,11 @@ s_worker_destroy (worker_t **self_p)
     free (self->watched);
     free (self->parked);
     if (self->dealer)
-        s_socket_close (self);
+        s_socket_close (self, 0);
     if (self->epoll_fd >= 0)
         close (self->epoll_fd);
+    if (self->signal_fd >= 0)
+        close (self->signal_fd);
     zhashx_destroy (&self->by_call_id);
     zg_msg_reset (&self->in, 0);
     zg_msg_reset (&self->out, 0);
@@ -1088,6 +1203,8 @@ s_worker_new (const zg_config_t *config, const char *endpoint, const char *name)
         return NULL;
     self->epoll_fd = -1;
     self->zmq_fd = -1;
+    self->signal_fd = -1;
+    self->status_fd = -1;
     self->config = config;
     self->endpoint = endpoint;
     ZG_MSG_SET (self->name, name && *name ? name : "worker");
@@ -1158,11 +1275,32 @@ s_wait_ms (worker_t *self, int64_t now)
     return (int) ((deadline - now + 999) / 1000);
 }
 
+//  SIGUSR1 through a descriptor in the epoll set: it changes what the
+//  loop does, so the loop is where it is read
+static int
+s_signal_open (worker_t *self)
+{
+    sigset_t mask;
+    sigemptyset (&mask);
+    sigaddset (&mask, SIGUSR1);
+    sigprocmask (SIG_BLOCK, &mask, NULL);
+    self->signal_fd = signalfd (-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    struct epoll_event event = { .events = EPOLLIN, .data.fd = self->signal_fd };
+    if (self->signal_fd < 0 || epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, self->signal_fd, &event)) {
+        zg_error ("worker %s: cannot watch SIGUSR1: %s", self->name, strerror (errno));
+        return -1;
+    }
+    return 0;
+}
+
 int
-zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const char *name)
+zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const char *name,
+               uint64_t max_requests, int status_fd)
 {
     assert (config);
     assert (worker_endpoint);
+    //  A supervisor that died leaves the status pipe without a reader
+    signal (SIGPIPE, SIG_IGN);
     if (curl_global_init (CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         zg_error ("worker %s: libcurl cannot start", name ? name : "");
         return 1;
@@ -1173,13 +1311,18 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
         curl_global_cleanup ();
         return 1;
     }
-    if (s_socket_open (self)) {
+    self->max_requests = max_requests;
+    self->status_fd = status_fd;
+    if (s_signal_open (self) || s_socket_open (self)) {
         s_worker_destroy (&self);
         curl_global_cleanup ();
         return 1;
     }
     zg_info ("worker %s: connected to %s, capacity %zu", self->name, worker_endpoint,
              self->capacity);
+    if (max_requests)
+        zg_info ("worker %s: to be recycled after %llu requests", self->name,
+                 (unsigned long long) max_requests);
     int64_t now = s_now_us ();
     self->last_heard_us = now;
     self->next_heartbeat_us = now + self->heartbeat_us;
@@ -1188,6 +1331,9 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
     struct epoll_event events [EPOLL_BATCH];
     int exit_code = 0;
     while (!zsys_interrupted) {
+        if (self->retire == RETIRE_DONE
+        || (self->retire == RETIRE_ANSWERED && self->free_count == self->capacity))
+            break;
         now = s_now_us ();
         int wait_ms = s_wait_ms (self, now);
         //  Credit goes back in batches while the worker is busy, and all of
@@ -1211,6 +1357,10 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
             int fd = events [index].data.fd;
             if (fd == self->zmq_fd)
                 continue;           //  the socket is read below, whatever woke us
+            if (fd == self->signal_fd) {
+                s_on_signal (self);
+                continue;
+            }
             if ((size_t) fd < self->watched_size && self->parked [fd]) {
                 s_unpark (self, fd);
                 continue;
@@ -1243,7 +1393,14 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
             s_flush_credit (self);
         s_drain_socket (self, now);
     }
-    zg_info ("worker %s: stopping", self->name);
+    if (self->retire != RETIRE_NONE) {
+        //  The last answers may still be queued: the exit waits for them
+        zg_info ("worker %s: retired", self->name);
+        s_flush_credit (self);
+        s_socket_close (self, 5000);
+    }
+    else
+        zg_info ("worker %s: stopping", self->name);
     s_worker_destroy (&self);
     curl_global_cleanup ();
     return exit_code;

@@ -14,14 +14,21 @@
 
 #include "common/zg_config.h"
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-//  Run a worker in this thread until SIGTERM/SIGINT. name identifies it in
-//  logs and READY ("worker-3"). Returns the process exit code.
+//  Run a worker in this thread until SIGTERM/SIGINT, or until it retires.
+//  name identifies it in logs and READY ("worker-3"). After max_requests
+//  DISPATCHes (0: never) it writes "retire" on status_fd (a pipe to the
+//  supervisor; -1: none, and the count only logs); it writes "ready" there
+//  each time the router answers its READY. SIGUSR1 retires it: RETIRE to
+//  the router, what it holds finished, exit 0. Blocks SIGUSR1 in the
+//  calling thread. Returns the process exit code.
 int zg_worker_run (const zg_config_t *config, const char *worker_endpoint,
-                   const char *name);
+                   const char *name, uint64_t max_requests, int status_fd);
 
 #ifdef __cplusplus
 }

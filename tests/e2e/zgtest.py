@@ -575,10 +575,11 @@ class Gateway:
     """A zgate supervisor tree on a free loopback port."""
 
     def __init__(self, workdir, config, num_workers=2, env=None, name="zgate",
-                 extra_args=(), wait_ready=True, config_text=None, cwd=None):
+                 extra_args=(), wait_ready=True, config_text=None, cwd=None, wrapper=(),
+                 run_dir=None):
         self.workdir = workdir
         self.name = name
-        self.run_dir = tempfile.mkdtemp(prefix="run-", dir=workdir)
+        self.run_dir = run_dir or tempfile.mkdtemp(prefix="run-", dir=workdir)
         self.config_path = os.path.join(workdir, name + ".config.yaml")
         with open(self.config_path, "w") as f:
             f.write(config_text if config_text is not None else to_yaml(config) + "\n")
@@ -586,8 +587,11 @@ class Gateway:
         self.num_workers = num_workers
         full_env = {"ZGATE_RUN_DIR": self.run_dir}
         full_env.update(env or {})
-        argv = [zgate_bin(), "--config", self.config_path, "--host", "127.0.0.1",
-                "--port", str(self.port), "--num_workers", str(num_workers)] + list(extra_args)
+        #  wrapper: a command that ends by executing the rest (setpriv,
+        #  unshare), so that the process started is zgate's supervisor
+        argv = list(wrapper) + [
+            zgate_bin(), "--config", self.config_path, "--host", "127.0.0.1",
+            "--port", str(self.port), "--num_workers", str(num_workers)] + list(extra_args)
         self.proc = Process(argv, workdir, name, env=full_env, cwd=cwd)
         self.pid = self.proc.pid
         self.known_children = set()

@@ -180,7 +180,7 @@ typedef struct {
     bool alive;             //  heartbeats while the test waits
 } peer_t;
 
-static peer_t *s_peers [8];
+static peer_t *s_peers [16];
 static size_t s_peer_count;
 static int64_t s_last_beat;
 
@@ -303,7 +303,7 @@ s_send_simple (peer_t *peer, int type, const char *call_id, uint32_t number)
     zg_msg_init (&msg, type);
     if (call_id)
         ZG_MSG_SET (msg.call_id, call_id);
-    if (type == ZG_MSG_READY) {
+    if (type == ZG_MSG_READY || type == ZG_MSG_RETIRE) {
         ZG_MSG_SET (msg.name, peer->name);
         msg.pid = (uint32_t) getpid ();
         msg.capacity = number;
@@ -357,7 +357,7 @@ s_peer_new (const char *name, const char *endpoint, bool alive)
     zsock_set_identity (peer->sock, name);
     zsock_set_linger (peer->sock, 0);
     CHECK (zsock_connect (peer->sock, "%s", endpoint) == 0);
-    assert (s_peer_count < 8);
+    assert (s_peer_count < 16);
     s_peers [s_peer_count++] = peer;
     return peer;
 }
@@ -605,6 +605,69 @@ s_test_broker (const char *frontend_ep, const char *worker_ep)
         CHECK (streq (msg.err_type, "timeout"));
     }
     CHECK (s_expect (survivor, &msg, ZG_MSG_CANCEL, "t1", SAFETY_MS));
+    s_send_simple (survivor, ZG_MSG_CREDIT, NULL, 1);
+
+    //  Recycling: a worker that sends RETIRE is answered, gets no new
+    //  call, has its replies relayed, and is forgotten once it holds none
+    peer_t *fresh = s_peer_new ("worker-fresh", worker_ep, true);
+    CHECK (s_join (fresh, 2, &msg));
+    peer_t *pair [2] = { survivor, fresh };
+    s_send_request (frontend, "r1", "gpt-4o", ZG_ROUTE_CHAT, 0, "r1");
+    int held = s_expect_any (pair, 2, &msg, false, SAFETY_MS);
+    if (!CHECK (held >= 0 && msg.type == ZG_MSG_DISPATCH && streq (msg.call_id, "r1"))) {
+        zg_msg_reset (&msg, 0);
+        return;
+    }
+    peer_t *retiring = pair [held];
+    peer_t *staying = pair [1 - held];
+    s_send_simple (retiring, ZG_MSG_RETIRE, NULL, 0);
+    if (CHECK (s_expect (retiring, &msg, ZG_MSG_RETIRE, NULL, SAFETY_MS)))
+        CHECK (streq (msg.name, "router") && msg.pid > 0);
+    //  Credit it returns no longer counts
+    s_send_simple (retiring, ZG_MSG_CREDIT, NULL, 2);
+    s_send_request (frontend, "r2", "gpt-4o", ZG_ROUTE_CHAT, 0, "r2");
+    CHECK (s_expect (staying, &msg, ZG_MSG_DISPATCH, "r2", SAFETY_MS));
+    s_send_request (frontend, "r3", "gpt-4o", ZG_ROUTE_CHAT, 0, "r3");
+    CHECK (s_expect (staying, &msg, ZG_MSG_DISPATCH, "r3", SAFETY_MS));
+    CHECK (s_expect_nothing (retiring, &msg, 100));
+    //  What it held still reaches the client
+    s_send_reply (retiring, ZG_MSG_HEAD, "r1", 200, 0, NULL);
+    s_send_reply (retiring, ZG_MSG_CHUNK, "r1", 0, 0, "data: last\n\n");
+    s_send_reply (retiring, ZG_MSG_END, "r1", 200, 0, NULL);
+    CHECK (s_expect (frontend, &msg, ZG_MSG_HEAD, "r1", SAFETY_MS));
+    CHECK (s_expect (frontend, &msg, ZG_MSG_CHUNK, "r1", SAFETY_MS)
+           && s_payload_is (&msg, "data: last\n\n"));
+    CHECK (s_expect (frontend, &msg, ZG_MSG_END, "r1", SAFETY_MS));
+    //  Its last call ended: the router forgot it
+    retiring->alive = false;
+    s_heartbeat (retiring);
+    CHECK (s_expect (retiring, &msg, ZG_MSG_DISCONNECT, NULL, SAFETY_MS));
+    s_send_reply (staying, ZG_MSG_HEAD, "r2", 200, ZG_FLAG_FINAL, "{}");
+    s_send_reply (staying, ZG_MSG_END, "r2", 200, 0, NULL);
+    CHECK (s_expect (frontend, &msg, ZG_MSG_HEAD, "r2", SAFETY_MS));
+    CHECK (s_expect (frontend, &msg, ZG_MSG_END, "r2", SAFETY_MS));
+    //  A retiring worker's call cancelled by its client: forgotten too
+    s_send_simple (staying, ZG_MSG_RETIRE, NULL, 0);
+    CHECK (s_expect (staying, &msg, ZG_MSG_RETIRE, NULL, SAFETY_MS));
+    s_send_simple (frontend, ZG_MSG_CANCEL, "r3", 0);
+    CHECK (s_expect (staying, &msg, ZG_MSG_CANCEL, "r3", SAFETY_MS));
+    staying->alive = false;
+    s_heartbeat (staying);
+    CHECK (s_expect (staying, &msg, ZG_MSG_DISCONNECT, NULL, SAFETY_MS));
+    //  No worker takes work now: the queue times out
+    s_send_request (frontend, "r4", "gpt-4o", ZG_ROUTE_CHAT, 0, "r4");
+    if (CHECK (s_expect (frontend, &msg, ZG_MSG_ERROR, "r4", SAFETY_MS)))
+        CHECK (msg.status == 503);
+    //  A worker that retires holding nothing is forgotten at once
+    peer_t *idle = s_peer_new ("worker-idle", worker_ep, false);
+    CHECK (s_join (idle, 1, &msg));
+    s_send_simple (idle, ZG_MSG_RETIRE, NULL, 0);
+    CHECK (s_expect (idle, &msg, ZG_MSG_RETIRE, NULL, SAFETY_MS));
+    s_heartbeat (idle);
+    CHECK (s_expect (idle, &msg, ZG_MSG_DISCONNECT, NULL, SAFETY_MS));
+    //  RETIRE from a stranger: DISCONNECT
+    s_send_simple (stranger, ZG_MSG_RETIRE, NULL, 0);
+    CHECK (s_expect (stranger, &msg, ZG_MSG_DISCONNECT, NULL, SAFETY_MS));
 
     zg_msg_reset (&msg, 0);
 }

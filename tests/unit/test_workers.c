@@ -414,7 +414,7 @@ s_worker_start (void)
         config.worker_capacity = WORKER_CAPACITY;
         config.heartbeat_ms = HEARTBEAT_MS;
         //  exit, not _exit: the sanitizers' leak check runs at exit
-        exit (zg_worker_run (&config, s_endpoint, WORKER_NAME));
+        exit (zg_worker_run (&config, s_endpoint, WORKER_NAME, 0, -1));
     }
     return pid;
 }
