@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import unittest
@@ -249,6 +250,8 @@ class GracefulStopTest(zgtest.GatewayTestCase):
             self.assertEqual(stream.status, 200, stream.headers)
             events.append(stream.next_event())
             self.gw.proc.popen.send_signal(signal.SIGTERM)
+            #  The listening socket refuses new connections while the stream runs
+            zgtest.wait_until(lambda: self._refused(), message="new connections refused")
             try:
                 events += stream.events()
             except (OSError, http.client.HTTPException) as exc:
@@ -257,6 +260,18 @@ class GracefulStopTest(zgtest.GatewayTestCase):
         self.assertEqual(len(zgtest.json_events(events)), 20, events)
         code = self.gw.proc.wait(zgtest.STOP_TIMEOUT)
         self.assertEqual(code, 0, "zgate did not exit cleanly after draining")
+        #  Every child exited 0 too
+        output = self.gw.output()
+        for role in ("frontend", "worker"):
+            self.assertRegex(output, r"zgate:INFO: %s \(pid \d+\) stopped" % role)
+        self.assertNotIn("while stopping", output)
+
+    def _refused(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.gw.port), timeout=5):
+                return False
+        except (ConnectionRefusedError, ConnectionResetError):
+            return True
 
 
 if __name__ == "__main__":
