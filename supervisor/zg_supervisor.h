@@ -6,9 +6,13 @@
     run directory for the ipc endpoints, starts the frontend (with the
     router as a thread of its process) and the workers by re-executing
     this binary with a role, and restarts any
-    child that dies, with backoff. SIGTERM/SIGINT stop the children and
-    wait for them. The supervisor itself never touches ZeroMQ, so forking is
-    safe.
+    child that dies, with backoff. Recycles a worker that reports on its
+    status pipe (ZGATE_STATUS_FD) that it reached its request count: the
+    replacement starts and registers ("ready") before SIGUSR1 tells the
+    old one to finish and exit. SIGTERM/SIGINT stop the children front to
+    back and wait for them; a second signal, or SUPERVISORD_STOPWAITSECS,
+    ends what they still hold. The supervisor itself never touches ZeroMQ,
+    so forking is safe.
     =========================================================================
 */
 #ifndef ZG_SUPERVISOR_H_INCLUDED
