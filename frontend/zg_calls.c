@@ -148,6 +148,11 @@ zg_calls_release (zg_calls_t *self, zg_call_t *call)
     zg_calls_unroute (self, call);
     zg_call_queue_clear (call);
     zframe_destroy (&call->body_frame);
+    if (call->path_key) {
+        memset (call->path_key, 0, strlen (call->path_key));
+        free (call->path_key);
+        call->path_key = NULL;
+    }
     //  A chunked-upload buffer may be large; do not keep it around
     free (call->body_buf);
     call->body_buf = NULL;

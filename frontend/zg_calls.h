@@ -21,6 +21,7 @@
 #include <czmq.h>
 
 #include "proto/zg_msg.h"
+#include "frontend/zg_keys.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -31,8 +32,24 @@ typedef enum {
     ZG_CALL_UPLOADING,      //  LLM request: reading the body
     ZG_CALL_WAITING,        //  REQUEST sent; connection suspended until HEAD/ERROR
     ZG_CALL_ANSWERED,       //  a whole response is queued; nothing more from the router
-    ZG_CALL_STREAMING       //  a stream response is queued; CHUNKs feed it
+    ZG_CALL_STREAMING,      //  a stream response is queued; CHUNKs feed it
+    ZG_CALL_ADMIN           //  management job with the keystore; suspended until it is done
 } zg_call_state_t;
+
+//  Who the caller is
+typedef enum {
+    ZG_CALLER_NONE = 0,     //  no auth (no master key), or not decided yet
+    ZG_CALLER_MASTER,       //  the master key
+    ZG_CALLER_VIRTUAL,      //  a virtual key the table knows (ticket when admitted)
+    ZG_CALLER_UNPRIVILEGED  //  an unknown key let in while the database is down
+} zg_caller_t;
+
+//  Where a call suspended for a key lookup starts again
+typedef enum {
+    ZG_KEY_WAIT_NONE = 0,
+    ZG_KEY_WAIT_HEADERS,    //  decide the route again (GET /models...)
+    ZG_KEY_WAIT_BODY        //  admit again, with the model from the body
+} zg_key_wait_t;
 
 struct MHD_Connection;
 typedef struct _zg_call_t zg_call_t;
@@ -80,6 +97,28 @@ struct _zg_call_t {
     size_t    queued_bytes;
     char      tail [16];            //  last bytes of the stream, to see a split "[DONE]"
     size_t    tail_len;
+
+    //  Virtual keys (frontend/zg_keys.h)
+    uint8_t   caller;               //  zg_caller_t
+    uint8_t   key_wait;             //  zg_key_wait_t: suspended until the key is looked up
+    bool      key_waited;           //  it waited once already: the next verdict is final
+    bool      key_wait_expired;     //  the lookup took too long
+    bool      admitted;             //  the ticket is in flight: zg_keys_finish it once
+    char      key_hash [ZG_KEYS_HASH_HEX + 1];
+    zg_keys_ticket_t ticket;
+    int64_t   key_wait_until;       //  monotonic ms
+    zg_call_t *key_wait_prev;       //  the frontend's list of calls waiting for a key
+    zg_call_t *key_wait_next;
+
+    //  Management job
+    int       admin_op;             //  zg_admin_op_t, 0 for others
+    char     *path_key;             //  /key/{key}/regenerate: the key, until the job takes it
+    uint64_t  admin_handle;         //  the job's handle while it runs
+
+    //  A whole answer held until the END that follows it reports the cost
+    struct MHD_Response *held;
+    int       held_status;
+    int64_t   held_until;           //  monotonic ms: sent without the cost after this
 
     //  Table links
     zg_call_t *hash_next;

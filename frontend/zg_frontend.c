@@ -30,8 +30,11 @@
     =========================================================================
 */
 #include "frontend/zg_frontend.h"
+#include "frontend/zg_admin.h"
 #include "frontend/zg_auth.h"
 #include "frontend/zg_calls.h"
+#include "frontend/zg_keys.h"
+#include "frontend/zg_keystore.h"
 #include "frontend/zg_reply.h"
 #include "frontend/zg_routes.h"
 #include "common/zg_json.h"
@@ -40,9 +43,12 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -54,6 +60,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef ZG_VERSION
@@ -73,6 +80,15 @@
 #define ZG_SWEEP_MS             250
 //  Added to timeout + queue timeout for the frontend's own safety deadline
 #define ZG_DEADLINE_SLACK_MS    10000
+//  Keystore events handled per loop turn
+#define ZG_KEYSTORE_BATCH       512
+//  Calls suspended at once waiting for their key to be looked up, and how
+//  long one waits before it is told the database is not answering
+#define ZG_KEY_WAITERS_MAX      4096
+#define ZG_KEY_WAIT_MS          5000
+//  How long a whole answer waits for the END that reports its cost; the
+//  router sends END right after HEAD, so this only bounds a lost message
+#define ZG_HOLD_MS              1000
 
 static const char s_done_event [] = "data: [DONE]\n\n";
 
@@ -113,6 +129,16 @@ typedef struct {
     struct MHD_Response *unready_response;
     struct MHD_Response *root_response;
 
+    //  Virtual keys: only with a database (keystore NULL = master key only)
+    zg_keystore_t *keystore;
+    zg_keys_t  *keys;
+    bool       db_connected;    //  the keystore's last DB_STATE
+    zhashx_t   *admin_calls;    //  job handle -> call, while the job runs
+    uint64_t   admin_handle;    //  the last handle given
+    zg_call_t  *key_waiters;    //  calls suspended until their key is looked up
+    size_t     key_waiter_count;
+    char       key_headers [2048];
+
     s_socket_t *sockets;
     size_t     socket_count;
 
@@ -131,6 +157,10 @@ typedef struct {
     char       name [64];
     char       scratch [ZG_REPLY_ERROR_MAX];
 } s_frontend_t;
+
+
+static struct MHD_Response *s_static_response (char *body, const char *content_type);
+static const char *s_level_name (int level);
 
 
 //  --------------------------------------------------------------------------
@@ -425,6 +455,271 @@ s_http_status (int status)
 
 
 //  --------------------------------------------------------------------------
+//  Virtual keys, costs and management jobs
+
+static int64_t
+s_wall_s (void)
+{
+    return (int64_t) time (NULL);
+}
+
+//  A cost as the reference writes it (Python's str of a float): the
+//  shortest text that reads back as the same number, never "nan"
+static void
+s_format_cost (double cost, char *text, size_t size)
+{
+    if (!isfinite (cost) || cost < 0)
+        cost = 0;
+    for (int precision = 1; precision <= 17; precision++) {
+        snprintf (text, size, "%.*g", precision, cost);
+        if (strtod (text, NULL) == cost)
+            break;
+    }
+    if (!strpbrk (text, ".e") && strlen (text) + 2 < size)
+        strcat (text, ".0");
+}
+
+//  Add "name: value\r\n" lines as headers (MHD copies them)
+static void
+s_add_header_lines (s_frontend_t *self, struct MHD_Response *response, const char *lines)
+{
+    const char *name, *value;
+    size_t name_length, value_length;
+    const char *cursor = lines;
+    while ((cursor = zg_reply_next_header (cursor, &name, &name_length, &value, &value_length))) {
+        if (name_length + value_length + 2 > sizeof (self->scratch))
+            continue;
+        char *header = self->scratch;
+        memcpy (header, name, name_length);
+        header [name_length] = 0;
+        char *header_value = header + name_length + 1;
+        memcpy (header_value, value, value_length);
+        header_value [value_length] = 0;
+        MHD_add_response_header (response, header, header_value);
+    }
+}
+
+//  The key's x-ratelimit-* and x-litellm-key-* headers, on the answers to
+//  a virtual key's calls
+static void
+s_add_key_headers (s_frontend_t *self, zg_call_t *call, struct MHD_Response *response)
+{
+    if (call->caller != ZG_CALLER_VIRTUAL || !self->keys)
+        return;
+    if (zg_keys_headers (self->keys, call->key_hash, s_wall_s (), self->key_headers,
+                         sizeof (self->key_headers)) > 0)
+        s_add_header_lines (self, response, self->key_headers);
+}
+
+static void
+s_add_cost_header (struct MHD_Response *response, double cost)
+{
+    char text [40];
+    s_format_cost (cost, text, sizeof (text));
+    MHD_add_response_header (response, "x-litellm-response-cost", text);
+}
+
+//  A refusal of the key table, with the rate-limit headers of a 429
+static struct MHD_Response *
+s_verdict_response (s_frontend_t *self, zg_call_t *call, const zg_keys_verdict_t *verdict)
+{
+    struct MHD_Response *response = s_error_response (self, call, verdict->status, verdict->type,
+                                                      verdict->message, verdict->param);
+    if (response && verdict->retry_after > 0) {
+        char value [16];
+        snprintf (value, sizeof (value), "%d", verdict->retry_after);
+        MHD_add_response_header (response, "retry-after", value);
+        if (verdict->rate_limit_type)
+            MHD_add_response_header (response, "rate_limit_type", verdict->rate_limit_type);
+        if (verdict->reset_at [0])
+            MHD_add_response_header (response, "reset_at", verdict->reset_at);
+    }
+    return response;
+}
+
+//  The call no longer counts as in flight for its key. Every admitted call
+//  comes here once, from whichever of END, ERROR or its completion is first.
+static void
+s_key_finish (s_frontend_t *self, zg_call_t *call)
+{
+    if (call->admitted) {
+        call->admitted = false;
+        zg_keys_finish (self->keys, &call->ticket);
+    }
+}
+
+//  The usage of an END counts against the key at once, so that budgets
+//  and token limits bite before the database has the spend
+static void
+s_key_usage (s_frontend_t *self, zg_call_t *call, const zg_msg_t *end)
+{
+    if (call->caller != ZG_CALLER_VIRTUAL || !self->keys)
+        return;
+    if (zg_keys_record_usage (self->keys, call->key_hash, (int64_t) end->total_tokens,
+                              end->cost, s_wall_s ()) == 1) {
+        const zg_key_record_t *key = zg_keys_lookup (self->keys, call->key_hash);
+        if (key)
+            zg_warning ("key %s crossed its soft budget: spend %.6f, soft budget %.6f",
+                        key->key_name && *key->key_name ? key->key_name : "(unnamed)",
+                        key->spend, key->soft_budget);
+    }
+}
+
+static void
+s_key_wait_unlink (s_frontend_t *self, zg_call_t *call)
+{
+    if (!call->key_wait_prev && self->key_waiters != call)
+        return;
+    if (call->key_wait_prev)
+        call->key_wait_prev->key_wait_next = call->key_wait_next;
+    else
+        self->key_waiters = call->key_wait_next;
+    if (call->key_wait_next)
+        call->key_wait_next->key_wait_prev = call->key_wait_prev;
+    call->key_wait_prev = call->key_wait_next = NULL;
+    self->key_waiter_count--;
+}
+
+//  Suspend the call until the keystore says what its key is
+static void
+s_key_wait (s_frontend_t *self, zg_call_t *call, zg_key_wait_t phase)
+{
+    call->key_wait = (uint8_t) phase;
+    call->key_wait_until = zclock_mono () + ZG_KEY_WAIT_MS;
+    call->key_wait_prev = NULL;
+    call->key_wait_next = self->key_waiters;
+    if (self->key_waiters)
+        self->key_waiters->key_wait_prev = call;
+    self->key_waiters = call;
+    self->key_waiter_count++;
+    MHD_suspend_connection (call->connection);
+    call->suspended = true;
+    s_watch (self, call);
+}
+
+//  The answer is in, or will not come in time: the access handler runs
+//  again and decides for good
+static void
+s_key_wake (s_frontend_t *self, zg_call_t *call, bool expired)
+{
+    s_key_wait_unlink (self, call);
+    call->key_waited = true;
+    call->key_wait_expired = expired;
+    s_resume (self, call);
+}
+
+//  Wake the calls waiting for this hash; NULL: every call
+static void
+s_key_wake_hash (s_frontend_t *self, const char *hash)
+{
+    zg_call_t *call = self->key_waiters;
+    while (call) {
+        zg_call_t *next = call->key_wait_next;
+        if (!hash || strcmp (call->key_hash, hash) == 0)
+            s_key_wake (self, call, false);
+        call = next;
+    }
+}
+
+//  Wake the calls whose key the table now has (after a full load)
+static void
+s_key_wake_known (s_frontend_t *self)
+{
+    zg_call_t *call = self->key_waiters;
+    while (call) {
+        zg_call_t *next = call->key_wait_next;
+        if (zg_keys_lookup (self->keys, call->key_hash))
+            s_key_wake (self, call, false);
+        call = next;
+    }
+}
+
+static void
+s_admin_handle_key (uint64_t handle, char *key, size_t size)
+{
+    snprintf (key, size, "%" PRIu64, handle);
+}
+
+//  The keystore answered a management job: write the answer as it is
+static void
+s_on_admin_done (s_frontend_t *self, zg_admin_job_t *job)
+{
+    char key [24];
+    s_admin_handle_key (job->handle, key, sizeof (key));
+    zg_call_t *call = (zg_call_t *) zhashx_lookup (self->admin_calls, key);
+    if (!call) {
+        zg_debug ("%s answered after its client left: dropped", zg_admin_op_name (job->op));
+        return;
+    }
+    zhashx_delete (self->admin_calls, key);
+    call->admin_handle = 0;
+    int status = job->status >= 100 && job->status <= 599 ? job->status : 500;
+    struct MHD_Response *response;
+    if (job->answer && job->answer_size) {
+        response = MHD_create_response_from_buffer_with_free_callback (
+            job->answer_size, job->answer, free);
+        if (response)
+            job->answer = NULL;         //  MHD frees it with the response
+    }
+    else
+        response = MHD_create_response_from_buffer (0, (void *) "", MHD_RESPMEM_PERSISTENT);
+    if (response) {
+        MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        s_add_common_headers (call, response);
+    }
+    s_finish_waiting (self, call, status, response);
+}
+
+static void
+s_on_keystore (s_frontend_t *self)
+{
+    for (int count = 0; count < ZG_KEYSTORE_BATCH; count++) {
+        zg_keystore_event_t *event = zg_keystore_recv (self->keystore);
+        if (!event)
+            break;
+        int64_t now = s_wall_s ();
+        switch (event->kind) {
+            case ZG_KEYSTORE_ADMIN_DONE:
+                if (event->job)
+                    s_on_admin_done (self, event->job);
+                break;
+            case ZG_KEYSTORE_DB_STATE:
+                zg_keystore_apply (event, self->keys, now);
+                zg_keys_set_db_available (self->keys, event->db_available);
+                if (event->db_available != self->db_connected)
+                    zg_info ("database %s", event->db_available ? "reachable" : "not reachable");
+                self->db_connected = event->db_available;
+                //  Unknown keys are now decided without the database
+                if (!event->db_available)
+                    s_key_wake_hash (self, NULL);
+                break;
+            case ZG_KEYSTORE_LOADED:
+                zg_keystore_apply (event, self->keys, now);
+                zg_info ("key table loaded: %zu keys", zg_keys_size (self->keys));
+                s_key_wake_known (self);
+                break;
+            case ZG_KEYSTORE_KEY_UPSERT:
+                if (zg_keystore_apply (event, self->keys, now) != 0)
+                    zg_warning ("key %s from the database refused by the key table",
+                                event->record.key_name ? event->record.key_name : "?");
+                if (event->record.token)
+                    s_key_wake_hash (self, event->record.token);
+                break;
+            case ZG_KEYSTORE_KEY_UNKNOWN:
+                zg_keystore_apply (event, self->keys, now);
+                s_key_wake_hash (self, event->hash);
+                break;
+            default:
+                if (zg_keystore_apply (event, self->keys, now) != 0)
+                    zg_debug ("keystore event %d refused by the key table", (int) event->kind);
+                break;
+        }
+        zg_keystore_event_destroy (&event);
+    }
+}
+
+
+//  --------------------------------------------------------------------------
 //  Streams
 
 //  Did the stream carry the upstream's own "data: [DONE]" at its end?
@@ -496,12 +791,18 @@ s_on_head (s_frontend_t *self, zg_call_t *call, zg_msg_t *head)
             zframe_destroy (&payload);
             response = MHD_create_response_from_buffer (0, (void *) "", MHD_RESPMEM_PERSISTENT);
         }
-        if (response) {
-            MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
-                                     content_type ? content_type : "application/json");
-            s_add_answer_headers (self, call, response, head);
+        if (!response) {
+            s_finish_waiting (self, call, status, NULL);
+            return;
         }
-        s_finish_waiting (self, call, status, response);
+        MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                 content_type ? content_type : "application/json");
+        s_add_answer_headers (self, call, response, head);
+        //  The END that follows at once says what the call cost: the
+        //  answer waits for it, to carry x-litellm-response-cost
+        call->held = response;
+        call->held_status = status;
+        call->held_until = zclock_mono () + ZG_HOLD_MS;
         return;
     }
     struct MHD_Response *response = MHD_create_response_from_callback (
@@ -514,6 +815,10 @@ s_on_head (s_frontend_t *self, zg_call_t *call, zg_msg_t *head)
     MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
                              content_type ? content_type : "text/event-stream");
     s_add_answer_headers (self, call, response, head);
+    //  A stream's cost is known only at its end, after the headers: like
+    //  the reference, it goes without x-litellm-response-cost, and the
+    //  key's headers say where the key stood when the stream began
+    s_add_key_headers (self, call, response);
     if (MHD_queue_response (call->connection, (unsigned int) status, response) == MHD_YES) {
         call->status = status;
         call->state = ZG_CALL_STREAMING;
@@ -545,9 +850,26 @@ s_on_chunk (s_frontend_t *self, zg_call_t *call, zg_msg_t *chunk)
     s_resume (self, call);
 }
 
+//  Send the whole answer held for its END (or sent without it)
 static void
-s_on_end (s_frontend_t *self, zg_call_t *call)
+s_release_held (s_frontend_t *self, zg_call_t *call)
 {
+    struct MHD_Response *response = call->held;
+    call->held = NULL;
+    s_finish_waiting (self, call, call->held_status, response);
+}
+
+static void
+s_on_end (s_frontend_t *self, zg_call_t *call, zg_msg_t *end)
+{
+    s_key_usage (self, call, end);
+    s_key_finish (self, call);
+    if (call->state == ZG_CALL_WAITING && call->held) {
+        s_add_cost_header (call->held, end->cost);
+        s_add_key_headers (self, call, call->held);
+        s_release_held (self, call);
+        return;
+    }
     if (call->state == ZG_CALL_WAITING) {
         s_fail_waiting (self, call, 502, "internal_server_error",
                         "The upstream answer ended before it began", NULL);
@@ -570,6 +892,10 @@ s_on_error (s_frontend_t *self, zg_call_t *call, zg_msg_t *error)
     int status = s_http_status (error->status ? error->status : 500);
     const char *type = error->err_type [0] ? error->err_type : "internal_server_error";
     const char *param = error->param [0] ? error->param : NULL;
+    s_key_finish (self, call);
+    if (call->state == ZG_CALL_WAITING && call->held)
+        s_release_held (self, call);
+    else
     if (call->state == ZG_CALL_WAITING)
         s_fail_waiting (self, call, status, type, error->message, param);
     else
@@ -616,7 +942,7 @@ s_on_router_message (s_frontend_t *self)
                 s_on_chunk (self, call, &self->in);
             else
             if (self->in.type == ZG_MSG_END)
-                s_on_end (self, call);
+                s_on_end (self, call, &self->in);
             else
                 s_on_error (self, call, &self->in);
             break;
@@ -643,6 +969,9 @@ s_fail_all (s_frontend_t *self, int status, const char *type, const char *messag
         zg_call_t *next = call->next;
         //  Tell the router anyway: if it is only slow, it can stop the work
         s_cancel (self, call);
+        if (call->state == ZG_CALL_WAITING && call->held)
+            s_release_held (self, call);
+        else
         if (call->state == ZG_CALL_WAITING)
             s_fail_waiting (self, call, status, type, message, NULL);
         else
@@ -675,6 +1004,14 @@ s_on_timers (s_frontend_t *self, int64_t now)
         zg_call_t *call = zg_calls_first (self->calls);
         while (call) {
             zg_call_t *next = call->next;
+            if (call->state == ZG_CALL_WAITING && call->held) {
+                if (now > call->held_until) {
+                    zg_debug ("call %s: no END after its answer; sent without the cost",
+                              call->call_id);
+                    s_release_held (self, call);
+                }
+            }
+            else
             if (call->state == ZG_CALL_WAITING && now > call->deadline_ms) {
                 s_cancel (self, call);
                 char message [128];
@@ -683,6 +1020,13 @@ s_on_timers (s_frontend_t *self, int64_t now)
                           (long long) self->deadline_ms);
                 s_fail_waiting (self, call, 504, "timeout", message, NULL);
             }
+            call = next;
+        }
+        call = self->key_waiters;
+        while (call) {
+            zg_call_t *next = call->key_wait_next;
+            if (now > call->key_wait_until)
+                s_key_wake (self, call, true);
             call = next;
         }
     }
@@ -747,24 +1091,107 @@ s_collect_header (void *cls, enum MHD_ValueKind kind, const char *key, const cha
     return MHD_YES;
 }
 
-//  The one place that decides whether a request may go on. Queues the 401
-//  and returns false when not.
+//  Who the caller is. The master key (or no master key at all) goes on;
+//  with a key table, any other key is taken for a virtual key, decided
+//  later by s_key_decide; without one, it is refused. Queues the 401 and
+//  returns false on a refusal.
 static bool
-s_authorized (s_frontend_t *self, zg_call_t *call, const s_headers_t *headers,
-              enum MHD_Result *result)
+s_identify (s_frontend_t *self, zg_call_t *call, const s_headers_t *headers,
+            enum MHD_Result *result)
 {
+    call->caller = ZG_CALLER_NONE;
     if (!zg_auth_required (self->auth))
         return true;
     bool malformed;
     const char *key = zg_auth_presented_key (headers->authorization, headers->litellm_key,
                                              headers->api_key, headers->x_api_key, &malformed);
     zg_auth_verdict_t verdict = zg_auth_check (self->auth, key, malformed);
-    if (verdict == ZG_AUTH_OK)
+    if (verdict == ZG_AUTH_OK) {
+        call->caller = ZG_CALLER_MASTER;
         return true;
+    }
+    if (verdict == ZG_AUTH_INVALID && self->keys) {
+        call->caller = ZG_CALLER_VIRTUAL;
+        zg_keys_hash (key, call->key_hash);
+        return true;
+    }
     char message [512];
     zg_auth_message (verdict, key, message, sizeof (message));
     *result = s_reply_error (self, call, 401, "auth_error", message, NULL);
     return false;
+}
+
+//  The key the request presents (for the "sk-...abcd" of messages only);
+//  MHD keeps the headers for the whole request
+static const char *
+s_presented_key (zg_call_t *call)
+{
+    s_headers_t headers;
+    memset (&headers, 0, sizeof (headers));
+    MHD_get_connection_values (call->connection, MHD_HEADER_KIND, s_collect_header, &headers);
+    bool malformed;
+    return zg_auth_presented_key (headers.authorization, headers.litellm_key,
+                                  headers.api_key, headers.x_api_key, &malformed);
+}
+
+typedef enum {
+    S_KEY_ALLOWED,
+    S_KEY_REFUSED,              //  answered
+    S_KEY_WAITING               //  suspended until the keystore answers
+} s_key_outcome_t;
+
+//  Decide on the virtual key of a call, for model (NULL: none named).
+//  admit: count the call in the key's window and in flight (LLM calls).
+//  An unknown key is asked of the database, at most once per key and TTL
+//  whatever the number of callers. With a wait phase the call waits for
+//  the answer (once: the verdict after it is final); without one the
+//  decision is left for later and the call goes on.
+static s_key_outcome_t
+s_key_decide (s_frontend_t *self, zg_call_t *call, const char *model, bool admit,
+              zg_key_wait_t wait_phase, enum MHD_Result *result)
+{
+    const char *presented = s_presented_key (call);
+    int64_t now = s_wall_s ();
+    zg_keys_verdict_t verdict;
+    int rc = admit ? zg_keys_admit (self->keys, call->key_hash, presented, model, now,
+                                    &verdict, &call->ticket)
+                   : zg_keys_check (self->keys, call->key_hash, presented, model, now, &verdict);
+    if (rc == 0) {
+        if (admit || wait_phase != ZG_KEY_WAIT_NONE)
+            call->caller = verdict.reason == ZG_KEYS_OK_UNPRIVILEGED ? ZG_CALLER_UNPRIVILEGED
+                                                                     : ZG_CALLER_VIRTUAL;
+        call->admitted = admit;
+        return S_KEY_ALLOWED;
+    }
+    if (verdict.reason == ZG_KEYS_UNKNOWN && !call->key_waited) {
+        zg_keys_lookup_t lookup = zg_keys_should_lookup (self->keys, call->key_hash, now);
+        if (lookup == ZG_KEYS_LOOKUP) {
+            zg_debug ("key lookup %.12s...", call->key_hash);
+            zg_keystore_lookup (self->keystore, call->key_hash);
+        }
+        if (lookup == ZG_KEYS_LOOKUP || lookup == ZG_KEYS_LOOKUP_PENDING) {
+            if (wait_phase == ZG_KEY_WAIT_NONE)
+                return S_KEY_ALLOWED;
+            if (self->key_waiter_count < ZG_KEY_WAITERS_MAX) {
+                s_key_wait (self, call, wait_phase);
+                *result = MHD_YES;
+                return S_KEY_WAITING;
+            }
+            *result = s_reply_error (self, call, 503, "service_unavailable",
+                                     "Too many requests are waiting for their key to be "
+                                     "checked. Retry shortly.", NULL);
+            return S_KEY_REFUSED;
+        }
+    }
+    if (verdict.reason == ZG_KEYS_UNKNOWN && call->key_wait_expired) {
+        //  The database did not answer in time: it may well know the key
+        *result = s_reply_error (self, call, 503, "no_db_connection",
+                                 "Service Unavailable, the authentication database is "
+                                 "temporarily unreachable. Please retry shortly.", NULL);
+        return S_KEY_REFUSED;
+    }
+    *result = s_reply (call, verdict.status, s_verdict_response (self, call, &verdict), true);
+    return S_KEY_REFUSED;
 }
 
 static const char *
@@ -788,6 +1215,174 @@ s_too_large (s_frontend_t *self, zg_call_t *call)
     return s_reply_error (self, call, 413, "bad_request_error", message, NULL);
 }
 
+//  Get ready to read a body: refuse an over-size one before reading it,
+//  and size the frame it will travel in, so it is copied once, from MHD's
+//  buffer to it
+static enum MHD_Result
+s_expect_body (s_frontend_t *self, zg_call_t *call, const s_headers_t *headers)
+{
+    if (headers->content_length) {
+        char *end;
+        errno = 0;
+        unsigned long long length = strtoull (headers->content_length, &end, 10);
+        if (errno || end == headers->content_length || *end)
+            return s_reply_error (self, call, 400, "bad_request_error",
+                                  "Invalid Content-Length", NULL);
+        if (length > self->max_body)
+            return s_too_large (self, call);
+        if (length) {
+            call->body_frame = zframe_new (NULL, (size_t) length);
+            call->body_cap = (size_t) length;
+        }
+    }
+    call->state = ZG_CALL_UPLOADING;
+    return MHD_YES;
+}
+
+//  The query string again, for a management job: MHD hands it over
+//  decoded, so it is encoded back, argument by argument
+typedef struct {
+    char  *data;
+    size_t size;
+    size_t cap;
+} s_query_t;
+
+static void
+s_query_put (s_query_t *query, const char *text, bool encode)
+{
+    static const char hex [] = "0123456789ABCDEF";
+    for (const unsigned char *c = (const unsigned char *) text; *c; c++) {
+        if (query->size + 4 > query->cap) {
+            size_t cap = query->cap ? query->cap * 2 : 256;
+            char *grown = (char *) realloc (query->data, cap);
+            assert (grown);
+            query->data = grown;
+            query->cap = cap;
+        }
+        if (!encode || isalnum (*c) || strchr ("-._~", *c))
+            query->data [query->size++] = (char) *c;
+        else {
+            query->data [query->size++] = '%';
+            query->data [query->size++] = hex [*c >> 4];
+            query->data [query->size++] = hex [*c & 15];
+        }
+    }
+    if (query->data)
+        query->data [query->size] = 0;
+}
+
+static enum MHD_Result
+s_collect_argument (void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void) kind;
+    s_query_t *query = (s_query_t *) cls;
+    if (!key)
+        return MHD_YES;
+    if (query->size)
+        s_query_put (query, "&", false);
+    s_query_put (query, key, true);
+    if (value) {
+        s_query_put (query, "=", false);
+        s_query_put (query, value, true);
+    }
+    return MHD_YES;
+}
+
+//  Hand the call's management job to the keystore and suspend until it
+//  comes back (ADMIN_DONE)
+static enum MHD_Result
+s_admin_submit (s_frontend_t *self, zg_call_t *call, const char *body, size_t size)
+{
+    s_query_t query = { NULL, 0, 0 };
+    MHD_get_connection_values (call->connection, MHD_GET_ARGUMENT_KIND, s_collect_argument,
+                               &query);
+    uint64_t handle = ++self->admin_handle;
+    zg_admin_job_t *job = zg_admin_job_new ((zg_admin_op_t) call->admin_op, handle,
+                                            call->path_key, query.data ? query.data : "",
+                                            body ? body : "", body ? size : 0);
+    free (query.data);
+    if (call->path_key) {
+        memset (call->path_key, 0, strlen (call->path_key));
+        free (call->path_key);
+        call->path_key = NULL;
+    }
+    if (!job)
+        return s_reply_error (self, call, 500, "internal_server_error",
+                              "Out of memory for the request", NULL);
+    char key [24];
+    s_admin_handle_key (handle, key, sizeof (key));
+    zhashx_insert (self->admin_calls, key, call);
+    call->admin_handle = handle;
+    call->state = ZG_CALL_ADMIN;
+    zg_keystore_submit (self->keystore, &job);
+    MHD_suspend_connection (call->connection);
+    call->suspended = true;
+    s_watch (self, call);
+    return MHD_YES;
+}
+
+//  A management route: the master key's alone, and only with a database
+static enum MHD_Result
+s_on_admin_headers (s_frontend_t *self, zg_call_t *call, const s_headers_t *headers,
+                    const zg_route_match_t *match)
+{
+    enum MHD_Result result = MHD_YES;
+    if (!s_identify (self, call, headers, &result))
+        return result;
+    if (call->caller == ZG_CALLER_VIRTUAL) {
+        //  A key the table knows is told it may not; any other key is
+        //  refused as the data path would refuse it
+        const char *presented = s_presented_key (call);
+        zg_keys_verdict_t verdict;
+        int rc = zg_keys_check (self->keys, call->key_hash, presented, NULL, s_wall_s (),
+                                &verdict);
+        if (rc == 0 || (verdict.key && verdict.reason != ZG_KEYS_EXPIRED
+                                    && verdict.reason != ZG_KEYS_BLOCKED))
+            return s_reply_error (self, call, 403, "auth_error",
+                                  "Admin-only endpoint. Not allowed to access this.", NULL);
+        return s_reply (call, verdict.status, s_verdict_response (self, call, &verdict), true);
+    }
+    if (!self->keystore)
+        return s_reply_error (self, call, 500, "internal_server_error",
+                              "DB not connected. See https://docs.litellm.ai/docs/proxy/virtual_keys",
+                              NULL);
+    if (self->draining)
+        return s_reply_error (self, call, 503, "service_unavailable",
+                              "Server is shutting down", NULL);
+    call->admin_op = match->admin_op;
+    if (match->path_key) {
+        if (match->path_key_length > ZG_KEYS_KEY_MAX)
+            return s_reply_error (self, call, 400, "bad_request_error", "Key too long", "key");
+        call->path_key = strndup (match->path_key, match->path_key_length);
+        assert (call->path_key);
+    }
+    if (call->method == ZG_HTTP_GET || call->method == ZG_HTTP_HEAD)
+        return s_admin_submit (self, call, NULL, 0);
+    return s_expect_body (self, call, headers);
+}
+
+//  /health/readiness. With a database, "db" says whether it is reachable;
+//  a database down makes the gateway unready, unless
+//  allow_requests_on_db_unavailable keeps it serving (production guide
+//  §6: readiness then stays 200).
+static enum MHD_Result
+s_readiness (s_frontend_t *self, zg_call_t *call)
+{
+    bool router_ready = self->router_answered && s_router_usable (self, zclock_mono ())
+                     && !self->draining;
+    if (!self->keystore)
+        return router_ready ? s_reply (call, 200, self->ready_response, false)
+                            : s_reply (call, 503, self->unready_response, false);
+    bool db_ready = self->db_connected || self->config->allow_requests_on_db_unavailable;
+    bool ready = router_ready && db_ready;
+    const char *detail = !router_ready ? "router not reachable"
+                       : !db_ready ? "database not reachable" : NULL;
+    int level = zg_log_level ();
+    char *body = zg_reply_readiness_json (ready, self->db_connected ? "connected" : "disconnected",
+                                          detail, s_level_name (level), level <= ZG_LOG_DEBUG);
+    return s_reply (call, ready ? 200 : 503, s_static_response (body, "application/json"), true);
+}
+
 //  First call for a request: the headers are in
 static enum MHD_Result
 s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
@@ -807,6 +1402,8 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
     s_headers_t headers;
     memset (&headers, 0, sizeof (headers));
     MHD_get_connection_values (call->connection, MHD_HEADER_KIND, s_collect_header, &headers);
+    if (endpoint == ZG_ENDPOINT_ADMIN)
+        return s_on_admin_headers (self, call, &headers, &match);
 
     bool llm = zg_endpoint_is_llm (endpoint);
     if (llm) {
@@ -817,24 +1414,25 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
         memcpy (call->call_id, call->echo_id, sizeof (call->call_id));
     }
     enum MHD_Result result = MHD_YES;
-    if (zg_endpoint_needs_auth (endpoint) && !s_authorized (self, call, &headers, &result))
+    if (zg_endpoint_needs_auth (endpoint) && !s_identify (self, call, &headers, &result))
         return result;
 
     switch (endpoint) {
         case ZG_ENDPOINT_MODELS:
-            return s_reply (call, 200, self->models_response, false);
         case ZG_ENDPOINT_MODEL_INFO:
-            return s_reply (call, 200, self->model_info_response, false);
+            if (call->caller == ZG_CALLER_VIRTUAL
+            &&  s_key_decide (self, call, NULL, false, ZG_KEY_WAIT_HEADERS, &result)
+                != S_KEY_ALLOWED)
+                return result;
+            return s_reply (call, 200, endpoint == ZG_ENDPOINT_MODELS ? self->models_response
+                                                                      : self->model_info_response,
+                            false);
         case ZG_ENDPOINT_LIVENESS:
             return s_reply (call, 200, self->liveness_response, false);
         case ZG_ENDPOINT_ROOT:
             return s_reply (call, 200, self->root_response, false);
-        case ZG_ENDPOINT_READINESS: {
-            bool ready = self->router_answered && s_router_usable (self, zclock_mono ())
-                      && !self->draining;
-            return ready ? s_reply (call, 200, self->ready_response, false)
-                         : s_reply (call, 503, self->unready_response, false);
-        }
+        case ZG_ENDPOINT_READINESS:
+            return s_readiness (self, call);
         default:
             break;
     }
@@ -853,25 +1451,14 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
         memcpy (call->model, match.model, match.model_length);
         call->model [match.model_length] = 0;
     }
-
-    //  Refuse an over-size body before reading it, and size the frame the
-    //  body will travel in, so it is copied once, from MHD's buffer to it
-    if (headers.content_length) {
-        char *end;
-        errno = 0;
-        unsigned long long length = strtoull (headers.content_length, &end, 10);
-        if (errno || end == headers.content_length || *end)
-            return s_reply_error (self, call, 400, "bad_request_error",
-                                  "Invalid Content-Length", NULL);
-        if (length > self->max_body)
-            return s_too_large (self, call);
-        if (length) {
-            call->body_frame = zframe_new (NULL, (size_t) length);
-            call->body_cap = (size_t) length;
-        }
-    }
-    call->state = ZG_CALL_UPLOADING;
-    return MHD_YES;
+    //  A key refused whatever the model (unknown to the database, expired,
+    //  blocked, over budget or limits) is refused before its body is read;
+    //  an unknown one is looked up while the body comes in
+    if (call->caller == ZG_CALLER_VIRTUAL
+    &&  s_key_decide (self, call, call->model [0] ? call->model : NULL, false,
+                      ZG_KEY_WAIT_NONE, &result) != S_KEY_ALLOWED)
+        return result;
+    return s_expect_body (self, call, &headers);
 }
 
 static void
@@ -921,6 +1508,11 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
     const char *body = call->body_frame ? (const char *) zframe_data (call->body_frame)
                                         : call->body_buf;
     size_t size = call->body_size;
+    if (call->admin_op) {
+        if (s_peer_closed (self, call))
+            return MHD_NO;
+        return s_admin_submit (self, call, body, size);
+    }
     size_t error_at = 0;
     if (!body || size == 0 || !zg_json_valid (body, size, &error_at)) {
         char message [160];
@@ -950,6 +1542,12 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
     &&  span.type == ZG_JSON_TRUE)
         call->flags |= ZG_FLAG_CLIENT_USAGE;
 
+    if (call->caller == ZG_CALLER_VIRTUAL) {
+        enum MHD_Result result = MHD_YES;
+        if (s_key_decide (self, call, call->model, true, ZG_KEY_WAIT_BODY, &result)
+            != S_KEY_ALLOWED)
+            return result;
+    }
     if (!s_router_usable (self, zclock_mono ()))
         return s_reply_error (self, call, 503, "service_unavailable",
                               "Router not reachable", NULL);
@@ -970,6 +1568,16 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
     self->out.route = call->route;
     self->out.flags = call->flags;
     self->out.timeout_ms = self->timeout_ms;
+    //  Whose spend it is: the master key's calls go without, as before
+    if (call->caller == ZG_CALLER_VIRTUAL || call->caller == ZG_CALLER_UNPRIVILEGED) {
+        ZG_MSG_SET (self->out.key_hash, call->key_hash);
+        const zg_key_record_t *key = call->caller == ZG_CALLER_VIRTUAL
+                                   ? zg_keys_lookup (self->keys, call->key_hash) : NULL;
+        if (key && key->user_id)
+            ZG_MSG_SET (self->out.user_id, key->user_id);
+        if (key && key->team_id)
+            ZG_MSG_SET (self->out.team_id, key->team_id);
+    }
     if (call->body_frame) {
         self->out.payload = call->body_frame;
         call->body_frame = NULL;
@@ -1037,6 +1645,20 @@ s_on_request (void *cls, struct MHD_Connection *connection, const char *url,
         }
         return s_on_headers (self, call, url);
     }
+    if (call->key_wait) {
+        //  Back from a key lookup (or the client left meanwhile)
+        zg_key_wait_t phase = (zg_key_wait_t) call->key_wait;
+        call->key_wait = ZG_KEY_WAIT_NONE;
+        s_key_wait_unlink (self, call);
+        if (call->client_gone)
+            return MHD_NO;
+        if (phase == ZG_KEY_WAIT_BODY)
+            return s_on_body_complete (self, call);
+        enum MHD_Result result = s_on_headers (self, call, url);
+        if (result != MHD_YES || call->state == ZG_CALL_UPLOADING)
+            return result;
+        return s_discard (self, call, upload_data_size);
+    }
     if (call->headers_pending) {
         call->headers_pending = false;
         enum MHD_Result result = s_on_headers (self, call, url);
@@ -1063,6 +1685,7 @@ s_on_request (void *cls, struct MHD_Connection *connection, const char *url,
             }
             return s_on_body_complete (self, call);
         case ZG_CALL_WAITING:
+        case ZG_CALL_ADMIN:
             //  Resumed with no answer queued: the client hung up
             return MHD_NO;
         default:
@@ -1113,6 +1736,18 @@ s_on_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
     s_access_log (call);
     if (call->deadline_ms)          //  it was sent to the router
         self->llm_active--;
+    s_key_finish (self, call);
+    s_key_wait_unlink (self, call);
+    if (call->admin_handle) {
+        char key [24];
+        s_admin_handle_key (call->admin_handle, key, sizeof (key));
+        zhashx_delete (self->admin_calls, key);
+        call->admin_handle = 0;
+    }
+    if (call->held) {
+        MHD_destroy_response (call->held);
+        call->held = NULL;
+    }
     s_socket_t *socket = s_socket (self, call->fd);
     if (socket && socket->call == call)
         socket->call = NULL;
@@ -1197,6 +1832,18 @@ s_destroy (s_frontend_t *self)
             s_resume (self, call);
             call = next;
         }
+        while (self->key_waiters) {
+            call = self->key_waiters;
+            s_key_wait_unlink (self, call);
+            call->client_gone = true;
+            s_resume (self, call);
+        }
+        if (self->admin_calls)
+            for (call = (zg_call_t *) zhashx_first (self->admin_calls); call;
+                 call = (zg_call_t *) zhashx_next (self->admin_calls)) {
+                call->client_gone = true;
+                s_resume (self, call);
+            }
         MHD_run (self->daemon);
         MHD_run (self->daemon);
         MHD_stop_daemon (self->daemon);
@@ -1214,6 +1861,12 @@ s_destroy (s_frontend_t *self)
     zg_msg_reset (&self->in, 0);
     zg_msg_reset (&self->out, 0);
     zsock_destroy (&self->router);
+    zg_keystore_destroy (&self->keystore);
+    if (self->keys && zg_keys_double_finishes (self->keys))
+        zg_error ("frontend: %zu calls were finished twice in the key table",
+                  zg_keys_double_finishes (self->keys));
+    zg_keys_destroy (&self->keys);
+    zhashx_destroy (&self->admin_calls);
     zg_calls_destroy (&self->calls);
     zg_auth_destroy (&self->auth);
     if (self->watch_fd >= 0)
@@ -1273,12 +1926,27 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
     self->liveness_response = s_static_response (strdup ("\"I'm alive!\""), "application/json");
     int level = zg_log_level ();
     self->ready_response = s_static_response (
-        zg_reply_readiness_json (true, s_level_name (level), level <= ZG_LOG_DEBUG),
+        zg_reply_readiness_json (true, NULL, NULL, s_level_name (level), level <= ZG_LOG_DEBUG),
         "application/json");
     self->unready_response = s_static_response (
-        zg_reply_readiness_json (false, s_level_name (level), level <= ZG_LOG_DEBUG),
+        zg_reply_readiness_json (false, NULL, "router not reachable", s_level_name (level),
+                                 level <= ZG_LOG_DEBUG),
         "application/json");
     self->root_response = s_static_response (zg_reply_root_json (), "application/json");
+
+    //  Virtual keys need the database; without one only the master key works
+    if (config->database_url && *config->database_url) {
+        self->keys = zg_keys_new (0, 0);
+        self->admin_calls = zhashx_new ();
+        self->keystore = self->keys && self->admin_calls ? zg_keystore_new (config) : NULL;
+        if (!self->keystore) {
+            zg_error ("frontend: cannot start the keystore");
+            s_destroy (self);
+            return 1;
+        }
+        zg_keys_set_allow_on_db_unavailable (self->keys, config->allow_requests_on_db_unavailable);
+        self->db_connected = true;      //  until the keystore says otherwise
+    }
 
     self->router = zsock_new (ZMQ_DEALER);
     if (!self->router) {
@@ -1338,6 +2006,8 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
     zg_info ("frontend %s serving HTTP, router at %s", self->name, router_endpoint);
 
     void *router_handle = zsock_resolve (self->router);
+    void *keystore_handle = self->keystore ? zsock_resolve (zg_keystore_socket (self->keystore))
+                                           : NULL;
     while (!self->terminated) {
         now = zclock_mono ();
         s_on_timers (self, now);
@@ -1357,9 +2027,10 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
             { router_handle, 0, ZMQ_POLLIN, 0 },
             { NULL, self->mhd_epoll_fd, ZMQ_POLLIN, 0 },
             { NULL, self->watch_fd, ZMQ_POLLIN, 0 },
-            { NULL, self->signal_fd, ZMQ_POLLIN, 0 }
+            { NULL, self->signal_fd, ZMQ_POLLIN, 0 },
+            { keystore_handle, 0, ZMQ_POLLIN, 0 }
         };
-        int rc = zmq_poll (items, 4, (long) wait);
+        int rc = zmq_poll (items, keystore_handle ? 5 : 4, (long) wait);
         if (rc < 0 && zmq_errno () != EINTR) {
             zg_error ("frontend: poll failed: %s", zmq_strerror (zmq_errno ()));
             break;
@@ -1391,6 +2062,8 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
             for (int count = 0; count < ZG_ROUTER_BATCH; count++)
                 if (s_on_router_message (self) == -1)
                     break;
+        if (rc > 0 && keystore_handle && (items [4].revents & ZMQ_POLLIN))
+            s_on_keystore (self);
         MHD_run (self->daemon);
     }
     zg_info ("frontend %s stopped", self->name);

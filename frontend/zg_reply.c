@@ -239,16 +239,21 @@ zg_reply_model_info_json (const zg_config_t *config)
 }
 
 char *
-zg_reply_readiness_json (bool healthy, const char *log_level, bool detailed_debug)
+zg_reply_readiness_json (bool healthy, const char *db, const char *detail,
+                         const char *log_level, bool detailed_debug)
 {
     s_text_t text = { NULL, 0, 0 };
-    s_text_add (&text, "{\"status\":\"%s\",\"db\":\"Not connected\",\"cache\":null,"
+    s_text_add (&text, "{\"status\":\"%s\",\"db\":", healthy ? "healthy" : "unhealthy");
+    s_text_quoted (&text, db ? db : "Not connected");
+    s_text_add (&text, ",\"cache\":null,"
                 "\"litellm_version\":\"%s\",\"success_callbacks\":[],\"log_level\":",
-                healthy ? "healthy" : "unhealthy", ZG_VERSION);
+                ZG_VERSION);
     s_text_quoted (&text, log_level ? log_level : "INFO");
     s_text_add (&text, ",\"is_detailed_debug\":%s", detailed_debug ? "true" : "false");
-    if (!healthy)
-        s_text_add (&text, ",\"detail\":\"router not reachable\"");
+    if (detail) {
+        s_text_add (&text, ",\"detail\":");
+        s_text_quoted (&text, detail);
+    }
     s_text_add (&text, "}");
     return text.data;
 }
@@ -395,13 +400,15 @@ zg_reply_test (bool verbose)
     ZG_CHECK (strcmp (models, "{\"data\":[],\"object\":\"list\"}") == 0);
     free (models);
 
-    char *ready = zg_reply_readiness_json (true, "INFO", false);
+    char *ready = zg_reply_readiness_json (true, NULL, NULL, "INFO", false);
     ZG_CHECK (zg_json_valid (ready, strlen (ready), NULL));
     ZG_CHECK (strstr (ready, "\"status\":\"healthy\""));
     ZG_CHECK (strstr (ready, "\"litellm_version\":\"" ZG_VERSION "\""));
     ZG_CHECK (!strstr (ready, "\"detail\""));
+    ZG_CHECK (strstr (ready, "\"db\":\"Not connected\""));
     free (ready);
-    ready = zg_reply_readiness_json (false, "DEBUG", true);
+    ready = zg_reply_readiness_json (false, "disconnected", "router not reachable", "DEBUG", true);
+    ZG_CHECK (strstr (ready, "\"db\":\"disconnected\""));
     ZG_CHECK (zg_json_valid (ready, strlen (ready), NULL));
     ZG_CHECK (strstr (ready, "\"status\":\"unhealthy\""));
     ZG_CHECK (strstr (ready, "\"detail\":\"router not reachable\""));

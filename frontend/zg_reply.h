@@ -37,7 +37,10 @@ int zg_reply_stream_error (char *buf, size_t size, int status, const char *type,
 //  Documents built from the configuration; the caller frees them
 char *zg_reply_models_json (const zg_config_t *config);
 char *zg_reply_model_info_json (const zg_config_t *config);
-char *zg_reply_readiness_json (bool healthy, const char *log_level, bool detailed_debug);
+//  db: "connected"/"disconnected", NULL = "Not connected" (no database);
+//  detail: why it is not ready, or NULL
+char *zg_reply_readiness_json (bool healthy, const char *db, const char *detail,
+                               const char *log_level, bool detailed_debug);
 char *zg_reply_root_json (void);
 
 //  Copy url into out without its query string or fragment. Returns out.

@@ -3,6 +3,7 @@
     =========================================================================
 */
 #include "frontend/zg_routes.h"
+#include "frontend/zg_admin.h"
 #include "common/zg_selftest.h"
 
 #include <assert.h>
@@ -45,6 +46,58 @@ static const struct {
 };
 
 static const char *s_model_prefix [] = { "/engines/", "/openai/deployments/" };
+
+//  The management routes, matched exactly and never under /v1
+static const struct {
+    const char    *path;
+    zg_http_method_t method;        //  GET also takes HEAD
+    zg_admin_op_t  op;
+} s_admin [] = {
+    { "/key/generate",        ZG_HTTP_POST, ZG_ADMIN_KEY_GENERATE },
+    { "/key/info",            ZG_HTTP_GET,  ZG_ADMIN_KEY_INFO },
+    { "/key/update",          ZG_HTTP_POST, ZG_ADMIN_KEY_UPDATE },
+    { "/key/delete",          ZG_HTTP_POST, ZG_ADMIN_KEY_DELETE },
+    { "/key/list",            ZG_HTTP_GET,  ZG_ADMIN_KEY_LIST },
+    { "/key/block",           ZG_HTTP_POST, ZG_ADMIN_KEY_BLOCK },
+    { "/key/unblock",         ZG_HTTP_POST, ZG_ADMIN_KEY_UNBLOCK },
+    { "/key/regenerate",      ZG_HTTP_POST, ZG_ADMIN_KEY_REGENERATE },
+    { "/spend/logs",          ZG_HTTP_GET,  ZG_ADMIN_SPEND_LOGS },
+    { "/global/spend",        ZG_HTTP_GET,  ZG_ADMIN_GLOBAL_SPEND },
+    { "/global/spend/reset",  ZG_HTTP_POST, ZG_ADMIN_GLOBAL_SPEND_RESET },
+    { "/model/new",           ZG_HTTP_POST, ZG_ADMIN_MODEL_NEW },
+    { "/model/update",        ZG_HTTP_POST, ZG_ADMIN_MODEL_UPDATE },
+    { "/model/delete",        ZG_HTTP_POST, ZG_ADMIN_MODEL_DELETE },
+};
+
+//  A management route: the op and its method, or false
+static bool
+s_match_admin (const char *path, zg_route_match_t *match, zg_http_method_t *method)
+{
+    for (size_t index = 0; index < sizeof (s_admin) / sizeof (s_admin [0]); index++)
+        if (strcmp (path, s_admin [index].path) == 0) {
+            match->admin_op = (int) s_admin [index].op;
+            *method = s_admin [index].method;
+            return true;
+        }
+    //  /key/{key}/regenerate: the key is one path segment
+    static const char prefix [] = "/key/";
+    static const char suffix [] = "/regenerate";
+    size_t length = strlen (path);
+    if (length > sizeof (prefix) - 1 + sizeof (suffix) - 1
+    &&  strncmp (path, prefix, sizeof (prefix) - 1) == 0
+    &&  strcmp (path + length - (sizeof (suffix) - 1), suffix) == 0) {
+        const char *key = path + sizeof (prefix) - 1;
+        size_t key_length = length - (sizeof (prefix) - 1) - (sizeof (suffix) - 1);
+        if (memchr (key, '/', key_length))
+            return false;
+        match->admin_op = (int) ZG_ADMIN_KEY_REGENERATE;
+        match->path_key = key;
+        match->path_key_length = key_length;
+        *method = ZG_HTTP_POST;
+        return true;
+    }
+    return false;
+}
 
 zg_http_method_t
 zg_http_method (const char *method)
@@ -142,6 +195,20 @@ zg_route_match (zg_http_method_t method, const char *path, zg_route_match_t *mat
     if (!path || *path != '/')
         return match->endpoint = ZG_ENDPOINT_NOT_FOUND;
 
+    zg_http_method_t admin_method;
+    if (s_match_admin (path, match, &admin_method)) {
+        bool method_ok = method == admin_method
+                      || (admin_method == ZG_HTTP_GET && method == ZG_HTTP_HEAD);
+        if (!method_ok) {
+            match->allow = admin_method == ZG_HTTP_GET ? s_allow_get : s_allow_post;
+            match->admin_op = 0;
+            match->path_key = NULL;
+            match->path_key_length = 0;
+            return match->endpoint = ZG_ENDPOINT_BAD_METHOD;
+        }
+        return match->endpoint = ZG_ENDPOINT_ADMIN;
+    }
+
     //  Every route also lives under /v1 (but "/v1" alone is not "/")
     if (strncmp (path, "/v1/", 4) == 0)
         path += 3;
@@ -234,6 +301,50 @@ zg_routes_test (bool verbose)
     zg_route_match (ZG_HTTP_GET, "/chat/completions", &match);
     ZG_CHECK (strcmp (match.allow, "POST") == 0);
     zg_route_match (ZG_HTTP_POST, "/models", &match);
+    ZG_CHECK (strcmp (match.allow, "GET, HEAD") == 0);
+
+    //  Management routes
+    struct {
+        zg_http_method_t method;
+        const char *path;
+        zg_endpoint_t endpoint;
+        zg_admin_op_t op;
+    } admin [] = {
+        { ZG_HTTP_POST, "/key/generate",          ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_GENERATE },
+        { ZG_HTTP_GET,  "/key/info",              ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_INFO },
+        { ZG_HTTP_HEAD, "/key/info",              ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_INFO },
+        { ZG_HTTP_POST, "/key/update",            ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_UPDATE },
+        { ZG_HTTP_POST, "/key/delete",            ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_DELETE },
+        { ZG_HTTP_GET,  "/key/list",              ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_LIST },
+        { ZG_HTTP_POST, "/key/block",             ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_BLOCK },
+        { ZG_HTTP_POST, "/key/unblock",           ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_UNBLOCK },
+        { ZG_HTTP_POST, "/key/regenerate",        ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_REGENERATE },
+        { ZG_HTTP_POST, "/key/sk-abc/regenerate", ZG_ENDPOINT_ADMIN, ZG_ADMIN_KEY_REGENERATE },
+        { ZG_HTTP_GET,  "/spend/logs",            ZG_ENDPOINT_ADMIN, ZG_ADMIN_SPEND_LOGS },
+        { ZG_HTTP_GET,  "/global/spend",          ZG_ENDPOINT_ADMIN, ZG_ADMIN_GLOBAL_SPEND },
+        { ZG_HTTP_POST, "/global/spend/reset",    ZG_ENDPOINT_ADMIN, ZG_ADMIN_GLOBAL_SPEND_RESET },
+        { ZG_HTTP_POST, "/model/new",             ZG_ENDPOINT_ADMIN, ZG_ADMIN_MODEL_NEW },
+        { ZG_HTTP_POST, "/model/update",          ZG_ENDPOINT_ADMIN, ZG_ADMIN_MODEL_UPDATE },
+        { ZG_HTTP_POST, "/model/delete",          ZG_ENDPOINT_ADMIN, ZG_ADMIN_MODEL_DELETE },
+        { ZG_HTTP_GET,  "/key/generate",          ZG_ENDPOINT_BAD_METHOD, ZG_ADMIN_NONE },
+        { ZG_HTTP_POST, "/key/info",              ZG_ENDPOINT_BAD_METHOD, ZG_ADMIN_NONE },
+        { ZG_HTTP_POST, "/v1/key/generate",       ZG_ENDPOINT_NOT_FOUND, ZG_ADMIN_NONE },
+        { ZG_HTTP_POST, "/key//regenerate",       ZG_ENDPOINT_NOT_FOUND, ZG_ADMIN_NONE },
+        { ZG_HTTP_POST, "/key/a/b/regenerate",    ZG_ENDPOINT_NOT_FOUND, ZG_ADMIN_NONE },
+        { ZG_HTTP_POST, "/key/",                  ZG_ENDPOINT_NOT_FOUND, ZG_ADMIN_NONE },
+    };
+    for (size_t index = 0; index < sizeof (admin) / sizeof (admin [0]); index++) {
+        zg_endpoint_t endpoint = zg_route_match (admin [index].method, admin [index].path, &match);
+        ZG_CHECK (endpoint == admin [index].endpoint);
+        ZG_CHECK (match.admin_op == (int) admin [index].op);
+    }
+    zg_route_match (ZG_HTTP_POST, "/key/sk-abc/regenerate", &match);
+    ZG_CHECK (match.path_key_length == 6 && memcmp (match.path_key, "sk-abc", 6) == 0);
+    zg_route_match (ZG_HTTP_POST, "/key/generate", &match);
+    ZG_CHECK (match.path_key == NULL);
+    zg_route_match (ZG_HTTP_GET, "/key/generate", &match);
+    ZG_CHECK (strcmp (match.allow, "POST") == 0);
+    zg_route_match (ZG_HTTP_DELETE, "/spend/logs", &match);
     ZG_CHECK (strcmp (match.allow, "GET, HEAD") == 0);
 
     ZG_CHECK (zg_endpoint_is_llm (ZG_ENDPOINT_EMBEDDINGS));

@@ -4,8 +4,10 @@
     A fixed table, matched without allocating: the LLM routes (each also
     under /v1, and chat/completions/embeddings under /engines/{model}/ and
     /openai/deployments/{model}/, where the path names the model), the
-    model listings, the health routes and /. A known path with the wrong
-    method is told apart from an unknown path, with the methods it allows.
+    model listings, the health routes and /, and the management routes of
+    zg_admin.h (not under /v1, as the reference's). A known path with the
+    wrong method is told apart from an unknown path, with the methods it
+    allows.
     =========================================================================
 */
 #ifndef ZG_ROUTES_H_INCLUDED
@@ -28,7 +30,8 @@ typedef enum {
     ZG_ENDPOINT_MODEL_INFO,         //  GET, key required
     ZG_ENDPOINT_LIVENESS,           //  GET, public
     ZG_ENDPOINT_READINESS,          //  GET, public
-    ZG_ENDPOINT_ROOT                //  GET, public
+    ZG_ENDPOINT_ROOT,               //  GET, public
+    ZG_ENDPOINT_ADMIN               //  management: see admin_op; master key only
 } zg_endpoint_t;
 
 typedef enum {
@@ -47,6 +50,9 @@ typedef struct {
     const char   *allow;            //  BAD_METHOD: value of the Allow header
     const char   *model;            //  LLM routes: model named by the path, or NULL
     size_t        model_length;
+    int           admin_op;         //  ADMIN: the zg_admin_op_t
+    const char   *path_key;         //  /key/{key}/regenerate: the key, in path; else NULL
+    size_t        path_key_length;
 } zg_route_match_t;
 
 //  Classify a method name ("GET"...)

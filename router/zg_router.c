@@ -124,6 +124,10 @@ struct _call_t {
     size_t        heap_index;
     int64_t       dispatched_at;
     uint64_t      started_us;       //  wall clock, for the spend record
+    //  Who pays, from the REQUEST; an empty key_hash is the master key's
+    char          key_hash [ZG_KEY_HASH_MAX + 1];
+    char          user_id [ZG_NAME_MAX + 1];
+    char          team_id [ZG_NAME_MAX + 1];
 };
 
 struct _worker_t {
@@ -783,8 +787,17 @@ s_spend_record (router_t *self, const call_t *call, const char *call_id, const z
     zg_msg_t *record = &self->record;
     zg_msg_reset (record, ZG_MSG_SPEND);
     ZG_MSG_SET (record->call_id, call_id);
-    ZG_MSG_SET (record->key_hash, self->key_hash);
     uint64_t now_us = s_wall_us ();
+    //  A virtual key's calls are its own; the master key's (and an open
+    //  gateway's) go to the master key's row, as they always have
+    const char *key_hash = call ? call->key_hash : self->in.key_hash;
+    if (key_hash [0]) {
+        ZG_MSG_SET (record->key_hash, key_hash);
+        ZG_MSG_SET (record->user_id, call ? call->user_id : self->in.user_id);
+        ZG_MSG_SET (record->team_id, call ? call->team_id : self->in.team_id);
+    }
+    else
+        ZG_MSG_SET (record->key_hash, self->key_hash);
     if (call) {
         ZG_MSG_SET (record->model, call->group->name);
         record->route = call->route;
@@ -1285,6 +1298,9 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
     call->route = in->route;
     call->flags = in->flags;
     call->timeout_ms = in->timeout_ms;
+    ZG_MSG_SET (call->key_hash, in->key_hash);
+    ZG_MSG_SET (call->user_id, in->user_id);
+    ZG_MSG_SET (call->team_id, in->team_id);
     call->frontend = frontend;
     s_list_append (&frontend->calls, call, BY_FRONTEND);
     zmq_msg_move (&call->body, &self->raw.payload);
