@@ -403,20 +403,38 @@ s_process_stop (pid_t pid)
     return -1;
 }
 
+//  status_pipe: NULL, or a pipe whose write end the worker gets as its
+//  status descriptor. go_fd >= 0: the worker starts once a byte arrives
+//  there (it is forked before this process has a ZeroMQ context, which a
+//  child could not use)
 static pid_t
-s_worker_start (void)
+s_worker_start_recycled (uint64_t max_requests, int *status_pipe, int go_fd)
 {
     pid_t pid = fork ();
     if (pid == 0) {
+        char go;
+        if (go_fd >= 0 && read (go_fd, &go, 1) != 1)
+            exit (1);
         zg_log_init ("zgate.worker", false, false);
         zg_config_t config;
         memset (&config, 0, sizeof (config));
         config.worker_capacity = WORKER_CAPACITY;
         config.heartbeat_ms = HEARTBEAT_MS;
+        int status_fd = -1;
+        if (status_pipe) {
+            close (status_pipe [0]);
+            status_fd = status_pipe [1];
+        }
         //  exit, not _exit: the sanitizers' leak check runs at exit
-        exit (zg_worker_run (&config, s_endpoint, WORKER_NAME, 0, -1));
+        exit (zg_worker_run (&config, s_endpoint, WORKER_NAME, max_requests, status_fd));
     }
     return pid;
+}
+
+static pid_t
+s_worker_start (void)
+{
+    return s_worker_start_recycled (0, NULL, -1);
 }
 
 //  GET from the fake (libcurl easy); returns a new string or NULL
@@ -1060,6 +1078,115 @@ s_test_worker (fake_t *fake)
     s_answer_free (&answer);
 }
 
+//  ---------------------------------------------------------------------
+//  Recycling: "ready" and "retire" on the status pipe, RETIRE on SIGUSR1
+
+//  The next line on the status pipe, keeping the router side talking
+static bool
+s_status_line (int fd, const char *expected)
+{
+    char line [64];
+    size_t size = 0;
+    int64_t deadline = zclock_mono () + WAIT_MS;
+    while (zclock_mono () < deadline && size < sizeof (line) - 1) {
+        s_pump (20, NULL);
+        ssize_t got = read (fd, line + size, 1);
+        if (got == 1 && line [size] == '\n') {
+            line [size] = 0;
+            if (!streq (line, expected))
+                fprintf (stderr, "status pipe: \"%s\", expected \"%s\"\n", line, expected);
+            return streq (line, expected);
+        }
+        if (got == 1)
+            size++;
+    }
+    fprintf (stderr, "status pipe: no \"%s\"\n", expected);
+    return false;
+}
+
+//  Waits for the worker's exit; its exit code, or -1
+static int
+s_exit_code (pid_t pid)
+{
+    int status = 0;
+    int64_t deadline = zclock_mono () + WAIT_MS;
+    while (zclock_mono () < deadline) {
+        if (waitpid (pid, &status, WNOHANG) == pid)
+            return WIFEXITED (status) ? WEXITSTATUS (status) : -1;
+        s_pump (20, NULL);
+    }
+    return -1;
+}
+
+//  Two workers forked early, waiting for a byte on their go pipe
+static int s_status_pipe [2] = { -1, -1 };
+static int s_go_pipe [2] = { -1, -1 };
+static pid_t s_recycled [2];
+
+static void
+s_recycled_fork (void)
+{
+    if (pipe (s_status_pipe) || pipe (s_go_pipe))
+        return;
+    fcntl (s_status_pipe [0], F_SETFL, O_NONBLOCK);
+    s_recycled [0] = s_worker_start_recycled (2, s_status_pipe, s_go_pipe [0]);
+    s_recycled [1] = s_worker_start_recycled (0, NULL, s_go_pipe [0]);
+    close (s_status_pipe [1]);
+    close (s_go_pipe [0]);
+}
+
+static void
+s_test_recycling (void)
+{
+    answer_t answer;
+    zg_msg_t msg;
+    zg_msg_init (&msg, 0);
+    CHECK (s_recycled [0] > 0 && s_recycled [1] > 0);
+    if (s_recycled [0] <= 0 || s_recycled [1] <= 0)
+        return;
+    pid_t pid = s_recycled [0];
+    int readies = s_readies;
+    CHECK (write (s_go_pipe [1], "1", 1) == 1);
+    CHECK (s_wait_for (&s_readies, readies, WAIT_MS));
+    //  "ready" once the router said something back
+    CHECK (s_status_line (s_status_pipe [0], "ready"));
+    s_dispatch ("recycle-1", ZG_ROUTE_CHAT, 0, CHAT_BODY);
+    CHECK (s_collect ("recycle-1", &answer, 0) == 0 && answer.end);
+    s_answer_free (&answer);
+    s_dispatch ("recycle-2", ZG_ROUTE_CHAT, 0, CHAT_BODY);
+    CHECK (s_collect ("recycle-2", &answer, 0) == 0 && answer.end);
+    s_answer_free (&answer);
+    CHECK (s_status_line (s_status_pipe [0], "retire"));
+    //  It serves on until told to go; then RETIRE, and until the router's
+    //  answer a DISPATCH is still taken
+    kill (pid, SIGUSR1);
+    CHECK (s_next (&msg, WAIT_MS) == 0 && msg.type == ZG_MSG_RETIRE);
+    CHECK_STR (msg.name, WORKER_NAME);
+    s_dispatch ("recycle-3", ZG_ROUTE_CHAT, 0, CHAT_BODY);
+    zg_msg_reset (&msg, ZG_MSG_RETIRE);
+    msg.routing_id = zframe_dup (s_worker_id);
+    ZG_MSG_SET (msg.name, "router");
+    zg_msg_send (&msg, zsock_resolve (s_router));
+    CHECK (s_collect ("recycle-3", &answer, 0) == 0 && answer.head && answer.end);
+    s_answer_free (&answer);
+    CHECK (s_exit_code (pid) == 0);
+
+    //  Retiring, and the router does not know it: nothing it holds can be
+    //  delivered, so it stops at once
+    pid = s_recycled [1];
+    readies = s_readies;
+    CHECK (write (s_go_pipe [1], "1", 1) == 1);
+    CHECK (s_wait_for (&s_readies, readies, WAIT_MS));
+    s_pump (100, NULL);
+    kill (pid, SIGUSR1);
+    CHECK (s_next (&msg, WAIT_MS) == 0 && msg.type == ZG_MSG_RETIRE);
+    s_send_simple (ZG_MSG_DISCONNECT, NULL);
+    CHECK (s_exit_code (pid) == 0);
+    zg_msg_reset (&msg, 0);
+    close (s_status_pipe [0]);
+    close (s_go_pipe [1]);
+}
+
 int
 main (int argc, char *argv [])
 {
@@ -1084,6 +1211,7 @@ main (int argc, char *argv [])
         CHECK (started == 0);
         //  Forked before this process has a ZeroMQ context
         s_worker_pid = s_worker_start ();
+        s_recycled_fork ();
         CHECK (s_worker_pid > 0);
         if (started == 0 && s_worker_pid > 0) {
             s_router = zsock_new (ZMQ_ROUTER);
@@ -1092,6 +1220,8 @@ main (int argc, char *argv [])
         }
         //  A clean stop on SIGTERM, leak-free under the sanitizers
         CHECK (s_process_stop (s_worker_pid) == 0);
+        if (started == 0 && s_worker_pid > 0)
+            s_test_recycling ();
         s_process_stop (fake.pid);
         zframe_destroy (&s_worker_id);
         zsock_destroy (&s_router);
