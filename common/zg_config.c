@@ -28,10 +28,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <yaml.h>
 
 #define s_ENV_PREFIX        "os.environ/"
-#define s_DEFAULT_API_BASE  "https://api.openai.com/v1"
+#define s_DEFAULT_API_BASE  ZG_CONFIG_DEFAULT_API_BASE
 #define s_MAX_NESTING       64
 //  Aliases can make a small file describe a huge tree; walks stop here
 #define s_MAX_VISITS        1000000
@@ -960,7 +961,7 @@ static const char *const s_general_known [] = {
     "global_max_parallel_requests", "use_redis_transaction_buffer",
     "litellm_key_header_name", "enforce_user_param", "allowed_routes", "public_routes",
     "custom_auth", "enable_jwt_auth", "use_x_forwarded_for", "forward_client_headers_to_llm_api",
-    "store_model_in_db", "maximum_spend_logs_retention_period",
+    "maximum_spend_logs_retention_period",
     "maximum_spend_logs_retention_interval", "disable_reset_budget", "disable_master_key_return",
     "infer_model_from_keys", "encryption_algorithm", "always_include_stream_usage",
     "pass_through_endpoints", "ui_access_mode", "allowed_ips", "admin_only_routes",
@@ -1062,6 +1063,9 @@ s_load_general_settings (s_loader_t *self, yaml_node_t *section)
         else
         if (strcmp (name, "user_api_key_cache_ttl") == 0)
             rc = s_read_number (self, value, key, &config->user_api_key_cache_ttl, 0, true);
+        else
+        if (strcmp (name, "store_model_in_db") == 0)
+            rc = s_read_bool (self, value, key, &config->store_model_in_db);
         else
             s_warn_unimplemented (self, "general_settings", name, pairs.pairs [index].key, s_general_known);
     }
@@ -1239,6 +1243,10 @@ s_apply_environment (s_loader_t *self)
     const char *json = getenv ("JSON_LOGS");
     if (json && strcmp (json, "true") == 0)
         config->json_logs = true;
+    //  LiteLLM reads it as Python's str == "True"; any casing is kinder
+    const char *store = getenv ("STORE_MODEL_IN_DB");
+    if (store && strcasecmp (store, "true") == 0)
+        config->store_model_in_db = true;
     return 0;
 }
 
@@ -1397,6 +1405,12 @@ zg_config_destroy (zg_config_t **self_p)
     *self_p = NULL;
 }
 
+bool
+zg_config_provider_supported (const char *provider)
+{
+    return provider && s_in_list (provider, s_supported_providers);
+}
+
 size_t
 zg_config_find_group (const zg_config_t *self, const char *model_name, size_t *out, size_t max)
 {
@@ -1545,7 +1559,7 @@ zg_config_test (bool verbose)
     //  Nothing from the caller's environment may change what is tested
     const char *clear [] = {
         "LITELLM_LOG", "LITELLM_MASTER_KEY", "DATABASE_URL", "JSON_LOGS", "REQUEST_TIMEOUT",
-        "PROXY_BATCH_WRITE_AT", "ZGATE_RUN_DIR", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD",
+        "PROXY_BATCH_WRITE_AT", "ZGATE_RUN_DIR", "STORE_MODEL_IN_DB", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD",
         "ZG_TEST_KEY", "ZG_TEST_RPM", "ZG_TEST_SET_BY_FILE", "ZG_TEST_ALREADY", "ZG_TEST_CHAINED", NULL
     };
     for (int index = 0; clear [index]; index++)
@@ -1567,6 +1581,7 @@ zg_config_test (bool verbose)
     ZG_CHECK (config->proxy_batch_write_at == 10);
     ZG_CHECK (config->user_api_key_cache_ttl == 60);
     ZG_CHECK (!config->disable_error_logs && !config->allow_requests_on_db_unavailable);
+    ZG_CHECK (!config->store_model_in_db);
     ZG_CHECK (config->request_timeout_s == 6000);
     ZG_CHECK (!config->set_verbose && !config->json_logs);
     ZG_CHECK (strcmp (config->routing_strategy, "simple-shuffle") == 0);
@@ -1851,7 +1866,8 @@ zg_config_test (bool verbose)
     ZG_CHECK (strstr (warnings, "config.yaml:8: model_list[0].litellm_params.weird: not a litellm_params key"));
     ZG_CHECK (strstr (warnings, "config.yaml:9: model_list[0].extra: not a model_list key"));
     ZG_CHECK (s_count (warnings, "weird") == 1 && s_count (warnings, "extra") == 1);
-    ZG_CHECK (strstr (warnings, "config.yaml:14: general_settings.store_model_in_db is not implemented by zgate yet"));
+    ZG_CHECK (config->store_model_in_db);
+    ZG_CHECK (!strstr (warnings, "store_model_in_db"));
     ZG_CHECK (strstr (warnings, "config.yaml:15: general_settings.background_health_checks is not implemented"));
     ZG_CHECK (strstr (warnings, "config.yaml:16: general_settings.health_check_interval is not implemented"));
     ZG_CHECK (strstr (warnings, "config.yaml:17: general_settings.no_such_key is not a setting zgate knows"));
@@ -1860,7 +1876,7 @@ zg_config_test (bool verbose)
     ZG_CHECK (strstr (warnings, "config.yaml:21: litellm_settings.success_callback is not implemented"));
     ZG_CHECK (strstr (warnings, "config.yaml:23: router_settings.redis_url is not implemented"));
     ZG_CHECK (strstr (warnings, "config.yaml:24: router_settings.cooldown_time is not implemented"));
-    ZG_CHECK (s_count (warnings, "WARNING") == 16);
+    ZG_CHECK (s_count (warnings, "WARNING") == 15);
     free (warnings);
     zg_config_destroy (&config);
 

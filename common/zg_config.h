@@ -64,6 +64,8 @@ typedef struct {
     bool    disable_error_logs;
     bool    allow_requests_on_db_unavailable;
     double  user_api_key_cache_ttl; //  seconds between full reloads of the key table; default 60
+    bool    store_model_in_db;      //  /model/new and the router read deployments from the
+                                    //  database too (also STORE_MODEL_IN_DB=True)
 
     //  litellm_settings
     double  request_timeout_s;      //  default 6000
@@ -97,6 +99,13 @@ void zg_config_destroy (zg_config_t **self_p);
 //  indexes into deployments[] and returns how many (at most max).
 size_t zg_config_find_group (const zg_config_t *self, const char *model_name,
                              size_t *out, size_t max);
+
+//  True if zgate can serve deployments of this provider (the part of
+//  litellm_params.model before '/', or custom_llm_provider)
+bool zg_config_provider_supported (const char *provider);
+
+//  The api_base of a deployment that names none
+#define ZG_CONFIG_DEFAULT_API_BASE "https://api.openai.com/v1"
 
 //  Self test
 void zg_config_test (bool verbose);

@@ -615,6 +615,48 @@ zg_json_element (const char *text, size_t size, const zg_json_span_t *array,
     return element->type != ZG_JSON_NONE;
 }
 
+bool
+zg_json_member (const char *data, size_t size, const zg_json_span_t *object,
+                size_t *cursor, zg_json_span_t *key, zg_json_span_t *value)
+{
+    assert (cursor && key && value);
+    s_span_clear (key);
+    s_span_clear (value);
+    if (!data || !object || object->type != ZG_JSON_OBJECT
+    ||  object->offset > size || object->length > size - object->offset || object->length < 2)
+        return false;
+    const unsigned char *bytes = (const unsigned char *) data;
+    size_t end = object->offset + object->length - 1;       //  the closing '}'
+    size_t pos = *cursor;
+    if (pos == 0 || pos < object->offset || pos > end)
+        pos = object->offset + 1;
+    pos = s_skip_space (bytes, end, pos);
+    if (pos < end && bytes [pos] == ',')
+        pos = s_skip_space (bytes, end, pos + 1);
+    if (pos >= end || bytes [pos] != '"')
+        return false;
+    size_t key_end = s_skip_string (bytes, end, pos);
+    if (key_end == s_NOT_FOUND)
+        return false;
+    size_t colon = s_skip_space (bytes, end, key_end);
+    if (colon >= end || bytes [colon] != ':')
+        return false;
+    size_t value_start = s_skip_space (bytes, end, colon + 1);
+    size_t value_end = s_skip_value (bytes, end, value_start);
+    if (value_end == s_NOT_FOUND || s_type_of (bytes [value_start]) == ZG_JSON_NONE)
+        return false;
+    key->type = ZG_JSON_STRING;
+    key->offset = pos;
+    key->length = key_end - pos;
+    key->key_offset = pos;
+    value->type = s_type_of (bytes [value_start]);
+    value->offset = value_start;
+    value->length = value_end - value_start;
+    value->key_offset = pos;
+    *cursor = value_end;
+    return true;
+}
+
 int
 zg_json_string (const char *text, const zg_json_span_t *span, char *out, size_t size)
 {
@@ -837,6 +879,11 @@ s_exercise_finders (const char *data, size_t size)
             zg_json_double (data, &span, &real);
             if (zg_json_find_in (data, size, &span, "include_usage", &inner))
                 ZG_CHECK (inner.offset + inner.length <= size);
+            size_t cursor = 0;
+            zg_json_span_t key, value;
+            int members = 0;
+            while (members++ < 1000 && zg_json_member (data, size, &span, &cursor, &key, &value))
+                ZG_CHECK (value.offset + value.length <= size && key.offset < value.offset);
         }
     }
 }
@@ -1077,6 +1124,32 @@ zg_json_test (bool verbose)
         ZG_CHECK (zg_json_find (wrapped, strlen (wrapped), "k", &span));
         ZG_CHECK (zg_json_string (wrapped, &span, decoded, sizeof (decoded)) == (int) strlen (original));
         ZG_CHECK (strcmp (decoded, original) == 0);
+    }
+
+    {
+        //  Members in order, nested ones skipped, an empty object has none
+        const char *object = " { \"a\" : 1 , \"b\":{\"c\":[1,{\"d\":2}]},\"e\\\"\":\"x,}\" } ";
+        ZG_CHECK (s_valid (object));
+        zg_json_span_t whole = { ZG_JSON_OBJECT, 1, strlen (object) - 2, 0 }, key, value;
+        size_t cursor = 0;
+        char name [16];
+        ZG_CHECK (zg_json_member (object, strlen (object), &whole, &cursor, &key, &value));
+        ZG_CHECK (zg_json_string (object, &key, name, sizeof (name)) == 1 && strcmp (name, "a") == 0);
+        ZG_CHECK (value.type == ZG_JSON_NUMBER && value.length == 1);
+        ZG_CHECK (zg_json_member (object, strlen (object), &whole, &cursor, &key, &value));
+        ZG_CHECK (value.type == ZG_JSON_OBJECT && object [value.offset + value.length - 1] == '}');
+        ZG_CHECK (zg_json_member (object, strlen (object), &whole, &cursor, &key, &value));
+        ZG_CHECK (zg_json_string (object, &key, name, sizeof (name)) == 2 && strcmp (name, "e\"") == 0);
+        ZG_CHECK (value.type == ZG_JSON_STRING && value.length == 5);
+        ZG_CHECK (!zg_json_member (object, strlen (object), &whole, &cursor, &key, &value));
+        ZG_CHECK (key.type == ZG_JSON_NONE && value.type == ZG_JSON_NONE);
+        const char *empty = "{ }";
+        zg_json_span_t none = { ZG_JSON_OBJECT, 0, 3, 0 };
+        cursor = 0;
+        ZG_CHECK (!zg_json_member (empty, 3, &none, &cursor, &key, &value));
+        zg_json_span_t array = { ZG_JSON_ARRAY, 0, 3, 0 };
+        cursor = 0;
+        ZG_CHECK (!zg_json_member ("[1]", 3, &array, &cursor, &key, &value));
     }
 
     //  Random byte flips: never a crash or a read out of bounds, and the

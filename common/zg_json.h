@@ -75,6 +75,14 @@ int zg_json_string (const char *data, const zg_json_span_t *span, char *out, siz
 bool zg_json_int64 (const char *data, const zg_json_span_t *span, int64_t *out);
 bool zg_json_double (const char *data, const zg_json_span_t *span, double *out);
 
+//  Walk the members of the object described by object: *cursor starts at
+//  0; each call that returns true sets key (a string span, quotes
+//  included) and value to the next member, in document order. Returns
+//  false (both spans NONE) after the last member or if object is not an
+//  object. The document must be valid.
+bool zg_json_member (const char *data, size_t size, const zg_json_span_t *object,
+                     size_t *cursor, zg_json_span_t *key, zg_json_span_t *value);
+
 //  Write s as a JSON string literal (with quotes, escaped) into out.
 //  Returns the number of bytes written (without the NUL), or -1 if it does
 //  not fit.

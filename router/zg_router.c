@@ -32,6 +32,7 @@
 #include "router/zg_router.h"
 #include "router/zg_balancer.h"
 #include "router/zg_outbox.h"
+#include "router/zg_model_loader.h"
 #include "proto/zg_msg.h"
 #include "common/zg_log.h"
 #include "common/zg_sha256.h"
@@ -94,14 +95,32 @@ typedef enum {
     CALL_STARTED                //  HEAD went out: it can no longer be dispatched again
 } call_state_t;
 
+typedef struct _models_t models_t;
+
 //  A model group: the deployments one client-facing model name maps to
 typedef struct {
-    const char *name;                       //  owned by the configuration
-    size_t *indexes;                        //  into config->deployments
+    const char *name;                       //  owned by its models' deployments
+    models_t *models;                       //  the set it belongs to
+    size_t *indexes;                        //  into models->deployments
     const zg_deployment_t **members;        //  the same, as pointers for the balancer
     size_t count;
     zg_balancer_t *balancer;
 } group_t;
+
+//  The deployments the router serves: the configuration's model_list and,
+//  with store_model_in_db, the database's. A new set replaces the current
+//  one as a whole; each call holds a reference to the set it was routed
+//  with, so a call in flight keeps its group, balancer and deployment
+//  (even one just deleted) until it ends, and the old set goes with the
+//  last of them.
+struct _models_t {
+    size_t refs;                            //  the router's while current, and one per call
+    zg_deployment_t *deployments;           //  shallow copies: strings owned by the
+    size_t count;                           //  configuration or by db_list
+    zg_deployment_wire_t *wire;             //  per deployment, built once
+    zhashx_t *groups;                       //  model name -> group_t
+    zg_model_list_t *db_list;               //  the database's deployments, owned
+};
 
 struct _call_t {
     char          call_id [ZG_CALL_ID_MAX + 1];
@@ -169,8 +188,8 @@ typedef struct {
     void       *frontend_handle;
     void       *backend_handle;
 
-    zhashx_t   *groups;             //  model name -> group_t
-    zg_deployment_wire_t *wire;     //  per config deployment, built once
+    models_t   *models;             //  what new calls are routed with
+    zg_model_loader_t *loader;      //  the database's deployments; NULL without
 
     zhashx_t   *workers;            //  identity hex -> worker_t
     worker_t  **worker_heap;        //  all workers; most credit on top
@@ -471,6 +490,8 @@ s_deadline_set (router_t *self, call_t *call, int64_t deadline)
 }
 
 //  Ends a call's life in the router: it leaves every structure it is in
+static void s_models_release (models_t **models_p);
+
 static void
 s_call_destroy (router_t *self, call_t *call)
 {
@@ -490,6 +511,11 @@ s_call_destroy (router_t *self, call_t *call)
     s_deadline_remove (self, call);
     zmq_msg_close (&call->body);
     call->has_body = false;
+    if (call->group) {
+        models_t *models = call->group->models;
+        call->group = NULL;
+        s_models_release (&models);
+    }
     call->hash_next = self->free_calls;
     self->free_calls = call;
 }
@@ -804,7 +830,7 @@ s_spend_record (router_t *self, const call_t *call, const char *call_id, const z
         record->start_us = call->started_us;
         if (call->dispatched_at) {
             const zg_deployment_wire_t *wire =
-                &self->wire [call->group->indexes [call->member]];
+                &call->group->models->wire [call->group->indexes [call->member]];
             ZG_MSG_SET (record->deployment_id, wire->id);
             ZG_MSG_SET (record->api_base, wire->api_base);
         }
@@ -978,7 +1004,8 @@ static uint32_t
 s_deadline_ms (router_t *self, const call_t *call)
 {
     uint64_t limit = call->timeout_ms;
-    const zg_deployment_wire_t *wire = &self->wire [call->group->indexes [call->member]];
+    const zg_deployment_wire_t *wire =
+        &call->group->models->wire [call->group->indexes [call->member]];
     if (wire->timeout_ms > limit)
         limit = wire->timeout_ms;
     if (limit == 0)
@@ -1007,7 +1034,7 @@ s_dispatch (router_t *self, call_t *call, worker_t *worker, int64_t now)
     out->flags = call->flags;
     out->timeout_ms = call->timeout_ms;
     out->attempt = call->attempt;
-    out->deployment = self->wire [deployment];
+    out->deployment = group->models->wire [deployment];
     if (s_send (self, self->backend_handle, worker->identity, out,
                 call->has_body? &call->body: NULL))
         return -1;
@@ -1022,7 +1049,7 @@ s_dispatch (router_t *self, call_t *call, worker_t *worker, int64_t now)
     worker->last_pick = ++self->pick_seq;
     s_worker_sift (self, worker->heap_index);
     zg_debug ("router: call %s (%s) -> worker %s, deployment %s, attempt %d",
-              call->call_id, group->name, worker->name, self->wire [deployment].id,
+              call->call_id, group->name, worker->name, group->models->wire [deployment].id,
               call->attempt);
     return 0;
 }
@@ -1263,7 +1290,7 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
                       "the request reached the router without a body");
         return;
     }
-    group_t *group = (group_t *) zhashx_lookup (self->groups, in->model);
+    group_t *group = (group_t *) zhashx_lookup (self->models->groups, in->model);
     if (!group) {
         s_send_error (self, frontend, in->call_id, 400, "bad_request_error", "model", 0,
                       "%s: Invalid model name passed in model=%s. Call /v1/models to view "
@@ -1294,6 +1321,7 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
         return;
     }
     call->group = group;
+    group->models->refs++;
     call->started_us = s_wall_us ();
     call->route = in->route;
     call->flags = in->flags;
@@ -1567,24 +1595,90 @@ s_ms (double seconds)
     return ms >= (double) UINT32_MAX? UINT32_MAX: (uint32_t) (ms + 0.5);
 }
 
-static int
-s_load_groups (router_t *self)
+static void
+s_models_release (models_t **models_p)
 {
-    const zg_config_t *config = self->config;
+    models_t *models = *models_p;
+    *models_p = NULL;
+    if (!models || --models->refs > 0)
+        return;
+    zhashx_destroy (&models->groups);
+    free (models->deployments);
+    free (models->wire);
+    zg_model_list_destroy (&models->db_list);
+    free (models);
+}
+
+//  Adds deployments[index] to its group, making the group if it is the first
+static int
+s_models_group (models_t *models, size_t index)
+{
+    const char *name = models->deployments [index].model_name;
+    if (!name)
+        return 0;
+    group_t *group = (group_t *) zhashx_lookup (models->groups, name);
+    if (!group) {
+        group = (group_t *) calloc (1, sizeof (group_t));
+        if (!group)
+            return -1;
+        group->name = name;
+        group->models = models;
+        group->indexes = (size_t *) calloc (models->count, sizeof (size_t));
+        group->members = (const zg_deployment_t **) calloc (models->count,
+                                                            sizeof (zg_deployment_t *));
+        if (!group->indexes || !group->members || zhashx_insert (models->groups, name, group)) {
+            void *item = group;
+            s_group_destroy (&item);
+            return -1;
+        }
+    }
+    group->indexes [group->count] = index;
+    group->members [group->count] = &models->deployments [index];
+    group->count++;
+    return 0;
+}
+
+//  The set of the configuration's deployments and the database's (db_list,
+//  may be NULL; the set takes it). A database deployment with the id of a
+//  configuration one replaces it, as LiteLLM's upsert_deployment does; the
+//  configuration's comes back when the row is deleted. NULL if memory runs
+//  out (db_list is then freed).
+static models_t *
+s_models_new (const zg_config_t *config, zg_model_list_t *db_list)
+{
     const zg_balancer_strategy_t *strategy =
         zg_balancer_strategy_find (config->routing_strategy);
-    if (!strategy) {
-        zg_warning ("router: routing_strategy \"%s\" is not implemented: using %s",
-                    config->routing_strategy, zg_balancer_shuffle.name);
+    if (!strategy)
         strategy = &zg_balancer_shuffle;
+    size_t most = config->deployment_count + (db_list? db_list->count: 0);
+    models_t *models = (models_t *) calloc (1, sizeof (models_t));
+    if (models) {
+        models->refs = 1;
+        models->db_list = db_list;
+        models->deployments = (zg_deployment_t *) calloc (most + 1, sizeof (zg_deployment_t));
+        models->wire = (zg_deployment_wire_t *) calloc (most + 1, sizeof (zg_deployment_wire_t));
+        models->groups = zhashx_new ();
     }
-    self->wire = (zg_deployment_wire_t *) calloc (config->deployment_count + 1,
-                                                  sizeof (zg_deployment_wire_t));
-    if (!self->wire)
-        return -1;
+    else
+        zg_model_list_destroy (&db_list);
+    if (!models || !models->deployments || !models->wire || !models->groups) {
+        s_models_release (&models);
+        return NULL;
+    }
+    zhashx_set_destructor (models->groups, s_group_destroy);
     for (size_t index = 0; index < config->deployment_count; index++) {
         const zg_deployment_t *source = &config->deployments [index];
-        zg_deployment_wire_t *wire = &self->wire [index];
+        if (db_list && source->id && zg_model_list_find (db_list, source->id))
+            continue;
+        models->deployments [models->count++] = *source;
+    }
+    for (size_t index = 0; db_list && index < db_list->count; index++)
+        models->deployments [models->count++] = db_list->models [index].deployment;
+
+    int rc = 0;
+    for (size_t index = 0; index < models->count && rc == 0; index++) {
+        const zg_deployment_t *source = &models->deployments [index];
+        zg_deployment_wire_t *wire = &models->wire [index];
         ZG_MSG_SET (wire->id, source->id? source->id: "");
         ZG_MSG_SET (wire->provider, source->provider? source->provider: "");
         ZG_MSG_SET (wire->upstream_model, source->upstream_model? source->upstream_model: "");
@@ -1594,35 +1688,40 @@ s_load_groups (router_t *self)
         wire->stream_timeout_ms = s_ms (source->stream_timeout_s);
         wire->input_cost_per_token = source->input_cost_per_token;
         wire->output_cost_per_token = source->output_cost_per_token;
-
-        const char *name = source->model_name;
-        if (!name || zhashx_lookup (self->groups, name))
-            continue;
-        group_t *group = (group_t *) calloc (1, sizeof (group_t));
-        if (!group)
-            return -1;
-        group->name = name;
-        group->indexes = (size_t *) calloc (config->deployment_count, sizeof (size_t));
-        group->members = (const zg_deployment_t **) calloc (config->deployment_count,
-                                                            sizeof (zg_deployment_t *));
-        if (group->indexes && group->members) {
-            group->count = zg_config_find_group (config, name, group->indexes,
-                                                 config->deployment_count);
-            for (size_t member = 0; member < group->count; member++)
-                group->members [member] = &config->deployments [group->indexes [member]];
-            group->balancer = zg_balancer_new (strategy, group->members, group->count);
-        }
-        if (!group->balancer || group->count == 0) {
-            bool empty = group->indexes && group->members && group->count == 0;
-            void *item = group;
-            s_group_destroy (&item);
-            if (empty)
-                continue;
-            return -1;
-        }
-        zhashx_insert (self->groups, name, group);
+        rc = s_models_group (models, index);
     }
-    return 0;
+    //  Balancers once the groups are complete: a strategy may size its
+    //  state by the group
+    group_t *group = (group_t *) zhashx_first (models->groups);
+    while (group && rc == 0) {
+        group->balancer = zg_balancer_new (strategy, group->members, group->count);
+        if (!group->balancer)
+            rc = -1;
+        group = (group_t *) zhashx_next (models->groups);
+    }
+    if (rc)
+        s_models_release (&models);
+    return models;
+}
+
+//  A new list from the database: routed with from the next call on
+static void
+s_on_models (router_t *self)
+{
+    zg_model_list_t *list = zg_model_loader_take (self->loader);
+    if (!list)
+        return;
+    size_t from_db = list->count;
+    models_t *models = s_models_new (self->config, list);
+    if (!models) {
+        zg_error ("router: out of memory while loading the database's deployments; "
+                  "keeping the ones served");
+        return;
+    }
+    s_models_release (&self->models);
+    self->models = models;
+    zg_info ("router: serving %zu model group(s), %zu deployment(s) from the database",
+             zhashx_size (models->groups), from_db);
 }
 
 static void
@@ -1651,11 +1750,11 @@ s_router_destroy (router_t *self)
             s_call_destroy (self, worker->calls.head);
         s_worker_destroy (self, worker);
     }
-    zhashx_destroy (&self->groups);
+    s_models_release (&self->models);
+    zg_model_loader_destroy (&self->loader);
     zhashx_destroy (&self->workers);
     zhashx_destroy (&self->frontends);
     free (self->worker_heap);
-    free (self->wire);
     free (self->buckets);
     free (self->deadlines);
     for (size_t index = 0; index < self->block_count; index++)
@@ -1718,17 +1817,19 @@ s_router_start (router_t *self, const zg_config_t *config, const char *frontend_
     zg_rng_seed (&self->rng, (uint64_t) zclock_time () ^ ((uint64_t) self->pid << 32)
                              ^ (uint64_t) (uintptr_t) self);
 
-    self->groups = zhashx_new ();
     self->workers = zhashx_new ();
     self->frontends = zhashx_new ();
     self->bucket_count = 1024;
     self->buckets = (call_t **) calloc (self->bucket_count, sizeof (call_t *));
-    if (!self->groups || !self->workers || !self->frontends || !self->buckets) {
+    if (!self->workers || !self->frontends || !self->buckets) {
         zg_error ("router: out of memory");
         return -1;
     }
-    zhashx_set_destructor (self->groups, s_group_destroy);
-    if (s_load_groups (self)) {
+    if (!zg_balancer_strategy_find (config->routing_strategy))
+        zg_warning ("router: routing_strategy \"%s\" is not implemented: using %s",
+                    config->routing_strategy, zg_balancer_shuffle.name);
+    self->models = s_models_new (config, NULL);
+    if (!self->models) {
         zg_error ("router: out of memory while loading the model groups");
         return -1;
     }
@@ -1742,8 +1843,10 @@ s_router_start (router_t *self, const zg_config_t *config, const char *frontend_
     self->backend_handle = zsock_resolve (self->backend);
     if (s_spend_start (self))
         return -1;
+    //  NULL unless store_model_in_db asks for the database's deployments
+    self->loader = zg_model_loader_new (config);
     zg_info ("router: serving %zu model group(s); frontends on %s, workers on %s",
-             zhashx_size (self->groups), frontend_endpoints, worker_endpoint);
+             zhashx_size (self->models->groups), frontend_endpoints, worker_endpoint);
     return 0;
 }
 
@@ -1755,17 +1858,26 @@ s_router_loop (router_t *self, zsock_t *pipe)
     void *backend = self->backend_handle;
     void *frontend = self->frontend_handle;
     void *pipe_handle = pipe? zsock_resolve (pipe): NULL;
-    zmq_pollitem_t items [] = {
+    zmq_pollitem_t items [5] = {
         { backend, 0, ZMQ_POLLIN, 0 },
-        { frontend, 0, ZMQ_POLLIN, 0 },
-        { self->spend_handle, 0, ZMQ_POLLIN, 0 },
-        { pipe_handle, 0, ZMQ_POLLIN, 0 }
+        { frontend, 0, ZMQ_POLLIN, 0 }
     };
-    //  Without a spend actor its slot is left out of the poll
-    if (!self->spend_handle)
-        items [2] = items [3];
-    int item_count = (self->spend_handle? 3: 2) + (pipe? 1: 0);
-    zmq_pollitem_t *pipe_item = pipe? &items [item_count - 1]: NULL;
+    //  The optional ones follow, each only when it exists
+    int item_count = 2;
+    zmq_pollitem_t *spend_item = NULL, *loader_item = NULL, *pipe_item = NULL;
+    if (self->spend_handle) {
+        items [item_count] = (zmq_pollitem_t) { self->spend_handle, 0, ZMQ_POLLIN, 0 };
+        spend_item = &items [item_count++];
+    }
+    if (self->loader) {
+        items [item_count] = (zmq_pollitem_t) {
+            zsock_resolve (zg_model_loader_socket (self->loader)), 0, ZMQ_POLLIN, 0 };
+        loader_item = &items [item_count++];
+    }
+    if (pipe) {
+        items [item_count] = (zmq_pollitem_t) { pipe_handle, 0, ZMQ_POLLIN, 0 };
+        pipe_item = &items [item_count++];
+    }
     self->next_heartbeat = zclock_mono () + self->heartbeat_ms;
     while (pipe || !zsys_interrupted) {
         int64_t now = zclock_mono ();
@@ -1795,8 +1907,10 @@ s_router_loop (router_t *self, zsock_t *pipe)
         if (items [1].revents & ZMQ_POLLIN)
             s_drain (self, frontend, false);
         now = zclock_mono ();
-        if (self->spend_handle && (items [2].revents & ZMQ_POLLIN))
+        if (spend_item && (spend_item->revents & ZMQ_POLLIN))
             s_on_spend_message (self, now);
+        if (loader_item && (loader_item->revents & ZMQ_POLLIN))
+            s_on_models (self);
         s_check_deadlines (self, now);
         if (now >= self->next_heartbeat) {
             s_tick (self, now);
