@@ -6,6 +6,7 @@
 
 #include "db/zg_db.h"
 #include "db/zg_migrate.h"
+#include "db/zg_model_store.h"
 #include "tests/unit/zg_unit.h"
 
 int
@@ -14,6 +15,7 @@ main (int argc, char *argv [])
     static const zg_unit_t tests [] = {
         { "zg_db", zg_db_test },
         { "zg_migrate", zg_migrate_test },
+        { "zg_model_store", zg_model_store_test },
     };
     return zg_unit_run (tests, sizeof (tests) / sizeof (tests [0]), argc, argv);
 }
