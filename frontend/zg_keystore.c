@@ -26,6 +26,7 @@
 #include "common/zg_log.h"
 #include "common/zg_selftest.h"
 #include "db/zg_db.h"
+#include "db/zg_migrate.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -481,17 +482,21 @@ s_load_spend (s_self_t *self, bool reset)
     return s_load_owners (self, kind);
 }
 
-//  What the notifications received so far ask for
-static void
+//  What the notifications received so far ask for. True when there were
+//  some: the queries run for them may have read more into libpq's queue,
+//  where the socket no longer shows them, so the caller looks again
+//  before it sleeps.
+static bool
 s_notifications (s_self_t *self)
 {
     if (!s_connected (self))
-        return;
+        return false;
     PGconn *conn = zg_db_handle (self->db);
     if (!PQconsumeInput (conn)) {
         s_lost (self, PQerrorMessage (conn));
-        return;
+        return false;
     }
+    bool any = false;
     bool everything = false, spend = false, reset = false;
     zlistx_t *hashes = zlistx_new ();
     assert (hashes);
@@ -500,6 +505,7 @@ s_notifications (s_self_t *self)
     zlistx_set_comparator (hashes, (czmq_comparator *) strcmp);
     PGnotify *notify;
     while ((notify = PQnotifies (conn))) {
+        any = true;
         if (streq (notify->relname, ZG_KEYSTORE_CHANNEL_KEYS)) {
             if (streq (notify->extra, "*"))
                 everything = true;
@@ -528,6 +534,7 @@ s_notifications (s_self_t *self)
     //  be applied outright
     if (s_connected (self) && (reset || (spend && !everything)))
         s_load_spend (self, reset);
+    return any;
 }
 
 static void
@@ -680,10 +687,10 @@ s_actor (zsock_t *pipe, void *args)
         else
         if (self.db && now >= self.reload_at)
             s_full_load (&self);
-        s_notifications (&self);
+        bool notified = s_notifications (&self);
 
         long timeout = 0;
-        if (zlistx_size (self.queue) == 0) {
+        if (zlistx_size (self.queue) == 0 && !notified) {
             now = zclock_mono ();
             int64_t due = self.db ? self.reload_at : self.retry_at;
             timeout = due > now ? (long) (due - now) : 0;
@@ -1153,9 +1160,616 @@ zg_keystore_test (bool verbose)
     printf ("OK\n");
 }
 
+//  Direct SQL from the test's own connection
+static void
+s_test_sql (zg_db_t *db, const char *sql)
+{
+    char errbuf [512] = "";
+    int rc = zg_db_command (db, sql, 0, NULL, errbuf, sizeof errbuf);
+    if (rc)
+        fprintf (stderr, "test SQL failed: %s: %s\n", sql, errbuf);
+    ZG_CHECK (rc == 0);
+}
+
+//  The first value of a query, copied into out
+static void
+s_test_value (zg_db_t *db, const char *sql, const char *param, char *out, size_t size)
+{
+    char errbuf [512] = "";
+    const char *params [] = { param };
+    PGresult *result = zg_db_exec (db, sql, param ? 1 : 0, param ? params : NULL,
+                                   errbuf, sizeof errbuf);
+    ZG_CHECK (result);
+    snprintf (out, size, "%s", PQntuples (result) ? PQgetvalue (result, 0, 0) : "");
+    PQclear (result);
+}
+
+//  A string member of the job's answer ("info.key_alias" reaches inside)
+static bool
+s_test_member (zg_admin_job_t *job, const char *path, char *out, size_t size)
+{
+    zg_json_span_t span, parent;
+    const char *dot = strchr (path, '.');
+    if (dot) {
+        char first [64];
+        snprintf (first, sizeof first, "%.*s", (int) (dot - path), path);
+        if (!zg_json_find (job->answer, job->answer_size, first, &parent)
+        ||  !zg_json_find_in (job->answer, job->answer_size, &parent, dot + 1, &span))
+            return false;
+    }
+    else
+    if (!zg_json_find (job->answer, job->answer_size, path, &span))
+        return false;
+    if (span.type == ZG_JSON_STRING)
+        return zg_json_string (job->answer, &span, out, size) >= 0;
+    snprintf (out, size, "%.*s", (int) span.length, job->answer + span.offset);
+    return true;
+}
+
+static bool
+s_test_member_is (zg_admin_job_t *job, const char *path, const char *expected)
+{
+    char value [4096];
+    bool ok = s_test_member (job, path, value, sizeof value) && streq (value, expected);
+    if (!ok)
+        fprintf (stderr, "member %s of %s is not %s\n", path, job->answer, expected);
+    return ok;
+}
+
+//  Runs a job that must fail with status, param, and a message holding text
+static void
+s_test_refused (s_test_t *test, zg_admin_op_t op, const char *path_key, const char *query,
+                const char *body, int status, const char *param, const char *text)
+{
+    zg_admin_job_t *job = s_test_job (test, op, path_key, query, body);
+    bool ok = job->status == status && strstr (job->answer, text);
+    char code [8];
+    snprintf (code, sizeof code, "%d", status);
+    ok = ok && s_test_member_is (job, "error.code", code);
+    ok = ok && (param ? s_test_member_is (job, "error.param", param)
+                      : s_test_member_is (job, "error.param", "null"));
+    if (!ok)
+        fprintf (stderr, "%s %s %s: expected %d %s, got %d %s\n", zg_admin_op_name (op),
+                 query ? query : "", body ? body : "", status, text, job->status, job->answer);
+    ZG_CHECK (ok);
+    zg_admin_job_destroy (&job);
+}
+
+//  Tells whoever drives the test to halt or start the server (stdout),
+//  and waits for its word (a line on stdin)
+static void
+s_test_control (const char *command)
+{
+    printf ("@@ZG_DB %s\n", command);
+    fflush (stdout);
+    char line [64];
+    ZG_CHECK (fgets (line, sizeof line, stdin) != NULL);
+}
+
+static void
+s_test_keys (s_test_t *test, zg_db_t *db)
+{
+    char value [4096], hash [ZG_KEYS_HASH_HEX + 1], key [ZG_KEYS_KEY_MAX + 1];
+    const zg_key_record_t *record;
+
+    //  Generate: every default, then every field
+    zg_admin_job_t *job = s_test_job (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "");
+    ZG_CHECK (job->status == 200);
+    ZG_CHECK (s_test_member (job, "key", key, sizeof key) && strncmp (key, "sk-", 3) == 0);
+    ZG_CHECK (strlen (key) == 25);
+    zg_keys_hash (key, hash);
+    ZG_CHECK (s_test_member_is (job, "token", hash) && s_test_member_is (job, "token_id", hash));
+    zg_keys_key_name (key, value, sizeof value);
+    ZG_CHECK (s_test_member_is (job, "key_name", value));
+    ZG_CHECK (s_test_member_is (job, "expires", "null") && s_test_member_is (job, "models", "[]"));
+    ZG_CHECK (s_test_member_is (job, "spend", "0") && s_test_member_is (job, "max_budget", "null"));
+    ZG_CHECK (s_test_member_is (job, "metadata", "{}"));
+    zg_admin_job_destroy (&job);
+    ZG_CHECK (zg_keys_lookup (test->keys, hash) != NULL);       //  emitted before the answer
+    s_test_value (db, "SELECT count (*) FROM \"LiteLLM_VerificationToken\" WHERE token = $1",
+                  hash, value, sizeof value);
+    ZG_CHECK (streq (value, "1"));
+    s_test_value (db, "SELECT count (*) FROM \"LiteLLM_VerificationToken\" WHERE token = $1",
+                  key, value, sizeof value);
+    ZG_CHECK (streq (value, "0"));                              //  never the plaintext
+
+    const char *full =
+        "{\"key\": \"sk-custom-0001\", \"key_alias\": \"alias-1\", \"duration\": \"30d\","
+        " \"models\": [\"gpt-4o\", \"m2\"], \"max_budget\": 10, \"budget_duration\": \"1mo\","
+        " \"soft_budget\": 5.5, \"rpm_limit\": 100, \"tpm_limit\": 1000,"
+        " \"max_parallel_requests\": 3, \"metadata\": {\"team\": \"x\", \"n\": [1]},"
+        " \"user_id\": \"u1\", \"team_id\": \"t1\", \"blocked\": false, \"unknown\": 1}";
+    job = s_test_job (test, ZG_ADMIN_KEY_GENERATE, NULL, "", full);
+    ZG_CHECK (job->status == 200);
+    zg_keys_hash ("sk-custom-0001", hash);
+    ZG_CHECK (s_test_member_is (job, "key", "sk-custom-0001") && s_test_member_is (job, "token", hash));
+    ZG_CHECK (s_test_member_is (job, "key_name", "sk-...0001"));
+    ZG_CHECK (s_test_member_is (job, "key_alias", "alias-1"));
+    ZG_CHECK (s_test_member_is (job, "models", "[\"gpt-4o\", \"m2\"]"));
+    ZG_CHECK (s_test_member_is (job, "max_budget", "10") && s_test_member_is (job, "soft_budget", "5.5"));
+    ZG_CHECK (s_test_member_is (job, "rpm_limit", "100") && s_test_member_is (job, "tpm_limit", "1000"));
+    ZG_CHECK (s_test_member_is (job, "max_parallel_requests", "3"));
+    ZG_CHECK (s_test_member_is (job, "user_id", "u1") && s_test_member_is (job, "team_id", "t1"));
+    ZG_CHECK (s_test_member_is (job, "blocked", "false") && s_test_member_is (job, "duration", "30d"));
+    ZG_CHECK (s_test_member_is (job, "budget_duration", "1mo"));
+    ZG_CHECK (s_test_member (job, "expires", value, sizeof value) && strlen (value) >= 20);
+    ZG_CHECK (s_test_member (job, "budget_reset_at", value, sizeof value) && strlen (value) >= 20);
+    zg_admin_job_destroy (&job);
+    record = zg_keys_lookup (test->keys, hash);
+    ZG_CHECK (record && record->models_count == 2 && streq (record->models [1], "m2"));
+    ZG_CHECK (record->max_budget == 10 && record->soft_budget == 5.5 && record->rpm_limit == 100);
+    ZG_CHECK (record->tpm_limit == 1000 && record->max_parallel_requests == 3 && !record->blocked);
+    ZG_CHECK (streq (record->user_id, "u1") && streq (record->team_id, "t1"));
+    ZG_CHECK (streq (record->budget_duration, "1mo") && record->budget_reset_at > time (NULL));
+    int64_t in_30_days = (int64_t) time (NULL) + 30 * 86400;
+    ZG_CHECK (record->expires > in_30_days - 60 && record->expires <= in_30_days + 1);
+    s_test_value (db, "SELECT count (*) FROM \"LiteLLM_UserTable\" WHERE user_id = $1",
+                  "u1", value, sizeof value);
+    ZG_CHECK (streq (value, "1"));                              //  the user row
+
+    //  Generate refused
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"key_alias\": \"alias-1\"}",
+                    400, "key_alias", "alias-1");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"key\": \"sk-custom-0001\"}",
+                    400, "key", "already exists");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"key\": \"pk-1234\"}",
+                    400, "key", "must start with 'sk-'");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"max_budget\": \"10\"}",
+                    400, "max_budget", "Invalid value for 'max_budget': expected a number, got a string");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"max_budget\": -1}",
+                    400, "max_budget", ">= 0");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"models\": \"gpt-4o\"}",
+                    400, "models", "expected a list, got a string");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"models\": [\"a\", 1]}",
+                    400, "models", "list of strings");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"rpm_limit\": 1.5}",
+                    400, "rpm_limit", "expected an integer");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"tpm_limit\": true}",
+                    400, "tpm_limit", "expected an integer, got a boolean");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"max_parallel_requests\": -2}",
+                    400, "max_parallel_requests", ">= 0");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"metadata\": [1]}",
+                    400, "metadata", "expected an object, got a list");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"duration\": \"30 days\"}",
+                    400, "duration", "expected a duration");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"budget_duration\": 30}",
+                    400, "budget_duration", "expected a string, got a number");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"blocked\": \"no\"}",
+                    400, "blocked", "expected a boolean");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"user_id\": 7}",
+                    400, "user_id", "expected a string, got a number");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"soft_budget\": {}}",
+                    400, "soft_budget", "expected a number, got an object");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"key_alias\": \"a\\u0000b\"}",
+                    400, "key_alias", "NUL");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "{\"max_budget\": 1",
+                    400, NULL, "Invalid JSON");
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", "[1]", 400, NULL, "JSON object");
+    char long_alias [400];
+    snprintf (long_alias, sizeof long_alias, "{\"key_alias\": \"%0300d\"}", 0);
+    s_test_refused (test, ZG_ADMIN_KEY_GENERATE, NULL, "", long_alias, 400, "key_alias", "longer than");
+    s_test_value (db, "SELECT count (*) FROM \"LiteLLM_VerificationToken\"", NULL, value, sizeof value);
+    ZG_CHECK (streq (value, "3"));                  //  the seeded key and two generated
+
+    //  Info, by key and by hash
+    job = s_test_job (test, ZG_ADMIN_KEY_INFO, NULL, "key=sk-custom-0001", "");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "key", "sk-custom-0001"));
+    ZG_CHECK (s_test_member_is (job, "info.key_alias", "alias-1"));
+    ZG_CHECK (s_test_member_is (job, "info.spend", "0") && s_test_member_is (job, "info.key_name", "sk-...0001"));
+    ZG_CHECK (!s_test_member (job, "info.token", value, sizeof value));
+    zg_admin_job_destroy (&job);
+    char query [128];
+    snprintf (query, sizeof query, "key=%s", hash);
+    job = s_test_job (test, ZG_ADMIN_KEY_INFO, NULL, query, "");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "info.user_id", "u1"));
+    zg_admin_job_destroy (&job);
+    s_test_refused (test, ZG_ADMIN_KEY_INFO, NULL, "", "", 400, "key", "Missing 'key'");
+    s_test_refused (test, ZG_ADMIN_KEY_INFO, NULL, "key=%zz", "", 400, "key", "Invalid 'key'");
+    s_test_refused (test, ZG_ADMIN_KEY_INFO, NULL, "key=sk-nobody-1234", "", 404, "key",
+                    "Key not found in database: sk-...1234");
+
+    //  Update
+    job = s_test_job (test, ZG_ADMIN_KEY_UPDATE, NULL, "",
+                      "{\"key\": \"sk-custom-0001\", \"max_budget\": 20, \"models\": [\"x\"],"
+                      " \"rpm_limit\": null, \"metadata\": {\"a\": 1}, \"user_id\": \"u2\"}");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "key", "sk-custom-0001"));
+    ZG_CHECK (s_test_member_is (job, "token", hash) && s_test_member_is (job, "max_budget", "20"));
+    ZG_CHECK (s_test_member_is (job, "rpm_limit", "100"));          //  null changes nothing
+    zg_admin_job_destroy (&job);
+    record = zg_keys_lookup (test->keys, hash);
+    ZG_CHECK (record && record->max_budget == 20 && record->models_count == 1);
+    ZG_CHECK (streq (record->models [0], "x") && record->rpm_limit == 100);
+    ZG_CHECK (streq (record->metadata, "{\"a\": 1}") && streq (record->user_id, "u2"));
+    s_test_refused (test, ZG_ADMIN_KEY_UPDATE, NULL, "", "{\"max_budget\": 1}", 400, "key", "Missing 'key'");
+    s_test_refused (test, ZG_ADMIN_KEY_UPDATE, NULL, "", "{\"key\": \"sk-nobody-1234\"}",
+                    404, "key", "not found");
+    s_test_refused (test, ZG_ADMIN_KEY_UPDATE, NULL, "",
+                    "{\"key\": \"sk-custom-0001\", \"tpm_limit\": \"many\"}", 400, "tpm_limit", "integer");
+    s_test_refused (test, ZG_ADMIN_KEY_UPDATE, NULL, "", "{\"key\": 12}", 400, "key", "a string");
+    //  Its own alias is not taken; another key's is
+    job = s_test_job (test, ZG_ADMIN_KEY_UPDATE, NULL, "",
+                      "{\"key\": \"sk-custom-0001\", \"key_alias\": \"alias-1\"}");
+    ZG_CHECK (job->status == 200);
+    zg_admin_job_destroy (&job);
+    s_test_refused (test, ZG_ADMIN_KEY_UPDATE, NULL, "",
+                    "{\"key\": \"sk-seeded-0001\", \"key_alias\": \"alias-1\"}", 400, "key_alias",
+                    "already exists");
+
+    //  Block and unblock
+    job = s_test_job (test, ZG_ADMIN_KEY_BLOCK, NULL, "", "{\"key\": \"sk-custom-0001\"}");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "blocked", "true"));
+    zg_admin_job_destroy (&job);
+    ZG_CHECK (zg_keys_lookup (test->keys, hash)->blocked);
+    job = s_test_job (test, ZG_ADMIN_KEY_UNBLOCK, NULL, "", "{\"key\": \"sk-custom-0001\"}");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "blocked", "false"));
+    zg_admin_job_destroy (&job);
+    ZG_CHECK (!zg_keys_lookup (test->keys, hash)->blocked);
+    s_test_refused (test, ZG_ADMIN_KEY_BLOCK, NULL, "", "{\"key\": \"sk-nobody-1234\"}", 404, "key", "not found");
+    s_test_refused (test, ZG_ADMIN_KEY_UNBLOCK, NULL, "", "{}", 400, "key", "Missing 'key'");
+
+    //  List
+    job = s_test_job (test, ZG_ADMIN_KEY_LIST, NULL, "", "");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "total_count", "3"));
+    ZG_CHECK (s_test_member_is (job, "current_page", "1") && s_test_member_is (job, "total_pages", "1"));
+    ZG_CHECK (s_test_member (job, "keys", value, sizeof value) && strstr (value, hash));
+    zg_admin_job_destroy (&job);
+    job = s_test_job (test, ZG_ADMIN_KEY_LIST, NULL, "page=2&size=2", "");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "total_pages", "2"));
+    ZG_CHECK (s_test_member (job, "keys", value, sizeof value) && strlen (value) == 2 + 2 + 64);
+    zg_admin_job_destroy (&job);
+    job = s_test_job (test, ZG_ADMIN_KEY_LIST, NULL, "user_id=u2", "");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "total_count", "1"));
+    zg_admin_job_destroy (&job);
+    s_test_refused (test, ZG_ADMIN_KEY_LIST, NULL, "page=0", "", 400, "page", "from 1");
+    s_test_refused (test, ZG_ADMIN_KEY_LIST, NULL, "size=101", "", 400, "size", "to 100");
+    s_test_refused (test, ZG_ADMIN_KEY_LIST, NULL, "size=ten", "", 400, "size", "integer");
+
+    //  Regenerate: the path form, then the body form with a new key given
+    job = s_test_job (test, ZG_ADMIN_KEY_REGENERATE, "sk-custom-0001", "", "");
+    ZG_CHECK (job->status == 200);
+    ZG_CHECK (s_test_member (job, "key", key, sizeof key) && strncmp (key, "sk-", 3) == 0);
+    char new_hash [ZG_KEYS_HASH_HEX + 1];
+    zg_keys_hash (key, new_hash);
+    ZG_CHECK (s_test_member_is (job, "token", new_hash) && s_test_member_is (job, "key_alias", "alias-1"));
+    zg_admin_job_destroy (&job);
+    ZG_CHECK (zg_keys_lookup (test->keys, hash) == NULL);
+    record = zg_keys_lookup (test->keys, new_hash);
+    ZG_CHECK (record && record->max_budget == 20);
+    s_test_refused (test, ZG_ADMIN_KEY_INFO, NULL, "key=sk-custom-0001", "", 404, "key", "not found");
+    char body [512];
+    snprintf (body, sizeof body, "{\"key\": \"%s\", \"new_key\": \"sk-custom-0002\"}", key);
+    job = s_test_job (test, ZG_ADMIN_KEY_REGENERATE, NULL, "", body);
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "key", "sk-custom-0002"));
+    zg_admin_job_destroy (&job);
+    ZG_CHECK (zg_keys_lookup (test->keys, new_hash) == NULL);
+    zg_keys_hash ("sk-custom-0002", hash);
+    ZG_CHECK (zg_keys_lookup (test->keys, hash) != NULL);
+    s_test_refused (test, ZG_ADMIN_KEY_REGENERATE, "sk-nobody-1234", "", "", 404, "key", "not found");
+    s_test_refused (test, ZG_ADMIN_KEY_REGENERATE, NULL, "", "{}", 400, "key", "Missing 'key'");
+    s_test_refused (test, ZG_ADMIN_KEY_REGENERATE, NULL, "",
+                    "{\"key\": \"sk-custom-0002\", \"new_key\": \"x\"}", 400, "new_key", "'sk-'");
+    s_test_refused (test, ZG_ADMIN_KEY_REGENERATE, NULL, "",
+                    "{\"key\": \"sk-custom-0002\", \"new_key\": \"sk-seeded-0001\"}", 400, "new_key",
+                    "already exists");
+
+    //  Delete: all or nothing
+    s_test_refused (test, ZG_ADMIN_KEY_DELETE, NULL, "",
+                    "{\"keys\": [\"sk-custom-0002\", \"sk-nobody-1234\"]}", 404, "key", "sk-...1234");
+    ZG_CHECK (zg_keys_lookup (test->keys, hash) != NULL);
+    s_test_refused (test, ZG_ADMIN_KEY_DELETE, NULL, "", "{\"key_aliases\": [\"nope\"]}",
+                    404, "key_aliases", "nope");
+    s_test_refused (test, ZG_ADMIN_KEY_DELETE, NULL, "", "{}", 400, "keys", "non-empty");
+    s_test_refused (test, ZG_ADMIN_KEY_DELETE, NULL, "", "{\"keys\": [ ]}", 400, "keys", "non-empty");
+    s_test_refused (test, ZG_ADMIN_KEY_DELETE, NULL, "", "{\"keys\": \"sk-custom-0002\"}",
+                    400, "keys", "expected a list");
+    job = s_test_job (test, ZG_ADMIN_KEY_DELETE, NULL, "", "{\"key_aliases\": [\"alias-1\"]}");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "deleted_keys", "[\"alias-1\"]"));
+    zg_admin_job_destroy (&job);
+    ZG_CHECK (zg_keys_lookup (test->keys, hash) == NULL);
+}
+
+static void
+s_test_spend (s_test_t *test, zg_db_t *db)
+{
+    char seeded [ZG_KEYS_HASH_HEX + 1], value [4096], sql [1024];
+    zg_keys_hash ("sk-seeded-0001", seeded);
+    snprintf (sql, sizeof sql,
+        "INSERT INTO \"LiteLLM_SpendLogs\" (request_id, api_key, spend, \"startTime\", model, \"user\")"
+        " VALUES ('r1', '%s', 1.5, '2024-01-01 10:00', 'gpt-4o', 'u-seed'),"
+        " ('r2', '%s', 2, '2024-01-02 23:59:59', 'm2', 'u-seed'),"
+        " ('r3', 'other', 4, '2024-01-03 00:00', 'gpt-4o', ''),"
+        " ('r4', 'other', 0.25, now () AT TIME ZONE 'UTC', 'gpt-4o', '')", seeded, seeded);
+    s_test_sql (db, sql);
+
+    zg_admin_job_t *job = s_test_job (test, ZG_ADMIN_SPEND_LOGS, NULL, "", "");
+    ZG_CHECK (job->status == 200 && job->answer [0] == '[');
+    ZG_CHECK (strstr (job->answer, "\"r1\"") && strstr (job->answer, "\"r4\""));
+    ZG_CHECK (strstr (job->answer, "\"startTime\":\"2024-01-01T10:00:00+00:00\""));
+    zg_admin_job_destroy (&job);
+    job = s_test_job (test, ZG_ADMIN_SPEND_LOGS, NULL, "api_key=sk-seeded-0001", "");
+    ZG_CHECK (job->status == 200 && strstr (job->answer, "\"r1\"") && strstr (job->answer, "\"r2\""));
+    ZG_CHECK (!strstr (job->answer, "\"r3\""));
+    zg_admin_job_destroy (&job);
+    snprintf (sql, sizeof sql, "api_key=%s", seeded);
+    job = s_test_job (test, ZG_ADMIN_SPEND_LOGS, NULL, sql, "");
+    ZG_CHECK (job->status == 200 && strstr (job->answer, "\"r2\"") && !strstr (job->answer, "\"r4\""));
+    zg_admin_job_destroy (&job);
+    job = s_test_job (test, ZG_ADMIN_SPEND_LOGS, NULL, "request_id=r3", "");
+    ZG_CHECK (job->status == 200 && strstr (job->answer, "\"r3\"") && !strstr (job->answer, "\"r1\""));
+    zg_admin_job_destroy (&job);
+    job = s_test_job (test, ZG_ADMIN_SPEND_LOGS, NULL, "request_id=none", "");
+    ZG_CHECK (job->status == 200 && streq (job->answer, "[]"));
+    zg_admin_job_destroy (&job);
+    job = s_test_job (test, ZG_ADMIN_SPEND_LOGS, NULL, "user_id=u-seed", "");
+    ZG_CHECK (strstr (job->answer, "\"r1\"") && !strstr (job->answer, "\"r3\""));
+    zg_admin_job_destroy (&job);
+    //  Days: the end date is included whole (r2 at 23:59:59), r3 is the next day
+    job = s_test_job (test, ZG_ADMIN_SPEND_LOGS, NULL,
+                      "start_date=2024-01-01&end_date=2024-01-02&summarize=false", "");
+    ZG_CHECK (job->status == 200 && strstr (job->answer, "\"r1\"") && strstr (job->answer, "\"r2\""));
+    ZG_CHECK (!strstr (job->answer, "\"r3\""));
+    zg_admin_job_destroy (&job);
+    //  Summarised per day, days after the last spend up to end_date at zero
+    job = s_test_job (test, ZG_ADMIN_SPEND_LOGS, NULL, "start_date=2024-01-01&end_date=2024-01-04", "");
+    ZG_CHECK (job->status == 200);
+    snprintf (sql, sizeof sql, "[{\"spend\": 1.5, \"users\": {\"u-seed\": 1.5}, "
+              "\"models\": {\"gpt-4o\": 1.5}, \"startTime\": \"2024-01-01\", \"%s\": 1.5}", seeded);
+    ZG_CHECK (strncmp (job->answer, sql, strlen (sql)) == 0);
+    ZG_CHECK (strstr (job->answer, "{\"spend\": 0, \"users\": {}, \"models\": {}, \"startTime\": \"2024-01-04\"}]"));
+    zg_admin_job_destroy (&job);
+    job = s_test_job (test, ZG_ADMIN_SPEND_LOGS, NULL, "start_date=2020-01-01&end_date=2020-01-02", "");
+    ZG_CHECK (job->status == 200 && streq (job->answer, "[]"));
+    zg_admin_job_destroy (&job);
+    s_test_refused (test, ZG_ADMIN_SPEND_LOGS, NULL, "start_date=2024-02-30&end_date=2024-03-01", "",
+                    400, "start_date", "YYYY-MM-DD");
+    s_test_refused (test, ZG_ADMIN_SPEND_LOGS, NULL, "start_date=2024-01-01&end_date=tomorrow", "",
+                    400, "end_date", "YYYY-MM-DD");
+    s_test_refused (test, ZG_ADMIN_SPEND_LOGS, NULL, "start_date=2024-01-01", "",
+                    400, "end_date", "together");
+    s_test_refused (test, ZG_ADMIN_SPEND_LOGS, NULL, "start_date=2024-01-02&end_date=2024-01-01", "",
+                    400, "end_date", "before");
+    s_test_refused (test, ZG_ADMIN_SPEND_LOGS, NULL, "start_date=2024-01-01&end_date=2024-01-02&summarize=maybe",
+                    "", 400, "summarize", "true or false");
+
+    //  Global spend: the last 30 days
+    job = s_test_job (test, ZG_ADMIN_GLOBAL_SPEND, NULL, "", "");
+    ZG_CHECK (job->status == 200 && s_test_member_is (job, "spend", "0.25"));
+    ZG_CHECK (s_test_member_is (job, "max_budget", "0"));
+    zg_admin_job_destroy (&job);
+
+    //  Spend written by someone else reaches the table on NOTIFY zgate_spend
+    s_test_sql (db, "UPDATE \"LiteLLM_VerificationToken\" SET spend = 7 WHERE key_alias = 'seeded'");
+    s_test_sql (db, "UPDATE \"LiteLLM_TeamTable\" SET spend = 3 WHERE team_id = 't-seed'");
+    s_test_sql (db, "NOTIFY " ZG_KEYSTORE_CHANNEL_SPEND);
+    ZG_CHECK (s_test_seen (test, ZG_KEYSTORE_BUDGET, "t-seed", 20000));
+    ZG_CHECK (zg_keys_lookup (test->keys, seeded)->spend == 7);
+    zg_keys_verdict_t verdict;          //  the team's budget is 2: over it
+    ZG_CHECK (zg_keys_check (test->keys, seeded, NULL, NULL, time (NULL), &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_TEAM_OVER_BUDGET);
+
+    //  Reset: zero in the database and in the table, at once
+    job = s_test_job (test, ZG_ADMIN_GLOBAL_SPEND_RESET, NULL, "", "");
+    ZG_CHECK (job->status == 200);
+    ZG_CHECK (streq (job->answer, "{\"message\":\"Spend for all API Keys and Teams reset "
+                                  "successfully\",\"status\":\"success\"}"));
+    zg_admin_job_destroy (&job);
+    ZG_CHECK (zg_keys_lookup (test->keys, seeded)->spend == 0);
+    ZG_CHECK (zg_keys_check (test->keys, seeded, NULL, NULL, time (NULL), &verdict) == 0);
+    s_test_value (db, "SELECT (SELECT sum (spend) FROM \"LiteLLM_VerificationToken\")"
+                      " + (SELECT sum (spend) FROM \"LiteLLM_TeamTable\")"
+                      " + (SELECT sum (spend) FROM \"LiteLLM_UserTable\")", NULL, value, sizeof value);
+    ZG_CHECK (streq (value, "0"));
+    //  The reset's own notification comes back too (as to every instance)
+    ZG_CHECK (s_test_seen (test, ZG_KEYSTORE_SET_SPEND, seeded, 20000));
+    //  Another instance's reset arrives as SET_SPEND events
+    s_test_sql (db, "UPDATE \"LiteLLM_VerificationToken\" SET spend = 9 WHERE key_alias = 'seeded'");
+    s_test_sql (db, "NOTIFY " ZG_KEYSTORE_CHANNEL_SPEND);
+    ZG_CHECK (s_test_seen (test, ZG_KEYSTORE_BUDGET, seeded, 20000));
+    ZG_CHECK (zg_keys_lookup (test->keys, seeded)->spend == 9);
+    s_test_sql (db, "UPDATE \"LiteLLM_VerificationToken\" SET spend = 0");
+    s_test_sql (db, "NOTIFY " ZG_KEYSTORE_CHANNEL_SPEND ", 'reset'");
+    ZG_CHECK (s_test_seen (test, ZG_KEYSTORE_SET_SPEND, seeded, 20000));
+    ZG_CHECK (zg_keys_lookup (test->keys, seeded)->spend == 0);
+
+    //  Models: not in this build
+    job = s_test_job (test, ZG_ADMIN_MODEL_NEW, NULL, "", "{}");
+    ZG_CHECK (job->status == 501 && strstr (job->answer, "not implemented in this build"));
+    zg_admin_job_destroy (&job);
+}
+
+//  Changes made through another connection, and lookups
+static void
+s_test_notify (s_test_t *test, zg_db_t *db)
+{
+    char hash [ZG_KEYS_HASH_HEX + 1], sql [512];
+    zg_keys_hash ("sk-elsewhere-0001", hash);
+    snprintf (sql, sizeof sql, "INSERT INTO \"LiteLLM_VerificationToken\" (token, key_name, rpm_limit)"
+              " VALUES ('%s', 'sk-...0001', 5); NOTIFY " ZG_KEYSTORE_CHANNEL_KEYS ", '%s'", hash, hash);
+    ZG_CHECK (zg_db_exec_script (db, sql, sql, sizeof sql) == 0);
+    ZG_CHECK (s_test_seen (test, ZG_KEYSTORE_KEY_UPSERT, hash, 20000));
+    ZG_CHECK (zg_keys_lookup (test->keys, hash) && zg_keys_lookup (test->keys, hash)->rpm_limit == 5);
+    snprintf (sql, sizeof sql, "DELETE FROM \"LiteLLM_VerificationToken\" WHERE token = '%s';"
+              " NOTIFY " ZG_KEYSTORE_CHANNEL_KEYS ", '%s'", hash, hash);
+    ZG_CHECK (zg_db_exec_script (db, sql, sql, sizeof sql) == 0);
+    ZG_CHECK (s_test_seen (test, ZG_KEYSTORE_KEY_REMOVE, hash, 20000));
+    ZG_CHECK (zg_keys_lookup (test->keys, hash) == NULL);
+
+    //  Lookups: a key nobody announced, and one nobody has
+    snprintf (sql, sizeof sql, "INSERT INTO \"LiteLLM_VerificationToken\" (token, key_name)"
+              " VALUES ('%s', 'sk-...0001')", hash);
+    s_test_sql (db, sql);
+    int64_t now = (int64_t) time (NULL);
+    ZG_CHECK (zg_keys_should_lookup (test->keys, hash, now) == ZG_KEYS_LOOKUP);
+    zg_keystore_lookup (test->store, hash);
+    ZG_CHECK (s_test_seen (test, ZG_KEYSTORE_KEY_UPSERT, hash, 20000));
+    ZG_CHECK (zg_keys_should_lookup (test->keys, hash, now) == ZG_KEYS_LOOKUP_KNOWN);
+    char unknown [ZG_KEYS_HASH_HEX + 1];
+    zg_keys_hash ("sk-nobody-at-all", unknown);
+    ZG_CHECK (zg_keys_should_lookup (test->keys, unknown, now) == ZG_KEYS_LOOKUP);
+    zg_keystore_lookup (test->store, unknown);
+    zg_keystore_event_t *event = s_test_wait (test, ZG_KEYSTORE_KEY_UNKNOWN, unknown, 20000);
+    ZG_CHECK (event && event->db_available);
+    zg_keystore_event_destroy (&event);
+    ZG_CHECK (zg_keys_should_lookup (test->keys, unknown, now) == ZG_KEYS_LOOKUP_KNOWN_BAD);
+
+    //  "*": everything again; a key deleted without a word is removed
+    snprintf (sql, sizeof sql, "DELETE FROM \"LiteLLM_VerificationToken\" WHERE token = '%s'", hash);
+    s_test_sql (db, sql);
+    s_test_sql (db, "NOTIFY " ZG_KEYSTORE_CHANNEL_KEYS ", '*'");
+    ZG_CHECK (s_test_seen (test, ZG_KEYSTORE_KEY_REMOVE, hash, 20000));
+    ZG_CHECK (zg_keys_lookup (test->keys, hash) == NULL);
+}
+
+//  The thread busy (a job waiting on a lock): lookups beyond what the pipe
+//  and the queue hold are answered at once, "could not ask"
+static void
+s_test_bounds (s_test_t *test, zg_db_t *db)
+{
+    s_test_sql (db, "BEGIN");
+    s_test_sql (db, "LOCK TABLE \"LiteLLM_VerificationToken\" IN ACCESS EXCLUSIVE MODE");
+    zg_admin_job_t *job = zg_admin_job_new (ZG_ADMIN_KEY_LIST, 99, NULL, "", NULL, 0);
+    zg_keystore_submit (test->store, &job);
+    enum { LOOKUPS = 4000 };
+    char hash [ZG_KEYS_HASH_HEX + 1];
+    for (int index = 0; index < LOOKUPS; index++) {
+        char key [32];
+        snprintf (key, sizeof key, "sk-flood-%d", index);
+        zg_keys_hash (key, hash);
+        zg_keystore_lookup (test->store, hash);
+    }
+    //  While the thread waits, the pipe refused some: answered already
+    int not_asked = 0, asked = 0;
+    zg_keystore_event_t *event = s_test_wait (test, ZG_KEYSTORE_KEY_UNKNOWN, NULL, 20000);
+    ZG_CHECK (event && !event->db_available);
+    not_asked++;
+    zg_keystore_event_destroy (&event);
+    s_test_sql (db, "COMMIT");
+    bool done = false;
+    while (asked + not_asked < LOOKUPS || !done) {
+        zg_keystore_event_t *any = zg_keystore_recv (test->store);
+        if (!any) {
+            zmq_pollitem_t item = { zg_keystore_socket (test->store), 0, ZMQ_POLLIN, 0 };
+            if (zmq_poll (&item, 1, 30000) <= 0)
+                break;
+            continue;
+        }
+        if (any->kind == ZG_KEYSTORE_ADMIN_DONE) {
+            //  The job's answer, in order with the lookups
+            ZG_CHECK (any->job->handle == 99 && any->job->status == 200);
+            done = true;
+        }
+        else
+        if (any->kind == ZG_KEYSTORE_KEY_UNKNOWN) {
+            if (any->db_available)
+                asked++;
+            else
+                not_asked++;
+        }
+        zg_keystore_event_destroy (&any);
+    }
+    if (test->verbose)
+        printf ("   %d lookups while busy: %d asked, %d answered at once\n", LOOKUPS, asked, not_asked);
+    ZG_CHECK (done && asked + not_asked == LOOKUPS);
+    ZG_CHECK (asked > 0 && asked <= ZG_KEYSTORE_QUEUE_MAX + 1000 && not_asked > 0);
+}
+
+//  The keystore's connection killed: it says so, reconnects, says so
+static void
+s_test_reconnect (s_test_t *test, zg_db_t *db)
+{
+    int down = test->db_down, up = test->db_up;
+    s_test_sql (db, "SELECT pg_terminate_backend (pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database () AND pid <> pg_backend_pid ()"
+                    " AND application_name = 'zgate'");
+    zg_keystore_event_t *event = s_test_wait (test, ZG_KEYSTORE_DB_STATE, NULL, 20000);
+    ZG_CHECK (event && !event->db_available);
+    zg_keystore_event_destroy (&event);
+    event = s_test_wait (test, ZG_KEYSTORE_DB_STATE, NULL, 20000);
+    ZG_CHECK (event && event->db_available);
+    zg_keystore_event_destroy (&event);
+    ZG_CHECK (test->db_down == down + 1 && test->db_up == up + 1);
+    zg_admin_job_t *job = s_test_job (test, ZG_ADMIN_GLOBAL_SPEND, NULL, "", "");
+    ZG_CHECK (job->status == 200);
+    zg_admin_job_destroy (&job);
+}
+
+//  The server halted and started again by whoever runs the test
+static void
+s_test_server_down (s_test_t *test)
+{
+    int down = test->db_down, up = test->db_up;
+    s_test_control ("halt");
+    ZG_CHECK (s_test_seen (test, ZG_KEYSTORE_DB_STATE, NULL, 30000));
+    ZG_CHECK (test->db_down == down + 1);
+    char hash [ZG_KEYS_HASH_HEX + 1];
+    zg_keys_hash ("sk-while-down", hash);
+    zg_keystore_lookup (test->store, hash);
+    zg_keystore_event_t *event = s_test_wait (test, ZG_KEYSTORE_KEY_UNKNOWN, hash, 20000);
+    ZG_CHECK (event && !event->db_available);
+    zg_keystore_event_destroy (&event);
+    zg_admin_job_t *job = s_test_job (test, ZG_ADMIN_KEY_INFO, NULL, "key=sk-seeded-0001", "");
+    ZG_CHECK (job->status == 503 && strstr (job->answer, "\"no_db_connection\""));
+    zg_admin_job_destroy (&job);
+    //  Known keys stay known
+    zg_keys_hash ("sk-seeded-0001", hash);
+    ZG_CHECK (zg_keys_lookup (test->keys, hash) != NULL);
+    s_test_control ("start");
+    event = s_test_wait (test, ZG_KEYSTORE_DB_STATE, NULL, 60000);
+    ZG_CHECK (event && event->db_available && test->db_up == up + 1);
+    zg_keystore_event_destroy (&event);
+    job = s_test_job (test, ZG_ADMIN_KEY_INFO, NULL, "key=sk-seeded-0001", "");
+    ZG_CHECK (job->status == 200);
+    zg_admin_job_destroy (&job);
+}
+
 static void
 s_test_live (const char *url, bool verbose)
 {
-    (void) url;
-    (void) verbose;
+    zg_config_t *config = zg_config_new_default ();
+    ZG_CHECK (config);
+    config->database_url = strdup (url);
+    config->master_key = strdup ("sk-master-test-0001");
+    char errbuf [512] = "";
+    int rc = zg_migrate_run (config, errbuf, sizeof errbuf);
+    if (rc)
+        fprintf (stderr, "migrations: %s\n", errbuf);
+    ZG_CHECK (rc == 0);
+    zg_db_t *db = zg_db_connect (url, errbuf, sizeof errbuf);
+    ZG_CHECK (db);
+    s_test_sql (db, "SET application_name = 'zgate-test'");
+    s_test_sql (db, "TRUNCATE \"LiteLLM_VerificationToken\", \"LiteLLM_UserTable\","
+                    " \"LiteLLM_TeamTable\", \"LiteLLM_SpendLogs\"");
+    char seeded [ZG_KEYS_HASH_HEX + 1], sql [512];
+    zg_keys_hash ("sk-seeded-0001", seeded);
+    snprintf (sql, sizeof sql, "INSERT INTO \"LiteLLM_VerificationToken\""
+              " (token, key_name, key_alias, user_id, team_id, created_at)"
+              " VALUES ('%s', 'sk-...0001', 'seeded', 'u-seed', 't-seed', '2000-01-01')", seeded);
+    s_test_sql (db, sql);
+    s_test_sql (db, "INSERT INTO \"LiteLLM_UserTable\" (user_id, max_budget) VALUES ('u-seed', 100)");
+    s_test_sql (db, "INSERT INTO \"LiteLLM_TeamTable\" (team_id, max_budget) VALUES ('t-seed', 2)");
+
+    s_test_t test = { zg_keystore_new (config), zg_keys_new (0, 0), 0, 0, 0, verbose };
+    ZG_CHECK (test.store && test.keys);
+    zg_keystore_event_t *event = s_test_wait (&test, ZG_KEYSTORE_LOADED, NULL, 30000);
+    ZG_CHECK (event && event->count == 1);
+    zg_keystore_event_destroy (&event);
+    ZG_CHECK (s_test_seen (&test, ZG_KEYSTORE_DB_STATE, NULL, 20000) && test.db_up == 1);
+    const zg_key_record_t *record = zg_keys_lookup (test.keys, seeded);
+    ZG_CHECK (record && streq (record->key_alias, "seeded") && streq (record->team_id, "t-seed"));
+
+    s_test_keys (&test, db);
+    s_test_spend (&test, db);
+    s_test_notify (&test, db);
+    s_test_bounds (&test, db);
+    s_test_reconnect (&test, db);
+    if (getenv ("ZG_TEST_DB_CONTROL"))
+        s_test_server_down (&test);
+    else
+    if (verbose)
+        printf ("   ZG_TEST_DB_CONTROL is not set: no server halt\n");
+
+    zg_keystore_destroy (&test.store);
+    zg_keys_destroy (&test.keys);
+    zg_db_destroy (&db);
+    zg_config_destroy (&config);
 }
