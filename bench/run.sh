@@ -2,6 +2,10 @@
 # zgate's benchmark: the same load against the fake OpenAI upstream directly,
 # against a bare nginx reverse proxy in front of it, and against zgate in
 # front of it, so that zgate's cost is read against a known-good proxy hop.
+# The vkey target is a second zgate with a PostgreSQL (started here, in the
+# temp dir, on a free port) and spend logging on, called with a virtual key:
+# its throughput is shown against the master-key run, and its spend rows
+# are checked against the requests sent.
 #
 #   bench/run.sh [--quick] [BUILD_DIR]      (BUILD_DIR defaults to build)
 #
@@ -16,12 +20,12 @@
 #   WARMUP [2]     seconds of warm-up per run  CONNECTIONS [64]
 #   NUM_WORKERS [1] zgate --num_workers        FAKE_THREADS [1]
 #   FAKE_ARGS []   more fake_upstream options (e.g. "--latency-ms 5")
-#   SCENARIOS ["chat stream embeddings"]       TARGETS ["direct nginx zgate"]
+#   SCENARIOS ["chat stream embeddings"]       TARGETS ["direct nginx zgate vkey"]
 #   SERVER_CPU [0] CLIENT_CPU [1]              KEEP [0] 1 keeps the temp dir
 # --quick is DURATION=3 REPEAT=1 WARMUP=1 (explicit settings still win).
 set -euo pipefail
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
 quick=0
 build=build
@@ -44,7 +48,7 @@ NUM_WORKERS=${NUM_WORKERS:-1}
 FAKE_THREADS=${FAKE_THREADS:-1}
 FAKE_ARGS=${FAKE_ARGS:-}
 SCENARIOS=${SCENARIOS:-chat stream embeddings}
-TARGETS=${TARGETS:-direct nginx zgate}
+TARGETS=${TARGETS:-direct nginx zgate vkey}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 KEEP=${KEEP:-0}
@@ -79,10 +83,21 @@ zgate_bin=$build/zgate
 [ -x "$zgate_bin" ] || zgate_bin=$build/supervisor/zgate
 [ -x "$fake_bin" ] || die "$fake_bin is not built"
 zgate_pending=0
-if [[ " $TARGETS " == *" zgate "* ]] && [ ! -x "$zgate_bin" ]; then
+drop_target() {
+  TARGETS=$(tr -s ' ' '\n' <<< "$TARGETS" | { grep -vx "$1" || true; } | tr '\n' ' ')
+}
+if [[ " $TARGETS " == *" zgate "* || " $TARGETS " == *" vkey "* ]] && [ ! -x "$zgate_bin" ]; then
   say "NOTE: no zgate binary in $build: the zgate rows are pending"
   zgate_pending=1
-  TARGETS=$(tr -s ' ' '\n' <<< "$TARGETS" | { grep -vx zgate || true; } | tr '\n' ' ')
+  drop_target zgate
+  drop_target vkey
+fi
+vkey_pending=0
+if [[ " $TARGETS " == *" vkey "* ]] \
+   && ! PYTHONPATH="$top/tests/e2e" python3 -c 'import zgpg; zgpg.find_bin_dir()' 2>/dev/null; then
+  say "NOTE: PostgreSQL is not installed: the vkey rows are pending"
+  vkey_pending=1
+  drop_target vkey
 fi
 allowed=$(taskset -cp $$ | sed 's/.*: //')
 for cpu in "$SERVER_CPU" "$CLIENT_CPU"; do
@@ -328,10 +343,13 @@ CONF
 
 zgate_port=
 zgate_pid=
+vkey_port=
+vkey_pid=
+# start_zgate NAME [GENERAL_SETTINGS_LINES]: sets started_port, started_pid
 start_zgate() {
-  local pid cpus _
-  mkdir -p "$work/zgate-run"
-  cat > "$work/zgate.yaml" <<YAML
+  local name=$1 extra=${2:-} pid cpus _
+  mkdir -p "$work/$name-run"
+  cat > "$work/$name.yaml" <<YAML
 model_list:
   - model_name: gpt-4o
     litellm_params:
@@ -345,32 +363,100 @@ model_list:
       api_base: "http://127.0.0.1:$fake_port/v1"
 general_settings:
   master_key: $MASTER_KEY
+$extra
 YAML
+  local port= zpid=
   for _ in 1 2 3; do
-    zgate_port=$(free_port)
-    start_group zgate taskset -c "$SERVER_CPU" env LITELLM_LOG=ERROR ZGATE_RUN_DIR="$work/zgate-run" \
-      "$zgate_bin" --config "$work/zgate.yaml" --host 127.0.0.1 --port "$zgate_port" \
+    port=$(free_port)
+    start_group "$name" taskset -c "$SERVER_CPU" env LITELLM_LOG=ERROR ZGATE_RUN_DIR="$work/$name-run" \
+      "$zgate_bin" --config "$work/$name.yaml" --host 127.0.0.1 --port "$port" \
       --num_workers "$NUM_WORKERS"
-    zgate_pid=$started_pid
-    if ( wait_http zgate "$zgate_pid" "$zgate_port" /health/readiness 200 ); then
+    zpid=$started_pid
+    if ( wait_http "$name" "$zpid" "$port" /health/readiness 200 ); then
       break
     fi
-    stop_group "$zgate_pid"
-    zgate_pid=
-    grep -qi 'address already in use' "$work/zgate.log" || die "zgate did not become ready"
+    stop_group "$zpid"
+    zpid=
+    grep -qi 'address already in use' "$work/$name.log" || die "$name did not become ready"
   done
-  [ -n "$zgate_pid" ] || die "zgate did not become ready"
+  [ -n "$zpid" ] || die "$name did not become ready"
   # The memory figures start from this pid: it must be zgate itself.
-  [ "$(cat "/proc/$zgate_pid/comm")" = zgate ] || die "pid $zgate_pid is not zgate"
-  for pid in $(tree_pids "$zgate_pid"); do
+  [ "$(cat "/proc/$zpid/comm")" = zgate ] || die "pid $zpid is not zgate"
+  for pid in $(tree_pids "$zpid"); do
     cpus=$(taskset -cp "$pid" 2>/dev/null | sed 's/.*: //')
-    [ "$cpus" = "$SERVER_CPU" ] || die "zgate process $pid ($(role_of "$pid")) runs on CPUs '$cpus', not $SERVER_CPU"
+    [ "$cpus" = "$SERVER_CPU" ] || die "$name process $pid ($(role_of "$pid")) runs on CPUs '$cpus', not $SERVER_CPU"
   done
+  started_port=$port
+  started_pid=$zpid
+}
+
+# ---------------------------------------------------------------------------
+# PostgreSQL for the vkey target: the end-to-end tests' throw-away server
+# (tests/e2e/zgpg.py), in the temp dir, stopped with its process group
+
+pg_url=
+psql_bin=
+start_postgres() {
+  local i
+  start_group pg env PYTHONPATH="$top/tests/e2e" ZG_PG_TMP="$work" python3 -u -c '
+import os, signal, sys, tempfile, zgpg
+tempfile.tempdir = os.environ["ZG_PG_TMP"]
+pg = zgpg.PostgresServer(name="bench").start()
+def stop(*_):
+    pg.stop()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("psql=%s" % pg._bin("psql"))
+print("url=%s" % pg.create_database("bench"))
+signal.pause()
+'
+  pg_pid=$started_pid
+  for ((i = 0; i < START_TIMEOUT * 20; i++)); do
+    pg_url=$(sed -n 's/^url=//p' "$work/pg.log")
+    [ -n "$pg_url" ] && break
+    kill -0 "$pg_pid" 2>/dev/null || die "PostgreSQL did not start"
+    sleep 0.1
+  done
+  [ -n "$pg_url" ] || die "PostgreSQL did not start within $((START_TIMEOUT * 2))s"
+  psql_bin=$(sed -n 's/^psql=//p' "$work/pg.log")
+}
+
+pg_scalar() {
+  "$psql_bin" -X -q -At -d "$pg_url" -c "$1"
+}
+
+# A virtual key made through the vkey zgate's /key/generate
+vkey_key=
+make_virtual_key() {
+  vkey_key=$(python3 - "$vkey_port" "$MASTER_KEY" <<'PY'
+import http.client, json, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
+conn.request("POST", "/key/generate", body=json.dumps({"key_alias": "bench"}),
+             headers={"Authorization": "Bearer " + sys.argv[2],
+                      "Content-Type": "application/json"})
+resp = conn.getresponse()
+body = resp.read()
+if resp.status != 200:
+    sys.exit("POST /key/generate: %d %s" % (resp.status, body[:300]))
+print(json.loads(body)["key"])
+PY
+) || die "cannot make a virtual key"
+  vkey_hash=$(printf '%s' "$vkey_key" | sha256sum | cut -d' ' -f1)
 }
 
 if [[ " $TARGETS " == *" nginx "* ]]; then start_nginx; fi
+if [[ " $TARGETS " == *" vkey "* ]]; then
+  start_postgres
+  start_zgate zgate-vkey "  database_url: $pg_url
+  proxy_batch_write_at: 1"
+  vkey_port=$started_port
+  vkey_pid=$started_pid
+  make_virtual_key
+fi
 if [[ " $TARGETS " == *" zgate "* ]]; then
-  start_zgate
+  start_zgate zgate
+  zgate_port=$started_port
+  zgate_pid=$started_pid
   # Sum of the zgate processes' current RSS every second; keeps the maximum.
   (
     max=0
@@ -383,7 +469,7 @@ if [[ " $TARGETS " == *" zgate "* ]]; then
   sampler_pid=$!
 fi
 
-say "listening: fake 127.0.0.1:$fake_port${nginx_port:+, nginx 127.0.0.1:$nginx_port (stream: $nginx_stream_port)}${zgate_port:+, zgate 127.0.0.1:$zgate_port ($(tree_pids "$zgate_pid" | wc -w) processes)}"
+say "listening: fake 127.0.0.1:$fake_port${nginx_port:+, nginx 127.0.0.1:$nginx_port (stream: $nginx_stream_port)}${zgate_port:+, zgate 127.0.0.1:$zgate_port ($(tree_pids "$zgate_pid" | wc -w) processes)}${vkey_port:+, zgate with PostgreSQL 127.0.0.1:$vkey_port}"
 say ""
 
 # ---------------------------------------------------------------------------
@@ -416,7 +502,8 @@ target_port() {
     direct) echo "$fake_port" ;;
     nginx) if [ "$2" = stream ]; then echo "$nginx_stream_port"; else echo "$nginx_port"; fi ;;
     zgate) echo "$zgate_port" ;;
-    *) die "unknown target $1 (direct, nginx, zgate)" ;;
+    vkey) echo "$vkey_port" ;;
+    *) die "unknown target $1 (direct, nginx, zgate, vkey)" ;;
   esac
 }
 
@@ -425,6 +512,7 @@ run_load() {
   local target=$1 scenario=$2 seconds=$3 out=$4 line requests bad
   local key=
   [ "$target" = zgate ] && key=$MASTER_KEY
+  [ "$target" = vkey ] && key=$vkey_key
   # In the background, so that a signal to this script is handled at once.
   ZGBENCH_PATH=$(scenario_path "$scenario") ZGBENCH_BODY=$(scenario_body "$scenario") \
     ZGBENCH_EXPECT=$(scenario_expect "$scenario") ZGBENCH_KEY=$key \
@@ -458,7 +546,13 @@ run_load() {
     die "$target ($scenario): $bad bad responses out of $requests (non-2xx: $bad_status, unexpected body: $bad_body, socket errors: $socket_errors); over the 0.1% limit"
   fi
   result="$rps $p50_us $p99_us $requests $bad"
+  if [ "$target" = vkey ]; then
+    vkey_requests=$((vkey_requests + requests))
+    vkey_runs=$((vkey_runs + 1))
+  fi
 }
+vkey_requests=0
+vkey_runs=0
 
 ms() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
 
@@ -478,6 +572,37 @@ for scenario in $SCENARIOS; do
     done
   done
 done
+
+# ---------------------------------------------------------------------------
+# The vkey runs' spend rows: one per call that reached the router. wrk
+# counts the answers it read; the calls in flight when a run stopped were
+# sent too (their clients gone: recorded as cancelled), at most
+# CONNECTIONS per run.
+
+vkey_check=
+if [ "$vkey_runs" -gt 0 ]; then
+  rows=-1
+  stable=0
+  for ((i = 0; i < 600; i++)); do
+    last=$rows
+    rows=$(pg_scalar "SELECT count(*) FROM \"LiteLLM_SpendLogs\" WHERE api_key = '$vkey_hash'" || echo -1)
+    # Batches are written every second: the count above what wrk counted
+    # and unchanged for 3 s is all of it
+    if [ "$rows" -ge "$vkey_requests" ] && [ "$rows" = "$last" ]; then
+      stable=$((stable + 1))
+      [ "$stable" -ge 6 ] && break
+    else
+      stable=0
+    fi
+    sleep 0.5
+  done
+  ok_rows=$(pg_scalar "SELECT count(*) FROM \"LiteLLM_SpendLogs\" WHERE api_key = '$vkey_hash' AND status = 'success'")
+  in_flight_max=$((vkey_runs * CONNECTIONS))
+  vkey_check="spend rows of the virtual key: $rows ($ok_rows success) for $vkey_requests answers counted by wrk, + at most $in_flight_max in flight when runs stopped"
+  if [ "$ok_rows" -lt "$vkey_requests" ] || [ "$rows" -gt $((vkey_requests + in_flight_max)) ]; then
+    die "$vkey_check: they do not match"
+  fi
+fi
 
 # ---------------------------------------------------------------------------
 # Memory, read before anything is stopped
@@ -502,10 +627,12 @@ fi
 
 say ""
 python3 - "$results" "$SCENARIOS" "$zgate_pending" "$hwm_kb" "$rss_max_kb" "$pss_kb" "$breakdown" \
-  "$TARGET_CHAT_RATIO" "$TARGET_RSS_MB" "$REPEAT" <<'PY'
+  "$TARGET_CHAT_RATIO" "$TARGET_RSS_MB" "$REPEAT" "$vkey_pending" "$vkey_check" <<'PY'
 import statistics, sys
-results, scenarios, pending, hwm_kb, rss_kb, pss_kb, breakdown, chat_target, rss_target, repeat = sys.argv[1:]
+(results, scenarios, pending, hwm_kb, rss_kb, pss_kb, breakdown, chat_target, rss_target, repeat,
+ vkey_pending, vkey_check) = sys.argv[1:]
 pending = pending == "1"
+vkey_pending = vkey_pending == "1" or pending
 hwm_kb, rss_kb, pss_kb = int(hwm_kb), int(rss_kb), int(pss_kb)
 chat_target, rss_target = float(chat_target), float(rss_target)
 
@@ -524,10 +651,10 @@ print(header)
 print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
 ratios = {}
 for scenario in scenarios.split():
-    for target in ("direct", "nginx", "zgate"):
+    for target in ("direct", "nginx", "zgate", "vkey"):
         key = (scenario, target)
         if key not in runs:
-            if target == "zgate" and pending:
+            if (target == "zgate" and pending) or (target == "vkey" and vkey_pending):
                 print("| %-10s | %-6s | %7s | %8s | %8s | %11s | %12s |"
                       % (scenario, target, "pending", "-", "-", "-", "-"))
             continue
@@ -535,7 +662,7 @@ for scenario in scenarios.split():
         p50 = median(key, 1) / 1000.0
         p99 = median(key, 2) / 1000.0
         vs_nginx = vs_direct = "-"
-        if target == "zgate":
+        if target in ("zgate", "vkey"):
             if (scenario, "nginx") in runs:
                 ratios[(scenario, "nginx")] = rps / median((scenario, "nginx"), 0)
                 vs_nginx = "%.2fx" % ratios[(scenario, "nginx")]
@@ -544,6 +671,17 @@ for scenario in scenarios.split():
         print("| %-10s | %-6s | %7.0f | %8.2f | %8.2f | %11s | %12s |"
               % (scenario, target, rps, p50, p99, vs_nginx, vs_direct))
 print()
+vkey_lines = ["  %-10s %.2fx" % (scenario, statistics.median(r[0] for r in runs[(scenario, "vkey")])
+                                 / statistics.median(r[0] for r in runs[(scenario, "zgate")]))
+              for scenario in scenarios.split()
+              if (scenario, "vkey") in runs and (scenario, "zgate") in runs]
+if vkey_lines:
+    print("Virtual key and spend logging (vkey), req/s of the master-key run (zgate):")
+    print("\n".join(vkey_lines))
+if vkey_check:
+    print("  " + vkey_check + ": match")
+if vkey_lines or vkey_check:
+    print()
 
 if hwm_kb:
     parts = {}
