@@ -102,7 +102,7 @@ struct _zg_call_t {
     uint8_t   caller;               //  zg_caller_t
     uint8_t   key_wait;             //  zg_key_wait_t: suspended until the key is looked up
     bool      key_waited;           //  it waited once already: the next verdict is final
-    bool      key_wait_expired;     //  the lookup took too long
+    bool      key_wait_expired;     //  the lookup took too long, or could not be made
     bool      admitted;             //  the ticket is in flight: zg_keys_finish it once
     char      key_hash [ZG_KEYS_HASH_HEX + 1];
     zg_keys_ticket_t ticket;

@@ -608,15 +608,16 @@ s_key_wake (s_frontend_t *self, zg_call_t *call, bool expired)
     s_resume (self, call);
 }
 
-//  Wake the calls waiting for this hash; NULL: every call
+//  Wake the calls waiting for this hash (NULL: every call); unanswered:
+//  the database could not be asked
 static void
-s_key_wake_hash (s_frontend_t *self, const char *hash)
+s_key_wake_hash (s_frontend_t *self, const char *hash, bool unanswered)
 {
     zg_call_t *call = self->key_waiters;
     while (call) {
         zg_call_t *next = call->key_wait_next;
         if (!hash || strcmp (call->key_hash, hash) == 0)
-            s_key_wake (self, call, false);
+            s_key_wake (self, call, unanswered);
         call = next;
     }
 }
@@ -685,13 +686,12 @@ s_on_keystore (s_frontend_t *self)
                 break;
             case ZG_KEYSTORE_DB_STATE:
                 zg_keystore_apply (event, self->keys, now);
-                zg_keys_set_db_available (self->keys, event->db_available);
                 if (event->db_available != self->db_connected)
                     zg_info ("database %s", event->db_available ? "reachable" : "not reachable");
                 self->db_connected = event->db_available;
                 //  Unknown keys are now decided without the database
                 if (!event->db_available)
-                    s_key_wake_hash (self, NULL);
+                    s_key_wake_hash (self, NULL, false);
                 break;
             case ZG_KEYSTORE_LOADED:
                 zg_keystore_apply (event, self->keys, now);
@@ -703,11 +703,13 @@ s_on_keystore (s_frontend_t *self)
                     zg_warning ("key %s from the database refused by the key table",
                                 event->record.key_name ? event->record.key_name : "?");
                 if (event->record.token)
-                    s_key_wake_hash (self, event->record.token);
+                    s_key_wake_hash (self, event->record.token, false);
                 break;
             case ZG_KEYSTORE_KEY_UNKNOWN:
                 zg_keystore_apply (event, self->keys, now);
-                s_key_wake_hash (self, event->hash);
+                //  Without db_available the keystore could not ask: the
+                //  waiting calls are told so, not that the key is unknown
+                s_key_wake_hash (self, event->hash, !event->db_available);
                 break;
             default:
                 if (zg_keystore_apply (event, self->keys, now) != 0)
@@ -1184,7 +1186,8 @@ s_key_decide (s_frontend_t *self, zg_call_t *call, const char *model, bool admit
         }
     }
     if (verdict.reason == ZG_KEYS_UNKNOWN && call->key_wait_expired) {
-        //  The database did not answer in time: it may well know the key
+        //  The database did not answer in time, or could not be asked: it
+        //  may well know the key
         *result = s_reply_error (self, call, 503, "no_db_connection",
                                  "Service Unavailable, the authentication database is "
                                  "temporarily unreachable. Please retry shortly.", NULL);
