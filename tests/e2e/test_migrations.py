@@ -362,11 +362,22 @@ class MigrationsAtStart(MigrationTestCase):
         self.outputs.append(gw.describe())
         self.assertEqual(problems, [])
 
+    def live(self, gw):
+        """Wait until zgate answers at all: readiness is 503 while the
+        database cannot be used (without allow_requests_on_db_unavailable)"""
+        zgtest.wait_until(lambda: gw.proc.poll() is None and
+                          gw.request("GET", "/health/liveliness", timeout=5).status == 200,
+                          zgtest.START_TIMEOUT, interval=0.1, message="GET /health/liveliness")
+
     def test_starts_and_serves_with_the_database_down(self):
-        gw = self.gateway(zgpg.unreachable_url())
-        resp = gw.get("/health/liveliness")
-        self.assertEqual(resp.status, 200, resp)
+        gw = self.gateway(zgpg.unreachable_url(), wait_ready=False)
+        self.live(gw)
         self.assertIn("database migrations skipped: cannot connect to", gw.output())
+        #  It serves the master key; readiness says the database is down
+        zgtest.wait_until(lambda: gw.get("/health/readiness", key=None).json().get("db")
+                          == "disconnected", 30, interval=0.1, message="db disconnected")
+        self.assertEqual(gw.get("/health/readiness", key=None).status, 503)
+        self.assertEqual(gw.get("/models").status, 200)
 
     def test_applies_pending_migrations_at_start(self):
         gw = self.gateway(self.url)
@@ -374,8 +385,10 @@ class MigrationsAtStart(MigrationTestCase):
         self.assertApplied(source_migrations())
 
     def test_disable_schema_update(self):
-        gw = self.gateway(self.url, env={"DISABLE_SCHEMA_UPDATE": "true"})
-        self.assertEqual(gw.get("/health/liveliness").status, 200)
+        #  Without its tables the database cannot check keys: zgate is live,
+        #  not ready
+        gw = self.gateway(self.url, env={"DISABLE_SCHEMA_UPDATE": "true"}, wait_ready=False)
+        self.live(gw)
         self.assertFalse(self.pg.table_exists("zgate_migrations", self.db))
         self.assertFalse(self.pg.table_exists("LiteLLM_VerificationToken", self.db))
         self.assertIn("DISABLE_SCHEMA_UPDATE=true", gw.output())
