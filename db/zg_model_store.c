@@ -10,7 +10,6 @@
 #include "db/zg_model_store.h"
 #include "common/zg_crypt.h"
 #include "common/zg_json.h"
-#include "common/zg_log.h"
 #include "common/zg_selftest.h"
 #include "common/zg_sha256.h"
 
@@ -534,7 +533,13 @@ zg_model_list_destroy (zg_model_list_t **self_p)
         return;
     for (size_t index = 0; index < self->count; index++)
         zg_model_clear (&self->models [index]);
+    for (size_t index = 0; index < self->skipped_count; index++) {
+        free (self->skipped [index].model_id);
+        free (self->skipped [index].version);
+        free (self->skipped [index].reason);
+    }
     free (self->models);
+    free (self->skipped);
     free (self);
     *self_p = NULL;
 }
@@ -559,10 +564,12 @@ zg_model_store_load (zg_db_t *db, const char *salt_key, char *errbuf, size_t err
         return NULL;
     int rows = PQntuples (result);
     zg_model_list_t *self = (zg_model_list_t *) calloc (1, sizeof (zg_model_list_t));
-    if (self && rows > 0)
+    if (self && rows > 0) {
         self->models = (zg_model_t *) calloc ((size_t) rows, sizeof (zg_model_t));
+        self->skipped = (zg_model_skipped_t *) calloc ((size_t) rows, sizeof (zg_model_skipped_t));
+    }
     s_text_t rows_text = { NULL, 0, 0, false };
-    if (!self || (rows > 0 && !self->models)) {
+    if (!self || (rows > 0 && (!self->models || !self->skipped))) {
         PQclear (result);
         zg_model_list_destroy (&self);
         s_fail (errbuf, errsize, "out of memory");
@@ -581,10 +588,12 @@ zg_model_store_load (zg_db_t *db, const char *salt_key, char *errbuf, size_t err
                              reason, sizeof (reason)) == 0)
             self->count++;
         else {
-            self->skipped++;
-            zg_error ("models: deployment %s from the database is not served: %s%s", id, reason,
-                      strstr (reason, "salt key")?
-                      " (did LITELLM_SALT_KEY or the master key change since it was added?)": "");
+            zg_model_skipped_t *skipped = &self->skipped [self->skipped_count++];
+            skipped->model_id = strdup (id);
+            skipped->version = strdup (PQgetvalue (result, row, 4));
+            skipped->reason = strdup (reason);
+            if (!skipped->model_id || !skipped->version || !skipped->reason)
+                rows_text.failed = true;
         }
     }
     PQclear (result);

@@ -13,8 +13,9 @@
     model the configuration's model_list makes) for the router and for
     /model/info, and encrypts litellm_params for the management handlers.
     A row that cannot be decrypted (another salt key, an altered value) or
-    that names nothing zgate can serve is left out, with one ERROR line
-    naming its model id: never a half-decrypted deployment.
+    that names nothing zgate can serve is left out, with the reason, for
+    the caller to log once (the router's loader logs one ERROR line per
+    row and version): never a half-decrypted deployment.
     =========================================================================
 */
 #ifndef ZG_MODEL_STORE_H_INCLUDED
@@ -37,11 +38,19 @@ typedef struct {
     char *model_info;               //  JSON object as stored ("{}" when there is none)
 } zg_model_t;
 
+//  A row left out, and why
+typedef struct {
+    char *model_id;
+    char *version;                  //  its updated_at, so a fixed row is told apart
+    char *reason;                   //  never holds a secret
+} zg_model_skipped_t;
+
 //  Every deployment the database holds, as one list (owned by whoever holds it)
 typedef struct {
     zg_model_t *models;
     size_t      count;
-    size_t      skipped;            //  rows left out (logged)
+    zg_model_skipped_t *skipped;    //  rows left out; the caller decides what to log
+    size_t      skipped_count;
     char        digest [65];        //  of the rows as read: same digest, same rows
 } zg_model_list_t;
 

@@ -1427,10 +1427,10 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
             &&  s_key_decide (self, call, NULL, false, ZG_KEY_WAIT_HEADERS, &result)
                 != S_KEY_ALLOWED)
                 return result;
-            //  With store_model_in_db the list holds the database's
-            //  deployments too: the keystore answers it
-            if (endpoint == ZG_ENDPOINT_MODEL_INFO && self->keystore
-            &&  self->config->store_model_in_db) {
+            //  With store_model_in_db the database's deployments are listed
+            //  too; while it is down, the configuration's still are
+            if (endpoint == ZG_ENDPOINT_MODEL_INFO && self->config->store_model_in_db
+            &&  self->keystore && self->db_connected && !self->draining) {
                 call->admin_op = ZG_ADMIN_MODEL_INFO;
                 return s_admin_submit (self, call, NULL, 0);
             }

@@ -46,6 +46,7 @@ typedef struct {
     int64_t    backoff_ms;
     int64_t    reload_ms;
     char       digest [65];         //  of the last list handed over
+    zhashx_t  *reported;            //  "id version" of the rows left out and logged
     bool       handed_over;
     bool       failing;             //  for one log line per outage, not per retry
 } s_loader_t;
@@ -100,12 +101,31 @@ s_load (s_loader_t *self, int64_t now)
         zg_info ("models: the database is back");
     self->failing = false;
     self->backoff_ms = BACKOFF_MIN_MS;
+    //  One ERROR line per row left out, not one per reload
+    zhashx_t *reported = zhashx_new ();
+    for (size_t index = 0; reported && index < list->skipped_count; index++) {
+        const zg_model_skipped_t *skipped = &list->skipped [index];
+        char *key = zsys_sprintf ("%s %s", skipped->model_id, skipped->version);
+        if (!key)
+            continue;
+        if (!self->reported || !zhashx_lookup (self->reported, key))
+            zg_error ("models: deployment %s from the database is not served: %s%s",
+                      skipped->model_id, skipped->reason,
+                      strstr (skipped->reason, "salt key")?
+                      " (did LITELLM_SALT_KEY or the master key change since it was added?)": "");
+        zhashx_insert (reported, key, (void *) 1);
+        zstr_free (&key);
+    }
+    if (reported) {
+        zhashx_destroy (&self->reported);
+        self->reported = reported;
+    }
     if (self->handed_over && strcmp (list->digest, self->digest) == 0) {
         zg_model_list_destroy (&list);
         return;
     }
     zg_info ("models: %zu deployment(s) from the database%s", list->count,
-             list->skipped? " (some left out: see the errors above)": "");
+             list->skipped_count? " (some left out: see the errors)": "");
     memcpy (self->digest, list->digest, sizeof (self->digest));
     self->handed_over = true;
     s_publish (self, list);
@@ -184,6 +204,7 @@ s_loader_actor (zsock_t *pipe, void *arg)
             s_load (&self, zclock_mono ());
     }
     zg_db_destroy (&self.db);
+    zhashx_destroy (&self.reported);
 }
 
 zg_model_loader_t *

@@ -153,8 +153,13 @@ class ModelsDbTest(zgtest.GatewayTestCase):
         self.assertEqual(self.chat("cfg-model").status, 200)
         zgtest.wait_until(lambda: "deployment wrong-salt-1 from the database is not served"
                           in self.gw.output(), 10, message="the error line")
+        #  Another change: the row is not reported again
+        self.insert("marker-2", "marker-model-2", self.params())
+        self.wait_served("marker-model-2")
+        self.assertEqual(self.gw.get("/model/info").status, 200)
         lines = [line for line in self.gw.output().splitlines() if "wrong-salt-1" in line]
-        self.assertTrue(all("ERROR" in line for line in lines), lines)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("ERROR", lines[0])
         self.assertIn("salt key", lines[0])
         self.assertNotIn("sk-upstream", self.gw.output())
 
@@ -171,9 +176,142 @@ class ModelsDbTest(zgtest.GatewayTestCase):
                 time.sleep(0.5)
         finally:
             self.pg.start()
+            #  The management routes need the keystore back too
+            zgtest.wait_until(lambda: self.gw.get("/health/readiness").status == 200, 60,
+                              interval=0.2, message="the database reachable again")
         #  Back: a change is seen again
         self.delete("keep-1")
         self.wait_unknown("keep-model")
+
+    # the management routes
+
+    def test_model_routes(self):
+        new = {"model_name": "http-model",
+               "litellm_params": {"model": "openai/fake-model", "api_key": "sk-upstream-http",
+                                  "api_base": self.up.api_base, "rpm": 100},
+               "model_info": {"id": "http-1", "max_tokens": 4096}}
+        resp = self.gw.post("/model/new", new)
+        self.assertEqual(resp.status, 200, resp)
+        self.addCleanup(self.delete, "http-1")
+        row = resp.json()
+        self.assertEqual(row["model_id"], "http-1")
+        self.assertTrue(row["litellm_params"]["api_key"].startswith("v3:gcm:"), row)
+        self.assertEqual(row["litellm_params"]["rpm"], 100)
+
+        #  At rest: no plaintext secret, every string encrypted
+        stored = self.pg.scalar('SELECT litellm_params::text FROM "LiteLLM_ProxyModelTable"'
+                                " WHERE model_id = 'http-1'", db="models")
+        self.assertNotIn("sk-upstream-http", stored)
+        self.assertNotIn(self.up.api_base, stored)
+        self.assertTrue(json.loads(stored)["api_key"].startswith("v3:gcm:"))
+        self.assertTrue(json.loads(stored)["model"].startswith("v3:gcm:"))
+
+        #  Served within seconds, with its key
+        self.wait_served("http-model")
+        headers = {k.lower(): v for k, v in self.up.last_request()["headers"].items()}
+        self.assertEqual(headers.get("authorization"), "Bearer sk-upstream-http")
+
+        #  Listed by /model/info without the secret, with the config's models
+        resp = self.gw.get("/model/info")
+        self.assertEqual(resp.status, 200, resp)
+        self.assertNotIn("sk-upstream-http", resp.text())
+        entries = {e["model_info"]["id"]: e for e in resp.json()["data"]}
+        entry = entries["http-1"]
+        self.assertEqual(entry["model_name"], "http-model")
+        self.assertTrue(entry["model_info"]["db_model"])
+        self.assertEqual(entry["model_info"]["max_tokens"], 4096)
+        self.assertNotIn("api_key", entry["litellm_params"])
+        self.assertEqual(entry["litellm_params"]["api_base"], self.up.api_base)
+        self.assertEqual(entry["litellm_params"]["model"], "openai/fake-model")
+        self.assertIn("cfg-model", [e["model_name"] for e in resp.json()["data"]])
+
+        #  An update changes api_base and keeps the key
+        resp = self.gw.post("/model/update", {"model_info": {"id": "http-1"},
+                                              "litellm_params": {"api_base": self.up2.api_base}})
+        self.assertEqual(resp.status, 200, resp)
+        stored = json.loads(self.pg.scalar('SELECT litellm_params::text FROM'
+                                           ' "LiteLLM_ProxyModelTable" WHERE model_id = \'http-1\'',
+                                           db="models"))
+        self.assertTrue(stored["api_base"].startswith("v3:gcm:"))
+        before = self.up2.stats().get("requests", 0)
+        zgtest.wait_until(lambda: self.chat("http-model").status == 200
+                          and self.up2.stats().get("requests", 0) > before,
+                          CHANGE_TIMEOUT, interval=0.1, message="the updated api_base used")
+        headers = {k.lower(): v for k, v in self.up2.last_request()["headers"].items()}
+        self.assertEqual(headers.get("authorization"), "Bearer sk-upstream-http")
+
+        #  A delete makes it unknown
+        resp = self.gw.post("/model/delete", {"id": "http-1"})
+        self.assertEqual(resp.status, 200, resp)
+        self.assertEqual(resp.json()["message"], "Model: http-1 deleted successfully")
+        self.wait_unknown("http-model")
+
+    def test_model_new_without_id_gets_one(self):
+        resp = self.gw.post("/model/new", {"model_name": "anon-model",
+                                           "litellm_params": {"model": "openai/fake-model",
+                                                              "api_base": self.up.api_base}})
+        self.assertEqual(resp.status, 200, resp)
+        model_id = resp.json()["model_id"]
+        self.addCleanup(self.delete, model_id)
+        self.assertRegex(model_id, r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+        self.assertEqual(resp.json()["model_info"]["id"], model_id)
+        self.wait_served("anon-model")
+
+    def test_model_route_errors(self):
+        def post(path, body):
+            resp = self.gw.post(path, body)
+            self.assertIn("error", resp.json(), resp)
+            return resp.status, resp.json()["error"]["message"]
+
+        status, message = post("/model/new", {"litellm_params": {"model": "openai/x"}})
+        self.assertEqual(status, 400)
+        self.assertIn("model_name", message)
+        status, message = post("/model/new", {"model_name": "m"})
+        self.assertEqual((status, "litellm_params" in message), (400, True))
+        status, message = post("/model/new", {"model_name": "m",
+                                              "litellm_params": {"model": "azure/gpt-4o"}})
+        self.assertEqual(status, 400)
+        self.assertIn("provider 'azure' is not supported", message)
+        status, message = post("/model/new", {"model_name": "m",
+                                              "litellm_params": {"model": "openai/x", "rpm": "x"}})
+        self.assertEqual(status, 400)
+        self.assertIn("litellm_params.rpm", message)
+        resp = self.gw.request("POST", "/model/new", body=b"{not json",
+                               headers=dict(zgtest.auth_headers(),
+                                            **{"Content-Type": "application/json"}))
+        self.assertEqual(resp.status, 400, resp)
+
+        self.insert("dup-1", "dup-model", self.params())
+        status, message = post("/model/new", {"model_name": "m", "model_info": {"id": "dup-1"},
+                                              "litellm_params": {"model": "openai/x"}})
+        self.assertEqual(status, 400)
+        self.assertIn("already exists", message)
+
+        status, message = post("/model/update", {"model_info": {"id": "no-such-id"},
+                                                 "litellm_params": {"rpm": 1}})
+        self.assertEqual(status, 404)
+        status, message = post("/model/update", {"litellm_params": {"rpm": 1}})
+        self.assertEqual(status, 400)
+        status, message = post("/model/delete", {"id": "no-such-id"})
+        self.assertEqual(status, 404)
+        self.assertIn("not found", message)
+        status, message = post("/model/delete", {})
+        self.assertEqual(status, 400)
+
+        #  A row of another salt key cannot be updated: a clear error, nothing written
+        self.insert("other-salt-1", "other-salt-model", self.params(), salt="another-salt-key")
+        before = self.pg.scalar('SELECT litellm_params::text FROM "LiteLLM_ProxyModelTable"'
+                                " WHERE model_id = 'other-salt-1'", db="models")
+        status, message = post("/model/update", {"model_info": {"id": "other-salt-1"},
+                                                 "litellm_params": {"rpm": 5}})
+        self.assertEqual(status, 400)
+        self.assertIn("salt key", message)
+        after = self.pg.scalar('SELECT litellm_params::text FROM "LiteLLM_ProxyModelTable"'
+                               " WHERE model_id = 'other-salt-1'", db="models")
+        self.assertEqual(before, after)
+        #  ... and a virtual key or no key may not manage models
+        resp = self.gw.post("/model/delete", {"id": "dup-1"}, key="sk-not-a-key")
+        self.assertIn(resp.status, (401, 403), resp)
 
 
 if __name__ == "__main__":
