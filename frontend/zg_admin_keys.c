@@ -809,7 +809,12 @@ s_delete (zg_admin_ctx_t *ctx, zg_admin_job_t *job)
         goto done;
     size_t key_count = 0, alias_count = 0;
     hashes = s_hashes_of (has_keys ? keys : "[]", &key_count);
-    free (s_hashes_of (has_aliases ? aliases : "[]", &alias_count));
+    if (has_aliases) {
+        zg_json_span_t list = { ZG_JSON_ARRAY, 0, strlen (aliases), 0 }, element;
+        size_t cursor = 0;
+        while (zg_json_element (aliases, list.length, &list, &cursor, &element))
+            alias_count++;
+    }
     if (!hashes) {
         zg_admin_error (job, 500, "internal_server_error", NULL, "Out of memory");
         goto done;

@@ -34,8 +34,6 @@
 #include <string.h>
 #include <time.h>
 
-//  Commands the thread holds at most
-#define ZG_KEYSTORE_QUEUE_MAX   1024
 //  Reconnect backoff: doubles from the first to the last
 #define RETRY_FIRST_MS          100
 #define RETRY_LAST_MS           5000
@@ -636,7 +634,8 @@ s_read_pipe (s_self_t *self)
                 memcpy (&copy, zframe_data (frame), sizeof copy);
                 s_answer_now (self, &copy, false);
             }
-            if (command && (!s_connected (self) || zlistx_size (self->queue) >= ZG_KEYSTORE_QUEUE_MAX)) {
+            if (command
+            &&  (!s_connected (self) || zlistx_size (self->queue) >= ZG_KEYSTORE_QUEUE_MAX)) {
                 s_answer_now (self, command, false);
                 free (command);
             }

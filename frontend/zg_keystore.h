@@ -20,6 +20,11 @@
       - tracks whether the database can be reached (DB_STATE events), and
         reconnects with backoff when it cannot; while it is down, lookups
         are answered KEY_UNKNOWN with db_available false and jobs 503.
+        The same answers, at once, for what the thread cannot take (more
+        than ZG_KEYSTORE_QUEUE_MAX waiting, or a full pipe): KEY_UNKNOWN
+        with db_available false means "could not ask" (the negative cache
+        is left alone; the requests waiting on it are owed a 503, not a
+        401), and only true means the database does not know the key.
 
     The frontend polls zg_keystore_socket for input, takes each event with
     zg_keystore_recv and either answers a job (ADMIN_DONE) or hands the
@@ -44,6 +49,9 @@ extern "C" {
 #define ZG_KEYSTORE_CHANNEL_KEYS   "zgate_keys"
 #define ZG_KEYSTORE_CHANNEL_SPEND  "zgate_spend"
 #define ZG_KEYSTORE_CHANNEL_MODELS "zgate_models"
+
+//  Lookups and jobs the thread holds at most, waiting for the database
+#define ZG_KEYSTORE_QUEUE_MAX      1024
 
 typedef enum {
     ZG_KEYSTORE_KEY_UPSERT = 1,     //  record
