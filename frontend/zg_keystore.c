@@ -301,8 +301,11 @@ static void s_answer_queue_down (s_self_t *self);
 static void
 s_lost (s_self_t *self, const char *why)
 {
-    if (self->db)
+    //  Said once per outage, not at every retry
+    if (self->db && self->state != 0)
         zg_warning ("keystore: lost the database connection: %s", why);
+    else
+        zg_debug ("keystore: %s", why);
     zg_db_destroy (&self->db);
     self->retry_ms = self->retry_ms ? self->retry_ms * 2 : RETRY_FIRST_MS;
     if (self->retry_ms > RETRY_LAST_MS)
@@ -322,7 +325,10 @@ s_query (s_self_t *self, const char *sql, int count, const char *const *params)
         if (!s_connected (self))
             s_lost (self, errbuf);
         else
+        if (self->state != 0)
             zg_warning ("keystore: %s", errbuf);
+        else
+            zg_debug ("keystore: %s", errbuf);
     }
     return result;
 }
