@@ -8,6 +8,7 @@
 #include "common/zg_sha256.h"
 #include "common/zg_config.h"
 #include "common/zg_crypt.h"
+#include "common/zg_scoreboard.h"
 #include "tests/unit/zg_unit.h"
 
 int
@@ -19,6 +20,7 @@ main (int argc, char *argv [])
         { "zg_sha256", zg_sha256_test },
         { "zg_config", zg_config_test },
         { "zg_crypt", zg_crypt_test },
+        { "zg_scoreboard", zg_scoreboard_test },
     };
     return zg_unit_run (tests, sizeof (tests) / sizeof (tests [0]), argc, argv);
 }
