@@ -712,6 +712,9 @@ s_load_model_info (s_loader_t *self, yaml_node_t *node, const char *where, zg_de
         else
         if (strcmp (name, "output_cost_per_token") == 0)
             rc = s_read_number (self, value, key, &output_cost, 0, false);
+        else
+        if (strcmp (name, "mode") == 0)
+            rc = s_read_string (self, value, key, &deployment->mode);
         //  model_info is free-form metadata that /model/info returns
     }
     //  Prices in litellm_params (read before) win over these
@@ -836,6 +839,7 @@ s_deployment_clear (zg_deployment_t *deployment)
     free (deployment->upstream_model);
     free (deployment->api_base);
     free (deployment->api_key);
+    free (deployment->mode);
 }
 
 static int
@@ -1096,6 +1100,9 @@ s_load_litellm_settings (s_loader_t *self, yaml_node_t *section)
         else
         if (strcmp (name, "json_logs") == 0)
             rc = s_read_bool (self, value, key, &config->json_logs);
+        else
+        if (strcmp (name, "require_auth_for_metrics_endpoint") == 0)
+            rc = s_read_bool (self, value, key, &config->require_auth_for_metrics_endpoint);
         else
             s_warn_unimplemented (self, "litellm_settings", name, pairs.pairs [index].key, s_litellm_known);
     }

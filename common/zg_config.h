@@ -46,6 +46,7 @@ typedef struct {
     int     max_retries;            //  -1 = unset
     double  input_cost_per_token;   //  < 0 = unset
     double  output_cost_per_token;  //  < 0 = unset
+    char   *mode;                   //  model_info.mode ("chat", "embedding"...); NULL = chat
     int     line;                   //  where it starts in the file, for messages
 } zg_deployment_t;
 
@@ -71,6 +72,7 @@ typedef struct {
     double  request_timeout_s;      //  default 6000
     bool    set_verbose;
     bool    json_logs;              //  also JSON_LOGS=true
+    bool    require_auth_for_metrics_endpoint;  //  /metrics needs a key (default: public)
 
     //  router_settings
     char   *routing_strategy;       //  default "simple-shuffle"

@@ -81,6 +81,7 @@ typedef struct {
     uint32_t group_count;           //  named groups; index 0 is the unnamed one
     uint32_t heartbeat_ms;
     uint32_t expected;              //  bit per zg_sb_role_t
+    uint32_t db_required;
     uint32_t slot_size;             //  slot plus its groups, bytes
     uint64_t total_size;
 } s_header_t;
@@ -346,6 +347,13 @@ zg_scoreboard_expect (zg_scoreboard_t *self, zg_sb_role_t role)
 }
 
 void
+zg_scoreboard_require_db (zg_scoreboard_t *self, bool required)
+{
+    assert (self);
+    self->header->db_required = required ? 1 : 0;
+}
+
+void
 zg_scoreboard_assign (zg_scoreboard_t *self, int slot, zg_sb_role_t role)
 {
     s_slot_t *entry = s_slot (self, slot);
@@ -503,6 +511,34 @@ zg_scoreboard_set_crash_loop (zg_scoreboard_t *self, int slot, zg_sb_role_t role
     s_slot_t *entry = s_slot (self, slot);
     if (entry && role > ZG_SB_NONE && role < ZG_SB_ROLES)
         atomic_store (&entry->crash_loop [role], in_crash_loop ? 1 : 0);
+}
+
+
+static zg_scoreboard_t *s_process_board;
+
+void
+zg_scoreboard_set_process (zg_scoreboard_t *board)
+{
+    s_process_board = board;
+}
+
+zg_scoreboard_t *
+zg_scoreboard_process (void)
+{
+    return s_process_board;
+}
+
+int
+zg_scoreboard_env_slot (const char *variable)
+{
+    const char *text = getenv (variable);
+    if (!text || !*text || !s_process_board)
+        return -1;
+    char *end;
+    long slot = strtol (text, &end, 10);
+    if (*end || slot < 0 || slot >= zg_scoreboard_slots (s_process_board))
+        return -1;
+    return (int) slot;
 }
 
 
@@ -696,10 +732,15 @@ zg_scoreboard_readiness (zg_scoreboard_t *self, const char *log_level,
         s_add (&reasons, "%sshutting down", reasons.used ? "; " : "");
 
     //  The database as whoever watches it reports it
-    const char *db = "Not connected";
+    bool db_known = false, db_down = false;
     for (int role = 0; role < ZG_SB_ROLES; role++)
-        if (states [role].fresh && (states [role].flags & ZG_SB_DB_KNOWN))
-            db = (states [role].flags & ZG_SB_DB_UP) ? "connected" : "Not connected";
+        if (states [role].fresh && (states [role].flags & ZG_SB_DB_KNOWN)) {
+            db_known = true;
+            db_down |= !(states [role].flags & ZG_SB_DB_UP);
+        }
+    const char *db = db_known && !db_down ? "connected" : "Not connected";
+    if (db_down && self->header->db_required)
+        s_add (&reasons, "%sdatabase not reachable", reasons.used ? "; " : "");
 
     bool ready = reasons.used == 0 && !reasons.failed;
     s_text_t text = { NULL, 0, 0, false };
@@ -1035,6 +1076,21 @@ zg_scoreboard_test (bool verbose)
     free (json);
     zg_scoreboard_vacate (board, 4);
     ZG_CHECK (zg_scoreboard_free_slot (board, ZG_SB_WORKER) == 4);
+
+    //  The database as the spend actor reports it
+    zg_scoreboard_beat (board, 5);
+    zg_scoreboard_set_flags (board, 5, ZG_SB_DB_KNOWN | ZG_SB_DB_UP, 0);
+    ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 200);
+    ZG_CHECK (strstr (json, "\"db\":\"connected\""));
+    free (json);
+    zg_scoreboard_set_flags (board, 5, ZG_SB_DB_KNOWN, ZG_SB_DB_UP);
+    ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 200);
+    ZG_CHECK (strstr (json, "\"db\":\"Not connected\""));
+    free (json);
+    zg_scoreboard_require_db (board, true);
+    ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 503);
+    ZG_CHECK (strstr (json, "database not reachable"));
+    free (json);
 
     //  Metrics from two processes' slots add up; unknown groups count
     //  under the unnamed one; slot -1 is ignored

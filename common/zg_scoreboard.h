@@ -100,6 +100,11 @@ void zg_scoreboard_destroy (zg_scoreboard_t **self_p);
 void zg_scoreboard_set_heartbeat_ms (zg_scoreboard_t *self, int heartbeat_ms);
 void zg_scoreboard_expect (zg_scoreboard_t *self, zg_sb_role_t role);
 
+//  A database that a slot reports down (ZG_SB_DB_KNOWN without
+//  ZG_SB_DB_UP) makes the instance unready; not set with
+//  allow_requests_on_db_unavailable, as the reference's guide says
+void zg_scoreboard_require_db (zg_scoreboard_t *self, bool required);
+
 //  Creator: give a slot its role, before its process starts
 void zg_scoreboard_assign (zg_scoreboard_t *self, int slot, zg_sb_role_t role);
 
@@ -166,6 +171,18 @@ char *zg_scoreboard_metrics (zg_scoreboard_t *self, const zg_config_t *config);
 
 //  Workers with a fresh heartbeat
 int zg_scoreboard_workers_alive (zg_scoreboard_t *self);
+
+//  ----------------------------------------------------------------------
+//  The process' scoreboard: main attaches it once (from ZGATE_SCOREBOARD,
+//  or a private one) before starting actors, and the actors of the process
+//  find it here. NULL when there is none: every call above then does
+//  nothing. Not owned by the register.
+void zg_scoreboard_set_process (zg_scoreboard_t *board);
+zg_scoreboard_t *zg_scoreboard_process (void);
+
+//  A slot number from an environment variable (ZGATE_SLOT,
+//  ZGATE_ROUTER_SLOT); -1 when unset or not a slot of the process' board
+int zg_scoreboard_env_slot (const char *variable);
 
 //  Monotonic milliseconds, the clock of heartbeats
 int64_t zg_scoreboard_now_ms (void);

@@ -136,6 +136,7 @@ zg_calls_acquire (zg_calls_t *self)
         assert (call);
     }
     call->fd = -1;
+    call->overhead_us = -1;
     return call;
 }
 

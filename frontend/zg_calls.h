@@ -76,6 +76,10 @@ struct _zg_call_t {
     char      path [128];                      //  for the access line (truncated)
 
     int64_t   started_us;           //  when the request arrived (monotonic)
+    int64_t   overhead_us;          //  gateway time in the answer's head; -1 = unknown
+    void     *check;                //  GET /health: the check it waits for, or the
+                                    //  check a probe belongs to (connection NULL)
+    size_t    check_index;          //  probe: its deployment
     int64_t   deadline_ms;          //  WAITING: 504 after this (monotonic ms)
 
     //  Request body: preallocated by Content-Length straight into the frame

@@ -39,6 +39,7 @@
 #include "frontend/zg_routes.h"
 #include "common/zg_json.h"
 #include "common/zg_log.h"
+#include "common/zg_scoreboard.h"
 #include "proto/zg_msg.h"
 
 #include <arpa/inet.h>
@@ -89,6 +90,9 @@
 //  How long a whole answer waits for the END that reports its cost; the
 //  router sends END right after HEAD, so this only bounds a lost message
 #define ZG_HOLD_MS              1000
+//  GET /health: how long one deployment's check may take (the reference's
+//  HEALTH_CHECK_TIMEOUT_SECONDS)
+#define ZG_HEALTH_CHECK_TIMEOUT_MS  60000
 
 static const char s_done_event [] = "data: [DONE]\n\n";
 
@@ -156,7 +160,20 @@ typedef struct {
     bool       terminated;
     char       name [64];
     char       scratch [ZG_REPLY_ERROR_MAX];
+
+    zg_scoreboard_t *board;     //  heartbeat, readiness, metrics; may be NULL
+    int        slot;
+    zhashx_t  *deployments;     //  id -> zg_deployment_t, for x-litellm-timeout
 } s_frontend_t;
+
+//  A GET /health in progress: one probe call per deployment, each pinned
+//  to its deployment; the client is answered when the last one is back
+typedef struct {
+    zg_call_t *client;          //  NULL once the client left
+    size_t     pending;
+    char     **errors;          //  per deployment: NULL while healthy
+    size_t     count;
+} s_check_t;
 
 
 static struct MHD_Response *s_static_response (char *body, const char *content_type);
@@ -328,10 +345,16 @@ s_finish_waiting (s_frontend_t *self, zg_call_t *call, int status, struct MHD_Re
     s_resume (self, call);
 }
 
+static void s_probe_done (s_frontend_t *self, zg_call_t *probe, const char *error);
+
 static void
 s_fail_waiting (s_frontend_t *self, zg_call_t *call, int status, const char *type,
                 const char *message, const char *param)
 {
+    if (!call->connection) {
+        s_probe_done (self, call, message && *message ? message : type);
+        return;
+    }
     s_finish_waiting (self, call, status,
                       s_error_response (self, call, status, type, message, param));
 }
@@ -423,8 +446,24 @@ s_add_answer_headers (s_frontend_t *self, zg_call_t *call, struct MHD_Response *
         MHD_add_response_header (response, "x-litellm-model-api-base", api_base);
     }
     char duration [32];
-    s_format_ms (duration, zclock_usecs () - call->started_us);
+    int64_t elapsed_us = zclock_usecs () - call->started_us;
+    s_format_ms (duration, elapsed_us);
     MHD_add_response_header (response, "x-litellm-response-duration-ms", duration);
+    //  The gateway's share: all but the upstream's time so far
+    call->overhead_us = elapsed_us - (int64_t) head->duration_us;
+    if (call->overhead_us < 0)
+        call->overhead_us = 0;
+    s_format_ms (duration, call->overhead_us);
+    MHD_add_response_header (response, "x-litellm-overhead-duration-ms", duration);
+    //  Retries and fallbacks are not implemented: the one attempt
+    MHD_add_response_header (response, "x-litellm-attempted-retries", "0");
+    const zg_deployment_t *deployment = head->deployment_id [0] && self->deployments
+        ? (const zg_deployment_t *) zhashx_lookup (self->deployments, head->deployment_id)
+        : NULL;
+    double timeout_s = deployment && deployment->timeout_s > 0
+                     ? deployment->timeout_s : self->timeout_ms / 1000.0;
+    snprintf (duration, sizeof (duration), "%g", timeout_s);
+    MHD_add_response_header (response, "x-litellm-timeout", duration);
 
     static const char prefix [] = "llm_provider-";
     const char *cursor = head->headers;
@@ -689,6 +728,9 @@ s_on_keystore (s_frontend_t *self)
                 if (event->db_available != self->db_connected)
                     zg_info ("database %s", event->db_available ? "reachable" : "not reachable");
                 self->db_connected = event->db_available;
+                zg_scoreboard_set_flags (self->board, self->slot,
+                                         ZG_SB_DB_KNOWN | (self->db_connected ? ZG_SB_DB_UP : 0),
+                                         self->db_connected ? 0 : ZG_SB_DB_UP);
                 //  Unknown keys are now decided without the database
                 if (!event->db_available)
                     s_key_wake_hash (self, NULL, false);
@@ -777,6 +819,15 @@ s_on_head (s_frontend_t *self, zg_call_t *call, zg_msg_t *head)
         return;
     int status = s_http_status (head->status ? head->status : 200);
     const char *content_type = head->content_type [0] ? head->content_type : NULL;
+    if (!call->connection) {
+        //  A probe: an answer that began is a deployment that answers
+        char message [64];
+        snprintf (message, sizeof (message), "the deployment answered HTTP %d", status);
+        if (!(head->flags & ZG_FLAG_FINAL))
+            s_cancel (self, call);
+        s_probe_done (self, call, status < 400 ? NULL : message);
+        return;
+    }
 
     if (head->flags & ZG_FLAG_FINAL) {
         //  The reply body stays in the frame it arrived in; MHD frees it
@@ -1032,6 +1083,163 @@ s_on_timers (s_frontend_t *self, int64_t now)
             call = next;
         }
     }
+}
+
+//  --------------------------------------------------------------------------
+//  GET /health
+
+static void
+s_check_destroy (s_check_t **check_p)
+{
+    s_check_t *check = *check_p;
+    if (!check)
+        return;
+    for (size_t index = 0; index < check->count; index++)
+        free (check->errors [index]);
+    free (check->errors);
+    free (check);
+    *check_p = NULL;
+}
+
+static struct MHD_Response *
+s_check_response (s_frontend_t *self, s_check_t *check)
+{
+    char *json = zg_reply_health_json (self->config, (const char *const *) check->errors);
+    if (!json)
+        return NULL;
+    struct MHD_Response *response = MHD_create_response_from_buffer (
+        strlen (json), json, MHD_RESPMEM_MUST_FREE);
+    if (!response) {
+        free (json);
+        return NULL;
+    }
+    MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    s_add_common_headers (check->client, response);
+    return response;
+}
+
+//  A probe is back (error NULL: healthy); the last one answers the client
+static void
+s_probe_done (s_frontend_t *self, zg_call_t *probe, const char *error)
+{
+    s_check_t *check = (s_check_t *) probe->check;
+    assert (check && !probe->connection);
+    if (error && !check->errors [probe->check_index])
+        check->errors [probe->check_index] = strdup (error);
+    zg_calls_release (self->calls, probe);
+    if (--check->pending > 0)
+        return;
+    if (check->client) {
+        zg_call_t *client = check->client;
+        client->check = NULL;
+        s_finish_waiting (self, client, 200, s_check_response (self, check));
+    }
+    s_check_destroy (&check);
+}
+
+//  Sends one minimal real request per deployment, each pinned to it: a
+//  one-token chat, an embedding of "ping" for embedding deployments
+static enum MHD_Result
+s_start_health_check (s_frontend_t *self, zg_call_t *call)
+{
+    size_t count = self->config->deployment_count;
+    s_check_t *check = (s_check_t *) calloc (1, sizeof (s_check_t));
+    if (check)
+        check->errors = (char **) calloc (count + 1, sizeof (char *));
+    if (!check || !check->errors) {
+        free (check);
+        return s_reply_error (self, call, 500, "internal_server_error", "Out of memory", NULL);
+    }
+    check->count = count;
+    check->client = call;
+    bool router_usable = s_router_usable (self, zclock_mono ());
+    uint32_t timeout_ms = self->timeout_ms < ZG_HEALTH_CHECK_TIMEOUT_MS
+                        ? self->timeout_ms : ZG_HEALTH_CHECK_TIMEOUT_MS;
+    for (size_t index = 0; index < count; index++) {
+        const zg_deployment_t *deployment = &self->config->deployments [index];
+        if (!router_usable || !deployment->id) {
+            check->errors [index] = strdup (router_usable ? "the deployment has no id"
+                                                          : "Router not reachable");
+            continue;
+        }
+        zg_call_t *probe = zg_calls_acquire (self->calls);
+        probe->owner = self;
+        probe->check = check;
+        probe->check_index = index;
+        probe->started_us = zclock_usecs ();
+        zg_calls_new_id (self->calls, probe->call_id);
+        if (zg_calls_route (self->calls, probe) != 0) {
+            zg_calls_new_id (self->calls, probe->call_id);
+            zg_calls_route (self->calls, probe);
+        }
+        const char *mode = zg_reply_mode (deployment);
+        char body [ZG_NAME_MAX * 2 + 128];
+        char quoted_id [ZG_NAME_MAX * 2 + 8];
+        if (zg_json_quote (deployment->id, quoted_id, sizeof (quoted_id)) < 0)
+            snprintf (quoted_id, sizeof (quoted_id), "\"\"");
+        if (strcmp (mode, "embedding") == 0) {
+            probe->route = ZG_ROUTE_EMBEDDINGS;
+            snprintf (body, sizeof (body), "{\"model\":%s,\"input\":\"ping\"}", quoted_id);
+        }
+        else
+        if (strcmp (mode, "completion") == 0) {
+            probe->route = ZG_ROUTE_COMPLETIONS;
+            snprintf (body, sizeof (body), "{\"model\":%s,\"prompt\":\"ping\",\"max_tokens\":1}",
+                      quoted_id);
+        }
+        else {
+            probe->route = ZG_ROUTE_CHAT;
+            snprintf (body, sizeof (body), "{\"model\":%s,\"messages\":[{\"role\":\"user\","
+                      "\"content\":\"ping\"}],\"max_tokens\":1}", quoted_id);
+        }
+        zg_msg_reset (&self->out, ZG_MSG_REQUEST);
+        ZG_MSG_SET (self->out.call_id, probe->call_id);
+        ZG_MSG_SET (self->out.model, deployment->id);
+        self->out.route = probe->route;
+        self->out.flags = ZG_FLAG_PIN_DEPLOYMENT;
+        self->out.timeout_ms = timeout_ms;
+        self->out.payload = zframe_new (body, strlen (body));
+        if (zg_msg_send (&self->out, self->router) != 0) {
+            check->errors [index] = strdup ("Router not reachable");
+            zg_calls_release (self->calls, probe);
+            continue;
+        }
+        probe->state = ZG_CALL_WAITING;
+        probe->deadline_ms = zclock_mono () + timeout_ms;
+        check->pending++;
+    }
+    if (check->pending == 0) {
+        enum MHD_Result result = s_reply (call, 200, s_check_response (self, check), true);
+        s_check_destroy (&check);
+        return result;
+    }
+    call->check = check;
+    call->state = ZG_CALL_WAITING;
+    MHD_suspend_connection (call->connection);
+    call->suspended = true;
+    s_watch (self, call);
+    return MHD_YES;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Readiness and metrics
+
+static const char *s_level_name (int level);
+
+static enum MHD_Result
+s_reply_metrics (s_frontend_t *self, zg_call_t *call)
+{
+    char *text = self->board ? zg_scoreboard_metrics (self->board, self->config) : strdup ("");
+    struct MHD_Response *response = text
+        ? MHD_create_response_from_buffer (strlen (text), text, MHD_RESPMEM_MUST_FREE) : NULL;
+    if (!response) {
+        free (text);
+        return MHD_NO;
+    }
+    MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
+                             "text/plain; version=0.0.4; charset=utf-8");
+    return s_reply (call, 200, response, true);
 }
 
 //  Clients that hung up while their connection was suspended
@@ -1373,6 +1581,23 @@ s_readiness (s_frontend_t *self, zg_call_t *call)
 {
     bool router_ready = self->router_answered && s_router_usable (self, zclock_mono ())
                      && !self->draining;
+    if (self->board && router_ready) {
+        //  Every actor's heartbeat, and the database as this frontend's
+        //  keystore (or the spend actor) last found it
+        int level = zg_log_level ();
+        char *json = NULL;
+        int status = zg_scoreboard_readiness (self->board, s_level_name (level),
+                                              level <= ZG_LOG_DEBUG, &json);
+        struct MHD_Response *response = json
+            ? MHD_create_response_from_buffer (strlen (json), json, MHD_RESPMEM_MUST_FREE)
+            : NULL;
+        if (!response) {
+            free (json);
+            return MHD_NO;
+        }
+        MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        return s_reply (call, status, response, true);
+    }
     if (!self->keystore)
         return router_ready ? s_reply (call, 200, self->ready_response, false)
                             : s_reply (call, 503, self->unready_response, false);
@@ -1410,6 +1635,8 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
 
     bool llm = zg_endpoint_is_llm (endpoint);
     if (llm) {
+        //  Set before auth, so that refused requests count in the metrics
+        call->route = (uint8_t) zg_endpoint_route (endpoint);
         if (zg_calls_id_is_sane (headers.call_id))
             ZG_MSG_SET (call->echo_id, headers.call_id);
         else
@@ -1417,7 +1644,10 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
         memcpy (call->call_id, call->echo_id, sizeof (call->call_id));
     }
     enum MHD_Result result = MHD_YES;
-    if (zg_endpoint_needs_auth (endpoint) && !s_identify (self, call, &headers, &result))
+    bool needs_auth = zg_endpoint_needs_auth (endpoint)
+                   || (endpoint == ZG_ENDPOINT_METRICS
+                       && self->config->require_auth_for_metrics_endpoint);
+    if (needs_auth && !s_identify (self, call, &headers, &result))
         return result;
 
     switch (endpoint) {
@@ -1443,11 +1673,14 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
             return s_reply (call, 200, self->root_response, false);
         case ZG_ENDPOINT_READINESS:
             return s_readiness (self, call);
+        case ZG_ENDPOINT_METRICS:
+            return s_reply_metrics (self, call);
+        case ZG_ENDPOINT_HEALTH:
+            return s_start_health_check (self, call);
         default:
             break;
     }
     assert (llm);
-    call->route = (uint8_t) zg_endpoint_route (endpoint);
     if (self->draining)
         return s_reply_error (self, call, 503, "service_unavailable",
                               "Server is shutting down", NULL);
@@ -1758,6 +1991,22 @@ s_on_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
         MHD_destroy_response (call->held);
         call->held = NULL;
     }
+    if (call->check) {
+        //  GET /health whose client left: the probes end on their own
+        ((s_check_t *) call->check)->client = NULL;
+        call->check = NULL;
+    }
+    if (call->route && self->board) {
+        int group = zg_scoreboard_group (self->board, call->model);
+        int64_t total_us = zclock_usecs () - call->started_us;
+        zg_scoreboard_count_request (self->board, self->slot, group,
+                                     call->status ? call->status : 499);
+        zg_scoreboard_observe (self->board, self->slot, group, ZG_SB_LATENCY_TOTAL,
+                               (uint64_t) (total_us > 0 ? total_us : 0));
+        if (call->overhead_us >= 0)
+            zg_scoreboard_observe (self->board, self->slot, group, ZG_SB_LATENCY_OVERHEAD,
+                                   (uint64_t) call->overhead_us);
+    }
     s_socket_t *socket = s_socket (self, call->fd);
     if (socket && socket->call == call)
         socket->call = NULL;
@@ -1832,6 +2081,16 @@ static void
 s_destroy (s_frontend_t *self)
 {
     if (self->daemon) {
+        //  Probes of GET /health end first: that answers their clients
+        zg_call_t *probe = zg_calls_first (self->calls);
+        while (probe) {
+            zg_call_t *next = probe->next;
+            if (!probe->connection) {
+                s_cancel (self, probe);
+                s_probe_done (self, probe, "the gateway is stopping");
+            }
+            probe = next;
+        }
         //  MHD must not be stopped with connections suspended: resume them
         //  all (their handlers close them) and let MHD see that
         zg_call_t *call = zg_calls_first (self->calls);
@@ -1879,6 +2138,8 @@ s_destroy (s_frontend_t *self)
     zhashx_destroy (&self->admin_calls);
     zg_calls_destroy (&self->calls);
     zg_auth_destroy (&self->auth);
+    zhashx_destroy (&self->deployments);
+    zg_scoreboard_set_flags (self->board, self->slot, ZG_SB_DRAINING, ZG_SB_ACCEPTING);
     if (self->watch_fd >= 0)
         close (self->watch_fd);
     if (self->signal_fd >= 0)
@@ -1930,6 +2191,15 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
 
     self->calls = zg_calls_new (0);
     self->auth = zg_auth_new (config->master_key);
+    self->board = zg_scoreboard_process ();
+    self->slot = zg_scoreboard_env_slot ("ZGATE_SLOT");
+    zg_scoreboard_claim (self->board, self->slot, self->name);
+    self->deployments = zhashx_new ();
+    assert (self->deployments);
+    for (size_t index = 0; index < config->deployment_count; index++)
+        if (config->deployments [index].id)
+            zhashx_insert (self->deployments, config->deployments [index].id,
+                           &config->deployments [index]);
     self->models_response = s_static_response (zg_reply_models_json (config), "application/json");
     self->model_info_response = s_static_response (zg_reply_model_info_json (config),
                                                    "application/json");
@@ -2005,6 +2275,7 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
         return 1;
     }
     self->mhd_epoll_fd = info->epoll_fd;
+    zg_scoreboard_set_flags (self->board, self->slot, ZG_SB_ACCEPTING, 0);
 
     int64_t now = zclock_mono ();
     //  A grace period: requests are accepted (and queue in the socket)
@@ -2020,6 +2291,8 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
                                            : NULL;
     while (!self->terminated) {
         now = zclock_mono ();
+        zg_scoreboard_beat (self->board, self->slot);
+        zg_scoreboard_gauge (self->board, self->slot, ZG_SB_IN_FLIGHT, (int64_t) self->llm_active);
         s_on_timers (self, now);
         if (self->draining && self->llm_active == 0)
             break;
@@ -2056,6 +2329,8 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
                 else {
                     zg_info ("frontend: stopping; finishing %zu requests", self->llm_active);
                     self->draining = true;
+                    zg_scoreboard_set_flags (self->board, self->slot, ZG_SB_DRAINING,
+                                             ZG_SB_ACCEPTING);
                     //  Quiescing only stops this process from accepting; the
                     //  kernel would still queue new connections on a socket
                     //  the supervisor also holds. Shut down, the socket

@@ -177,11 +177,13 @@ zg_reply_models_json (const zg_config_t *config)
     return text.data;
 }
 
-//  The reference takes mode from its model cost map; without one, the
-//  upstream model's name is the best hint there is
-static const char *
-s_mode (const zg_deployment_t *deployment)
+//  The reference takes mode from model_info.mode, else its model cost
+//  map; without one, the upstream model's name is the best hint there is
+const char *
+zg_reply_mode (const zg_deployment_t *deployment)
 {
+    if (deployment->mode && *deployment->mode)
+        return deployment->mode;
     const char *name = deployment->upstream_model ? deployment->upstream_model : "";
     return strstr (name, "embed") ? "embedding" : "chat";
 }
@@ -232,7 +234,7 @@ zg_reply_model_info_json (const zg_config_t *config)
                        deployment->output_cost_per_token >= 0);
         s_text_add (&text, ",\"litellm_provider\":");
         s_text_quoted (&text, deployment->provider ? deployment->provider : "openai");
-        s_text_add (&text, ",\"mode\":\"%s\"}}", s_mode (deployment));
+        s_text_add (&text, ",\"mode\":\"%s\"}}", zg_reply_mode (deployment));
     }
     s_text_add (&text, "]}");
     return text.data;
@@ -264,6 +266,41 @@ zg_reply_root_json (void)
     s_text_t text = { NULL, 0, 0 };
     s_text_add (&text, "{\"message\":\"zgate: OpenAI-compatible LLM gateway\","
                 "\"version\":\"%s\",\"docs\":\"/v1/models\"}", ZG_VERSION);
+    return text.data;
+}
+
+char *
+zg_reply_health_json (const zg_config_t *config, const char *const *errors)
+{
+    s_text_t text = { NULL, 0, 0 };
+    size_t counts [2] = { 0, 0 };
+    for (int healthy = 1; healthy >= 0; healthy--) {
+        s_text_add (&text, healthy ? "{\"healthy_endpoints\":[" : "],\"unhealthy_endpoints\":[");
+        for (size_t index = 0; index < config->deployment_count; index++) {
+            const zg_deployment_t *deployment = &config->deployments [index];
+            if ((errors [index] == NULL) != (healthy == 1))
+                continue;
+            char api_base [2048];
+            zg_reply_strip_query (deployment->api_base, api_base, sizeof (api_base));
+            s_text_add (&text, "%s{\"model\":", counts [healthy]++ ? "," : "");
+            char model [600];
+            snprintf (model, sizeof (model), "%s/%s", deployment->provider ? deployment->provider : "",
+                      deployment->upstream_model ? deployment->upstream_model : "");
+            s_text_quoted (&text, model);
+            s_text_add (&text, ",\"api_base\":");
+            s_text_quoted (&text, api_base);
+            s_text_add (&text, ",\"model_name\":");
+            s_text_quoted (&text, deployment->model_name ? deployment->model_name : "");
+            s_text_add (&text, ",\"model_id\":");
+            s_text_quoted (&text, deployment->id ? deployment->id : "");
+            if (!healthy) {
+                s_text_add (&text, ",\"error\":");
+                s_text_quoted (&text, errors [index]);
+            }
+            s_text_add (&text, "}");
+        }
+    }
+    s_text_add (&text, "],\"healthy_count\":%zu,\"unhealthy_count\":%zu}", counts [1], counts [0]);
     return text.data;
 }
 
@@ -414,6 +451,19 @@ zg_reply_test (bool verbose)
     ZG_CHECK (strstr (ready, "\"detail\":\"router not reachable\""));
     ZG_CHECK (strstr (ready, "\"is_detailed_debug\":true"));
     free (ready);
+    const char *errors [] = { NULL, "Connection refused \"x\"", NULL };
+    char *health = zg_reply_health_json (&config, errors);
+    ZG_CHECK (zg_json_valid (health, strlen (health), NULL));
+    ZG_CHECK (!strstr (health, "sk-upstream-secret"));
+    ZG_CHECK (strstr (health, "\"healthy_count\":2,\"unhealthy_count\":1}"));
+    ZG_CHECK (strstr (health, "\"unhealthy_endpoints\":[{\"model\":\"openai/text-embedding-3-small\""));
+    ZG_CHECK (strstr (health, "\"error\":\"Connection refused \\\"x\\\"\"}]"));
+    free (health);
+    deployments [0].mode = "embedding";
+    ZG_CHECK (strcmp (zg_reply_mode (&deployments [0]), "embedding") == 0);
+    ZG_CHECK (strcmp (zg_reply_mode (&deployments [2]), "chat") == 0);
+    deployments [0].mode = NULL;
+
     char *root = zg_reply_root_json ();
     ZG_CHECK (zg_json_valid (root, strlen (root), NULL));
     free (root);

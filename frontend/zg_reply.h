@@ -43,6 +43,16 @@ char *zg_reply_readiness_json (bool healthy, const char *db, const char *detail,
                                const char *log_level, bool detailed_debug);
 char *zg_reply_root_json (void);
 
+//  GET /health: every deployment of config, in file order, as healthy
+//  (errors [i] NULL) or unhealthy with its error, with no secret:
+//  {"healthy_endpoints":[...],"unhealthy_endpoints":[...],
+//   "healthy_count":N,"unhealthy_count":M}
+char *zg_reply_health_json (const zg_config_t *config, const char *const *errors);
+
+//  A deployment's mode: model_info.mode, else "embedding" when the
+//  upstream model's name says so, else "chat"
+const char *zg_reply_mode (const zg_deployment_t *deployment);
+
 //  Copy url into out without its query string or fragment. Returns out.
 char *zg_reply_strip_query (const char *url, char *out, size_t size);
 

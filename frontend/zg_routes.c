@@ -30,6 +30,8 @@ static const struct {
     { "/health/liveliness",  ZG_ENDPOINT_LIVENESS },
     { "/health/liveness",    ZG_ENDPOINT_LIVENESS },
     { "/health/readiness",   ZG_ENDPOINT_READINESS },
+    { "/health",             ZG_ENDPOINT_HEALTH },
+    { "/metrics",            ZG_ENDPOINT_METRICS },
     { "/",                   ZG_ENDPOINT_ROOT },
 };
 
@@ -143,7 +145,8 @@ zg_endpoint_needs_auth (zg_endpoint_t endpoint)
 {
     return zg_endpoint_is_llm (endpoint)
         || endpoint == ZG_ENDPOINT_MODELS
-        || endpoint == ZG_ENDPOINT_MODEL_INFO;
+        || endpoint == ZG_ENDPOINT_MODEL_INFO
+        || endpoint == ZG_ENDPOINT_HEALTH;
 }
 
 int
@@ -278,6 +281,9 @@ zg_routes_test (bool verbose)
         { ZG_HTTP_GET,  "/health/liveness",          ZG_ENDPOINT_LIVENESS, NULL },
         { ZG_HTTP_GET,  "/health/readiness",         ZG_ENDPOINT_READINESS, NULL },
         { ZG_HTTP_GET,  "/",                         ZG_ENDPOINT_ROOT, NULL },
+        { ZG_HTTP_GET,  "/health",                   ZG_ENDPOINT_HEALTH, NULL },
+        { ZG_HTTP_GET,  "/metrics",                  ZG_ENDPOINT_METRICS, NULL },
+        { ZG_HTTP_POST, "/metrics",                  ZG_ENDPOINT_BAD_METHOD, NULL },
         { ZG_HTTP_GET,  "/v1",                       ZG_ENDPOINT_NOT_FOUND, NULL },
         { ZG_HTTP_GET,  "/v1/no/such/route",         ZG_ENDPOINT_NOT_FOUND, NULL },
         { ZG_HTTP_GET,  "",                          ZG_ENDPOINT_NOT_FOUND, NULL },
@@ -352,6 +358,9 @@ zg_routes_test (bool verbose)
     ZG_CHECK (zg_endpoint_needs_auth (ZG_ENDPOINT_MODEL_INFO));
     ZG_CHECK (!zg_endpoint_needs_auth (ZG_ENDPOINT_READINESS));
     ZG_CHECK (!zg_endpoint_needs_auth (ZG_ENDPOINT_LIVENESS));
+    ZG_CHECK (zg_endpoint_needs_auth (ZG_ENDPOINT_HEALTH));
+    //  Public unless require_auth_for_metrics_endpoint: the frontend decides
+    ZG_CHECK (!zg_endpoint_needs_auth (ZG_ENDPOINT_METRICS));
     ZG_CHECK (zg_endpoint_route (ZG_ENDPOINT_COMPLETIONS) == ZG_ROUTE_COMPLETIONS);
     ZG_CHECK (zg_endpoint_route (ZG_ENDPOINT_ROOT) == 0);
     if (verbose)

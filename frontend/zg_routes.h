@@ -4,10 +4,10 @@
     A fixed table, matched without allocating: the LLM routes (each also
     under /v1, and chat/completions/embeddings under /engines/{model}/ and
     /openai/deployments/{model}/, where the path names the model), the
-    model listings, the health routes and /, and the management routes of
-    zg_admin.h (not under /v1, as the reference's). A known path with the
-    wrong method is told apart from an unknown path, with the methods it
-    allows.
+    model listings, the health routes, /metrics and /, and the management
+    routes of zg_admin.h (not under /v1, as the reference's). A known path
+    with the wrong method is told apart from an unknown path, with the
+    methods it allows.
     =========================================================================
 */
 #ifndef ZG_ROUTES_H_INCLUDED
@@ -31,6 +31,8 @@ typedef enum {
     ZG_ENDPOINT_LIVENESS,           //  GET, public
     ZG_ENDPOINT_READINESS,          //  GET, public
     ZG_ENDPOINT_ROOT,               //  GET, public
+    ZG_ENDPOINT_HEALTH,             //  GET, key required: checks every deployment
+    ZG_ENDPOINT_METRICS,            //  GET, public unless require_auth_for_metrics_endpoint
     ZG_ENDPOINT_ADMIN               //  management: see admin_op; master key only
 } zg_endpoint_t;
 

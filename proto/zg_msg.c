@@ -98,7 +98,8 @@ static const s_field_t s_dispatch_fields [] = {
 static const s_field_t s_head_fields [] = {
     S_CALL_ID, S_STATUS, S_UNSIGNED (zg_msg_t, flags), S_STR (zg_msg_t, content_type),
     { S_HEADERS, offsetof (zg_msg_t, headers), sizeof (char *), 0, ZG_HEADERS_MAX, NULL, 0 },
-    S_STR (zg_msg_t, deployment_id), S_STR (zg_msg_t, api_base)
+    S_STR (zg_msg_t, deployment_id), S_STR (zg_msg_t, api_base),
+    S_UNSIGNED (zg_msg_t, duration_us)
 };
 
 static const s_field_t s_call_id_only [] = {
@@ -1372,8 +1373,8 @@ s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
     S_CHECK (zg_msg_decode (back, buffer, (size_t) size) == ZG_MSG_OK
           && back->headers && streq (back->headers, "a: b\r\n"));
     //  An empty str is as good as nil
-    const uint8_t empty_headers [] = { 0x9a, 0xa2, 'Z', 'G', 1, ZG_MSG_HEAD, 0xa1, 'c', 0xcc, 200, 0,
-                                       0xa1, 't', 0xa0, 0xa1, 'd', 0xa1, 'a' };
+    const uint8_t empty_headers [] = { 0x9b, 0xa2, 'Z', 'G', 1, ZG_MSG_HEAD, 0xa1, 'c', 0xcc, 200, 0,
+                                       0xa1, 't', 0xa0, 0xa1, 'd', 0xa1, 'a', 0 };
     S_CHECK (zg_msg_decode (back, empty_headers, sizeof empty_headers) == ZG_MSG_OK
           && back->status == 200 && back->headers == NULL && streq (back->api_base, "a"));
 

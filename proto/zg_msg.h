@@ -26,7 +26,8 @@
                                        attempt deployment...                 + body
         worker   -> router -> frontend
                              HEAD      call_id status flags content_type
-                                       headers deployment_id api_base        [+ body]
+                                       headers deployment_id api_base
+                                       duration_us                           [+ body]
                              CHUNK     call_id                               + bytes
                              END       call_id status prompt_tokens
                                        completion_tokens total_tokens cost
@@ -129,6 +130,9 @@ typedef enum {
 #define ZG_FLAG_CLIENT_USAGE  0x02   //  REQUEST/DISPATCH: client itself asked for the usage chunk
 #define ZG_FLAG_FINAL         0x04   //  HEAD: the payload is the whole body; no CHUNK/END follow
 #define ZG_FLAG_STARTED       0x08   //  ERROR: bytes already reached the client (in-stream error)
+#define ZG_FLAG_PIN_DEPLOYMENT 0x10  //  REQUEST: model is a deployment id (model_info.id), not a
+                                     //  group: the router sends the call to exactly that
+                                     //  deployment (GET /health checks each one this way)
 
 //  Limits: a decoder rejects a message whose field is longer
 #define ZG_CALL_ID_MAX     64
@@ -188,7 +192,8 @@ typedef struct {
     uint32_t  total_tokens;
     double    cost;             //  END: USD, 0 when unknown
     uint64_t  ttfb_us;          //  END: time to first upstream byte
-    uint64_t  duration_us;      //  END: whole upstream call
+    uint64_t  duration_us;      //  END: whole upstream call; HEAD: upstream time so far
+                                //  (the whole call when FINAL, else to its headers)
 
     char      err_type [ZG_NAME_MAX + 1];           //  ERROR: e.g. "timeout", "internal_server_error"
     char      message [ZG_MESSAGE_MAX + 1];         //  ERROR

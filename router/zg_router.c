@@ -35,6 +35,7 @@
 #include "router/zg_model_loader.h"
 #include "proto/zg_msg.h"
 #include "common/zg_log.h"
+#include "common/zg_scoreboard.h"
 #include "common/zg_sha256.h"
 
 #include <czmq.h>
@@ -119,6 +120,7 @@ struct _models_t {
     size_t count;                           //  configuration or by db_list
     zg_deployment_wire_t *wire;             //  per deployment, built once
     zhashx_t *groups;                       //  model name -> group_t
+    zhashx_t *pinned;                       //  deployment id -> group_t of it alone
     zg_model_list_t *db_list;               //  the database's deployments, owned
 };
 
@@ -229,6 +231,9 @@ typedef struct {
     int64_t     spend_heard;
     bool        spend_push_failed;
     bool        spend_skip;         //  the error being sent is not a call's end
+
+    zg_scoreboard_t *board;         //  heartbeat and gauges; may be NULL
+    int         slot;
     char        key_hash [ZG_KEY_HASH_MAX + 1];
     zg_msg_t    record;
 } router_t;
@@ -1290,7 +1295,17 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
                       "the request reached the router without a body");
         return;
     }
-    group_t *group = (group_t *) zhashx_lookup (self->models->groups, in->model);
+    group_t *group;
+    if (in->flags & ZG_FLAG_PIN_DEPLOYMENT) {
+        group = (group_t *) zhashx_lookup (self->models->pinned, in->model);
+        if (!group) {
+            s_send_error (self, frontend, in->call_id, 400, "bad_request_error", "model", 0,
+                          "No deployment with id %s", in->model);
+            return;
+        }
+    }
+    else
+        group = (group_t *) zhashx_lookup (self->models->groups, in->model);
     if (!group) {
         s_send_error (self, frontend, in->call_id, 400, "bad_request_error", "model", 0,
                       "%s: Invalid model name passed in model=%s. Call /v1/models to view "
@@ -1324,7 +1339,7 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
     group->models->refs++;
     call->started_us = s_wall_us ();
     call->route = in->route;
-    call->flags = in->flags;
+    call->flags = in->flags & ~(uint32_t) ZG_FLAG_PIN_DEPLOYMENT;
     call->timeout_ms = in->timeout_ms;
     ZG_MSG_SET (call->key_hash, in->key_hash);
     ZG_MSG_SET (call->user_id, in->user_id);
@@ -1603,6 +1618,7 @@ s_models_release (models_t **models_p)
     if (!models || --models->refs > 0)
         return;
     zhashx_destroy (&models->groups);
+    zhashx_destroy (&models->pinned);
     free (models->deployments);
     free (models->wire);
     zg_model_list_destroy (&models->db_list);
@@ -1658,14 +1674,17 @@ s_models_new (const zg_config_t *config, zg_model_list_t *db_list)
         models->deployments = (zg_deployment_t *) calloc (most + 1, sizeof (zg_deployment_t));
         models->wire = (zg_deployment_wire_t *) calloc (most + 1, sizeof (zg_deployment_wire_t));
         models->groups = zhashx_new ();
+        models->pinned = zhashx_new ();
     }
     else
         zg_model_list_destroy (&db_list);
-    if (!models || !models->deployments || !models->wire || !models->groups) {
+    if (!models || !models->deployments || !models->wire || !models->groups
+    ||  !models->pinned) {
         s_models_release (&models);
         return NULL;
     }
     zhashx_set_destructor (models->groups, s_group_destroy);
+    zhashx_set_destructor (models->pinned, s_group_destroy);
     for (size_t index = 0; index < config->deployment_count; index++) {
         const zg_deployment_t *source = &config->deployments [index];
         if (db_list && source->id && zg_model_list_find (db_list, source->id))
@@ -1698,6 +1717,32 @@ s_models_new (const zg_config_t *config, zg_model_list_t *db_list)
         if (!group->balancer)
             rc = -1;
         group = (group_t *) zhashx_next (models->groups);
+    }
+    //  A group of each deployment alone, for calls pinned to it (GET /health)
+    for (size_t index = 0; index < models->count && rc == 0; index++) {
+        const zg_deployment_t *source = &models->deployments [index];
+        if (!source->id || !source->model_name || zhashx_lookup (models->pinned, source->id))
+            continue;
+        group_t *pinned = (group_t *) calloc (1, sizeof (group_t));
+        if (!pinned) {
+            rc = -1;
+            break;
+        }
+        pinned->name = source->model_name;
+        pinned->models = models;
+        pinned->indexes = (size_t *) calloc (1, sizeof (size_t));
+        pinned->members = (const zg_deployment_t **) calloc (1, sizeof (zg_deployment_t *));
+        if (pinned->indexes && pinned->members) {
+            pinned->count = 1;
+            pinned->indexes [0] = index;
+            pinned->members [0] = source;
+            pinned->balancer = zg_balancer_new (strategy, pinned->members, 1);
+        }
+        if (!pinned->balancer || zhashx_insert (models->pinned, source->id, pinned)) {
+            void *item = pinned;
+            s_group_destroy (&item);
+            rc = -1;
+        }
     }
     if (rc)
         s_models_release (&models);
@@ -1825,6 +1870,11 @@ s_router_start (router_t *self, const zg_config_t *config, const char *frontend_
         zg_error ("router: out of memory");
         return -1;
     }
+    //  The router may be a thread of the frontend's process: its slot is
+    //  its own, and it never looks a name up in the board (not thread-safe)
+    self->board = zg_scoreboard_process ();
+    self->slot = zg_scoreboard_env_slot ("ZGATE_ROUTER_SLOT");
+    zg_scoreboard_claim (self->board, self->slot, "router");
     if (!zg_balancer_strategy_find (config->routing_strategy))
         zg_warning ("router: routing_strategy \"%s\" is not implemented: using %s",
                     config->routing_strategy, zg_balancer_shuffle.name);
@@ -1916,6 +1966,11 @@ s_router_loop (router_t *self, zsock_t *pipe)
             s_tick (self, now);
             self->next_heartbeat = now + self->heartbeat_ms;
         }
+        zg_scoreboard_beat (self->board, self->slot);
+        zg_scoreboard_gauge (self->board, self->slot, ZG_SB_QUEUE_DEPTH,
+                             (int64_t) self->queue.size);
+        zg_scoreboard_gauge (self->board, self->slot, ZG_SB_WORKERS_CONNECTED,
+                             (int64_t) self->worker_count);
     }
 }
 

@@ -22,6 +22,7 @@
 #include "db/zg_db.h"
 #include "common/zg_json.h"
 #include "common/zg_log.h"
+#include "common/zg_scoreboard.h"
 #include "common/zg_sha256.h"
 
 #include <czmq.h>
@@ -542,7 +543,14 @@ zg_spend_run (const zg_config_t *config, const char *endpoint)
             zg_debug ("spend: database ready");
         zpoller_t *poller = zpoller_new (self.socket, NULL);
         self.next_heartbeat = s_now_ms () + self.heartbeat_ms;
+        zg_scoreboard_t *board = zg_scoreboard_process ();
+        int slot = zg_scoreboard_env_slot ("ZGATE_SLOT");
+        zg_scoreboard_claim (board, slot, "spend");
         while (poller && !zsys_interrupted) {
+            //  Alive, and the database as the last write found it
+            zg_scoreboard_beat (board, slot);
+            zg_scoreboard_set_flags (board, slot, ZG_SB_DB_KNOWN | (self.outage? 0: ZG_SB_DB_UP),
+                                     self.outage? ZG_SB_DB_UP: 0);
             int64_t now = s_now_ms ();
             int64_t wait = self.next_heartbeat - now;
             if (self.held) {

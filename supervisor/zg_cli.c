@@ -21,13 +21,16 @@ static const char *s_usage =
     "       zgate frontend --config FILE [--frontend-endpoint E] [--host HOST] [--port PORT]\n"
     "                      [--with-router [--worker-endpoint E] [--spend-endpoint E]]\n"
     "       zgate spend    --config FILE [--spend-endpoint E]\n"
+    "       zgate health   --config FILE\n"
     "       zgate migrate  [--config FILE]\n"
     "\n"
     "With no role, zgate runs the router, N workers and the frontend on this machine and\n"
     "supervises them. A role runs that one actor alone (one container per actor);\n"
     "frontend --with-router runs the router as a thread of the frontend's process.\n"
     "migrate applies pending database migrations (DATABASE_URL) and exits; spend writes\n"
-    "the routers' spend records to the database (the supervisor runs it when one is set).\n"
+    "the routers' spend records to the database (the supervisor runs it when one is set);\n"
+    "health serves the health routes from every actor's heartbeats on SEPARATE_HEALTH_PORT\n"
+    "(the supervisor runs it when SEPARATE_HEALTH_APP=1).\n"
     "Environment: CONFIG_FILE_PATH, HOST, PORT, NUM_WORKERS, MAX_REQUESTS_BEFORE_RESTART,\n"
     "LITELLM_LOG, ZGATE_RUN_DIR (where the ipc sockets live).\n";
 
@@ -116,8 +119,11 @@ zg_cli_parse (zg_cli_t *cli, int argc, char **argv, char *errbuf, size_t errsize
         else
         if (strcmp (role, "spend") == 0)
             cli->role = ZG_ROLE_SPEND;
+        else
+        if (strcmp (role, "health") == 0)
+            cli->role = ZG_ROLE_HEALTH;
         else {
-            snprintf (errbuf, errsize, "unknown role \"%s\" (router, worker, frontend, spend or migrate)", role);
+            snprintf (errbuf, errsize, "unknown role \"%s\" (router, worker, frontend, spend, health or migrate)", role);
             return -1;
         }
     }

@@ -10,6 +10,7 @@
         zgate frontend --config FILE [--frontend-endpoint E] [--host H] [--port P]
                        [--with-router [--worker-endpoint E] [--spend-endpoint E]]
         zgate spend    --config FILE [--spend-endpoint E]
+        zgate health   --config FILE     (on SEPARATE_HEALTH_PORT, default 4001)
         zgate migrate  [--config FILE]
 
     Environment fallbacks as the reference: CONFIG_FILE_PATH, HOST, PORT,
@@ -28,7 +29,8 @@ typedef enum {
     ZG_ROLE_WORKER,
     ZG_ROLE_FRONTEND,
     ZG_ROLE_MIGRATE,        //  apply pending database migrations and exit
-    ZG_ROLE_SPEND           //  write the routers' spend records to the database
+    ZG_ROLE_SPEND,          //  write the routers' spend records to the database
+    ZG_ROLE_HEALTH          //  the separate health app (SEPARATE_HEALTH_APP=1)
 } zg_role_t;
 
 typedef struct {

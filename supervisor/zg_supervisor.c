@@ -4,6 +4,7 @@
 */
 #include "supervisor/zg_supervisor.h"
 #include "common/zg_log.h"
+#include "common/zg_scoreboard.h"
 #include "spend/zg_spend.h"
 
 #include <errno.h>
@@ -38,6 +39,10 @@
 //  what they hold at once; this bounds the bookkeeping that follows
 //  (the router's and the spend actor's last writes) before SIGKILL
 #define ZG_FORCED_STOP_MS     60000
+//  A role is crash-looping while it had this many restarts within the
+//  window; reported in the log and in readiness
+#define ZG_CRASH_LOOP_RESTARTS  5
+#define ZG_CRASH_LOOP_WINDOW_MS 60000
 
 typedef struct {
     zg_role_t role;
@@ -58,7 +63,16 @@ typedef struct {
     pid_t     replacement;      //  the standby started for it; 0 = none
     int64_t   replacement_deadline;
     int64_t   retry_at;         //  when to try a replacement again; 0 = not waiting
+
+    int       slot;             //  its slot in the scoreboard; -1 = none yet
 } s_child_t;
+
+//  The last restarts of one role, for crash-loop detection
+typedef struct {
+    int64_t   at [ZG_CRASH_LOOP_RESTARTS];  //  ring, ms
+    int       next;
+    bool      looping;
+} s_restarts_t;
 
 static int64_t
 s_now_ms (void)
@@ -76,7 +90,20 @@ s_role_name (zg_role_t role)
         case ZG_ROLE_WORKER:   return "worker";
         case ZG_ROLE_FRONTEND: return "frontend";
         case ZG_ROLE_SPEND:    return "spend";
+        case ZG_ROLE_HEALTH:   return "health";
         default:               return "zgate";
+    }
+}
+
+static zg_sb_role_t
+s_board_role (zg_role_t role)
+{
+    switch (role) {
+        case ZG_ROLE_WORKER:   return ZG_SB_WORKER;
+        case ZG_ROLE_FRONTEND: return ZG_SB_FRONTEND;
+        case ZG_ROLE_SPEND:    return ZG_SB_SPEND;
+        case ZG_ROLE_HEALTH:   return ZG_SB_HEALTH;
+        default:               return ZG_SB_ROUTER;
     }
 }
 
@@ -145,6 +172,11 @@ typedef struct {
     char   worker_ep [PATH_MAX + 32];
     char   spend_ep [PATH_MAX + 32];    //  empty: no database, no spend actor
     int    listen_fd;
+    int    health_fd;           //  SEPARATE_HEALTH_APP's port; -1 when off
+    zg_scoreboard_t *board;
+    char   board_path [PATH_MAX + 16];
+    int    router_slot;         //  the router thread of the frontend's process
+    s_restarts_t restarts [ZG_SB_ROLES];
     s_child_t *children;
     int    child_count;
     int    child_capacity;
@@ -176,6 +208,7 @@ s_child_add (s_supervisor_t *self, zg_role_t role, int index)
     child->role = role;
     child->index = index;
     child->status_fd = -1;
+    child->slot = -1;
     return self->child_count++;
 }
 
@@ -219,15 +252,37 @@ s_schedule_for_throughput (void)
                  strerror (errno));
 }
 
+//  A slot of the role's kind that no child entry holds: a replacement
+//  worker takes a spare while the worker it replaces still has its own
+static int
+s_free_slot (s_supervisor_t *self, zg_role_t role)
+{
+    for (int slot = 0; slot < zg_scoreboard_slots (self->board); slot++) {
+        if (zg_scoreboard_role (self->board, slot) != s_board_role (role)
+        ||  slot == self->router_slot)
+            continue;
+        bool held = false;
+        for (int i = 0; i < self->child_count && !held; i++)
+            held = self->children [i].slot == slot;
+        if (!held)
+            return slot;
+    }
+    return -1;
+}
+
 static pid_t
 s_spawn (s_supervisor_t *self, s_child_t *child)
 {
     //  A frontend that stopped shut the socket down so that it stopped
     //  accepting at once: its successor needs it listening again
-    if (child->role == ZG_ROLE_FRONTEND && listen (self->listen_fd, 4096) != 0)
+    int listen_fd = child->role == ZG_ROLE_HEALTH? self->health_fd: self->listen_fd;
+    if ((child->role == ZG_ROLE_FRONTEND || child->role == ZG_ROLE_HEALTH)
+    &&  listen (listen_fd, 4096) != 0)
         zg_warning ("cannot listen again on the socket: %s", strerror (errno));
+    if (child->slot < 0)
+        child->slot = s_free_slot (self, child->role);
     char fd_text [16], name [64], max_requests [32];
-    snprintf (fd_text, sizeof (fd_text), "%d", self->listen_fd);
+    snprintf (fd_text, sizeof (fd_text), "%d", listen_fd);
     snprintf (name, sizeof (name), "worker-%d", child->index);
     //  A little jitter, so that workers started together do not all
     //  recycle together
@@ -263,7 +318,7 @@ s_spawn (s_supervisor_t *self, s_child_t *child)
         argv [argc++] = "--spend-endpoint";
         argv [argc++] = self->spend_ep;
     }
-    if (child->role != ZG_ROLE_ALL) {
+    if (child->role != ZG_ROLE_ALL && child->role != ZG_ROLE_HEALTH) {
         argv [argc++] = "--worker-endpoint";
         argv [argc++] = self->worker_ep;
     }
@@ -275,7 +330,7 @@ s_spawn (s_supervisor_t *self, s_child_t *child)
         argv [argc++] = "--max_requests_before_restart";
         argv [argc++] = status_pipe [1] >= 0? max_requests: "0";
     }
-    if (child->role == ZG_ROLE_FRONTEND) {
+    if (child->role == ZG_ROLE_FRONTEND || child->role == ZG_ROLE_HEALTH) {
         argv [argc++] = "--listen-fd";
         argv [argc++] = fd_text;
     }
@@ -297,10 +352,17 @@ s_spawn (s_supervisor_t *self, s_child_t *child)
         sigset_t none;
         sigemptyset (&none);
         sigprocmask (SIG_SETMASK, &none, NULL);
-        if (child->role == ZG_ROLE_FRONTEND) {
-            int flags = fcntl (self->listen_fd, F_GETFD);
-            fcntl (self->listen_fd, F_SETFD, flags & ~FD_CLOEXEC);
+        if (child->role == ZG_ROLE_FRONTEND || child->role == ZG_ROLE_HEALTH) {
+            int flags = fcntl (listen_fd, F_GETFD);
+            fcntl (listen_fd, F_SETFD, flags & ~FD_CLOEXEC);
         }
+        char slot_text [16];
+        setenv ("ZGATE_SCOREBOARD", self->board_path, 1);
+        snprintf (slot_text, sizeof (slot_text), "%d", child->slot);
+        setenv ("ZGATE_SLOT", slot_text, 1);
+        snprintf (slot_text, sizeof (slot_text), "%d", self->router_slot);
+        if (child->role == ZG_ROLE_FRONTEND)
+            setenv ("ZGATE_ROUTER_SLOT", slot_text, 1);
         if (status_pipe [1] >= 0) {
             char status_text [16];
             snprintf (status_text, sizeof (status_text), "%d", status_pipe [1]);
@@ -563,6 +625,45 @@ s_read_status (s_supervisor_t *self, pid_t pid, int64_t now)
     }
 }
 
+//  Counts a restart of the role; true when that puts the role in a crash
+//  loop it was not in (logged here, once, and shown in readiness)
+static bool
+s_count_restart (s_supervisor_t *self, zg_role_t role, int64_t now)
+{
+    zg_sb_role_t board_role = s_board_role (role);
+    s_restarts_t *restarts = &self->restarts [board_role];
+    restarts->at [restarts->next] = now;
+    restarts->next = (restarts->next + 1) % ZG_CRASH_LOOP_RESTARTS;
+    zg_scoreboard_count_restart (self->board, 0, board_role);
+    //  The oldest of the last ZG_CRASH_LOOP_RESTARTS is where next points
+    int64_t oldest = restarts->at [restarts->next];
+    if (restarts->looping || oldest == 0 || now - oldest > ZG_CRASH_LOOP_WINDOW_MS)
+        return false;
+    restarts->looping = true;
+    zg_scoreboard_set_crash_loop (self->board, 0, board_role, true);
+    zg_error ("%s processes are crash-looping: %d restarts within %d s; readiness reports it",
+              zg_sb_role_name (board_role), ZG_CRASH_LOOP_RESTARTS,
+              ZG_CRASH_LOOP_WINDOW_MS / 1000);
+    return true;
+}
+
+//  A role leaves its crash loop once its last restarts span more than the
+//  window
+static void
+s_check_crash_loops (s_supervisor_t *self, int64_t now)
+{
+    for (int role = 0; role < ZG_SB_ROLES; role++) {
+        s_restarts_t *restarts = &self->restarts [role];
+        int last = (restarts->next + ZG_CRASH_LOOP_RESTARTS - 1) % ZG_CRASH_LOOP_RESTARTS;
+        if (restarts->looping && now - restarts->at [last] > ZG_CRASH_LOOP_WINDOW_MS) {
+            restarts->looping = false;
+            zg_scoreboard_set_crash_loop (self->board, 0, (zg_sb_role_t) role, false);
+            zg_info ("%s processes are no longer crash-looping",
+                     zg_sb_role_name ((zg_sb_role_t) role));
+        }
+    }
+}
+
 //  A child exited: decide whether to start it again, and when
 static void
 s_child_exited (s_supervisor_t *self, pid_t pid, int status)
@@ -572,6 +673,7 @@ s_child_exited (s_supervisor_t *self, pid_t pid, int status)
         return;
     s_child_t *child = &self->children [at];
     child->pid = 0;
+    zg_scoreboard_vacate (self->board, child->slot);
     if (child->status_fd >= 0) {
         close (child->status_fd);
         child->status_fd = -1;
@@ -632,6 +734,7 @@ s_child_exited (s_supervisor_t *self, pid_t pid, int status)
                   s_role_name (child->role), (int) pid, how);
         self->stopping = true;
         self->exit_code = 1;
+        zg_scoreboard_set_flags (self->board, 0, ZG_SB_DRAINING, 0);
         s_signal_children (self, SIGTERM);
         return;
     }
@@ -647,6 +750,21 @@ s_child_exited (s_supervisor_t *self, pid_t pid, int status)
             child->backoff_ms = ZG_BACKOFF_MAX_MS;
     }
     child->restart_at = now + (child->crashes ? child->backoff_ms : 0);
+    if (s_count_restart (self, child->role, now)
+    &&  self->health_fd >= 0
+    &&  (child->role == ZG_ROLE_FRONTEND || child->role == ZG_ROLE_HEALTH)) {
+        //  As the reference's supervisord does with a separate health
+        //  app: the pod is restarted by its orchestrator, since the
+        //  probes cannot vouch for a gateway that keeps dying
+        zg_error ("%s (pid %d) %s and is crash-looping; with SEPARATE_HEALTH_APP=1 "
+                  "this stops zgate so that the orchestrator restarts it",
+                  s_role_name (child->role), (int) pid, how);
+        self->stopping = true;
+        self->exit_code = 1;
+        zg_scoreboard_set_flags (self->board, 0, ZG_SB_DRAINING, 0);
+        s_stop_in_order (self);
+        return;
+    }
     if (child->crashes >= 5)
         zg_error ("%s (pid %d) %s; it is crash-looping (%d quick exits in a row), "
                   "next start in %d ms", s_role_name (child->role), (int) pid, how,
@@ -691,6 +809,7 @@ s_remove_run_dir (s_supervisor_t *self)
     unlink (path);
     snprintf (path, sizeof (path), "%s/spend.ipc", self->run_dir);
     unlink (path);
+    unlink (self->board_path);
     rmdir (self->run_dir);
 }
 
@@ -710,13 +829,39 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
     self.self_exe [len] = 0;
 
     char errbuf [512];
+    self.health_fd = -1;
     self.listen_fd = zg_listen (cli->host, cli->port, errbuf, sizeof (errbuf));
     if (self.listen_fd < 0) {
         zg_error ("%s", errbuf);
         return 1;
     }
+    //  The health app's port is bound here too, so that a busy one is an
+    //  error before anything starts
+    const char *separate_health = getenv ("SEPARATE_HEALTH_APP");
+    int health_port = 4001;
+    if (separate_health && strcmp (separate_health, "1") == 0) {
+        const char *port_text = getenv ("SEPARATE_HEALTH_PORT");
+        if (port_text && *port_text) {
+            char *end;
+            long port = strtol (port_text, &end, 10);
+            if (*end || port <= 0 || port > 65535) {
+                zg_error ("SEPARATE_HEALTH_PORT: expected a port number, got \"%s\"", port_text);
+                close (self.listen_fd);
+                return 1;
+            }
+            health_port = (int) port;
+        }
+        self.health_fd = zg_listen (cli->host, health_port, errbuf, sizeof (errbuf));
+        if (self.health_fd < 0) {
+            zg_error ("health app (SEPARATE_HEALTH_PORT): %s", errbuf);
+            close (self.listen_fd);
+            return 1;
+        }
+    }
     if (s_make_run_dir (&self)) {
         close (self.listen_fd);
+        if (self.health_fd >= 0)
+            close (self.health_fd);
         return 1;
     }
     zg_endpoints (config, self.run_dir, self.frontend_ep, sizeof (self.frontend_ep),
@@ -755,12 +900,44 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
         added = s_child_add (&self, ZG_ROLE_WORKER, i + 1) >= 0;
     if (added && with_spend)
         added = s_child_add (&self, ZG_ROLE_SPEND, 0) >= 0;
-    if (!added) {
+    bool with_health = self.health_fd >= 0;
+    if (added && with_health)
+        added = s_child_add (&self, ZG_ROLE_HEALTH, 0) >= 0;
+
+    //  The scoreboard: slot 0 is ours, then the frontend, its router
+    //  thread, each child, and as many spare worker slots as workers, for
+    //  replacements that start before the worker they replace has gone
+    snprintf (self.board_path, sizeof (self.board_path), "%s/scoreboard", self.run_dir);
+    int slot_count = 2 + self.child_count + cli->num_workers;
+    if (added) {
+        self.board = zg_scoreboard_create (self.board_path, config, slot_count);
+        if (!self.board)
+            zg_error ("cannot create the scoreboard %s: %s", self.board_path, strerror (errno));
+    }
+    if (!added || !self.board) {
         free (self.children);
         close (self.listen_fd);
+        if (self.health_fd >= 0)
+            close (self.health_fd);
         s_remove_run_dir (&self);
         return 1;
     }
+    zg_scoreboard_require_db (self.board, with_spend && !config->allow_requests_on_db_unavailable);
+    zg_scoreboard_assign (self.board, 0, ZG_SB_SUPERVISOR);
+    zg_scoreboard_claim (self.board, 0, "supervisor");
+    self.router_slot = 2;
+    zg_scoreboard_assign (self.board, self.router_slot, ZG_SB_ROUTER);
+    zg_scoreboard_expect (self.board, ZG_SB_ROUTER);
+    int next_slot = 1;
+    for (int i = 0; i < self.child_count; i++) {
+        s_child_t *child = &self.children [i];
+        child->slot = next_slot;
+        next_slot += child->role == ZG_ROLE_FRONTEND? 2: 1;
+        zg_scoreboard_assign (self.board, child->slot, s_board_role (child->role));
+        zg_scoreboard_expect (self.board, s_board_role (child->role));
+    }
+    while (next_slot < slot_count)
+        zg_scoreboard_assign (self.board, next_slot++, ZG_SB_WORKER);
 
     //  Signals arrive through a descriptor so the loop below has one place
     //  to wait and no async-signal-safety puzzles
@@ -784,6 +961,8 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
         s_spawn (&self, &self.children [i]);
     zg_info ("zgate %s listening on http://%s:%d (%d workers)", ZG_VERSION, cli->host,
              cli->port, cli->num_workers);
+    if (with_health)
+        zg_info ("health app on http://%s:%d", cli->host, health_port);
 
     const char *stopwait = getenv ("SUPERVISORD_STOPWAITSECS");
     int64_t stop_wait_ms = (stopwait && atol (stopwait) > 0 ? atol (stopwait) : 3600) * 1000LL;
@@ -797,7 +976,13 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
         if (self.stopping && s_running_children (&self) == 0)
             break;
         int64_t now = s_now_ms ();
-        int timeout = 1000;
+        int timeout = config->heartbeat_ms > 0 && config->heartbeat_ms < 1000
+                    ? config->heartbeat_ms : 1000;
+        zg_scoreboard_beat (self.board, 0);
+        s_check_crash_loops (&self, now);
+        if (self.stopping && stop_deadline == 0)
+            //  Stopping for a reason of our own (a child that cannot run)
+            stop_deadline = now + stop_wait_ms;
         if (!self.stopping) {
             for (int i = 0; i < self.child_count; i++) {
                 s_child_t *child = &self.children [i];
@@ -879,6 +1064,8 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
                 if (signals == 1) {
                     zg_info ("received %s; stopping once the requests in flight end "
                              "(at most %lld s)", name, (long long) (stop_wait_ms / 1000));
+                    //  Readiness turns 503 at once, wherever it is asked
+                    zg_scoreboard_set_flags (self.board, 0, ZG_SB_DRAINING, 0);
                     self.stopping = true;
                     stop_deadline = s_now_ms () + stop_wait_ms;
                     s_stop_in_order (&self);
@@ -904,6 +1091,9 @@ zg_supervisor_run (const zg_config_t *config, const zg_cli_t *cli)
     free (pfd_pids);
     close (sigfd);
     close (self.listen_fd);
+    if (self.health_fd >= 0)
+        close (self.health_fd);
+    zg_scoreboard_destroy (&self.board);
     for (int i = 0; i < self.child_count; i++)
         if (self.children [i].status_fd >= 0)
             close (self.children [i].status_fd);

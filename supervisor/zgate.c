@@ -4,9 +4,11 @@
 */
 #include "common/zg_config.h"
 #include "common/zg_log.h"
+#include "common/zg_scoreboard.h"
 #include "common/zg_sha256.h"
 #include "db/zg_migrate.h"
 #include "frontend/zg_frontend.h"
+#include "health/zg_health.h"
 #include "router/zg_router.h"
 #include "spend/zg_spend.h"
 #include "supervisor/zg_cli.h"
@@ -15,6 +17,7 @@
 #include "workers/zg_worker.h"
 
 #include <czmq.h>
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -31,6 +34,7 @@ s_component (zg_role_t role)
         case ZG_ROLE_FRONTEND: return "zgate.frontend";
         case ZG_ROLE_MIGRATE:  return "zgate.migrate";
         case ZG_ROLE_SPEND:    return "zgate.spend";
+        case ZG_ROLE_HEALTH:   return "zgate.health";
         default:               return "zgate";
     }
 }
@@ -168,6 +172,43 @@ main (int argc, char **argv)
         }
     }
 
+    //  The scoreboard the supervisor made, or, for a frontend run alone,
+    //  one of its own so that its readiness and /metrics still work
+    zg_scoreboard_t *board = NULL;
+    const char *board_path = getenv ("ZGATE_SCOREBOARD");
+    if (cli.role != ZG_ROLE_ALL && cli.role != ZG_ROLE_MIGRATE) {
+        if (board_path && *board_path) {
+            board = zg_scoreboard_attach (board_path);
+            if (!board)
+                zg_warning ("cannot use the scoreboard %s (%s): this process reports no "
+                            "heartbeat or metrics", board_path, strerror (errno));
+        }
+        else
+        if (cli.role == ZG_ROLE_HEALTH) {
+            char path [PATH_MAX + 16];
+            snprintf (path, sizeof (path), "%s/scoreboard", s_run_dir (config));
+            board = zg_scoreboard_attach (path);
+            if (!board)
+                zg_warning ("no scoreboard at %s (%s): readiness will say so", path,
+                            strerror (errno));
+        }
+        else
+        if (cli.role == ZG_ROLE_FRONTEND) {
+            board = zg_scoreboard_new_private (config, 2);
+            if (board) {
+                zg_scoreboard_assign (board, 0, ZG_SB_FRONTEND);
+                zg_scoreboard_expect (board, ZG_SB_FRONTEND);
+                setenv ("ZGATE_SLOT", "0", 1);
+                if (cli.with_router) {
+                    zg_scoreboard_assign (board, 1, ZG_SB_ROUTER);
+                    zg_scoreboard_expect (board, ZG_SB_ROUTER);
+                    setenv ("ZGATE_ROUTER_SLOT", "1", 1);
+                }
+            }
+        }
+    }
+    zg_scoreboard_set_process (board);
+
     int rc = 0;
     switch (cli.role) {
         case ZG_ROLE_ALL:
@@ -229,7 +270,24 @@ main (int argc, char **argv)
             rc = s_run_frontend (config, &cli, frontend_ep, worker_ep, fd);
             break;
         }
+        case ZG_ROLE_HEALTH: {
+            int fd = cli.listen_fd;
+            if (fd < 0) {
+                const char *port_text = getenv ("SEPARATE_HEALTH_PORT");
+                int port = port_text && atoi (port_text) > 0 ? atoi (port_text) : 4001;
+                fd = zg_listen (cli.host, port, errbuf, sizeof (errbuf));
+                if (fd < 0) {
+                    zg_error ("%s", errbuf);
+                    rc = supervised ? ZG_EXIT_FATAL : 1;
+                    break;
+                }
+            }
+            rc = zg_health_run (config, board, zg_scoreboard_env_slot ("ZGATE_SLOT"), fd);
+            break;
+        }
     }
+    zg_scoreboard_set_process (NULL);
+    zg_scoreboard_destroy (&board);
     zg_config_destroy (&config);
     return rc;
 }

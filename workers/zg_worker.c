@@ -48,6 +48,7 @@
 #include "workers/zg_prices.h"
 #include "proto/zg_msg.h"
 #include "common/zg_log.h"
+#include "common/zg_scoreboard.h"
 
 #include <czmq.h>
 #include <curl/curl.h>
@@ -86,6 +87,7 @@ typedef struct {
     //  The call
     char      call_id [ZG_CALL_ID_MAX + 1];
     uint32_t  flags;
+    int       board_group;                  //  the model group's index in the scoreboard
     zg_deployment_wire_t deployment;
     char      api_base [ZG_URL_MAX + 1];    //  without query string, for messages
     const zg_provider_t *provider;
@@ -158,6 +160,9 @@ struct _worker_t {
 
     zg_msg_t  in;
     zg_msg_t  out;
+
+    zg_scoreboard_t *board;                 //  heartbeat and metrics; may be NULL
+    int       board_slot;
 };
 
 static int64_t
@@ -285,6 +290,8 @@ s_send_head (worker_t *self, slot_t *slot, bool final)
     }
     ZG_MSG_SET (self->out.deployment_id, slot->deployment.id);
     ZG_MSG_SET (self->out.api_base, slot->api_base);
+    //  The frontend's x-litellm-overhead-duration-ms is its time minus this
+    self->out.duration_us = (uint64_t) (s_now_us () - slot->start_us);
     if (final) {
         self->out.payload = zframe_new (slot->body.data, slot->body.size);
         if (!self->out.payload)
@@ -341,6 +348,14 @@ s_send_end (worker_t *self, slot_t *slot)
     }
     self->out.duration_us = (uint64_t) (end_us - slot->start_us);
     ZG_MSG_SET (self->out.deployment_id, slot->deployment.id);
+    zg_scoreboard_count_usage (self->board, self->board_slot, slot->board_group,
+                               self->out.prompt_tokens, self->out.completion_tokens,
+                               self->out.total_tokens, self->out.cost);
+    zg_scoreboard_observe (self->board, self->board_slot, slot->board_group,
+                           ZG_SB_LATENCY_LLM_API, self->out.duration_us);
+    if (slot->flags & ZG_FLAG_STREAM)
+        zg_scoreboard_observe (self->board, self->board_slot, slot->board_group,
+                               ZG_SB_LATENCY_TTFT, self->out.ttfb_us);
     return s_send (self);
 }
 
@@ -864,6 +879,7 @@ s_on_dispatch (worker_t *self, zg_msg_t *msg)
     ZG_MSG_SET (slot->call_id, msg->call_id);
     zhashx_insert (self->by_call_id, slot->call_id, slot);
     slot->flags = msg->flags;
+    slot->board_group = zg_scoreboard_group (self->board, msg->model);
     s_deployment_copy (&slot->deployment, &msg->deployment);
     s_copy_api_base (slot->api_base, sizeof (slot->api_base), slot->deployment.api_base);
     slot->request = msg->payload;
@@ -1326,6 +1342,9 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
     int64_t now = s_now_us ();
     self->last_heard_us = now;
     self->next_heartbeat_us = now + self->heartbeat_us;
+    self->board = zg_scoreboard_process ();
+    self->board_slot = zg_scoreboard_env_slot ("ZGATE_SLOT");
+    zg_scoreboard_claim (self->board, self->board_slot, self->name);
     s_send_ready (self);
 
     struct epoll_event events [EPOLL_BATCH];
@@ -1335,6 +1354,7 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
         || (self->retire == RETIRE_ANSWERED && self->free_count == self->capacity))
             break;
         now = s_now_us ();
+        zg_scoreboard_beat (self->board, self->board_slot);
         int wait_ms = s_wait_ms (self, now);
         //  Credit goes back in batches while the worker is busy, and all of
         //  it before the worker sleeps
