@@ -70,7 +70,7 @@ typedef enum {
     ZG_SB_GAUGES
 } zg_sb_gauge_t;
 
-//  Latency histograms, per model group
+//  Latency histograms, per model group, of successful calls
 typedef enum {
     ZG_SB_LATENCY_TOTAL = 0,    //  litellm_request_total_latency_metric (frontend)
     ZG_SB_LATENCY_LLM_API,      //  litellm_llm_api_latency_metric (worker)

@@ -2001,9 +2001,12 @@ s_on_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
         int64_t total_us = zclock_usecs () - call->started_us;
         zg_scoreboard_count_request (self->board, self->slot, group,
                                      call->status ? call->status : 499);
-        zg_scoreboard_observe (self->board, self->slot, group, ZG_SB_LATENCY_TOTAL,
-                               (uint64_t) (total_us > 0 ? total_us : 0));
-        if (call->overhead_us >= 0)
+        //  Latencies of successful calls, as the reference's success
+        //  callback records them
+        if (call->status >= 200 && call->status < 400)
+            zg_scoreboard_observe (self->board, self->slot, group, ZG_SB_LATENCY_TOTAL,
+                                   (uint64_t) (total_us > 0 ? total_us : 0));
+        if (call->overhead_us >= 0 && call->status >= 200 && call->status < 400)
             zg_scoreboard_observe (self->board, self->slot, group, ZG_SB_LATENCY_OVERHEAD,
                                    (uint64_t) call->overhead_us);
     }

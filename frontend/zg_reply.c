@@ -451,6 +451,7 @@ zg_reply_test (bool verbose)
     ZG_CHECK (strstr (ready, "\"detail\":\"router not reachable\""));
     ZG_CHECK (strstr (ready, "\"is_detailed_debug\":true"));
     free (ready);
+    config.deployment_count = 3;
     const char *errors [] = { NULL, "Connection refused \"x\"", NULL };
     char *health = zg_reply_health_json (&config, errors);
     ZG_CHECK (zg_json_valid (health, strlen (health), NULL));

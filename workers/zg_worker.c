@@ -351,9 +351,12 @@ s_send_end (worker_t *self, slot_t *slot)
     zg_scoreboard_count_usage (self->board, self->board_slot, slot->board_group,
                                self->out.prompt_tokens, self->out.completion_tokens,
                                self->out.total_tokens, self->out.cost);
-    zg_scoreboard_observe (self->board, self->board_slot, slot->board_group,
-                           ZG_SB_LATENCY_LLM_API, self->out.duration_us);
-    if (slot->flags & ZG_FLAG_STREAM)
+    //  Latencies of successful calls, as the reference records them
+    bool succeeded = self->out.status < 400;
+    if (succeeded)
+        zg_scoreboard_observe (self->board, self->board_slot, slot->board_group,
+                               ZG_SB_LATENCY_LLM_API, self->out.duration_us);
+    if (succeeded && (slot->flags & ZG_FLAG_STREAM))
         zg_scoreboard_observe (self->board, self->board_slot, slot->board_group,
                                ZG_SB_LATENCY_TTFT, self->out.ttfb_us);
     return s_send (self);
