@@ -738,7 +738,8 @@ zg_scoreboard_readiness (zg_scoreboard_t *self, const char *log_level,
             db_known = true;
             db_down |= !(states [role].flags & ZG_SB_DB_UP);
         }
-    const char *db = db_known && !db_down ? "connected" : "Not connected";
+    //  "Not connected" with no database at all, as the reference says it
+    const char *db = !db_known ? "Not connected" : db_down ? "disconnected" : "connected";
     if (db_down && self->header->db_required)
         s_add (&reasons, "%sdatabase not reachable", reasons.used ? "; " : "");
 
@@ -1085,7 +1086,7 @@ zg_scoreboard_test (bool verbose)
     free (json);
     zg_scoreboard_set_flags (board, 5, ZG_SB_DB_KNOWN, ZG_SB_DB_UP);
     ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 200);
-    ZG_CHECK (strstr (json, "\"db\":\"Not connected\""));
+    ZG_CHECK (strstr (json, "\"db\":\"disconnected\""));
     free (json);
     zg_scoreboard_require_db (board, true);
     ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 503);

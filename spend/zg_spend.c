@@ -547,10 +547,7 @@ zg_spend_run (const zg_config_t *config, const char *endpoint)
         int slot = zg_scoreboard_env_slot ("ZGATE_SLOT");
         zg_scoreboard_claim (board, slot, "spend");
         while (poller && !zsys_interrupted) {
-            //  Alive, and the database as the last write found it
             zg_scoreboard_beat (board, slot);
-            zg_scoreboard_set_flags (board, slot, ZG_SB_DB_KNOWN | (self.outage? 0: ZG_SB_DB_UP),
-                                     self.outage? ZG_SB_DB_UP: 0);
             int64_t now = s_now_ms ();
             int64_t wait = self.next_heartbeat - now;
             if (self.held) {
