@@ -710,7 +710,7 @@ s_child_exited (s_supervisor_t *self, pid_t pid, int status)
         //  Died before it registered: the old worker serves on
         for (int i = 0; i < self->child_count; i++)
             if (self->children [i].replacement == pid) {
-                char why [96];
+                char why [160];     //  room for the pid and the longest "how"
                 snprintf (why, sizeof (why), "(pid %d) %s before it registered", (int) pid, how);
                 s_replacement_failed (self, i, why, s_now_ms ());
                 break;
