@@ -37,6 +37,10 @@
 //  Reconnect backoff: doubles from the first to the last
 #define RETRY_FIRST_MS          100
 #define RETRY_LAST_MS           5000
+//  How often ended budget periods are written back (spend 0, next reset).
+//  The key table starts a new period at once on its own; this makes the
+//  database, /key/info and every other instance agree.
+#define BUDGET_SWEEP_MS         5000
 
 typedef enum { COMMAND_LOOKUP = 1, COMMAND_JOB } s_command_kind_t;
 
@@ -188,6 +192,7 @@ typedef struct {
     int                retry_ms;
     int64_t            retry_at;    //  ms, monotonic
     int64_t            reload_at;   //  ms, monotonic
+    int64_t            sweep_at;    //  ms, monotonic: next budget reset sweep
     bool               terminated;
 } s_self_t;
 
@@ -486,6 +491,88 @@ s_load_spend (s_self_t *self, bool reset)
     return s_load_owners (self, kind);
 }
 
+//  Budget periods that ended: spend back to 0 and the next reset set, for
+//  keys, users and teams, as the reference's reset job does. Rows are
+//  locked and skipped when locked, so instances sharing the database
+//  never reset one row twice; NOTIFY zgate_spend makes every keystore
+//  reload spend, and the later budget_reset_at tells their tables that a
+//  new period began (zg_keys_upsert's merge rule). Returns the rows reset,
+//  or -1 on an error.
+static const struct {
+    const char *table;
+    const char *id;
+} s_budget_owners [] = {
+    { "LiteLLM_VerificationToken", "token" },
+    { "LiteLLM_UserTable",         "user_id" },
+    { "LiteLLM_TeamTable",         "team_id" }
+};
+
+static int
+s_sweep_budgets (s_self_t *self, int64_t now)
+{
+    PGresult *result = s_query (self, "BEGIN", 0, NULL);
+    if (!result)
+        return -1;
+    PQclear (result);
+    int reset = 0;
+    for (size_t owner = 0; owner < sizeof s_budget_owners / sizeof s_budget_owners [0]; owner++) {
+        char sql [512];
+        snprintf (sql, sizeof sql,
+                  "SELECT %s, budget_duration FROM \"%s\""
+                  " WHERE budget_reset_at <= (now () AT TIME ZONE 'UTC')"
+                  " AND coalesce (budget_duration, '') <> '' AND %s IS NOT NULL"
+                  " FOR UPDATE SKIP LOCKED",
+                  s_budget_owners [owner].id, s_budget_owners [owner].table,
+                  s_budget_owners [owner].id);
+        result = s_query (self, sql, 0, NULL);
+        if (!result) {
+            s_rollback (self);
+            return -1;
+        }
+        snprintf (sql, sizeof sql,
+                  "UPDATE \"%s\" SET spend = 0,"
+                  " budget_reset_at = to_timestamp ($2::float8) AT TIME ZONE 'UTC'"
+                  " WHERE %s = $1",
+                  s_budget_owners [owner].table, s_budget_owners [owner].id);
+        for (int row = 0; row < PQntuples (result); row++) {
+            int64_t next;
+            const char *duration = PQgetvalue (result, row, 1);
+            if (zg_keys_duration_end (duration, now, &next) != 0 || next <= now) {
+                zg_debug ("keystore: budget_duration '%.32s' cannot be scheduled; left as is",
+                          duration);
+                continue;
+            }
+            char next_text [32];
+            snprintf (next_text, sizeof next_text, "%lld", (long long) next);
+            const char *params [] = { PQgetvalue (result, row, 0), next_text };
+            PGresult *updated = s_query (self, sql, 2, params);
+            if (!updated) {
+                PQclear (result);
+                s_rollback (self);
+                return -1;
+            }
+            PQclear (updated);
+            reset++;
+        }
+        PQclear (result);
+    }
+    if (reset) {
+        result = s_query (self, "NOTIFY " ZG_KEYSTORE_CHANNEL_SPEND, 0, NULL);
+        if (!result) {
+            s_rollback (self);
+            return -1;
+        }
+        PQclear (result);
+    }
+    result = s_query (self, "COMMIT", 0, NULL);
+    if (!result)
+        return -1;
+    PQclear (result);
+    if (reset)
+        zg_info ("keystore: %d budget periods ended; spend reset", reset);
+    return reset;
+}
+
 //  What the notifications received so far ask for. True when there were
 //  some: the queries run for them may have read more into libpq's queue,
 //  where the socket no longer shows them, so the caller looks again
@@ -692,12 +779,18 @@ s_actor (zsock_t *pipe, void *args)
         else
         if (self.db && now >= self.reload_at)
             s_full_load (&self);
+        if (self.db && now >= self.sweep_at) {
+            self.sweep_at = now + BUDGET_SWEEP_MS;
+            s_sweep_budgets (&self, (int64_t) time (NULL));
+        }
         bool notified = s_notifications (&self);
 
         long timeout = 0;
         if (zlistx_size (self.queue) == 0 && !notified) {
             now = zclock_mono ();
-            int64_t due = self.db ? self.reload_at : self.retry_at;
+            int64_t due = self.db ? (self.reload_at < self.sweep_at ? self.reload_at
+                                                                    : self.sweep_at)
+                                  : self.retry_at;
             timeout = due > now ? (long) (due - now) : 0;
         }
         zmq_pollitem_t items [2] = {

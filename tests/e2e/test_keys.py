@@ -248,6 +248,26 @@ class KeysTest(KeysCase):
         self.assertEqual(self.gw.post("/key/update", {"key": key, "max_budget": 1.0}).status, 200)
         self.assertEqual(self.chat(key).status, 200)
 
+    def test_budget_duration_resets_spend(self):
+        #  A budget of one call per period of 2 s: refused once spent, let in
+        #  again when the period ends, and the database's spend and next
+        #  reset are written back (as /key/info shows)
+        key = self.generate(max_budget=COST * 0.5, budget_duration="2s")
+        first_reset = key["budget_reset_at"]
+        self.assertEqual(self.chat(key["key"]).status, 200)
+        zgtest.wait_until(lambda: (self.db_spend(key["token"]) or 0) > 0, 30, interval=0.2,
+                          message="the call's spend written")
+        zgtest.wait_until(lambda: self.chat(key["key"]).status == 429, 30, interval=0.2,
+                          message="the key refused over its budget")
+        zgtest.wait_until(lambda: self.chat(key["key"]).status == 200, 30, interval=0.2,
+                          message="the key let in again in a new budget period")
+
+        def written_back():
+            info = self.info(key["key"])
+            return info["budget_reset_at"] != first_reset and info["spend"] <= COST * 1.01
+        zgtest.wait_until(written_back, 30, interval=0.2,
+                          message="the database's spend reset and budget_reset_at moved on")
+
     def test_rpm_limit(self):
         key = self.generate(rpm_limit=2)["key"]
         self.assertEqual(self.chat(key).status, 200)
