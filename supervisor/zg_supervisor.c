@@ -750,15 +750,15 @@ s_child_exited (s_supervisor_t *self, pid_t pid, int status)
             child->backoff_ms = ZG_BACKOFF_MAX_MS;
     }
     child->restart_at = now + (child->crashes ? child->backoff_ms : 0);
-    if (s_count_restart (self, child->role, now)
-    &&  self->health_fd >= 0
+    s_count_restart (self, child->role, now);
+    if (self->health_fd >= 0
     &&  (child->role == ZG_ROLE_FRONTEND || child->role == ZG_ROLE_HEALTH)) {
         //  As the reference's supervisord does with a separate health
-        //  app: the pod is restarted by its orchestrator, since the
-        //  probes cannot vouch for a gateway that keeps dying
-        zg_error ("%s (pid %d) %s and is crash-looping; with SEPARATE_HEALTH_APP=1 "
-                  "this stops zgate so that the orchestrator restarts it",
-                  s_role_name (child->role), (int) pid, how);
+        //  app: the probes answer from another process, so they cannot
+        //  vouch for a main gateway (or health app) that died; the whole
+        //  zgate exits non-zero and the orchestrator restarts the pod
+        zg_error ("%s (pid %d) %s; with SEPARATE_HEALTH_APP=1 this stops zgate so that "
+                  "the orchestrator restarts it", s_role_name (child->role), (int) pid, how);
         self->stopping = true;
         self->exit_code = 1;
         zg_scoreboard_set_flags (self->board, 0, ZG_SB_DRAINING, 0);

@@ -319,14 +319,15 @@ class CrashLoopTest(zgtest.GatewayTestCase):
         self.assertEqual(metric(text, "zgate_crash_loop", role="worker"), 1)
         self.assertGreaterEqual(metric(text, "zgate_restarts_total", role="worker"), 5)
 
-    def test_health_app_killed_for_good_stops_zgate(self):
-        port = zgtest.free_port()
-        gw = self.gateway(self.config, num_workers=1, name="zgate-health-loop",
-                          env={"SEPARATE_HEALTH_APP": "1", "SEPARATE_HEALTH_PORT": str(port)})
-        wait_readiness(port, 200)
-        self.kill_until(gw, "health", lambda: gw.proc.poll() is not None)
-        self.exited(gw, 1)
-        self.assertIn("crash-looping; with SEPARATE_HEALTH_APP=1 this stops zgate", gw.output())
+    def test_health_app_or_frontend_death_stops_zgate(self):
+        for role in ("health", "frontend"):
+            port = zgtest.free_port()
+            gw = self.gateway(self.config, num_workers=1, name="zgate-%s-dies" % role,
+                              env={"SEPARATE_HEALTH_APP": "1", "SEPARATE_HEALTH_PORT": str(port)})
+            wait_readiness(port, 200)
+            self.kill_until(gw, role, lambda: gw.proc.poll() is not None)
+            self.exited(gw, 1)
+            self.assertIn("with SEPARATE_HEALTH_APP=1 this stops zgate", gw.output())
 
     def test_busy_health_port_is_an_error(self):
         busy = socket.socket()
