@@ -119,11 +119,6 @@ struct _zg_call_t {
     char     *path_key;             //  /key/{key}/regenerate: the key, until the job takes it
     uint64_t  admin_handle;         //  the job's handle while it runs
 
-    //  A whole answer held until the END that follows it reports the cost
-    struct MHD_Response *held;
-    int       held_status;
-    int64_t   held_until;           //  monotonic ms: sent without the cost after this
-
     //  Table links
     zg_call_t *hash_next;
     zg_call_t *prev;                //  in-flight list

@@ -17,7 +17,7 @@
         s_on_request (headers)   route, auth, limits -> UPLOADING
         s_on_request (body)      bytes copied once, into the REQUEST's frame
         s_on_request (end)       validate, send REQUEST, suspend -> WAITING
-        HEAD final               queue the reply body (no copy), resume
+        HEAD final               queue the reply body (no copy) with its cost, resume
         HEAD stream              queue a reader response, resume -> STREAMING
         CHUNK                    queue the frame, resume if the reader waits
         s_stream_reader          copy queued bytes out, or suspend when dry
@@ -87,9 +87,6 @@
 //  long one waits before it is told the database is not answering
 #define ZG_KEY_WAITERS_MAX      4096
 #define ZG_KEY_WAIT_MS          5000
-//  How long a whole answer waits for the END that reports its cost; the
-//  router sends END right after HEAD, so this only bounds a lost message
-#define ZG_HOLD_MS              1000
 //  GET /health: how long one deployment's check may take (the reference's
 //  HEALTH_CHECK_TIMEOUT_SECONDS)
 #define ZG_HEALTH_CHECK_TIMEOUT_MS  60000
@@ -851,11 +848,13 @@ s_on_head (s_frontend_t *self, zg_call_t *call, zg_msg_t *head)
         MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
                                  content_type ? content_type : "application/json");
         s_add_answer_headers (self, call, response, head);
-        //  The END that follows at once says what the call cost: the
-        //  answer waits for it, to carry x-litellm-response-cost
-        call->held = response;
-        call->held_status = status;
-        call->held_until = zclock_mono () + ZG_HOLD_MS;
+        //  A whole answer is the call's last message: it says what the
+        //  call cost, as a stream's END does
+        s_key_usage (self, call, head);
+        s_key_finish (self, call);
+        s_add_cost_header (response, head->cost);
+        s_add_key_headers (self, call, response);
+        s_finish_waiting (self, call, status, response);
         return;
     }
     struct MHD_Response *response = MHD_create_response_from_callback (
@@ -903,26 +902,11 @@ s_on_chunk (s_frontend_t *self, zg_call_t *call, zg_msg_t *chunk)
     s_resume (self, call);
 }
 
-//  Send the whole answer held for its END (or sent without it)
-static void
-s_release_held (s_frontend_t *self, zg_call_t *call)
-{
-    struct MHD_Response *response = call->held;
-    call->held = NULL;
-    s_finish_waiting (self, call, call->held_status, response);
-}
-
 static void
 s_on_end (s_frontend_t *self, zg_call_t *call, zg_msg_t *end)
 {
     s_key_usage (self, call, end);
     s_key_finish (self, call);
-    if (call->state == ZG_CALL_WAITING && call->held) {
-        s_add_cost_header (call->held, end->cost);
-        s_add_key_headers (self, call, call->held);
-        s_release_held (self, call);
-        return;
-    }
     if (call->state == ZG_CALL_WAITING) {
         s_fail_waiting (self, call, 502, "internal_server_error",
                         "The upstream answer ended before it began", NULL);
@@ -946,9 +930,6 @@ s_on_error (s_frontend_t *self, zg_call_t *call, zg_msg_t *error)
     const char *type = error->err_type [0] ? error->err_type : "internal_server_error";
     const char *param = error->param [0] ? error->param : NULL;
     s_key_finish (self, call);
-    if (call->state == ZG_CALL_WAITING && call->held)
-        s_release_held (self, call);
-    else
     if (call->state == ZG_CALL_WAITING)
         s_fail_waiting (self, call, status, type, error->message, param);
     else
@@ -1022,9 +1003,6 @@ s_fail_all (s_frontend_t *self, int status, const char *type, const char *messag
         zg_call_t *next = call->next;
         //  Tell the router anyway: if it is only slow, it can stop the work
         s_cancel (self, call);
-        if (call->state == ZG_CALL_WAITING && call->held)
-            s_release_held (self, call);
-        else
         if (call->state == ZG_CALL_WAITING)
             s_fail_waiting (self, call, status, type, message, NULL);
         else
@@ -1057,14 +1035,6 @@ s_on_timers (s_frontend_t *self, int64_t now)
         zg_call_t *call = zg_calls_first (self->calls);
         while (call) {
             zg_call_t *next = call->next;
-            if (call->state == ZG_CALL_WAITING && call->held) {
-                if (now > call->held_until) {
-                    zg_debug ("call %s: no END after its answer; sent without the cost",
-                              call->call_id);
-                    s_release_held (self, call);
-                }
-            }
-            else
             if (call->state == ZG_CALL_WAITING && now > call->deadline_ms) {
                 s_cancel (self, call);
                 char message [128];
@@ -1986,10 +1956,6 @@ s_on_completed (void *cls, struct MHD_Connection *connection, void **con_cls,
         s_admin_handle_key (call->admin_handle, key, sizeof (key));
         zhashx_delete (self->admin_calls, key);
         call->admin_handle = 0;
-    }
-    if (call->held) {
-        MHD_destroy_response (call->held);
-        call->held = NULL;
     }
     if (call->check) {
         //  GET /health whose client left: the probes end on their own

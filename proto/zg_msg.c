@@ -99,7 +99,9 @@ static const s_field_t s_head_fields [] = {
     S_CALL_ID, S_STATUS, S_UNSIGNED (zg_msg_t, flags), S_STR (zg_msg_t, content_type),
     { S_HEADERS, offsetof (zg_msg_t, headers), sizeof (char *), 0, ZG_HEADERS_MAX, NULL, 0 },
     S_STR (zg_msg_t, deployment_id), S_STR (zg_msg_t, api_base),
-    S_UNSIGNED (zg_msg_t, duration_us)
+    S_UNSIGNED (zg_msg_t, duration_us),
+    S_UNSIGNED (zg_msg_t, prompt_tokens), S_UNSIGNED (zg_msg_t, completion_tokens),
+    S_UNSIGNED (zg_msg_t, total_tokens), S_FLOAT (zg_msg_t, cost), S_UNSIGNED (zg_msg_t, ttfb_us)
 };
 
 static const s_field_t s_call_id_only [] = {
@@ -669,14 +671,17 @@ s_peek_str (const uint8_t *data, size_t size, size_t *position, size_t *start, s
 }
 
 int
-zg_msg_peek (const uint8_t *data, size_t size, int *type, char *call_id, uint16_t *status)
+zg_msg_peek (const uint8_t *data, size_t size, int *type, char *call_id, uint16_t *status,
+             uint32_t *flags)
 {
     assert (type);
     assert (call_id);
     assert (status);
+    assert (flags);
     *type = 0;
     call_id [0] = 0;
     *status = 0;
+    *flags = 0;
     if (!data || size == 0 || size > ZG_HEADER_MAX_BYTES)
         return ZG_MSG_ERR_MALFORMED;
     size_t position = 0, count = 0, start, length;
@@ -707,11 +712,17 @@ zg_msg_peek (const uint8_t *data, size_t size, int *type, char *call_id, uint16_
     ||  !s_peek_str (data, size, &position, &start, &length)
     ||  length > ZG_CALL_ID_MAX || memchr (data + start, 0, length))
         return ZG_MSG_ERR_MALFORMED;
-    if (number == ZG_MSG_END || number == ZG_MSG_ERROR) {
+    if (number == ZG_MSG_HEAD || number == ZG_MSG_END || number == ZG_MSG_ERROR) {
         uint64_t code;
         if (!s_peek_uint (data, size, &position, &code) || code > 999)
             return ZG_MSG_ERR_MALFORMED;
         *status = (uint16_t) code;
+    }
+    if (number == ZG_MSG_HEAD || number == ZG_MSG_ERROR) {
+        uint64_t bits;
+        if (!s_peek_uint (data, size, &position, &bits) || bits > UINT32_MAX)
+            return ZG_MSG_ERR_MALFORMED;
+        *flags = (uint32_t) bits;
     }
     memcpy (call_id, data + start, length);
     call_id [length] = 0;
@@ -1255,7 +1266,7 @@ s_test_encode_count (const zg_msg_t *msg, int delta, uint8_t *buffer, size_t siz
 //  Preamble items to put in place of magic, version or type
 typedef enum {
     S_ITEM_STR_ZH, S_ITEM_STR_LOWER, S_ITEM_STR_SHORT, S_ITEM_STR_LONG, S_ITEM_STR_EMPTY,
-    S_ITEM_BIN_ZG, S_ITEM_NIL, S_ITEM_ZERO, S_ITEM_TWO, S_ITEM_TWELVE, S_ITEM_255,
+    S_ITEM_BIN_ZG, S_ITEM_NIL, S_ITEM_ZERO, S_ITEM_NEXT_VERSION, S_ITEM_TWELVE, S_ITEM_255,
     S_ITEM_2_POW_32, S_ITEM_NEGATIVE, S_ITEM_FLOAT_ONE, S_ITEM_STR_ONE, S_ITEM_COUNT
 } s_item_t;
 
@@ -1271,7 +1282,7 @@ s_test_pack_item (msgpack_packer *packer, s_item_t item)
         case S_ITEM_BIN_ZG:     return msgpack_pack_bin_with_body (packer, "ZG", 2);
         case S_ITEM_NIL:        return msgpack_pack_nil (packer);
         case S_ITEM_ZERO:       return msgpack_pack_uint8 (packer, 0);
-        case S_ITEM_TWO:        return msgpack_pack_uint8 (packer, 2);
+        case S_ITEM_NEXT_VERSION: return msgpack_pack_uint8 (packer, ZG_PROTO_VERSION + 1);
         case S_ITEM_TWELVE:     return msgpack_pack_uint8 (packer, 12);
         case S_ITEM_255:        return msgpack_pack_uint8 (packer, 255);
         case S_ITEM_2_POW_32:   return msgpack_pack_uint64 (packer, UINT64_C (1) << 32);
@@ -1373,17 +1384,18 @@ s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
     S_CHECK (zg_msg_decode (back, buffer, (size_t) size) == ZG_MSG_OK
           && back->headers && streq (back->headers, "a: b\r\n"));
     //  An empty str is as good as nil
-    const uint8_t empty_headers [] = { 0x9b, 0xa2, 'Z', 'G', 1, ZG_MSG_HEAD, 0xa1, 'c', 0xcc, 200, 0,
-                                       0xa1, 't', 0xa0, 0xa1, 'd', 0xa1, 'a', 0 };
+    const uint8_t empty_headers [] = { 0xdc, 0, 16, 0xa2, 'Z', 'G', ZG_PROTO_VERSION, ZG_MSG_HEAD,
+                                       0xa1, 'c', 0xcc, 200, 0, 0xa1, 't', 0xa0, 0xa1, 'd',
+                                       0xa1, 'a', 0, 0, 0, 0, 0xcb, 0, 0, 0, 0, 0, 0, 0, 0, 0 };
     S_CHECK (zg_msg_decode (back, empty_headers, sizeof empty_headers) == ZG_MSG_OK
           && back->status == 200 && back->headers == NULL && streq (back->api_base, "a"));
 
     //  Wider encodings than ours are still msgpack unsigned integers
-    const uint8_t credit [] = { 0x94, 0xa2, 'Z', 'G', 0xcf, 0, 0, 0, 0, 0, 0, 0, 1,
+    const uint8_t credit [] = { 0x94, 0xa2, 'Z', 'G', 0xcf, 0, 0, 0, 0, 0, 0, 0, ZG_PROTO_VERSION,
                                 0xcd, 0, ZG_MSG_CREDIT, 0xce, 0, 0, 1, 0 };
     S_CHECK (zg_msg_decode (back, credit, sizeof credit) == ZG_MSG_OK
           && back->type == ZG_MSG_CREDIT && back->credit == 256);
-    const uint8_t empty_param [] = { 0x9b, 0xa2, 'Z', 'G', 1, ZG_MSG_ERROR, 0xa1, 'c', 0xcd, 0x01, 0xf4, 0,
+    const uint8_t empty_param [] = { 0x9b, 0xa2, 'Z', 'G', ZG_PROTO_VERSION, ZG_MSG_ERROR, 0xa1, 'c', 0xcd, 0x01, 0xf4, 0,
                                      0xa1, 't', 0xa1, 'm', 0xa0, 0xa0, 0xa0 };
     S_CHECK (zg_msg_decode (back, empty_param, sizeof empty_param) == ZG_MSG_OK
           && back->status == 500 && back->param [0] == 0 && streq (back->message, "m"));
@@ -1433,17 +1445,20 @@ s_test_peek (zg_msg_t *msg, uint8_t *buffer)
             int type;
             char call_id [ZG_CALL_ID_MAX + 1];
             uint16_t status;
-            S_CHECK (zg_msg_peek (buffer, (size_t) size, &type, call_id, &status) == ZG_MSG_OK);
+            uint32_t flags;
+            S_CHECK (zg_msg_peek (buffer, (size_t) size, &type, call_id, &status, &flags) == ZG_MSG_OK);
             S_CHECK (type == msg->type && streq (call_id, msg->call_id));
-            if (type == ZG_MSG_END || type == ZG_MSG_ERROR)
+            if (type == ZG_MSG_HEAD || type == ZG_MSG_END || type == ZG_MSG_ERROR)
                 S_CHECK (status == msg->status);
+            if (type == ZG_MSG_HEAD || type == ZG_MSG_ERROR)
+                S_CHECK (flags == msg->flags);
             //  Every cut: a heap copy of exactly that size, so that a read
             //  past its end is caught by the sanitizer
             for (int cut = 0; cut < size; cut++) {
                 uint8_t *part = (uint8_t *) malloc ((size_t) cut + 1);
                 assert (part);
                 memcpy (part, buffer, (size_t) cut);
-                int rc = zg_msg_peek (cut? part: NULL, (size_t) cut, &type, call_id, &status);
+                int rc = zg_msg_peek (cut? part: NULL, (size_t) cut, &type, call_id, &status, &flags);
                 S_CHECK (rc == ZG_MSG_OK || rc == ZG_MSG_ERR_MALFORMED);
                 if (rc == ZG_MSG_OK)
                     S_CHECK (type == msg->type && streq (call_id, msg->call_id));
@@ -1461,32 +1476,34 @@ s_test_peek (zg_msg_t *msg, uint8_t *buffer)
         int type;
         char call_id [ZG_CALL_ID_MAX + 1];
         uint16_t status;
-        S_CHECK (size > 0 && zg_msg_peek (buffer, (size_t) size, &type, call_id, &status)
+        uint32_t flags;
+        S_CHECK (size > 0 && zg_msg_peek (buffer, (size_t) size, &type, call_id, &status, &flags)
                              == ZG_MSG_ERR_MALFORMED);
     }
     //  Wrong magic, version, count, an over-long id or a status over 999
     int type;
     char call_id [ZG_CALL_ID_MAX + 1];
     uint16_t status;
-    const uint8_t good [] = { 0x94, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK, 0xa1, 'c' };
-    S_CHECK (zg_msg_peek (good, sizeof good, &type, call_id, &status) == ZG_MSG_OK
+    uint32_t flags;
+    const uint8_t good [] = { 0x94, 0xa2, 'Z', 'G', ZG_PROTO_VERSION, ZG_MSG_CHUNK, 0xa1, 'c' };
+    S_CHECK (zg_msg_peek (good, sizeof good, &type, call_id, &status, &flags) == ZG_MSG_OK
           && type == ZG_MSG_CHUNK && streq (call_id, "c"));
     const uint8_t magic [] = { 0x94, 0xa2, 'Z', 'H', 1, ZG_MSG_CHUNK, 0xa1, 'c' };
-    const uint8_t version [] = { 0x94, 0xa2, 'Z', 'G', 2, ZG_MSG_CHUNK, 0xa1, 'c' };
-    const uint8_t count [] = { 0x95, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK, 0xa1, 'c' };
-    const uint8_t nul [] = { 0x94, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK, 0xa2, 'c', 0 };
-    const uint8_t not_str [] = { 0x94, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK, 0x01 };
-    const uint8_t over [] = { 0x9c, 0xa2, 'Z', 'G', 1, ZG_MSG_END, 0xa1, 'c', 0xcd, 0x03, 0xe8 };
-    S_CHECK (zg_msg_peek (magic, sizeof magic, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
-    S_CHECK (zg_msg_peek (version, sizeof version, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
-    S_CHECK (zg_msg_peek (count, sizeof count, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
-    S_CHECK (zg_msg_peek (nul, sizeof nul, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
-    S_CHECK (zg_msg_peek (not_str, sizeof not_str, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
-    S_CHECK (zg_msg_peek (over, sizeof over, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
-    uint8_t long_id [8 + ZG_CALL_ID_MAX + 1] = { 0x94, 0xa2, 'Z', 'G', 1, ZG_MSG_CHUNK,
+    const uint8_t version [] = { 0x94, 0xa2, 'Z', 'G', ZG_PROTO_VERSION + 1, ZG_MSG_CHUNK, 0xa1, 'c' };
+    const uint8_t count [] = { 0x95, 0xa2, 'Z', 'G', ZG_PROTO_VERSION, ZG_MSG_CHUNK, 0xa1, 'c' };
+    const uint8_t nul [] = { 0x94, 0xa2, 'Z', 'G', ZG_PROTO_VERSION, ZG_MSG_CHUNK, 0xa2, 'c', 0 };
+    const uint8_t not_str [] = { 0x94, 0xa2, 'Z', 'G', ZG_PROTO_VERSION, ZG_MSG_CHUNK, 0x01 };
+    const uint8_t over [] = { 0x9c, 0xa2, 'Z', 'G', ZG_PROTO_VERSION, ZG_MSG_END, 0xa1, 'c', 0xcd, 0x03, 0xe8 };
+    S_CHECK (zg_msg_peek (magic, sizeof magic, &type, call_id, &status, &flags) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (version, sizeof version, &type, call_id, &status, &flags) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (count, sizeof count, &type, call_id, &status, &flags) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (nul, sizeof nul, &type, call_id, &status, &flags) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (not_str, sizeof not_str, &type, call_id, &status, &flags) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (over, sizeof over, &type, call_id, &status, &flags) == ZG_MSG_ERR_MALFORMED);
+    uint8_t long_id [8 + ZG_CALL_ID_MAX + 1] = { 0x94, 0xa2, 'Z', 'G', ZG_PROTO_VERSION, ZG_MSG_CHUNK,
                                                  0xd9, ZG_CALL_ID_MAX + 1 };
     memset (long_id + 8, 'a', ZG_CALL_ID_MAX + 1);
-    S_CHECK (zg_msg_peek (long_id, sizeof long_id, &type, call_id, &status) == ZG_MSG_ERR_MALFORMED);
+    S_CHECK (zg_msg_peek (long_id, sizeof long_id, &type, call_id, &status, &flags) == ZG_MSG_ERR_MALFORMED);
     //  Random bytes never crash it
     for (int round = 0; round < 20000; round++) {
         size_t length = 1 + (size_t) (rand () % 40);
@@ -1494,7 +1511,7 @@ s_test_peek (zg_msg_t *msg, uint8_t *buffer)
             buffer [index] = (uint8_t) rand ();
         if (round % 2)
             memcpy (buffer, good, length < sizeof good? length: sizeof good);
-        int rc = zg_msg_peek (buffer, length, &type, call_id, &status);
+        int rc = zg_msg_peek (buffer, length, &type, call_id, &status, &flags);
         S_CHECK (rc == ZG_MSG_OK || rc == ZG_MSG_ERR_MALFORMED);
     }
     zg_msg_reset (msg, 0);
@@ -1599,25 +1616,25 @@ s_test_hostile_headers (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         { "a map",                 "\x80", 1 },
         { "an empty array",        "\x90", 1 },
         { "magic alone",           "\x91\xa2ZG", 4 },
-        { "magic and version",     "\x92\xa2ZG\x01", 5 },
+        { "magic and version",     "\x92\xa2ZG\x02", 5 },
         { "a huge array32",        "\xdd\xff\xff\xff\xff", 5 },
         { "a huge array16",        "\xdc\xff\xff\xc0\xc0", 5 },
-        { "a huge nested array",   "\x94\xa2ZG\x01\x07\xdd\x7f\xff\xff\xff", 10 },
+        { "a huge nested array",   "\x94\xa2ZG\x02\x07\xdd\x7f\xff\xff\xff", 10 },
         { "a huge map32",          "\xdf\xff\xff\xff\xff", 5 },
-        { "a huge str32",          "\x94\xa2ZG\x01\x07\xdb\xff\xff\xff\xff" "abc", 13 },
+        { "a huge str32",          "\x94\xa2ZG\x02\x07\xdb\xff\xff\xff\xff" "abc", 13 },
         { "a huge bin32",          "\xc6\xff\xff\xff\xff", 5 },
         { "a huge ext32",          "\xc9\xff\xff\xff\xff\x01", 6 },
         { "nesting three deep",    "\x91\x91\x91\x90", 4 },
-        { "the tag 0xc1",          "\x94\xa2ZG\x01\x07\xc1", 7 },
-        { "a truncated str8",      "\x94\xa2ZG\x01\x07\xd9", 7 },
+        { "the tag 0xc1",          "\x94\xa2ZG\x02\x07\xc1", 7 },
+        { "a truncated str8",      "\x94\xa2ZG\x02\x07\xd9", 7 },
         { "a truncated array16",   "\xdc\x00", 2 },
-        { "two objects",           "\x94\xa2ZG\x01\x07\xa1x\xc0", 9 },
-        { "a call id with NUL",    "\x94\xa2ZG\x01\x07\xa3x\x00y", 10 },
-        { "a negative fixint type", "\x94\xa2ZG\x01\xf9\xa1x", 8 },
+        { "two objects",           "\x94\xa2ZG\x02\x07\xa1x\xc0", 9 },
+        { "a call id with NUL",    "\x94\xa2ZG\x02\x07\xa3x\x00y", 10 },
+        { "a negative fixint type", "\x94\xa2ZG\x02\xf9\xa1x", 8 },
     };
     for (size_t index = 0; index < sizeof raw / sizeof raw [0]; index++)
         s_test_malformed (back, (const uint8_t *) raw [index].bytes, raw [index].size, raw [index].what);
-    S_CHECK (zg_msg_decode (back, (const uint8_t *) "\x94\xa2ZG\x01\x07\xa1x", 8) == ZG_MSG_OK);
+    S_CHECK (zg_msg_decode (back, (const uint8_t *) "\x94\xa2ZG\x02\x07\xa1x", 8) == ZG_MSG_OK);
 
     //  A frame of the maximum size full of nils passes the shape check and
     //  makes msgpack-c allocate ~800 KB in the zone; twice, so that the
@@ -1692,7 +1709,7 @@ s_test_fuzz (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
             int items = (int) (s_random () % 12);
             msgpack_pack_array (&packer, (size_t) items + S_PREAMBLE);
             msgpack_pack_str_with_body (&packer, S_MAGIC, S_MAGIC_SIZE);
-            msgpack_pack_uint8 (&packer, s_random () % 8? ZG_PROTO_VERSION: 2);
+            msgpack_pack_uint8 (&packer, s_random () % 8? ZG_PROTO_VERSION: ZG_PROTO_VERSION + 1);
             msgpack_pack_uint8 (&packer, (uint8_t) (s_random () % 13));
             for (int item = 0; item < items; item++) {
                 uint64_t dice = s_random ();
@@ -1896,7 +1913,7 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
 static void *
 s_test_thread_decode (void *args)
 {
-    const uint8_t cancel [] = { 0x94, 0xa2, 'Z', 'G', 1, ZG_MSG_CANCEL, 0xa1, 'x' };
+    const uint8_t cancel [] = { 0x94, 0xa2, 'Z', 'G', ZG_PROTO_VERSION, ZG_MSG_CANCEL, 0xa1, 'x' };
     zg_msg_t *msg = (zg_msg_t *) malloc (sizeof (zg_msg_t));
     assert (msg);
     zg_msg_init (msg, 0);

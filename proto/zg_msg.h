@@ -5,7 +5,7 @@
     fills a zg_msg_t and calls zg_msg_send, or calls zg_msg_recv and reads
     the fields.
 
-    Wire format (version 1). A message is a ZeroMQ multipart message:
+    Wire format (version 2). A message is a ZeroMQ multipart message:
 
         [ header ]            one frame, a msgpack array:
                               [ "ZG", 1, type, field, field, ... ]
@@ -27,7 +27,9 @@
         worker   -> router -> frontend
                              HEAD      call_id status flags content_type
                                        headers deployment_id api_base
-                                       duration_us                           [+ body]
+                                       duration_us prompt_tokens
+                                       completion_tokens total_tokens cost
+                                       ttfb_us                               [+ body]
                              CHUNK     call_id                               + bytes
                              END       call_id status prompt_tokens
                                        completion_tokens total_tokens cost
@@ -62,11 +64,16 @@
     it and sends it again after the spend actor's silence or restart, so
     the spend actor must treat a repeated call_id as already written.
 
-    A request's answer is HEAD then either END (HEAD has ZG_FLAG_FINAL and
-    carries the whole body; the END that follows reports usage and timings
-    and is not relayed to the client) or CHUNK* then END; or a single ERROR
-    instead of HEAD; or, for a stream that already started, ERROR (with
-    ZG_FLAG_STARTED) after some CHUNKs.
+    A request's answer is a single HEAD with ZG_FLAG_FINAL (the whole body,
+    and the usage and timings an END would report: nothing follows it); or
+    HEAD without FINAL (its usage fields zero), CHUNK*, then END; or a
+    single ERROR instead of HEAD; or, for a stream that already started,
+    ERROR (with ZG_FLAG_STARTED) after some CHUNKs. A final HEAD ends the
+    call for the router as END does: one message per whole answer on each
+    hop, where version 1 sent HEAD then END.
+
+    Version 2: HEAD carries the usage, cost and ttfb_us after duration_us
+    (version 1 had none of them and followed a final HEAD with END).
 
     Encoding of the fields. DISPATCH's "deployment..." is one field, a
     nested array of the deployment's 9 fields in this order:
@@ -98,7 +105,7 @@
 extern "C" {
 #endif
 
-#define ZG_PROTO_VERSION 1
+#define ZG_PROTO_VERSION 2
 
 //  Message types
 typedef enum {
@@ -187,11 +194,11 @@ typedef struct {
     char      deployment_id [ZG_NAME_MAX + 1];      //  HEAD/END/ERROR
     char      api_base [ZG_URL_MAX + 1];            //  HEAD/ERROR
 
-    uint32_t  prompt_tokens;    //  END
+    uint32_t  prompt_tokens;    //  END, and HEAD with ZG_FLAG_FINAL
     uint32_t  completion_tokens;
     uint32_t  total_tokens;
-    double    cost;             //  END: USD, 0 when unknown
-    uint64_t  ttfb_us;          //  END: time to first upstream byte
+    double    cost;             //  END/final HEAD: USD, 0 when unknown
+    uint64_t  ttfb_us;          //  END/final HEAD: time to first upstream byte
     uint64_t  duration_us;      //  END: whole upstream call; HEAD: upstream time so far
                                 //  (the whole call when FINAL, else to its headers)
 
@@ -246,13 +253,15 @@ int zg_msg_encode (const zg_msg_t *self, uint8_t *buf, size_t size);
 int zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size);
 
 //  Read only what a broker needs to relay a message without decoding it:
-//  the type, the call id (into call_id, ZG_CALL_ID_MAX + 1 bytes) and,
-//  for END and ERROR, the status. Only HEAD, CHUNK, END, ERROR and CANCEL
-//  are peeked. The magic, version, field count and the fields read are
+//  the type, the call id (into call_id, ZG_CALL_ID_MAX + 1 bytes), for
+//  HEAD, END and ERROR the status, and for HEAD and ERROR the flags (a
+//  final HEAD ends its call); status and flags are 0 for the other types.
+//  Only HEAD, CHUNK, END, ERROR and CANCEL are peeked. The magic, version, field count and the fields read are
 //  checked; the rest of the frame is not looked at, so the actor that
 //  receives it must decode it in full. Returns ZG_MSG_OK or
 //  ZG_MSG_ERR_MALFORMED. Never reads past size.
-int zg_msg_peek (const uint8_t *data, size_t size, int *type, char *call_id, uint16_t *status);
+int zg_msg_peek (const uint8_t *data, size_t size, int *type, char *call_id, uint16_t *status,
+                 uint32_t *flags);
 
 //  Set owned string fields (copying)
 void zg_msg_set_headers (zg_msg_t *self, const char *headers);

@@ -848,7 +848,7 @@ s_spend_record (router_t *self, const call_t *call, const char *call_id, const z
     }
     if (record->route < ZG_ROUTE_CHAT || record->route > ZG_ROUTE_EMBEDDINGS)
         record->route = ZG_ROUTE_CHAT;
-    if (end && end->type == ZG_MSG_END) {
+    if (end && (end->type == ZG_MSG_END || end->type == ZG_MSG_HEAD)) {
         record->status = end->status;
         record->prompt_tokens = end->prompt_tokens;
         record->completion_tokens = end->completion_tokens;
@@ -1398,7 +1398,7 @@ s_on_frontend_message (router_t *self, int64_t now)
 //  frames go to the frontend as they came
 static void
 s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uint16_t status,
-            int64_t now)
+            uint32_t flags, int64_t now)
 {
     call_t *call = s_call_lookup (self, call_id);
     if (!call || call->worker != worker) {
@@ -1407,8 +1407,10 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
         return;
     }
     raw_t *raw = &self->raw;
-    //  The spend record needs the usage: decoded before the frames go
-    bool ends = type == ZG_MSG_END || type == ZG_MSG_ERROR;
+    //  The spend record needs the usage: decoded before the frames go. A
+    //  final HEAD (the whole answer) ends the call as END does
+    bool ends = type == ZG_MSG_END || type == ZG_MSG_ERROR
+             || (type == ZG_MSG_HEAD && (flags & ZG_FLAG_FINAL));
     bool decoded = ends && self->outbox
                 && zg_msg_decode (&self->in, (const uint8_t *) zmq_msg_data (&raw->header),
                                   zmq_msg_size (&raw->header)) == ZG_MSG_OK
@@ -1420,36 +1422,32 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
         && zmq_msg_send (&raw->header, handle, raw->has_payload? ZMQ_SNDMORE: 0) >= 0
         && (!raw->has_payload || zmq_msg_send (&raw->payload, handle, 0) >= 0);
 
-    switch (type) {
-        case ZG_MSG_HEAD:
-            call->state = CALL_STARTED;
-            //  Nothing will dispatch it again: the body is no longer needed
-            zmq_msg_close (&call->body);
-            zmq_msg_init (&call->body);
-            call->has_body = false;
-            break;
-        case ZG_MSG_END:
-        case ZG_MSG_ERROR:
-            zg_balancer_feedback (call->group->balancer, call->member,
-                                  type == ZG_MSG_END && status < 400?
-                                  ZG_OUTCOME_SUCCESS: ZG_OUTCOME_FAILURE,
-                                  (uint64_t) (now - call->dispatched_at) * 1000);
-            zg_debug ("router: call %s ended (%s %u)", call->call_id,
-                      zg_msg_type_name (type), status);
-            if (self->outbox) {
-                if (!decoded) {
-                    //  Relayed as it came; the record still says how it ended
-                    zg_msg_reset (&self->in, ZG_MSG_ERROR);
-                    self->in.status = status;
-                    ZG_MSG_SET (self->in.err_type, "internal_server_error");
-                }
-                s_spend_record (self, call, call->call_id, &self->in);
+    if (ends) {
+        zg_balancer_feedback (call->group->balancer, call->member,
+                              type != ZG_MSG_ERROR && status < 400?
+                              ZG_OUTCOME_SUCCESS: ZG_OUTCOME_FAILURE,
+                              (uint64_t) (now - call->dispatched_at) * 1000);
+        zg_debug ("router: call %s ended (%s %u)", call->call_id,
+                  zg_msg_type_name (type), status);
+        if (self->outbox) {
+            if (!decoded) {
+                //  Relayed as it came; the record still says how it ended
+                zg_msg_reset (&self->in, ZG_MSG_ERROR);
+                self->in.status = status;
+                ZG_MSG_SET (self->in.err_type, "internal_server_error");
             }
-            s_call_destroy (self, call);
-            s_worker_retire_check (self, worker);
-            return;
-        default:
-            break;
+            s_spend_record (self, call, call->call_id, &self->in);
+        }
+        s_call_destroy (self, call);
+        s_worker_retire_check (self, worker);
+        return;
+    }
+    if (type == ZG_MSG_HEAD) {
+        call->state = CALL_STARTED;
+        //  Nothing will dispatch it again: the body is no longer needed
+        zmq_msg_close (&call->body);
+        zmq_msg_init (&call->body);
+        call->has_body = false;
     }
     if (!delivered) {
         zg_warning ("router: call %s: cannot reach its frontend (%s): cancelled",
@@ -1471,9 +1469,11 @@ s_on_worker_message (router_t *self, int64_t now)
     int type;
     char call_id [ZG_CALL_ID_MAX + 1];
     uint16_t status;
+    uint32_t flags;
     const uint8_t *header = (const uint8_t *) zmq_msg_data (&self->raw.header);
     if (worker
-    &&  zg_msg_peek (header, zmq_msg_size (&self->raw.header), &type, call_id, &status) == ZG_MSG_OK
+    &&  zg_msg_peek (header, zmq_msg_size (&self->raw.header), &type, call_id, &status,
+                     &flags) == ZG_MSG_OK
     &&  type != ZG_MSG_CANCEL) {
         if (self->raw.has_payload && (type == ZG_MSG_END || type == ZG_MSG_ERROR)) {
             zg_warning ("router: malformed message from worker %s: dropped", worker->name);
@@ -1481,7 +1481,7 @@ s_on_worker_message (router_t *self, int64_t now)
         }
         zg_debug ("router: %s %s from worker %s", zg_msg_type_name (type), call_id,
                   worker->name);
-        s_on_reply (self, worker, type, call_id, status, now);
+        s_on_reply (self, worker, type, call_id, status, flags, now);
         return;
     }
     if (s_decode (self) != ZG_MSG_OK) {
@@ -1555,7 +1555,8 @@ s_on_worker_message (router_t *self, int64_t now)
         case ZG_MSG_CHUNK:
         case ZG_MSG_END:
         case ZG_MSG_ERROR:
-            s_on_reply (self, worker, self->in.type, self->in.call_id, self->in.status, now);
+            s_on_reply (self, worker, self->in.type, self->in.call_id, self->in.status,
+                        self->in.flags, now);
             break;
         default:
             zg_warning ("router: unexpected %s from worker %s: dropped",

@@ -23,7 +23,7 @@
 
     Conversation per DISPATCH (towards the router):
         JSON reply, or any non-stream / non-2xx / non event-stream reply:
-            HEAD (FINAL, the whole body)  then  END (usage, timings)
+            HEAD (FINAL: the whole body, usage, timings), nothing after it
         2xx text/event-stream reply to a stream request:
             HEAD  CHUNK*  END
         failure before any answer:  ERROR
@@ -276,6 +276,8 @@ s_slot_status (slot_t *slot)
     return status > 0 && status < 1000 ? (uint16_t) status : 502;
 }
 
+static void s_set_usage (worker_t *self, slot_t *slot);
+
 static int
 s_send_head (worker_t *self, slot_t *slot, bool final)
 {
@@ -293,6 +295,9 @@ s_send_head (worker_t *self, slot_t *slot, bool final)
     //  The frontend's x-litellm-overhead-duration-ms is its time minus this
     self->out.duration_us = (uint64_t) (s_now_us () - slot->start_us);
     if (final) {
+        //  A whole answer is the call's only message: it says what END
+        //  would have said
+        s_set_usage (self, slot);
         self->out.payload = zframe_new (slot->body.data, slot->body.size);
         if (!self->out.payload)
             return -1;
@@ -328,12 +333,11 @@ s_call_cost (const zg_deployment_wire_t *deployment, const zg_usage_t *usage)
     return usage->prompt_tokens * input + usage->completion_tokens * output;
 }
 
-static int
-s_send_end (worker_t *self, slot_t *slot)
+//  Usage, cost and timings of the call, into the END or final HEAD
+//  (whose status is set), counted on the scoreboard: once per call
+static void
+s_set_usage (worker_t *self, slot_t *slot)
 {
-    zg_msg_reset (&self->out, ZG_MSG_END);
-    ZG_MSG_SET (self->out.call_id, slot->call_id);
-    self->out.status = slot->provider->map_status (s_slot_status (slot));
     self->out.prompt_tokens = slot->usage.prompt_tokens;
     self->out.completion_tokens = slot->usage.completion_tokens;
     self->out.total_tokens = slot->usage.total_tokens;
@@ -347,7 +351,6 @@ s_send_end (worker_t *self, slot_t *slot)
         self->out.ttfb_us = start_transfer > 0 ? (uint64_t) start_transfer : 0;
     }
     self->out.duration_us = (uint64_t) (end_us - slot->start_us);
-    ZG_MSG_SET (self->out.deployment_id, slot->deployment.id);
     zg_scoreboard_count_usage (self->board, self->board_slot, slot->board_group,
                                self->out.prompt_tokens, self->out.completion_tokens,
                                self->out.total_tokens, self->out.cost);
@@ -359,6 +362,16 @@ s_send_end (worker_t *self, slot_t *slot)
     if (succeeded && (slot->flags & ZG_FLAG_STREAM))
         zg_scoreboard_observe (self->board, self->board_slot, slot->board_group,
                                ZG_SB_LATENCY_TTFT, self->out.ttfb_us);
+}
+
+static int
+s_send_end (worker_t *self, slot_t *slot)
+{
+    zg_msg_reset (&self->out, ZG_MSG_END);
+    ZG_MSG_SET (self->out.call_id, slot->call_id);
+    self->out.status = slot->provider->map_status (s_slot_status (slot));
+    s_set_usage (self, slot);
+    ZG_MSG_SET (self->out.deployment_id, slot->deployment.id);
     return s_send (self);
 }
 
@@ -706,10 +719,8 @@ s_on_done (worker_t *self, slot_t *slot, CURLcode result)
         uint16_t status = s_slot_status (slot);
         if (status >= 200 && status < 300)
             slot->provider->usage_from_json (slot->body.data, slot->body.size, &slot->usage);
-        //  The router and the spend actor learn usage and timings from
-        //  END, so a whole-body answer is followed by one too
-        if (s_send_head (self, slot, true) == 0)
-            s_send_end (self, slot);
+        //  The final HEAD carries the usage and timings: no END follows
+        s_send_head (self, slot, true);
     }
     s_slot_release (self, slot, true);
 }

@@ -108,6 +108,13 @@ s_send_head (zsock_t *router, zframe_t *peer, const char *call_id, bool final,
     zg_msg_set_headers (&head, "x-request-id: req-123\r\nopenai-processing-ms: 7\r\n");
     ZG_MSG_SET (head.deployment_id, "dep-1");
     ZG_MSG_SET (head.api_base, "http://up.example/v1?api-version=2024");
+    if (final) {
+        //  A whole answer reports its usage itself: no END follows it
+        head.prompt_tokens = 3;
+        head.completion_tokens = 4;
+        head.total_tokens = 7;
+        head.cost = 0.000125;
+    }
     if (body)
         head.payload = zframe_new (body, strlen (body));
     s_send_reply (router, &head, peer);
@@ -1022,6 +1029,8 @@ s_test_forwarding (int port, zactor_t *fake)
     CHECK (s_has_header (&resp, "x-litellm-response-duration-ms"));
     CHECK (s_header_is (&resp, "llm_provider-x-request-id", "req-123"));
     CHECK (s_header_is (&resp, "llm_provider-openai-processing-ms", "7"));
+    //  The cost came with the final HEAD
+    CHECK (s_header_is (&resp, "x-litellm-response-cost", "0.000125"));
     s_resp_free (&resp);
 
     //  Flags, routes, and the model named by the path

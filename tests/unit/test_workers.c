@@ -618,7 +618,8 @@ typedef struct {
     char    *headers;
     zg_buffer_t body;               //  HEAD payload, or CHUNKs one after the other
     int      chunks;
-    bool     end;
+    bool     end;                   //  an END arrived
+    bool     usage;                 //  an END or a final HEAD reported the usage
     uint16_t end_status;
     uint32_t prompt_tokens, completion_tokens, total_tokens;
     double   cost;
@@ -640,8 +641,22 @@ s_answer_free (answer_t *answer)
     memset (answer, 0, sizeof (*answer));
 }
 
-//  Reads until END or ERROR for call_id (stop_after_chunks > 0: or until
-//  that many CHUNKs). Returns 0, or -1 on timeout.
+//  Reads until a final HEAD, END or ERROR for call_id (stop_after_chunks
+//  > 0: or until that many CHUNKs). Returns 0, or -1 on timeout.
+static void
+s_take_usage (answer_t *answer, const zg_msg_t *msg)
+{
+    answer->usage = true;
+    answer->end_status = msg->status;
+    answer->prompt_tokens = msg->prompt_tokens;
+    answer->completion_tokens = msg->completion_tokens;
+    answer->total_tokens = msg->total_tokens;
+    answer->cost = msg->cost;
+    answer->ttfb_us = msg->ttfb_us;
+    answer->duration_us = msg->duration_us;
+    ZG_MSG_SET (answer->end_deployment, msg->deployment_id);
+}
+
 static int
 s_collect (const char *call_id, answer_t *answer, int stop_after_chunks)
 {
@@ -664,6 +679,11 @@ s_collect (const char *call_id, answer_t *answer, int stop_after_chunks)
             answer->headers = msg.headers ? strdup (msg.headers) : NULL;
             if (msg.payload)
                 zg_buffer_append (&answer->body, zframe_data (msg.payload), zframe_size (msg.payload));
+            if (msg.flags & ZG_FLAG_FINAL) {
+                s_take_usage (answer, &msg);
+                rc = 0;
+                break;
+            }
         }
         else
         if (msg.type == ZG_MSG_CHUNK) {
@@ -678,14 +698,7 @@ s_collect (const char *call_id, answer_t *answer, int stop_after_chunks)
         else
         if (msg.type == ZG_MSG_END) {
             answer->end = true;
-            answer->end_status = msg.status;
-            answer->prompt_tokens = msg.prompt_tokens;
-            answer->completion_tokens = msg.completion_tokens;
-            answer->total_tokens = msg.total_tokens;
-            answer->cost = msg.cost;
-            answer->ttfb_us = msg.ttfb_us;
-            answer->duration_us = msg.duration_us;
-            ZG_MSG_SET (answer->end_deployment, msg.deployment_id);
+            s_take_usage (answer, &msg);
             rc = 0;
             break;
         }
@@ -749,7 +762,7 @@ s_test_worker (fake_t *fake)
     s_dispatch_deployment.input_cost_per_token = 0.001;
     s_dispatch_deployment.output_cost_per_token = 0.002;
 
-    //  A JSON chat: HEAD with the whole body, then END with usage
+    //  A JSON chat: one final HEAD with the whole body and the usage
     credits = s_credits;
     s_dispatch ("call-json", ZG_ROUTE_CHAT, 0, CHAT_BODY);
     CHECK (s_collect ("call-json", &answer, 0) == 0);
@@ -761,11 +774,18 @@ s_test_worker (fake_t *fake)
     CHECK (answer.body.size > 0 && zg_json_valid (answer.body.data, answer.body.size, NULL));
     CHECK (strstr (answer.body.data, "\"chat.completion\"") != NULL);
     CHECK (answer.chunks == 0);
-    CHECK (answer.end && answer.end_status == 200);
+    CHECK (answer.usage && answer.end_status == 200);
     CHECK (answer.prompt_tokens == 10 && answer.completion_tokens == 8 && answer.total_tokens == 18);
     CHECK (answer.cost > 0.0259 && answer.cost < 0.0261);
     CHECK (answer.duration_us >= answer.ttfb_us && answer.duration_us > 0);
     CHECK_STR (answer.end_deployment, "dep-1");
+    //  Nothing follows a final HEAD
+    {
+        zg_msg_t late;
+        zg_msg_init (&late, 0);
+        CHECK (s_next (&late, 200) == -1);
+        zg_msg_reset (&late, 0);
+    }
     //  Framing headers stay behind; content-type passes
     CHECK (answer.headers && strcasestr (answer.headers, "content-type: ") != NULL);
     CHECK (!answer.headers || !strcasestr (answer.headers, "content-length"));
@@ -784,20 +804,20 @@ s_test_worker (fake_t *fake)
     ZG_MSG_SET (s_dispatch_deployment.upstream_model, "gpt-4o-mini-2024-07-18");
     s_dispatch ("call-table-price", ZG_ROUTE_CHAT, 0, CHAT_BODY);
     CHECK (s_collect ("call-table-price", &answer, 0) == 0);
-    CHECK (answer.end && answer.prompt_tokens == 10 && answer.completion_tokens == 8);
+    CHECK (answer.usage && answer.prompt_tokens == 10 && answer.completion_tokens == 8);
     CHECK (fabs (answer.cost - (10 * 1.5e-07 + 8 * 6e-07)) < 1e-12);
     s_answer_free (&answer);
     s_dispatch_deployment.input_cost_per_token = 0.001;
     ZG_MSG_SET (s_dispatch_deployment.upstream_model, "gpt-4o");
     s_dispatch ("call-half-price", ZG_ROUTE_CHAT, 0, CHAT_BODY);
     CHECK (s_collect ("call-half-price", &answer, 0) == 0);
-    CHECK (answer.end && fabs (answer.cost - (10 * 0.001 + 8 * 1e-05)) < 1e-12);
+    CHECK (answer.usage && fabs (answer.cost - (10 * 0.001 + 8 * 1e-05)) < 1e-12);
     s_answer_free (&answer);
     s_dispatch_deployment.input_cost_per_token = -1;
     ZG_MSG_SET (s_dispatch_deployment.upstream_model, "fake-model");
     s_dispatch ("call-no-price", ZG_ROUTE_CHAT, 0, CHAT_BODY);
     CHECK (s_collect ("call-no-price", &answer, 0) == 0);
-    CHECK (answer.end && answer.cost == 0);
+    CHECK (answer.usage && answer.cost == 0);
     s_answer_free (&answer);
     s_dispatch_deployment = priced;
     s_pump (100, NULL);
@@ -858,7 +878,7 @@ s_test_worker (fake_t *fake)
     CHECK (s_collect ("call-embed", &answer, 0) == 0);
     CHECK (answer.head && answer.head_status == 200 && (answer.head_flags & ZG_FLAG_FINAL));
     CHECK (strstr (answer.body.data, "\"embedding\"") != NULL);
-    CHECK (answer.end && answer.prompt_tokens > 0 && answer.total_tokens == answer.prompt_tokens);
+    CHECK (answer.usage && answer.prompt_tokens > 0 && answer.total_tokens == answer.prompt_tokens);
     s_answer_free (&answer);
     last = s_http_get (fake->port, "/last_request");
     CHECK (s_json_text (last, "path", NULL, text, sizeof (text)) && strcmp (text, "/v1/embeddings") == 0);
@@ -868,7 +888,7 @@ s_test_worker (fake_t *fake)
     s_dispatch ("call-completion", ZG_ROUTE_COMPLETIONS, 0,
                 "{\"model\":\"gpt-test\",\"prompt\":\"once upon\"}");
     CHECK (s_collect ("call-completion", &answer, 0) == 0);
-    CHECK (answer.head && answer.head_status == 200 && answer.end);
+    CHECK (answer.head && answer.head_status == 200 && answer.usage);
     s_answer_free (&answer);
 
     //  An upstream error passes through with its status and body
@@ -1034,7 +1054,7 @@ s_test_worker (fake_t *fake)
     s_send_simple (ZG_MSG_CANCEL, "no-such-call");
     s_dispatch ("call-after-garbage", ZG_ROUTE_CHAT, 0, CHAT_BODY);
     CHECK (s_collect ("call-after-garbage", &answer, 0) == 0);
-    CHECK (answer.head && answer.head_status == 200 && answer.end);
+    CHECK (answer.head && answer.head_status == 200 && answer.usage);
     s_answer_free (&answer);
 
     //  Many at once on one worker, more than its capacity in total
@@ -1051,8 +1071,8 @@ s_test_worker (fake_t *fake)
         zg_msg_init (&msg, 0);
         int ended = 0;
         while (ended < WORKER_CAPACITY && s_next (&msg, WAIT_MS) == 0)
-            if (msg.type == ZG_MSG_END || msg.type == ZG_MSG_ERROR)
-                ended += msg.type == ZG_MSG_END;
+            ended += msg.type == ZG_MSG_END
+                  || (msg.type == ZG_MSG_HEAD && (msg.flags & ZG_FLAG_FINAL));
         zg_msg_reset (&msg, 0);
         done += ended;
         s_pump (50, NULL);
@@ -1074,7 +1094,7 @@ s_test_worker (fake_t *fake)
     zframe_destroy (&old_id);
     s_dispatch ("call-after-reconnect", ZG_ROUTE_CHAT, 0, CHAT_BODY);
     CHECK (s_collect ("call-after-reconnect", &answer, 0) == 0);
-    CHECK (answer.head && answer.head_status == 200 && answer.end);
+    CHECK (answer.head && answer.head_status == 200 && answer.usage);
     s_answer_free (&answer);
 }
 
@@ -1151,10 +1171,10 @@ s_test_recycling (void)
     //  "ready" once the router said something back
     CHECK (s_status_line (s_status_pipe [0], "ready"));
     s_dispatch ("recycle-1", ZG_ROUTE_CHAT, 0, CHAT_BODY);
-    CHECK (s_collect ("recycle-1", &answer, 0) == 0 && answer.end);
+    CHECK (s_collect ("recycle-1", &answer, 0) == 0 && answer.usage);
     s_answer_free (&answer);
     s_dispatch ("recycle-2", ZG_ROUTE_CHAT, 0, CHAT_BODY);
-    CHECK (s_collect ("recycle-2", &answer, 0) == 0 && answer.end);
+    CHECK (s_collect ("recycle-2", &answer, 0) == 0 && answer.usage);
     s_answer_free (&answer);
     CHECK (s_status_line (s_status_pipe [0], "retire"));
     //  It serves on until told to go; then RETIRE, and until the router's
@@ -1167,7 +1187,7 @@ s_test_recycling (void)
     msg.routing_id = zframe_dup (s_worker_id);
     ZG_MSG_SET (msg.name, "router");
     zg_msg_send (&msg, zsock_resolve (s_router));
-    CHECK (s_collect ("recycle-3", &answer, 0) == 0 && answer.head && answer.end);
+    CHECK (s_collect ("recycle-3", &answer, 0) == 0 && answer.head && answer.usage);
     s_answer_free (&answer);
     CHECK (s_exit_code (pid) == 0);
 
