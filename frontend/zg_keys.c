@@ -96,9 +96,58 @@ struct _zg_keys_t {
 //  ---------------------------------------------------------------------
 //  Small helpers
 
+//  The value correctly rounded to precision significant digits, in %e
+//  form; true when it reads back to the same double
+static bool
+s_round_trips (double value, int precision, char *digits, size_t size)
+{
+    snprintf (digits, size, "%.*e", precision - 1, value);
+    return strtod (digits, NULL) == value;
+}
+
+//  The fewest significant digits that read back to value (at most 17, which
+//  always do), left in digits in %e form. One digit more, correctly rounded,
+//  is never further from the value, so wherever the doubles around it are
+//  evenly spaced the forms that read back are all those from some length
+//  on, and that length is found by bisection: first 16 and 15, which
+//  settle the long sums money adds up to in one or two tries instead of
+//  17 (this runs for every answer to a virtual key). At a power of two the
+//  doubles below are twice as dense as above, a longer form could fall out
+//  on the narrow side, and every length is tried in turn.
+static void
+s_shortest_digits (double value, char *digits, size_t size)
+{
+    int exponent;
+    double fraction = frexp (value, &exponent);
+    if (value == 0 || fraction == 0.5 || fraction == -0.5) {
+        for (int precision = 1; precision < 17; precision++)
+            if (s_round_trips (value, precision, digits, size))
+                return;
+        snprintf (digits, size, "%.*e", 16, value);
+        return;
+    }
+    char tried [40];
+    bool found = false;
+    int low = 1, high = 17, probe = 16;
+    while (low < high) {
+        if (s_round_trips (value, probe, tried, sizeof (tried))) {
+            high = probe;
+            snprintf (digits, size, "%s", tried);
+            found = true;
+        }
+        else
+            low = probe + 1;
+        probe = low == 1 && high == 16 ? 15 : low + (high - low) / 2;
+    }
+    if (!found)
+        snprintf (digits, size, "%.*e", 16, value);
+}
+
 //  Python's repr of a float, which is how the reference prints money in
-//  its messages: the shortest digits that read back to the same double,
-//  in exponent form below 1e-4 and from 1e16 up, ".0" on whole numbers
+//  its messages and headers: the shortest digits that read back to the
+//  same double, in exponent form below 1e-4 and from 1e16 up, ".0" on
+//  whole numbers. The positional form is spelled from the digits of the
+//  exponent form (the same rounding, at the same place), not printed again.
 static void
 s_format_number (double value, char *buf, size_t size)
 {
@@ -111,24 +160,30 @@ s_format_number (double value, char *buf, size_t size)
         return;
     }
     char digits [40];
-    int precision;
-    for (precision = 1; precision < 17; precision++) {
-        snprintf (digits, sizeof (digits), "%.*e", precision - 1, value);
-        if (strtod (digits, NULL) == value)
-            break;
-    }
-    snprintf (digits, sizeof (digits), "%.*e", precision - 1, value);
-    int exponent = atoi (strchr (digits, 'e') + 1);
-    if (exponent < -4 || exponent >= 16) {
+    s_shortest_digits (value, digits, sizeof (digits));
+    char *mark = strchr (digits, 'e');
+    int exponent = mark ? atoi (mark + 1) : 0;
+    if (!mark || exponent < -4 || exponent >= 16) {
         snprintf (buf, size, "%s", digits);
         return;
     }
-    int decimals = precision - 1 - exponent;
-    if (decimals < 0)
-        decimals = 0;
-    int length = snprintf (buf, size, "%.*f", decimals, value);
-    if (decimals == 0 && length > 0 && (size_t) length + 2 < size)
-        strcat (buf, ".0");
+    //  The significant digits alone: "-1.2345e+02" -> sign "-", "12345"
+    const char *sign = digits [0] == '-' ? "-" : "";
+    char significant [24];
+    size_t count = 0;
+    for (const char *cursor = digits + (*sign ? 1 : 0); cursor < mark; cursor++)
+        if (*cursor != '.' && count + 1 < sizeof (significant))
+            significant [count++] = *cursor;
+    significant [count] = 0;
+    if (exponent < 0)
+        snprintf (buf, size, "%s0.%.*s%s", sign, -exponent - 1, "0000", significant);
+    else
+    if (count > (size_t) exponent + 1)
+        snprintf (buf, size, "%s%.*s.%s", sign, exponent + 1, significant,
+                  significant + exponent + 1);
+    else
+        snprintf (buf, size, "%s%s%.*s.0", sign, significant,
+                  (int) ((size_t) exponent + 1 - count), "0000000000000000");
 }
 
 //  "2026-01-31 12:00:00" in UTC, then suffix
@@ -1133,6 +1188,58 @@ zg_keys_test (bool verbose)
     ZG_CHECK (streq (buf, "1000000000000000.0"));
     s_format_number (123456.789, buf, sizeof (buf));
     ZG_CHECK (streq (buf, "123456.789"));
+    s_format_number (-2.5e-07, buf, sizeof (buf));
+    ZG_CHECK (streq (buf, "-2.5e-07"));
+    s_format_number (-0.0, buf, sizeof (buf));
+    ZG_CHECK (streq (buf, "-0.0"));
+    s_format_number (1.0 / 3, buf, sizeof (buf));
+    ZG_CHECK (streq (buf, "0.3333333333333333"));
+    //  The same text as trying every length in turn and printing the
+    //  positional form with printf: sums of prices as spend grows, powers
+    //  of two, whole numbers and arbitrary bit patterns
+    {
+        uint64_t state = 88172645463325252ULL;
+        double sum = 0;
+        size_t mismatches = 0;
+        for (int round = 0; round < 20000; round++) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            double value;
+            switch (round % 5) {
+                case 0: sum += 0.000015 + (double) (state % 1000) * 1e-7; value = sum; break;
+                case 1: value = ldexp (1.0, (int) (state % 200) - 100); break;
+                case 2: value = (double) (state % 100000000) / ((state >> 40) % 2 ? 1 : 1000); break;
+                default: {
+                    memcpy (&value, &state, sizeof (value));
+                    if (!isfinite (value))
+                        value = 1.5;
+                }
+            }
+            char expected [64], digits [40];
+            int precision;
+            for (precision = 1; precision < 17; precision++) {
+                snprintf (digits, sizeof (digits), "%.*e", precision - 1, value);
+                if (strtod (digits, NULL) == value)
+                    break;
+            }
+            snprintf (digits, sizeof (digits), "%.*e", precision - 1, value);
+            int exponent = atoi (strchr (digits, 'e') + 1);
+            if (exponent < -4 || exponent >= 16)
+                snprintf (expected, sizeof (expected), "%s", digits);
+            else {
+                int decimals = precision - 1 - exponent;
+                snprintf (expected, sizeof (expected), "%.*f%s", decimals > 0 ? decimals : 0,
+                          value, decimals > 0 ? "" : ".0");
+            }
+            s_format_number (value, buf, sizeof (buf));
+            if (!streq (buf, expected)) {
+                if (mismatches++ < 5)
+                    printf ("s_format_number (%a): %s, expected %s\n", value, buf, expected);
+            }
+        }
+        ZG_CHECK (mismatches == 0);
+    }
 
     //  Key generation, hash, key_name
     char key [ZG_KEYS_KEY_MAX + 1], other [ZG_KEYS_KEY_MAX + 1];
