@@ -12,9 +12,23 @@
 
 #include <assert.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+//  The implementation, looked up once: EVP_sha256 () alone makes every
+//  digest look it up again among the providers, which costs more than
+//  hashing a key (the frontend hashes the key of every request). Kept for
+//  the life of the process.
+static EVP_MD *s_fetched;
+static pthread_once_t s_fetched_once = PTHREAD_ONCE_INIT;
+
+static void
+s_fetch (void)
+{
+    s_fetched = EVP_MD_fetch (NULL, "SHA256", NULL);
+}
 
 void
 zg_sha256_hex (const void *data, size_t size, char hex [2 * ZG_SHA256_SIZE + 1])
@@ -22,7 +36,9 @@ zg_sha256_hex (const void *data, size_t size, char hex [2 * ZG_SHA256_SIZE + 1])
     static const char digits [] = "0123456789abcdef";
     uint8_t digest [ZG_SHA256_SIZE];
     unsigned int length = 0;
-    int rc = EVP_Digest (data, size, digest, &length, EVP_sha256 (), NULL);
+    pthread_once (&s_fetched_once, s_fetch);
+    int rc = EVP_Digest (data, size, digest, &length,
+                         s_fetched ? s_fetched : EVP_sha256 (), NULL);
     assert (rc == 1 && length == ZG_SHA256_SIZE);
     (void) rc;
     for (size_t index = 0; index < ZG_SHA256_SIZE; index++) {
