@@ -26,6 +26,7 @@
 #include "common/zg_sha256.h"
 
 #include <czmq.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,7 @@ typedef struct {
     const zg_config_t *config;
     zsock_t  *socket;
     zhashx_t *peers;            //  identity hex -> peer_t
+    peer_t   *last_peer;        //  the one heard last: records come in runs
     zg_msg_t  msg;
 
     char     *batch;            //  "{...},{...}" without the brackets
@@ -149,24 +151,47 @@ s_call_type (int route)
     }
 }
 
-//  Appends "key":<quoted value>, to out; false if it does not fit
+//  Appends text to out; false if it does not fit (with its NUL)
 static bool
-s_put_string (char *out, size_t size, size_t *used, const char *key, const char *value, bool last)
+s_put_text (char *out, size_t size, size_t *used, const char *text, size_t length)
 {
-    int written = snprintf (out + *used, size - *used, "\"%s\":", key);
-    if (written < 0 || (size_t) written >= size - *used)
+    if (*used + length + 1 > size)
         return false;
-    *used += (size_t) written;
-    written = zg_json_quote (value, out + *used, size - *used);
+    memcpy (out + *used, text, length);
+    *used += length;
+    out [*used] = 0;
+    return true;
+}
+
+//  Appends ,"key":<decimal>. A record is rendered for every call, so its
+//  numbers are spelled here rather than by printf.
+static bool
+s_put_number (char *out, size_t size, size_t *used, const char *key, uint64_t value)
+{
+    char digits [24];
+    size_t length = 0;
+    do {
+        digits [sizeof (digits) - 1 - length++] = (char) ('0' + value % 10);
+        value /= 10;
+    } while (value);
+    return s_put_text (out, size, used, ",\"", 2)
+        && s_put_text (out, size, used, key, strlen (key))
+        && s_put_text (out, size, used, "\":", 2)
+        && s_put_text (out, size, used, digits + sizeof (digits) - length, length);
+}
+
+//  Appends ,"key":<quoted value>
+static bool
+s_put_string (char *out, size_t size, size_t *used, const char *key, const char *value)
+{
+    if (!s_put_text (out, size, used, ",\"", 2)
+    ||  !s_put_text (out, size, used, key, strlen (key))
+    ||  !s_put_text (out, size, used, "\":", 2))
+        return false;
+    int written = zg_json_quote (value, out + *used, size - *used);
     if (written < 0)
         return false;
     *used += (size_t) written;
-    if (!last) {
-        if (*used + 1 >= size)
-            return false;
-        out [(*used)++] = ',';
-        out [*used] = 0;
-    }
     return true;
 }
 
@@ -174,33 +199,30 @@ int
 zg_spend_render (const zg_msg_t *record, char *out, size_t size)
 {
     assert (record && out);
-    size_t used = 0;
     double cost = isfinite (record->cost) && record->cost > 0? record->cost: 0;
-    int written = snprintf (out, size,
-        "{\"spend\":%.17g,\"prompt_tokens\":%u,\"completion_tokens\":%u,\"total_tokens\":%u,"
-        "\"start_us\":%llu,\"duration_us\":%llu,\"ttfb_us\":%llu,\"status\":%u,",
-        cost, (unsigned) record->prompt_tokens, (unsigned) record->completion_tokens,
-        (unsigned) record->total_tokens, (unsigned long long) record->start_us,
-        (unsigned long long) record->duration_us, (unsigned long long) record->ttfb_us,
-        (unsigned) record->status);
+    int written = snprintf (out, size, "{\"spend\":%.17g", cost);
     if (written < 0 || (size_t) written >= size)
         return -1;
-    used = (size_t) written;
-    if (!s_put_string (out, size, &used, "request_id", record->call_id, false)
-    ||  !s_put_string (out, size, &used, "call_type", s_call_type (record->route), false)
-    ||  !s_put_string (out, size, &used, "api_key", record->key_hash, false)
-    ||  !s_put_string (out, size, &used, "model_group", record->model, false)
-    ||  !s_put_string (out, size, &used, "model_id", record->deployment_id, false)
-    ||  !s_put_string (out, size, &used, "api_base", record->api_base, false)
-    ||  !s_put_string (out, size, &used, "user_id", record->user_id, false)
-    ||  !s_put_string (out, size, &used, "team_id", record->team_id, false)
-    ||  !s_put_string (out, size, &used, "err_type", record->err_type, false)
-    ||  !s_put_string (out, size, &used, "message", record->message, true))
+    size_t used = (size_t) written;
+    if (!s_put_number (out, size, &used, "prompt_tokens", record->prompt_tokens)
+    ||  !s_put_number (out, size, &used, "completion_tokens", record->completion_tokens)
+    ||  !s_put_number (out, size, &used, "total_tokens", record->total_tokens)
+    ||  !s_put_number (out, size, &used, "start_us", record->start_us)
+    ||  !s_put_number (out, size, &used, "duration_us", record->duration_us)
+    ||  !s_put_number (out, size, &used, "ttfb_us", record->ttfb_us)
+    ||  !s_put_number (out, size, &used, "status", record->status)
+    ||  !s_put_string (out, size, &used, "request_id", record->call_id)
+    ||  !s_put_string (out, size, &used, "call_type", s_call_type (record->route))
+    ||  !s_put_string (out, size, &used, "api_key", record->key_hash)
+    ||  !s_put_string (out, size, &used, "model_group", record->model)
+    ||  !s_put_string (out, size, &used, "model_id", record->deployment_id)
+    ||  !s_put_string (out, size, &used, "api_base", record->api_base)
+    ||  !s_put_string (out, size, &used, "user_id", record->user_id)
+    ||  !s_put_string (out, size, &used, "team_id", record->team_id)
+    ||  !s_put_string (out, size, &used, "err_type", record->err_type)
+    ||  !s_put_string (out, size, &used, "message", record->message)
+    ||  !s_put_text (out, size, &used, "}", 1))
         return -1;
-    if (used + 2 > size)
-        return -1;
-    out [used++] = '}';
-    out [used] = 0;
     return (int) used;
 }
 
@@ -209,6 +231,8 @@ zg_spend_endpoint (const char *run_dir, char *endpoint, size_t size)
 {
     snprintf (endpoint, size, "ipc://%s/spend.ipc", run_dir? run_dir: "/tmp");
 }
+
+static peer_t *s_peer_find (spend_t *self, zframe_t *identity, int64_t now);
 
 static void
 s_peer_destroy (void **item)
@@ -222,6 +246,19 @@ s_peer_destroy (void **item)
 
 static peer_t *
 s_peer_touch (spend_t *self, zframe_t *identity, int64_t now)
+{
+    if (self->last_peer && zframe_eq (self->last_peer->identity, identity)) {
+        self->last_peer->last_heard = now;
+        return self->last_peer;
+    }
+    peer_t *peer = s_peer_find (self, identity, now);
+    if (peer)
+        self->last_peer = peer;
+    return peer;
+}
+
+static peer_t *
+s_peer_find (spend_t *self, zframe_t *identity, int64_t now)
 {
     char *key = zframe_strhex (identity);
     if (!key)
@@ -286,21 +323,65 @@ s_hold (spend_t *self, const zg_msg_t *record)
     return 0;
 }
 
-static void
+#define S_RECV_NONE 1
+
+//  The next message if one is waiting, without asking the socket first
+//  (ZMQ_EVENTS polls its mailbox: a system call per record): ZG_MSG_OK,
+//  S_RECV_NONE when none is waiting, ZG_MSG_ERR_IO, or ZG_MSG_ERR_MALFORMED
+//  for what is not an identity and one header frame (consumed, dropped)
+static int
+s_recv (spend_t *self)
+{
+    void *handle = zsock_resolve (self->socket);
+    zg_msg_t *in = &self->msg;
+    zmq_msg_t identity, header;
+    zmq_msg_init (&identity);
+    if (zmq_msg_recv (&identity, handle, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close (&identity);
+        return zmq_errno () == EAGAIN ? S_RECV_NONE : ZG_MSG_ERR_IO;
+    }
+    int rc = ZG_MSG_ERR_MALFORMED;
+    //  The frames of one message arrive together: the rest is there
+    zmq_msg_init (&header);
+    if (zmq_msg_more (&identity) && zmq_msg_recv (&header, handle, 0) >= 0) {
+        if (zmq_msg_more (&header)) {
+            zmq_msg_t rest;
+            zmq_msg_init (&rest);
+            while (zmq_msg_more (&header) && zmq_msg_recv (&rest, handle, 0) >= 0
+               &&  zmq_msg_more (&rest))
+                ;
+            zmq_msg_close (&rest);
+        }
+        else
+            rc = zg_msg_decode (in, (const uint8_t *) zmq_msg_data (&header), zmq_msg_size (&header));
+    }
+    if (rc == ZG_MSG_OK) {
+        zframe_destroy (&in->routing_id);
+        in->routing_id = zframe_new (zmq_msg_data (&identity), zmq_msg_size (&identity));
+        if (!in->routing_id)
+            rc = ZG_MSG_ERR_IO;
+    }
+    zmq_msg_close (&header);
+    zmq_msg_close (&identity);
+    return rc;
+}
+
+//  Takes one waiting message; false when none was waiting
+static bool
 s_on_message (spend_t *self, int64_t now)
 {
     zg_msg_t *in = &self->msg;
-    int rc = zg_msg_recv (in, zsock_resolve (self->socket));
+    int rc = s_recv (self);
     if (rc != ZG_MSG_OK || !in->routing_id) {
         if (rc == ZG_MSG_ERR_MALFORMED)
             zg_warning ("spend: dropped a malformed message");
         zg_msg_reset (in, 0);
-        return;
+        return rc == ZG_MSG_ERR_MALFORMED;
     }
     peer_t *peer = s_peer_touch (self, in->routing_id, now);
     if (!peer) {
         zg_msg_reset (in, 0);
-        return;
+        return true;
     }
     if (in->type == ZG_MSG_HEARTBEAT) {
         //  The router's promise: everything unacked follows, oldest first
@@ -316,7 +397,7 @@ s_on_message (spend_t *self, int64_t now)
         //  is already taken care of
         if (peer->synced && in->seq > 0 && in->seq <= peer->last_seq && !peer->expect_any) {
             zg_msg_reset (in, 0);
-            return;
+            return true;
         }
         bool in_order = peer->synced && in->seq > 0
                      && (peer->expect_any || in->seq == peer->last_seq + 1);
@@ -325,7 +406,7 @@ s_on_message (spend_t *self, int64_t now)
             //  The re-sent run begins with what we have: skip to the new
             peer->expect_any = false;
             zg_msg_reset (in, 0);
-            return;
+            return true;
         }
         if (in_order && room && s_hold (self, in) == 0) {
             if (self->held == 1)
@@ -351,6 +432,7 @@ s_on_message (spend_t *self, int64_t now)
         }
     }
     zg_msg_reset (in, 0);
+    return true;
 }
 
 static void
@@ -496,6 +578,7 @@ s_heartbeat (spend_t *self, int64_t now)
         }
     }
     if (forget) {
+        self->last_peer = NULL;
         for (char *key = (char *) zlistx_first (forget); key; key = (char *) zlistx_next (forget))
             zhashx_delete (self->peers, key);
         zlistx_destroy (&forget);
@@ -565,9 +648,8 @@ zg_spend_run (const zg_config_t *config, const char *endpoint)
             now = s_now_ms ();
             if (which) {
                 for (int count = 0; count < 1000; count++) {
-                    if (!(zsock_events (self.socket) & ZMQ_POLLIN))
+                    if (!s_on_message (&self, now))
                         break;
-                    s_on_message (&self, now);
                     if (self.held >= BATCH_RECORDS)
                         break;
                 }
@@ -642,6 +724,18 @@ zg_spend_test (bool verbose)
     int64_t start = 0;
     S_CHECK (zg_json_find (out, (size_t) size, "start_us", &span)
           && zg_json_int64 (out, &span, &start) && start == 1700000000000000LL);
+    int64_t number = -1;
+    S_CHECK (zg_json_find (out, (size_t) size, "status", &span)
+          && zg_json_int64 (out, &span, &number) && number == 429);
+    S_CHECK (zg_json_find (out, (size_t) size, "ttfb_us", &span)
+          && zg_json_int64 (out, &span, &number) && number == 0);
+    record->prompt_tokens = UINT32_MAX;
+    record->duration_us = UINT64_MAX;
+    size = zg_spend_render (record, out, RECORD_MAX);
+    S_CHECK (size > 0 && strstr (out, ",\"prompt_tokens\":4294967295,")
+          && strstr (out, ",\"duration_us\":18446744073709551615,"));
+    S_CHECK (zg_spend_render (record, out, (size_t) size + 1) == size);
+    S_CHECK (zg_spend_render (record, out, (size_t) size) == -1);
     //  Too small a buffer is refused, never overrun
     S_CHECK (zg_spend_render (record, out, 16) == -1);
     //  A record at every maximum still fits
