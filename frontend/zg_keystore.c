@@ -41,6 +41,12 @@
 //  The key table starts a new period at once on its own; this makes the
 //  database, /key/info and every other instance agree.
 #define BUDGET_SWEEP_MS         5000
+//  Spend batches commit several times a second under load, and each one
+//  notifies; reloading every key's, user's and team's spend for each would
+//  cost the database a scan of the key table per batch. Notifications that
+//  come closer together than this share one reload, still well within the
+//  second in which changes reach the frontends.
+#define SPEND_RELOAD_MIN_MS     250
 
 typedef enum { COMMAND_LOOKUP = 1, COMMAND_JOB } s_command_kind_t;
 
@@ -193,6 +199,8 @@ typedef struct {
     int64_t            retry_at;    //  ms, monotonic
     int64_t            reload_at;   //  ms, monotonic
     int64_t            sweep_at;    //  ms, monotonic: next budget reset sweep
+    bool               spend_due;   //  a batch committed since the last spend load
+    int64_t            spend_loaded_at;    //  ms, monotonic
     bool               terminated;
 } s_self_t;
 
@@ -622,10 +630,38 @@ s_notifications (s_self_t *self)
                 s_send_remove (self, hash);
     zlistx_destroy (&hashes);
     //  A full load's keys carry spend merged already; a reset must still
-    //  be applied outright
-    if (s_connected (self) && (reset || (spend && !everything)))
-        s_load_spend (self, reset);
+    //  be applied outright, at once
+    if (everything)
+        self->spend_due = false;
+    else
+    if (spend)
+        self->spend_due = true;
+    if (reset && s_connected (self) && s_load_spend (self, true) == 0) {
+        self->spend_due = false;
+        self->spend_loaded_at = zclock_mono ();
+    }
     return any;
+}
+
+//  Ms until the spend owed to notifications may be loaded; -1 when none is
+static int64_t
+s_spend_wait (s_self_t *self, int64_t now)
+{
+    if (!self->spend_due || !self->db)
+        return -1;
+    int64_t due = self->spend_loaded_at + SPEND_RELOAD_MIN_MS;
+    return due > now ? due - now : 0;
+}
+
+static void
+s_spend_reload (s_self_t *self)
+{
+    int64_t now = zclock_mono ();
+    if (s_spend_wait (self, now) == 0 && s_connected (self)) {
+        self->spend_loaded_at = now;
+        if (s_load_spend (self, false) == 0)
+            self->spend_due = false;
+    }
 }
 
 static void
@@ -784,6 +820,7 @@ s_actor (zsock_t *pipe, void *args)
             s_sweep_budgets (&self, (int64_t) time (NULL));
         }
         bool notified = s_notifications (&self);
+        s_spend_reload (&self);
 
         long timeout = 0;
         if (zlistx_size (self.queue) == 0 && !notified) {
@@ -792,6 +829,9 @@ s_actor (zsock_t *pipe, void *args)
                                                                     : self.sweep_at)
                                   : self.retry_at;
             timeout = due > now ? (long) (due - now) : 0;
+            int64_t spend_wait = s_spend_wait (&self, now);
+            if (spend_wait >= 0 && spend_wait < timeout)
+                timeout = (long) spend_wait;
         }
         zmq_pollitem_t items [2] = {
             { zsock_resolve (pipe), 0, ZMQ_POLLIN, 0 },

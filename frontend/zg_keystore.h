@@ -11,9 +11,11 @@
         and team budget; then every change as it happens: it LISTENs on
         ZG_KEYSTORE_CHANNEL_KEYS (payload: a key hash, or "*" for "reload
         everything") and ZG_KEYSTORE_CHANNEL_SPEND (sent by the spend actor
-        after each committed batch: reload spend), so a change made through
-        any instance reaches every instance at once; and a full reload every
-        user_api_key_cache_ttl seconds as a safety net;
+        after each committed batch: reload spend, at most every 250 ms, so
+        that batches in quick succession share one reload), so a change
+        made through any instance reaches every instance at once (spend
+        within 250 ms); and a full reload every user_api_key_cache_ttl
+        seconds as a safety net;
       - looks up a key hash the table does not know (zg_keystore_lookup):
         the answer comes back as KEY_UPSERT or KEY_UNKNOWN;
       - runs management jobs (zg_admin.h) and hands them back answered;
