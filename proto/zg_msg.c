@@ -148,6 +148,13 @@ static const s_field_t s_spend_ack_fields [] = {
     S_UNSIGNED (zg_msg_t, seq)
 };
 
+static const s_field_t s_budget_fields [] = {
+    S_STR (zg_msg_t, kind), S_STR (zg_msg_t, key_hash), S_STR (zg_msg_t, key_name),
+    S_STR (zg_msg_t, key_alias), S_STR (zg_msg_t, user_id), S_STR (zg_msg_t, team_id),
+    S_FLOAT (zg_msg_t, spend), S_FLOAT (zg_msg_t, soft_budget), S_FLOAT (zg_msg_t, max_budget),
+    S_UNSIGNED (zg_msg_t, at_us)
+};
+
 typedef struct {
     const char *name;
     const s_field_t *fields;
@@ -173,10 +180,11 @@ static const s_spec_t s_specs [] = {
     { "DISCONNECT", NULL, 0, false },
     S_SPEC ("SPEND",     s_spend_fields,     false),
     S_SPEC ("SPEND_ACK", s_spend_ack_fields, false),
-    S_SPEC ("RETIRE",    s_heartbeat_fields, false)
+    S_SPEC ("RETIRE",    s_heartbeat_fields, false),
+    S_SPEC ("BUDGET",    s_budget_fields,    false)
 };
 
-#define S_LAST_TYPE     ZG_MSG_RETIRE
+#define S_LAST_TYPE     ZG_MSG_BUDGET
 
 #define S_MAGIC         "ZG"
 #define S_MAGIC_SIZE    2
@@ -1266,7 +1274,7 @@ s_test_encode_count (const zg_msg_t *msg, int delta, uint8_t *buffer, size_t siz
 //  Preamble items to put in place of magic, version or type
 typedef enum {
     S_ITEM_STR_ZH, S_ITEM_STR_LOWER, S_ITEM_STR_SHORT, S_ITEM_STR_LONG, S_ITEM_STR_EMPTY,
-    S_ITEM_BIN_ZG, S_ITEM_NIL, S_ITEM_ZERO, S_ITEM_NEXT_VERSION, S_ITEM_TWELVE, S_ITEM_255,
+    S_ITEM_BIN_ZG, S_ITEM_NIL, S_ITEM_ZERO, S_ITEM_NEXT_VERSION, S_ITEM_TWELVE, S_ITEM_PAST_LAST, S_ITEM_255,
     S_ITEM_2_POW_32, S_ITEM_NEGATIVE, S_ITEM_FLOAT_ONE, S_ITEM_STR_ONE, S_ITEM_COUNT
 } s_item_t;
 
@@ -1284,6 +1292,7 @@ s_test_pack_item (msgpack_packer *packer, s_item_t item)
         case S_ITEM_ZERO:       return msgpack_pack_uint8 (packer, 0);
         case S_ITEM_NEXT_VERSION: return msgpack_pack_uint8 (packer, ZG_PROTO_VERSION + 1);
         case S_ITEM_TWELVE:     return msgpack_pack_uint8 (packer, 12);
+        case S_ITEM_PAST_LAST:  return msgpack_pack_uint8 (packer, S_LAST_TYPE + 1);
         case S_ITEM_255:        return msgpack_pack_uint8 (packer, 255);
         case S_ITEM_2_POW_32:   return msgpack_pack_uint64 (packer, UINT64_C (1) << 32);
         case S_ITEM_NEGATIVE:   return msgpack_pack_int8 (packer, -7);
@@ -1469,7 +1478,7 @@ s_test_peek (zg_msg_t *msg, uint8_t *buffer)
     //  Types that do not start with a call id are not peeked
     int other_types [] = { ZG_MSG_REQUEST, ZG_MSG_DISPATCH, ZG_MSG_READY, ZG_MSG_CREDIT,
                            ZG_MSG_HEARTBEAT, ZG_MSG_DISCONNECT, ZG_MSG_SPEND, ZG_MSG_SPEND_ACK,
-                           ZG_MSG_RETIRE };
+                           ZG_MSG_RETIRE, ZG_MSG_BUDGET };
     for (size_t each = 0; each < sizeof (other_types) / sizeof (other_types [0]); each++) {
         s_test_make (msg, other_types [each], 1);
         int size = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
@@ -1657,6 +1666,7 @@ s_test_corruption (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         { ZG_MSG_END, 1 }, { ZG_MSG_ERROR, 1 }, { ZG_MSG_CANCEL, 1 }, { ZG_MSG_READY, 1 },
         { ZG_MSG_CREDIT, 1 }, { ZG_MSG_HEARTBEAT, 1 }, { ZG_MSG_DISCONNECT, 1 },
         { ZG_MSG_SPEND, 1 }, { ZG_MSG_SPEND_ACK, 1 }, { ZG_MSG_SPEND, 2 }, { ZG_MSG_RETIRE, 1 },
+        { ZG_MSG_BUDGET, 1 }, { ZG_MSG_BUDGET, 2 },
         { ZG_MSG_DISPATCH, 2 }, { ZG_MSG_END, 2 }, { ZG_MSG_ERROR, 0 }, { ZG_MSG_HEAD, 0 }
     };
     static const uint8_t replacements [] = { 0x00, 0xff, 0xc0, 0xc1, 0x7f, 0xa0, 0xcb, 0xdd };
@@ -1710,7 +1720,7 @@ s_test_fuzz (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
             msgpack_pack_array (&packer, (size_t) items + S_PREAMBLE);
             msgpack_pack_str_with_body (&packer, S_MAGIC, S_MAGIC_SIZE);
             msgpack_pack_uint8 (&packer, s_random () % 8? ZG_PROTO_VERSION: ZG_PROTO_VERSION + 1);
-            msgpack_pack_uint8 (&packer, (uint8_t) (s_random () % 13));
+            msgpack_pack_uint8 (&packer, (uint8_t) (s_random () % (S_LAST_TYPE + 2)));
             for (int item = 0; item < items; item++) {
                 uint64_t dice = s_random ();
                 switch (dice % 9) {
@@ -1939,6 +1949,7 @@ zg_msg_test (bool verbose)
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_SPEND), "SPEND"));
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_SPEND_ACK), "SPEND_ACK"));
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_RETIRE), "RETIRE"));
+    S_CHECK (streq (zg_msg_type_name (ZG_MSG_BUDGET), "BUDGET"));
     S_CHECK (streq (zg_msg_type_name (0), "?"));
     S_CHECK (streq (zg_msg_type_name (S_LAST_TYPE + 1), "?"));
     S_CHECK (streq (zg_msg_type_name (-1), "?"));

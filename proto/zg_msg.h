@@ -59,6 +59,19 @@
                                        nothing; the router forgets the worker
                                        when its last call ends)
 
+    Events, PUBlished on the events endpoint (zgate_settings.events_endpoint)
+    for whoever SUBscribes (the alerts actor, tests/tools/zg_events_tap); a
+    subscriber that is slow or absent loses events, it never slows the
+    publisher:
+
+        frontend -> *        BUDGET    kind key_hash key_name key_alias
+                                       user_id team_id spend soft_budget
+                                       max_budget at_us
+                             kind "soft_budget_crossed": this key's spend
+                             reached its soft_budget (once per crossing).
+                             key_name is the display form "sk-...abcd",
+                             never the key; max_budget < 0 when it has none
+
     Every call that reached the router ends as exactly one SPEND, numbered
     by a per-router sequence; the router keeps it until a SPEND_ACK covers
     it and sends it again after the spend actor's silence or restart, so
@@ -122,7 +135,8 @@ typedef enum {
     ZG_MSG_DISCONNECT = 11,
     ZG_MSG_SPEND      = 12,
     ZG_MSG_SPEND_ACK  = 13,
-    ZG_MSG_RETIRE     = 14
+    ZG_MSG_RETIRE     = 14,
+    ZG_MSG_BUDGET     = 15
 } zg_msg_type_t;
 
 //  Routes a REQUEST can carry
@@ -217,6 +231,14 @@ typedef struct {
     char      user_id [ZG_NAME_MAX + 1];            //  REQUEST/SPEND: may be empty
     char      team_id [ZG_NAME_MAX + 1];            //  REQUEST/SPEND: may be empty
     uint64_t  start_us;         //  SPEND: call start, unix microseconds
+
+    char      kind [ZG_NAME_MAX + 1];               //  BUDGET: "soft_budget_crossed"
+    char      key_name [ZG_NAME_MAX + 1];           //  BUDGET: "sk-...abcd", never the key
+    char      key_alias [ZG_NAME_MAX + 1];          //  BUDGET: may be empty
+    double    spend;            //  BUDGET: the key's spend, USD
+    double    soft_budget;      //  BUDGET
+    double    max_budget;       //  BUDGET: < 0 when the key has none
+    uint64_t  at_us;            //  BUDGET: when it happened, unix microseconds
 
     zframe_t *payload;          //  REQUEST/DISPATCH/HEAD/CHUNK body bytes; owned, may be NULL
 } zg_msg_t;
