@@ -1173,6 +1173,9 @@ s_load_zgate_settings (s_loader_t *self, yaml_node_t *section)
         if (strcmp (name, "worker_endpoint") == 0)
             rc = s_read_string (self, value, key, &config->worker_endpoint);
         else
+        if (strcmp (name, "events_endpoint") == 0)
+            rc = s_read_string (self, value, key, &config->events_endpoint);
+        else
         if (strcmp (name, "run_dir") == 0)
             rc = s_read_string (self, value, key, &config->run_dir);
         else
@@ -1407,9 +1410,22 @@ zg_config_destroy (zg_config_t **self_p)
     free (self->routing_strategy);
     free (self->frontend_endpoint);
     free (self->worker_endpoint);
+    free (self->events_endpoint);
     free (self->run_dir);
     free (self);
     *self_p = NULL;
+}
+
+void
+zg_config_events_endpoint (const zg_config_t *self, const char *run_dir,
+                           char *endpoint, size_t size)
+{
+    assert (self);
+    assert (endpoint && size);
+    if (self->events_endpoint && *self->events_endpoint)
+        snprintf (endpoint, size, "%s", self->events_endpoint);
+    else
+        snprintf (endpoint, size, "ipc://%s/events.ipc", run_dir? run_dir: "/tmp/zgate");
 }
 
 bool
@@ -1594,6 +1610,10 @@ zg_config_test (bool verbose)
     ZG_CHECK (strcmp (config->routing_strategy, "simple-shuffle") == 0);
     ZG_CHECK (config->num_retries == 2);
     ZG_CHECK (!config->frontend_endpoint && !config->worker_endpoint && !config->run_dir);
+    ZG_CHECK (!config->events_endpoint);
+    char events [64];
+    zg_config_events_endpoint (config, "/run/zg", events, sizeof (events));
+    ZG_CHECK (strcmp (events, "ipc:///run/zg/events.ipc") == 0);
     ZG_CHECK (config->worker_capacity == 256 && config->queue_timeout_ms == 5000);
     ZG_CHECK (config->max_queue == 10000 && config->heartbeat_ms == 1000);
     size_t group [4];
@@ -1740,6 +1760,7 @@ zg_config_test (bool verbose)
         "zgate_settings:\n"
         "  frontend_endpoint: ipc:///tmp/x/frontend.ipc\n"
         "  worker_endpoint: tcp://127.0.0.1:5556\n"
+        "  events_endpoint: tcp://127.0.0.1:5557\n"
         "  run_dir: /tmp/x\n"
         "  worker_capacity: 65535\n"
         "  queue_timeout_ms: 1\n"
@@ -1788,6 +1809,10 @@ zg_config_test (bool verbose)
     ZG_CHECK (config->num_retries == 0);
     ZG_CHECK (strcmp (config->frontend_endpoint, "ipc:///tmp/x/frontend.ipc") == 0);
     ZG_CHECK (strcmp (config->worker_endpoint, "tcp://127.0.0.1:5556") == 0);
+    ZG_CHECK (strcmp (config->events_endpoint, "tcp://127.0.0.1:5557") == 0);
+    char events_ep [64];
+    zg_config_events_endpoint (config, "/tmp/x", events_ep, sizeof (events_ep));
+    ZG_CHECK (strcmp (events_ep, "tcp://127.0.0.1:5557") == 0);
     ZG_CHECK (strcmp (config->run_dir, "/tmp/x") == 0);
     ZG_CHECK (config->worker_capacity == 65535 && config->queue_timeout_ms == 1);
     ZG_CHECK (config->max_queue == 1 && config->heartbeat_ms == 10);

@@ -81,6 +81,7 @@ typedef struct {
     //  zgate_settings (zgate's own; all optional)
     char   *frontend_endpoint;      //  router's socket for frontends; default ipc://<run_dir>/frontend.ipc
     char   *worker_endpoint;        //  router's socket for workers;   default ipc://<run_dir>/worker.ipc
+    char   *events_endpoint;        //  the frontend's PUB socket for events; default ipc://<run_dir>/events.ipc
     char   *run_dir;                //  ZGATE_RUN_DIR, else NULL (the supervisor makes a temporary one)
     int     worker_capacity;        //  concurrent upstream transfers per worker; default 256
     int     queue_timeout_ms;       //  longest wait for a free worker before 503; default 5000
@@ -101,6 +102,11 @@ void zg_config_destroy (zg_config_t **self_p);
 //  indexes into deployments[] and returns how many (at most max).
 size_t zg_config_find_group (const zg_config_t *self, const char *model_name,
                              size_t *out, size_t max);
+
+//  Where the frontend publishes events (zgate_settings.events_endpoint,
+//  else ipc://<run_dir>/events.ipc), written into endpoint
+void zg_config_events_endpoint (const zg_config_t *self, const char *run_dir,
+                                char *endpoint, size_t size);
 
 //  True if zgate can serve deployments of this provider (the part of
 //  litellm_params.model before '/', or custom_llm_provider)

@@ -87,6 +87,9 @@
 //  long one waits before it is told the database is not answering
 #define ZG_KEY_WAITERS_MAX      4096
 #define ZG_KEY_WAIT_MS          5000
+//  Events queued for the events subscribers; past this, with a slow or
+//  absent subscriber, PUB drops them rather than block the loop
+#define ZG_EVENTS_HWM           10000
 //  GET /health: how long one deployment's check may take (the reference's
 //  HEALTH_CHECK_TIMEOUT_SECONDS)
 #define ZG_HEALTH_CHECK_TIMEOUT_MS  60000
@@ -117,6 +120,7 @@ typedef struct {
     int        watch_fd;
     int        signal_fd;
     zsock_t   *router;
+    zsock_t   *events;          //  PUB: budget crossings for the alerts actor
     zg_calls_t *calls;
     zg_auth_t *auth;
     zg_msg_t   in;              //  reused for every message received
@@ -584,6 +588,32 @@ s_key_finish (s_frontend_t *self, zg_call_t *call)
     }
 }
 
+//  Best effort by design: PUB drops what a slow or absent subscriber
+//  cannot take, so the data path never waits on alerting
+static void
+s_publish_budget (s_frontend_t *self, const char *key_hash, const zg_key_record_t *key,
+                  const char *kind)
+{
+    if (!self->events)
+        return;
+    zg_msg_reset (&self->out, ZG_MSG_BUDGET);
+    ZG_MSG_SET (self->out.kind, kind);
+    ZG_MSG_SET (self->out.key_hash, key_hash);
+    ZG_MSG_SET (self->out.key_name, key->key_name);
+    ZG_MSG_SET (self->out.key_alias, key->key_alias);
+    ZG_MSG_SET (self->out.user_id, key->user_id);
+    ZG_MSG_SET (self->out.team_id, key->team_id);
+    self->out.spend = isfinite (key->spend) ? key->spend : 0;
+    self->out.soft_budget = isfinite (key->soft_budget) ? key->soft_budget : -1;
+    self->out.max_budget = isfinite (key->max_budget) ? key->max_budget : -1;
+    struct timespec now;
+    clock_gettime (CLOCK_REALTIME, &now);
+    self->out.at_us = (uint64_t) now.tv_sec * 1000000 + (uint64_t) now.tv_nsec / 1000;
+    if (zg_msg_send (&self->out, self->events) != 0)
+        zg_warning ("frontend: the %s event of key %s was not published",
+                    kind, key->key_name && *key->key_name ? key->key_name : "(unnamed)");
+}
+
 //  The usage of an END counts against the key at once, so that budgets
 //  and token limits bite before the database has the spend
 static void
@@ -594,10 +624,12 @@ s_key_usage (s_frontend_t *self, zg_call_t *call, const zg_msg_t *end)
     if (zg_keys_record_usage (self->keys, call->key_hash, (int64_t) end->total_tokens,
                               end->cost, s_wall_s ()) == 1) {
         const zg_key_record_t *key = zg_keys_lookup (self->keys, call->key_hash);
-        if (key)
+        if (key) {
             zg_warning ("key %s crossed its soft budget: spend %.6f, soft budget %.6f",
                         key->key_name && *key->key_name ? key->key_name : "(unnamed)",
                         key->spend, key->soft_budget);
+            s_publish_budget (self, call->key_hash, key, "soft_budget_crossed");
+        }
     }
 }
 
@@ -2099,6 +2131,7 @@ s_destroy (s_frontend_t *self)
     zg_msg_reset (&self->in, 0);
     zg_msg_reset (&self->out, 0);
     zsock_destroy (&self->router);
+    zsock_destroy (&self->events);
     zg_keystore_destroy (&self->keystore);
     if (self->keys && zg_keys_double_finishes (self->keys))
         zg_error ("frontend: %zu calls were finished twice in the key table",
@@ -2117,10 +2150,12 @@ s_destroy (s_frontend_t *self)
 }
 
 int
-zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int listen_fd)
+zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
+                 const char *events_endpoint, int listen_fd)
 {
     assert (config);
     assert (router_endpoint);
+    assert (events_endpoint);
     s_frontend_t frontend;
     s_frontend_t *self = &frontend;
     memset (self, 0, sizeof (*self));
@@ -2216,6 +2251,25 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
         return 1;
     }
 
+    //  PUB never blocks a send: at the high-water mark it drops. A bind
+    //  that fails is an error, as a busy port is: events are not silently
+    //  switched off
+    self->events = zsock_new (ZMQ_PUB);
+    if (!self->events) {
+        zg_error ("frontend: cannot create the events socket");
+        s_destroy (self);
+        return 1;
+    }
+    zsock_set_sndhwm (self->events, ZG_EVENTS_HWM);
+    zsock_set_sndtimeo (self->events, 0);
+    zsock_set_linger (self->events, 0);
+    if (zsock_bind (self->events, "%s", events_endpoint) < 0) {
+        zg_error ("frontend: cannot bind the events endpoint %s: %s", events_endpoint,
+                  zmq_strerror (zmq_errno ()));
+        s_destroy (self);
+        return 1;
+    }
+
     int flags = fcntl (listen_fd, F_GETFL);
     if (flags < 0 || fcntl (listen_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
         zg_error ("frontend: listening socket %d is not usable: %s", listen_fd, strerror (errno));
@@ -2253,7 +2307,8 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int lis
     self->router_alive = true;
     self->next_heartbeat = now;
     self->next_sweep = now + ZG_SWEEP_MS;
-    zg_info ("frontend %s serving HTTP, router at %s", self->name, router_endpoint);
+    zg_info ("frontend %s serving HTTP, router at %s, events at %s", self->name,
+             router_endpoint, events_endpoint);
 
     void *router_handle = zsock_resolve (self->router);
     void *keystore_handle = self->keystore ? zsock_resolve (zg_keystore_socket (self->keystore))

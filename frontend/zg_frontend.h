@@ -20,8 +20,11 @@ extern "C" {
 //  Run the frontend in this thread until SIGTERM/SIGINT. listen_fd is a
 //  socket already bound and listening (the supervisor binds it, so a busy
 //  port is reported before anything starts and the socket outlives a
-//  frontend restart). Returns the process exit code.
-int zg_frontend_run (const zg_config_t *config, const char *router_endpoint, int listen_fd);
+//  frontend restart). events_endpoint is bound by a PUB socket for the
+//  events subscribers (BUDGET when a key crosses its soft budget). Returns
+//  the process exit code.
+int zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
+                     const char *events_endpoint, int listen_fd);
 
 #ifdef __cplusplus
 }

@@ -809,6 +809,8 @@ s_remove_run_dir (s_supervisor_t *self)
     unlink (path);
     snprintf (path, sizeof (path), "%s/spend.ipc", self->run_dir);
     unlink (path);
+    snprintf (path, sizeof (path), "%s/events.ipc", self->run_dir);
+    unlink (path);
     unlink (self->board_path);
     rmdir (self->run_dir);
 }

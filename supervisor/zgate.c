@@ -59,7 +59,7 @@ s_run_dir (const zg_config_t *config)
 //  still join it. The router stops after the frontend has drained.
 static int
 s_run_frontend (const zg_config_t *config, const zg_cli_t *cli, const char *frontend_ep,
-                const char *worker_ep, int listen_fd)
+                const char *worker_ep, const char *events_ep, int listen_fd)
 {
     //  libcrypto sets itself up on first use, in whichever thread that is;
     //  done by the router's or the keystore's thread, the state it keeps
@@ -68,7 +68,7 @@ s_run_frontend (const zg_config_t *config, const zg_cli_t *cli, const char *fron
     char unused [2 * ZG_SHA256_SIZE + 1];
     zg_sha256_hex ("", 0, unused);
     if (!cli->with_router)
-        return zg_frontend_run (config, frontend_ep, listen_fd);
+        return zg_frontend_run (config, frontend_ep, events_ep, listen_fd);
 
     //  The router's thread inherits this mask, so SIGTERM/SIGINT reach the
     //  frontend's signalfd and never CZMQ's handler in another thread
@@ -86,7 +86,7 @@ s_run_frontend (const zg_config_t *config, const zg_cli_t *cli, const char *fron
         close (listen_fd);
         return 1;
     }
-    int rc = zg_frontend_run (config, ZG_ROUTER_INPROC, listen_fd);
+    int rc = zg_frontend_run (config, ZG_ROUTER_INPROC, events_ep, listen_fd);
     zactor_destroy (&router);
     return rc;
 }
@@ -157,8 +157,11 @@ main (int argc, char **argv)
         snprintf (frontend_ep, sizeof (frontend_ep), "%s", cli.frontend_endpoint);
     if (cli.worker_endpoint)
         snprintf (worker_ep, sizeof (worker_ep), "%s", cli.worker_endpoint);
+    char events_ep [PATH_MAX + 32];
+    zg_config_events_endpoint (config, s_run_dir (config), events_ep, sizeof (events_ep));
     if (cli.role != ZG_ROLE_ALL && cli.role != ZG_ROLE_MIGRATE && !supervised
-    &&  strncmp (frontend_ep, "ipc://", 6) == 0)
+    &&  (strncmp (frontend_ep, "ipc://", 6) == 0
+      || (cli.role == ZG_ROLE_FRONTEND && strncmp (events_ep, "ipc://", 6) == 0)))
         zsys_dir_create ("%s", s_run_dir (config));
 
     //  The router finds the spend actor through the environment, so that
@@ -267,7 +270,7 @@ main (int argc, char **argv)
                     break;
                 }
             }
-            rc = s_run_frontend (config, &cli, frontend_ep, worker_ep, fd);
+            rc = s_run_frontend (config, &cli, frontend_ep, worker_ep, events_ep, fd);
             break;
         }
         case ZG_ROLE_HEALTH: {

@@ -43,6 +43,17 @@ def sha(key):
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def tap_bin():
+    path = os.path.join(os.path.dirname(zgtest.zgate_bin()), "tests", "zg_events_tap")
+    if not os.access(path, os.X_OK):
+        raise unittest.SkipTest("no tests/zg_events_tap next to zgate")
+    return path
+
+
+def tap_events(tap):
+    return [json.loads(line) for line in tap.stdout().splitlines() if line.strip()]
+
+
 def models(up):
     return [zgtest.deployment(name, up.api_base, input_cost_per_token=0.000001,
                               output_cost_per_token=0.000002)
@@ -508,6 +519,61 @@ class KeysTest(KeysCase):
         zgtest.wait_until(lambda: warnings(), 10, message="the soft budget warning")
         self.assertEqual(len(warnings()), 1, warnings())
         self.assertNotIn(key, self.gw.output())
+
+    def probe_event(self, tap):
+        """A key with soft_budget 0 crosses it at its first call: waits for
+        that event on the tap. Every event published before it has then
+        reached the tap too (one PUB connection keeps order). False if it
+        did not come (the subscription was not through yet)."""
+        probe = self.generate(soft_budget=0)["key"]
+        self.assertEqual(self.chat(probe).status, 200)
+        try:
+            zgtest.wait_until(lambda: any(e.get("key_hash") == sha(probe) for e in tap_events(tap)),
+                              3, message="the probe's event")
+            return True
+        except AssertionError:
+            return False
+
+    def test_soft_budget_crossing_is_published(self):
+        endpoint = "ipc://%s/events.ipc" % self.gw.run_dir
+        tap = zgtest.Process([tap_bin(), endpoint], self.workdir, "tap-%d" % time.monotonic_ns())
+        try:
+            #  A subscription reaches the publisher a little after the tap
+            #  connects: probe until one event is seen (PUB drops what
+            #  nobody subscribed to yet)
+            zgtest.wait_until(lambda: self.probe_event(tap), 60, interval=0,
+                              message="an event through the tap")
+            alias = "events-%d" % time.monotonic_ns()
+            started_us = time.time_ns() // 1000
+            answer = self.generate(soft_budget=COST * 1.5, max_budget=1.0, key_alias=alias,
+                                   user_id="user-events", team_id="team-events")
+            key, name, hash_ = answer["key"], answer["key_name"], sha(answer["key"])
+            for _ in range(4):
+                self.assertEqual(self.chat(key).status, 200)
+            #  The events of the four calls are all in when a later one is
+            self.assertTrue(zgtest.wait_until(lambda: self.probe_event(tap), 60, interval=0))
+            mine = [e for e in tap_events(tap) if e.get("key_hash") == hash_]
+            self.assertEqual(len(mine), 1, tap.stdout())
+            event = mine[0]
+            self.assertEqual(event["type"], "BUDGET")
+            self.assertEqual(event["kind"], "soft_budget_crossed")
+            self.assertEqual((event["key_name"], event["key_alias"], event["user_id"],
+                              event["team_id"]), (name, alias, "user-events", "team-events"))
+            self.assertEqual(event["soft_budget"], COST * 1.5)
+            self.assertEqual(event["max_budget"], 1.0)
+            #  The second call crossed it
+            self.assertAlmostEqual(event["spend"], 2 * COST, delta=1e-12)
+            self.assertGreaterEqual(event["at_us"], started_us)
+            self.assertLessEqual(event["at_us"], time.time_ns() // 1000)
+            self.assertNotIn(key, tap.stdout())
+        finally:
+            code, graceful = tap.stop()
+        self.assertEqual((code, graceful), (0, True), tap.describe())
+        self.assertNotIn("Sanitizer", tap.stderr())
+        #  The log line stays, once
+        warnings = [line for line in self.gw.output().splitlines()
+                    if "crossed its soft budget" in line and name in line]
+        self.assertEqual(len(warnings), 1, warnings)
 
     def lock_keys(self):
         """A session holding an exclusive lock on the keys table: every

@@ -633,7 +633,9 @@ typedef struct {
     pid_t pid;
     int   port;
     char  endpoint [256];
+    char  events_endpoint [256];
     char  config_path [256];
+    char  log_path [256];
     int   listen_fd;
 } s_frontend_proc_t;
 
@@ -691,11 +693,19 @@ s_write_config (const char *path, bool with_key)
     fclose (file);
 }
 
+//  events_endpoint NULL: ipc://<dir>/<name>-events.ipc; with one given,
+//  the frontend's log goes to log_path (unless verbose), for the test to read
 static void
 s_start_frontend (s_frontend_proc_t *proc, const char *dir, const char *name, bool with_key,
-                  int other_fd)
+                  int other_fd, const char *events_endpoint)
 {
     snprintf (proc->endpoint, sizeof (proc->endpoint), "ipc://%s/%s.ipc", dir, name);
+    if (events_endpoint)
+        snprintf (proc->events_endpoint, sizeof (proc->events_endpoint), "%s", events_endpoint);
+    else
+        snprintf (proc->events_endpoint, sizeof (proc->events_endpoint), "ipc://%s/%s-events.ipc",
+                  dir, name);
+    snprintf (proc->log_path, sizeof (proc->log_path), "%s/%s.log", dir, name);
     snprintf (proc->config_path, sizeof (proc->config_path), "%s/%s.yaml", dir, name);
     s_write_config (proc->config_path, with_key);
     proc->listen_fd = s_listen_socket (&proc->port);
@@ -708,6 +718,8 @@ s_start_frontend (s_frontend_proc_t *proc, const char *dir, const char *name, bo
             close (other_fd);
         if (!s_verbose && !freopen ("/dev/null", "w", stdout))
             _exit (3);
+        if (!s_verbose && events_endpoint && !freopen (proc->log_path, "w", stderr))
+            _exit (3);
         char errbuf [512];
         zg_config_t *config = zg_config_load (proc->config_path, errbuf, sizeof (errbuf));
         if (!config) {
@@ -715,7 +727,7 @@ s_start_frontend (s_frontend_proc_t *proc, const char *dir, const char *name, bo
             _exit (2);
         }
         zg_log_init ("zgate.frontend", s_verbose, false);
-        int rc = zg_frontend_run (config, proc->endpoint, proc->listen_fd);
+        int rc = zg_frontend_run (config, proc->endpoint, proc->events_endpoint, proc->listen_fd);
         zg_config_destroy (&config);
         //  exit, not _exit: the sanitizers' leak check runs at exit
         exit (rc);
@@ -736,6 +748,34 @@ s_stop_frontend (s_frontend_proc_t *proc)
     kill (proc->pid, SIGKILL);
     waitpid (proc->pid, &status, 0);
     return -1;
+}
+
+static char *
+s_read_file (const char *path)
+{
+    FILE *file = fopen (path, "r");
+    if (!file)
+        return NULL;
+    char *text = (char *) calloc (1, 65536);
+    if (text && fread (text, 1, 65535, file) == 0 && ferror (file)) {
+        free (text);
+        text = NULL;
+    }
+    fclose (file);
+    return text;
+}
+
+//  The exit code of a frontend that stops by itself (safety net: 30 s)
+static int
+s_wait_exit (s_frontend_proc_t *proc)
+{
+    int status = 0;
+    for (int tries = 0; tries < 600; tries++) {
+        if (waitpid (proc->pid, &status, WNOHANG) == proc->pid)
+            return WIFEXITED (status) ? WEXITSTATUS (status) : 128 + WTERMSIG (status);
+        usleep (50 * 1000);
+    }
+    return s_stop_frontend (proc) == 0 ? -1 : -2;
 }
 
 //  Poll readiness until it answers the wanted status (safety net: 10 s)
@@ -1400,11 +1440,16 @@ main (int argc, char *argv [])
         perror ("mkdtemp");
         return 1;
     }
-    s_frontend_proc_t keyed, open_gate;
-    s_start_frontend (&keyed, dir, "keyed", true, -1);
-    s_start_frontend (&open_gate, dir, "open", false, keyed.listen_fd);
+    s_frontend_proc_t keyed, open_gate, busy_events;
+    s_start_frontend (&keyed, dir, "keyed", true, -1, NULL);
+    s_start_frontend (&open_gate, dir, "open", false, keyed.listen_fd, NULL);
+    //  Its events endpoint is keyed's HTTP port, which keyed holds
+    char busy [64];
+    snprintf (busy, sizeof (busy), "tcp://127.0.0.1:%d", keyed.port);
+    s_start_frontend (&busy_events, dir, "busy", false, keyed.listen_fd, busy);
     close (keyed.listen_fd);
     close (open_gate.listen_fd);
+    close (busy_events.listen_fd);
 
     zactor_t *keyed_router = zactor_new (s_fake_router, keyed.endpoint);
     zactor_t *open_router = zactor_new (s_fake_router, open_gate.endpoint);
@@ -1425,14 +1470,24 @@ main (int argc, char *argv [])
         s_test_router_gone (keyed.port, keyed_router);
     }
 
+    //  An events endpoint that cannot be bound stops the frontend at start
+    //  with the endpoint in the message, as a busy port does
+    CHECK (s_wait_exit (&busy_events) == 1);
+    if (!s_verbose) {
+        char *log = s_read_file (busy_events.log_path);
+        CHECK (log && strstr (log, "cannot bind the events endpoint") && strstr (log, busy));
+        free (log);
+    }
+
     CHECK (s_stop_frontend (&keyed) == 0);
     CHECK (s_stop_frontend (&open_gate) == 0);
     zactor_destroy (&keyed_router);
     zactor_destroy (&open_router);
 
     char path [512];
-    const char *names [] = { "keyed.yaml", "open.yaml", "keyed.ipc", "open.ipc" };
-    for (size_t index = 0; index < 4; index++) {
+    const char *names [] = { "keyed.yaml", "open.yaml", "busy.yaml", "keyed.ipc", "open.ipc",
+                             "keyed-events.ipc", "open-events.ipc", "busy.log" };
+    for (size_t index = 0; index < sizeof (names) / sizeof (names [0]); index++) {
         snprintf (path, sizeof (path), "%s/%s", dir, names [index]);
         unlink (path);
     }
