@@ -165,6 +165,8 @@ typedef struct {
     zg_scoreboard_t *board;     //  heartbeat, readiness, metrics; may be NULL
     int        slot;
     zhashx_t  *deployments;     //  id -> zg_deployment_t, for x-litellm-timeout
+    double     timeout_shown;   //  the last x-litellm-timeout and its text: the
+    char       timeout_text [32];   //  same few values come back on every answer
 } s_frontend_t;
 
 //  A GET /health in progress: one probe call per deployment, each pinned
@@ -463,8 +465,11 @@ s_add_answer_headers (s_frontend_t *self, zg_call_t *call, struct MHD_Response *
         : NULL;
     double timeout_s = deployment && deployment->timeout_s > 0
                      ? deployment->timeout_s : self->timeout_ms / 1000.0;
-    snprintf (duration, sizeof (duration), "%g", timeout_s);
-    MHD_add_response_header (response, "x-litellm-timeout", duration);
+    if (timeout_s != self->timeout_shown || !self->timeout_text [0]) {
+        snprintf (self->timeout_text, sizeof (self->timeout_text), "%g", timeout_s);
+        self->timeout_shown = timeout_s;
+    }
+    MHD_add_response_header (response, "x-litellm-timeout", self->timeout_text);
 
     static const char prefix [] = "llm_provider-";
     const char *cursor = head->headers;
@@ -510,7 +515,11 @@ s_format_cost (double cost, char *text, size_t size)
 {
     if (!isfinite (cost) || cost < 0)
         cost = 0;
-    for (int precision = 1; precision <= 17; precision++) {
+    //  Any decimal of up to 15 digits survives a round trip through a
+    //  double (DBL_DIG), so when the shortest text has 15 digits or fewer,
+    //  %.15g (which drops trailing zeros) is that text; else it takes 16
+    //  or 17. Three tries at most, where counting up from 1 took up to 17.
+    for (int precision = 15; precision <= 17; precision++) {
         snprintf (text, size, "%.*g", precision, cost);
         if (strtod (text, NULL) == cost)
             break;
