@@ -71,6 +71,12 @@
 #define SPEND_RING          100000
 //  Spend records sent and not yet acked
 #define SPEND_WINDOW        2000
+//  New spend records go out together, when this many wait or the oldest
+//  has waited this long: one wake-up of the spend actor (and of both ZeroMQ
+//  I/O threads) per run of records instead of one per call, while the
+//  spend actor writes only every proxy_batch_write_at seconds anyway
+#define SPEND_SEND_RECORDS  256
+#define SPEND_SEND_MS       10
 //  On stop, how long to wait for the spend actor to ack what is held
 //  (ZGATE_SPEND_STOP_WAIT_MS overrides it)
 #define SPEND_STOP_WAIT_MS  30000
@@ -229,6 +235,8 @@ typedef struct {
     void       *spend_handle;
     zg_outbox_t *outbox;
     int64_t     spend_heard;
+    size_t      spend_waiting;      //  records pushed since the last flush
+    int64_t     spend_send_at;      //  when they go at the latest; 0 = none wait
     bool        spend_push_failed;
     bool        spend_skip;         //  the error being sent is not a call's end
 
@@ -782,6 +790,8 @@ s_spend_flush (router_t *self)
 {
     if (!self->outbox)
         return;
+    self->spend_waiting = 0;
+    self->spend_send_at = 0;
     const uint8_t *data;
     size_t size;
     while (zg_outbox_in_flight (self->outbox) < SPEND_WINDOW
@@ -882,8 +892,13 @@ s_spend_record (router_t *self, const call_t *call, const char *call_id, const z
     }
     else
         self->spend_push_failed = false;
-    zg_msg_reset (record, 0);
-    s_spend_flush (self);
+    //  Owns nothing (no routing id, headers or payload): the next record's
+    //  reset clears it
+    if (++self->spend_waiting >= SPEND_SEND_RECORDS)
+        s_spend_flush (self);
+    else
+    if (!self->spend_send_at)
+        self->spend_send_at = zclock_mono () + SPEND_SEND_MS;
 }
 
 static void
@@ -984,6 +999,7 @@ s_spend_drain (router_t *self)
 {
     if (!self->outbox || zg_outbox_pending (self->outbox) == 0)
         return;
+    s_spend_flush (self);
     const char *wait_env = getenv ("ZGATE_SPEND_STOP_WAIT_MS");
     int64_t wait_ms = wait_env && atol (wait_env) >= 0? atol (wait_env): SPEND_STOP_WAIT_MS;
     int64_t give_up = zclock_mono () + wait_ms;
@@ -1935,6 +1951,8 @@ s_router_loop (router_t *self, zsock_t *pipe)
         int64_t wake = self->next_heartbeat;
         if (self->deadline_count && self->deadlines [0]->deadline < wake)
             wake = self->deadlines [0]->deadline;
+        if (self->spend_send_at && self->spend_send_at < wake)
+            wake = self->spend_send_at;
         int timeout = wake > now? (int) (wake - now): 0;
         int rc = zmq_poll (items, item_count, timeout);
         if (rc < 0) {
@@ -1963,6 +1981,8 @@ s_router_loop (router_t *self, zsock_t *pipe)
         if (loader_item && (loader_item->revents & ZMQ_POLLIN))
             s_on_models (self);
         s_check_deadlines (self, now);
+        if (self->spend_send_at && now >= self->spend_send_at)
+            s_spend_flush (self);
         if (now >= self->next_heartbeat) {
             s_tick (self, now);
             self->next_heartbeat = now + self->heartbeat_ms;
