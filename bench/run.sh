@@ -252,6 +252,9 @@ if [ -x "$zgate_bin" ]; then
 fi
 say "runs:    ${DURATION}s measured after ${WARMUP}s warm-up, x$REPEAT (medians), wrk -t1 -c$CONNECTIONS on CPU $CLIENT_CPU"
 say "servers: fake upstream (--threads $FAKE_THREADS${FAKE_ARGS:+ $FAKE_ARGS}), nginx (1 worker), zgate (--num_workers $NUM_WORKERS), all on CPU $SERVER_CPU"
+if [[ " $TARGETS " == *" vkey "* ]]; then
+  say "         PostgreSQL for vkey on CPU $CLIENT_CPU, with wrk (the database is another host in production)"
+fi
 say ""
 
 # ---------------------------------------------------------------------------
@@ -392,13 +395,17 @@ YAML
 
 # ---------------------------------------------------------------------------
 # PostgreSQL for the vkey target: the end-to-end tests' throw-away server
-# (tests/e2e/zgpg.py), in the temp dir, stopped with its process group
+# (tests/e2e/zgpg.py), in the temp dir, stopped with its process group.
+# Pinned to the client's CPU (every process it forks inherits the pinning):
+# in production the database runs on a host of its own, so its work must
+# not be taken from the CPU of the gateway under test. zgate's spend actor,
+# which feeds it, stays on the server CPU with the rest of zgate.
 
 pg_url=
 psql_bin=
 start_postgres() {
-  local i
-  start_group pg env PYTHONPATH="$top/tests/e2e" ZG_PG_TMP="$work" python3 -u -c '
+  local i pid cpus
+  start_group pg taskset -c "$CLIENT_CPU" env PYTHONPATH="$top/tests/e2e" ZG_PG_TMP="$work" python3 -u -c '
 import os, signal, sys, tempfile, zgpg
 tempfile.tempdir = os.environ["ZG_PG_TMP"]
 pg = zgpg.PostgresServer(name="bench").start()
@@ -419,6 +426,10 @@ signal.pause()
   done
   [ -n "$pg_url" ] || die "PostgreSQL did not start within $((START_TIMEOUT * 2))s"
   psql_bin=$(sed -n 's/^psql=//p' "$work/pg.log")
+  for pid in $(tree_pids "$pg_pid"); do
+    cpus=$(taskset -cp "$pid" 2>/dev/null | sed 's/.*: //')
+    [ -z "$cpus" ] || [ "$cpus" = "$CLIENT_CPU" ] || die "PostgreSQL process $pid runs on CPUs '$cpus', not $CLIENT_CPU"
+  done
 }
 
 pg_scalar() {
