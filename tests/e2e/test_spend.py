@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -140,8 +141,20 @@ class SpendTest(zgtest.GatewayTestCase):
     # tests
 
     def test_every_call_once(self):
+        before = time.time()
         ids = self.send(N)
+        after = time.time()
         self.assertAllWritten(ids)
+        #  Times in UTC, to the millisecond, inside the sending window, the
+        #  duration their difference
+        bad = self.pg.scalar(
+            'SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE'
+            ' extract (epoch FROM "startTime") < %f OR extract (epoch FROM "endTime") > %f'
+            ' OR "endTime" < "startTime"'
+            ' OR abs (extract (epoch FROM "endTime" - "startTime") * 1000 - request_duration_ms) > 1'
+            ' OR "completionStartTime" NOT BETWEEN "startTime" AND "endTime"'
+            % (before - 1, after + 1), db=self.db)
+        self.assertEqual(bad, "0")
         name = self.pg.scalar('SELECT key_name FROM "LiteLLM_VerificationToken" WHERE token = \'%s\''
                               % MASTER_HASH, db=self.db)
         self.assertEqual(name, "sk-..." + MASTER_KEY[-4:])
