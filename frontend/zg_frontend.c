@@ -39,6 +39,7 @@
 #include "frontend/zg_routes.h"
 #include "common/zg_json.h"
 #include "common/zg_log.h"
+#include "common/zg_number.h"
 #include "common/zg_scoreboard.h"
 #include "proto/zg_msg.h"
 
@@ -515,17 +516,8 @@ s_format_cost (double cost, char *text, size_t size)
 {
     if (!isfinite (cost) || cost < 0)
         cost = 0;
-    //  Any decimal of up to 15 digits survives a round trip through a
-    //  double (DBL_DIG), so when the shortest text has 15 digits or fewer,
-    //  %.15g (which drops trailing zeros) is that text; else it takes 16
-    //  or 17. Three tries at most, where counting up from 1 took up to 17.
-    for (int precision = 15; precision <= 17; precision++) {
-        snprintf (text, size, "%.*g", precision, cost);
-        if (strtod (text, NULL) == cost)
-            break;
-    }
-    if (!strpbrk (text, ".e") && strlen (text) + 2 < size)
-        strcat (text, ".0");
+    if (zg_number_repr (cost, text, size) < 0 && size)
+        text [0] = 0;
 }
 
 //  Add "name: value\r\n" lines as headers (MHD copies them)

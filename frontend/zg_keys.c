@@ -30,6 +30,7 @@
 */
 #include "frontend/zg_keys.h"
 #include "common/zg_selftest.h"
+#include "common/zg_number.h"
 #include "common/zg_sha256.h"
 
 #include <assert.h>
@@ -96,104 +97,13 @@ struct _zg_keys_t {
 //  ---------------------------------------------------------------------
 //  Small helpers
 
-//  The value correctly rounded to precision significant digits, in %e
-//  form; true when it reads back to the same double
-static bool
-s_round_trips (double value, int precision, char *digits, size_t size)
-{
-    snprintf (digits, size, "%.*e", precision - 1, value);
-    return strtod (digits, NULL) == value;
-}
-
-//  digits in %e form without the trailing zeros of its significand
-static void
-s_strip_zeros (char *digits)
-{
-    char *mark = strchr (digits, 'e');
-    if (!mark || !strchr (digits, '.'))
-        return;
-    char *last = mark - 1;
-    while (*last == '0')
-        last--;
-    if (*last == '.')
-        last--;
-    memmove (last + 1, mark, strlen (mark) + 1);
-}
-
-//  The fewest significant digits that read back to value, left in digits
-//  in %e form. Without trying every length (this runs for every answer to
-//  a virtual key, with spend that has grown to 16 or 17 digits):
-//    - a text of up to 15 digits that reads back lies within half a unit
-//      in the last place of the value, closer than half a step of 15
-//      digits, so rounding to 15 digits finds it (with zeros after it):
-//      when 15 digits read back, the shortest is those without their
-//      trailing zeros, and when they do not, it has 16 or 17 digits;
-//    - 17 digits always read back.
-//  16 digits are tried first, since sums of money mostly need them or
-//  more. Rounding to 16 can only be further from the value than a shorter
-//  text that reads back where the doubles are spaced unevenly, at a power
-//  of two: there 15 is tried even after 16 failed.
-static void
-s_shortest_digits (double value, char *digits, size_t size)
-{
-    char tried [40];
-    if (s_round_trips (value, 16, tried, sizeof (tried))) {
-        if (s_round_trips (value, 15, digits, size))
-            s_strip_zeros (digits);
-        else
-            snprintf (digits, size, "%s", tried);
-        return;
-    }
-    int exponent;
-    double fraction = frexp (value, &exponent);
-    if ((fraction == 0.5 || fraction == -0.5) && s_round_trips (value, 15, digits, size)) {
-        s_strip_zeros (digits);
-        return;
-    }
-    snprintf (digits, size, "%.*e", 16, value);
-}
-
 //  Python's repr of a float, which is how the reference prints money in
-//  its messages and headers: the shortest digits that read back to the
-//  same double, in exponent form below 1e-4 and from 1e16 up, ".0" on
-//  whole numbers. The positional form is spelled from the digits of the
-//  exponent form (the same rounding, at the same place), not printed again.
+//  its messages and headers
 static void
 s_format_number (double value, char *buf, size_t size)
 {
-    if (isnan (value)) {
-        snprintf (buf, size, "nan");
-        return;
-    }
-    if (isinf (value)) {
-        snprintf (buf, size, value < 0 ? "-inf" : "inf");
-        return;
-    }
-    char digits [40];
-    s_shortest_digits (value, digits, sizeof (digits));
-    char *mark = strchr (digits, 'e');
-    int exponent = mark ? atoi (mark + 1) : 0;
-    if (!mark || exponent < -4 || exponent >= 16) {
-        snprintf (buf, size, "%s", digits);
-        return;
-    }
-    //  The significant digits alone: "-1.2345e+02" -> sign "-", "12345"
-    const char *sign = digits [0] == '-' ? "-" : "";
-    char significant [24];
-    size_t count = 0;
-    for (const char *cursor = digits + (*sign ? 1 : 0); cursor < mark; cursor++)
-        if (*cursor != '.' && count + 1 < sizeof (significant))
-            significant [count++] = *cursor;
-    significant [count] = 0;
-    if (exponent < 0)
-        snprintf (buf, size, "%s0.%.*s%s", sign, -exponent - 1, "0000", significant);
-    else
-    if (count > (size_t) exponent + 1)
-        snprintf (buf, size, "%s%.*s.%s", sign, exponent + 1, significant,
-                  significant + exponent + 1);
-    else
-        snprintf (buf, size, "%s%s%.*s.0", sign, significant,
-                  (int) ((size_t) exponent + 1 - count), "0000000000000000");
+    if (zg_number_repr (value, buf, size) < 0 && size)
+        buf [0] = 0;
 }
 
 //  "2026-01-31 12:00:00" in UTC, then suffix
@@ -264,6 +174,20 @@ s_key_destroy (void **item_p)
 //  ---------------------------------------------------------------------
 //  Constructor and destructor
 
+//  Tokens are hex SHA-256 digests, as random in their first 16 digits as
+//  in all 64, and the data path looks one up several times per call:
+//  those 16 are hashed (zhashx's default walks every character), a
+//  shorter string whole
+static size_t
+s_token_hasher (const void *key)
+{
+    const unsigned char *text = (const unsigned char *) key;
+    uint64_t hash = 14695981039346656037ULL;
+    for (size_t index = 0; index < 16 && text [index]; index++)
+        hash = (hash ^ text [index]) * 1099511628211ULL;
+    return (size_t) hash;
+}
+
 zg_keys_t *
 zg_keys_new (size_t negative_size, int negative_ttl)
 {
@@ -290,6 +214,7 @@ zg_keys_new (size_t negative_size, int negative_ttl)
         return NULL;
     }
     zhashx_set_destructor (self->keys, s_key_destroy);
+    zhashx_set_key_hasher (self->keys, s_token_hasher);
     zhashx_set_destructor (self->users, s_free_item);
     zhashx_set_destructor (self->teams, s_free_item);
     return self;
@@ -984,6 +909,34 @@ zg_keys_record_usage (zg_keys_t *self, const char *hash, int64_t tokens, double 
     return 0;
 }
 
+//  Appends text to buf at *used when it fits with its NUL
+static bool
+s_append (char *buf, size_t size, size_t *used, const char *text)
+{
+    size_t length = strlen (text);
+    if (*used + length >= size)
+        return false;
+    memcpy (buf + *used, text, length + 1);
+    *used += length;
+    return true;
+}
+
+static bool
+s_append_integer (char *buf, size_t size, size_t *used, int64_t value)
+{
+    char text [24];
+    size_t length = 0;
+    uint64_t magnitude = value < 0 ? 0 - (uint64_t) value : (uint64_t) value;
+    text [sizeof (text) - 1] = 0;
+    do {
+        text [sizeof (text) - 2 - length++] = (char) ('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    if (value < 0)
+        text [sizeof (text) - 2 - length++] = '-';
+    return s_append (buf, size, used, text + sizeof (text) - 1 - length);
+}
+
 int
 zg_keys_headers (zg_keys_t *self, const char *hash, int64_t now, char *buf, size_t size)
 {
@@ -997,31 +950,40 @@ zg_keys_headers (zg_keys_t *self, const char *hash, int64_t now, char *buf, size
     bool window_open = key->window_start && now - key->window_start < ZG_KEYS_WINDOW;
     int64_t requests = window_open ? key->window_requests : 0;
     int64_t tokens = window_open ? key->window_tokens : 0;
+    //  Spelled here rather than by printf: this runs for every answer
+    char number [40];
     size_t used = 0;
-    int length;
-#define S_HEADER(...) do { \
-        length = snprintf (buf + used, size - used, __VA_ARGS__); \
-        if (length < 0 || (size_t) length >= size - used) { buf [0] = 0; return -1; } \
-        used += (size_t) length; \
-    } while (0)
+    bool fits = true;
     if (record->rpm_limit >= 0) {
         int64_t remaining = record->rpm_limit - requests;
-        S_HEADER ("x-ratelimit-remaining-requests: %lld\r\n", (long long) (remaining > 0 ? remaining : 0));
-        S_HEADER ("x-ratelimit-limit-requests: %lld\r\n", (long long) record->rpm_limit);
+        fits = fits && s_append (buf, size, &used, "x-ratelimit-remaining-requests: ")
+            && s_append_integer (buf, size, &used, remaining > 0 ? remaining : 0)
+            && s_append (buf, size, &used, "\r\nx-ratelimit-limit-requests: ")
+            && s_append_integer (buf, size, &used, record->rpm_limit)
+            && s_append (buf, size, &used, "\r\n");
     }
     if (record->tpm_limit >= 0) {
         int64_t remaining = record->tpm_limit - tokens;
-        S_HEADER ("x-ratelimit-remaining-tokens: %lld\r\n", (long long) (remaining > 0 ? remaining : 0));
-        S_HEADER ("x-ratelimit-limit-tokens: %lld\r\n", (long long) record->tpm_limit);
+        fits = fits && s_append (buf, size, &used, "x-ratelimit-remaining-tokens: ")
+            && s_append_integer (buf, size, &used, remaining > 0 ? remaining : 0)
+            && s_append (buf, size, &used, "\r\nx-ratelimit-limit-tokens: ")
+            && s_append_integer (buf, size, &used, record->tpm_limit)
+            && s_append (buf, size, &used, "\r\n");
     }
-    char number [40];
     s_format_number (record->spend, number, sizeof (number));
-    S_HEADER ("x-litellm-key-spend: %s\r\n", number);
+    fits = fits && s_append (buf, size, &used, "x-litellm-key-spend: ")
+        && s_append (buf, size, &used, number)
+        && s_append (buf, size, &used, "\r\n");
     if (record->max_budget >= 0) {
         s_format_number (record->max_budget, number, sizeof (number));
-        S_HEADER ("x-litellm-key-max-budget: %s\r\n", number);
+        fits = fits && s_append (buf, size, &used, "x-litellm-key-max-budget: ")
+            && s_append (buf, size, &used, number)
+            && s_append (buf, size, &used, "\r\n");
     }
-#undef S_HEADER
+    if (!fits) {
+        buf [0] = 0;
+        return -1;
+    }
     return (int) used;
 }
 

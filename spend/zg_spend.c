@@ -24,6 +24,7 @@
 #include "common/zg_selftest.h"
 #include "db/zg_db.h"
 #include "common/zg_json.h"
+#include "common/zg_number.h"
 #include "common/zg_log.h"
 #include "common/zg_scoreboard.h"
 #include "common/zg_sha256.h"
@@ -204,11 +205,14 @@ zg_spend_render (const zg_msg_t *record, char *out, size_t size)
 {
     assert (record && out);
     double cost = isfinite (record->cost) && record->cost > 0? record->cost: 0;
-    int written = snprintf (out, size, "{\"spend\":%.17g", cost);
-    if (written < 0 || (size_t) written >= size)
-        return -1;
-    size_t used = (size_t) written;
-    if (!s_put_number (out, size, &used, "prompt_tokens", record->prompt_tokens)
+    //  The shortest digits that read back: PostgreSQL's float8 is the same double
+    char spend [ZG_NUMBER_TEXT_MAX];
+    int spend_length = zg_number_json (cost, spend, sizeof (spend));
+    size_t used = 0;
+    if (spend_length < 0
+    ||  !s_put_text (out, size, &used, "{\"spend\":", 9)
+    ||  !s_put_text (out, size, &used, spend, (size_t) spend_length)
+    ||  !s_put_number (out, size, &used, "prompt_tokens", record->prompt_tokens)
     ||  !s_put_number (out, size, &used, "completion_tokens", record->completion_tokens)
     ||  !s_put_number (out, size, &used, "total_tokens", record->total_tokens)
     ||  !s_put_number (out, size, &used, "start_us", record->start_us)
@@ -732,6 +736,8 @@ zg_spend_test (bool verbose)
     double cost = 0;
     S_CHECK (zg_json_find (out, (size_t) size, "spend", &span)
           && zg_json_double (out, &span, &cost) && cost == 0.1 + 0.2);
+    //  The shortest digits that read back, as an integer and an exponent
+    S_CHECK (strncmp (out, "{\"spend\":30000000000000004e-17,", 31) == 0);
     S_CHECK (zg_json_find (out, (size_t) size, "call_type", &span)
           && zg_json_string (out, &span, text, sizeof text) >= 0 && streq (text, "aembedding"));
     int64_t start = 0;

@@ -5,6 +5,7 @@
 
 #include "common/zg_json.h"
 #include "common/zg_log.h"
+#include "common/zg_number.h"
 #include "common/zg_sha256.h"
 #include "common/zg_config.h"
 #include "common/zg_crypt.h"
@@ -17,6 +18,7 @@ main (int argc, char *argv [])
     static const zg_unit_t tests [] = {
         { "zg_json", zg_json_test },
         { "zg_log", zg_log_test },
+        { "zg_number", zg_number_test },
         { "zg_sha256", zg_sha256_test },
         { "zg_config", zg_config_test },
         { "zg_crypt", zg_crypt_test },
