@@ -782,6 +782,16 @@ zg_json_quote (const char *s, char *out, size_t size)
     size_t length = strlen (s);
     while (pos < length) {
         unsigned char c = text [pos];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            //  A run of what needs no escape goes in one copy
+            size_t end = pos + 1;
+            while (end < length && text [end] >= 0x20 && text [end] < 0x80
+               &&  text [end] != '"' && text [end] != '\\')
+                end++;
+            s_PUT (text + pos, end - pos);
+            pos = end;
+            continue;
+        }
         if (c == '"')
             s_PUT ("\\\"", 2);
         else
@@ -803,9 +813,6 @@ zg_json_quote (const char *s, char *out, size_t size)
                 }
             }
         }
-        else
-        if (c < 0x80)
-            s_PUT (text + pos, 1);
         else {
             //  Invalid UTF-8 would make the whole literal invalid JSON
             size_t sequence = s_utf8_sequence (text, length, pos);
