@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU time of every zgate thread per request, A/B between builds.
 
-    bench/cpu.py [--rounds 3] [--seconds 4] [--scenario chat] BUILD [BUILD...]
+    bench/cpu.py [--rounds 3] [--seconds 4] [--scenario chat] [--vkey] BUILD [BUILD...]
 
 Each BUILD is a build directory (zgate and fakeupstream/fake_upstream in
 it) or a directory holding both binaries. For each, a fake upstream and a
@@ -14,6 +14,13 @@ involuntary context switches, and divides by the requests wrk counted.
 requests/s move with whatever else runs on the machine; CPU per request
 much less, which is what makes a change of a microsecond visible.
 
+With --vkey, each zgate gets a database of its own on one PostgreSQL (the
+end-to-end tests' tests/e2e/zgpg.py, pinned to CPU 1 with wrk as bench/run.sh
+places it) and spend logging on (proxy_batch_write_at: 1), and is called
+with a virtual key made through its /key/generate: the vkey target of
+bench/run.sh. At the end each build's spend rows are counted against the
+answers wrk counted.
+
 A line per build and round, then the medians:
     frontend:zgate        the frontend's main thread (libmicrohttpd)
     frontend:zgate-t      its router thread
@@ -23,7 +30,9 @@ A line per build and round, then the medians:
   each as us(uUSER,vVOLUNTARY,nINVOLUNTARY switches) per request.
 """
 import argparse
+import hashlib
 import http.client
+import json
 import os
 import re
 import signal
@@ -60,6 +69,8 @@ CONFIG = """model_list:
 general_settings:
   master_key: sk-1234
 """
+MASTER_KEY = "sk-1234"
+CLIENT_CPU = 1
 
 
 def free_port():
@@ -135,9 +146,12 @@ def snapshot(pids):
 class Target:
     """A fake upstream and a zgate in front of it, both on CPU 0"""
 
-    def __init__(self, build, work):
+    def __init__(self, build, work, database_url=None):
         self.build = build
         self.groups = []
+        self.key = MASTER_KEY
+        self.requests = 0
+        self.loads = 0
         fake = subprocess.Popen(
             ["taskset", "-c", "0", binary(build, "fake_upstream"), "--host", "127.0.0.1",
              "--port", "0", "--threads", "1"],
@@ -150,6 +164,8 @@ class Target:
         self.fake_pid = fake.pid
         config = tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=work, delete=False)
         config.write(CONFIG % {"port": int(match.group(1))})
+        if database_url:
+            config.write("  database_url: %s\n  proxy_batch_write_at: 1\n" % database_url)
         config.close()
         self.port = free_port()
         env = dict(os.environ, LITELLM_LOG="ERROR", ZGATE_RUN_DIR=tempfile.mkdtemp(dir=work))
@@ -166,12 +182,26 @@ class Target:
                 probe = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 probe.request("GET", "/health/readiness")
                 if probe.getresponse().status == 200:
+                    if database_url:
+                        self.key = self.generate_key()
                     return
             except OSError:
                 pass
             time.sleep(0.1)
         self.stop()
         sys.exit("zgate of %s was not ready within 30 s" % build)
+
+    def generate_key(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request("POST", "/key/generate", body=json.dumps({"key_alias": "bench"}),
+                     headers={"Authorization": "Bearer " + MASTER_KEY,
+                              "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            self.stop()
+            sys.exit("%s: POST /key/generate: %d %s" % (self.build, resp.status, body[:300]))
+        return json.loads(body)["key"]
 
     def pids(self):
         return children(self.zgate_pid) + [self.fake_pid]
@@ -191,10 +221,10 @@ class Target:
         self.log.close()
 
 
-def load(port, seconds, scenario):
+def load(port, seconds, scenario, key=MASTER_KEY):
     path, body, expect = SCENARIOS[scenario]
     env = dict(os.environ, ZGBENCH_PATH=path, ZGBENCH_BODY=body, ZGBENCH_EXPECT=expect,
-               ZGBENCH_KEY="sk-1234")
+               ZGBENCH_KEY=key)
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", "-c64", "-d%ds" % seconds, "--latency",
          "-s", os.path.join(TOP, "bench", "post.lua"), "http://127.0.0.1:%d" % port],
@@ -212,21 +242,29 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--scenario", default="chat", choices=sorted(SCENARIOS))
+    parser.add_argument("--vkey", action="store_true",
+                        help="a virtual key and spend logging to PostgreSQL (bench/run.sh's vkey)")
     parser.add_argument("builds", nargs="+")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="zgcpu.")
     targets = []
     results = {build: [] for build in args.builds}
+    pg = None
     try:
-        for build in args.builds:
-            targets.append(Target(build, work))
+        if args.vkey:
+            pg = start_postgres(work)
+        for number, build in enumerate(args.builds):
+            url = pg.create_database("zgcpu%d" % number) if pg else None
+            targets.append(Target(build, work, url))
         for round_number in range(1, args.rounds + 1):
             for target in targets:
-                load(target.port, 1, args.scenario)
+                warm, _, _ = load(target.port, 1, args.scenario, target.key)
                 pids = target.pids()
                 before = snapshot(pids)
-                requests, rps, bad = load(target.port, args.seconds, args.scenario)
+                requests, rps, bad = load(target.port, args.seconds, args.scenario, target.key)
                 after = snapshot(pids)
+                target.requests += warm + requests
+                target.loads += 2
                 if requests == 0 or bad * 1000 > requests:
                     sys.exit("%s: %d bad answers out of %d" % (target.build, bad, requests))
                 per = {}
@@ -255,9 +293,48 @@ def main():
                 statistics.median(rps for _, rps, _ in runs),
                 " ".join("%s=%.2f" % (name, value) for name, value in medians.items()
                          if value >= 0.05)))
+        if pg:
+            for number, target in enumerate(targets):
+                check_spend_rows(pg, "zgcpu%d" % number, target)
     finally:
         for target in targets:
             target.stop()
+        if pg:
+            pg.stop()
+
+
+def start_postgres(work):
+    """One PostgreSQL on the client CPU (every process it forks inherits the
+    pinning): in production the database runs on a host of its own"""
+    sys.path.insert(0, os.path.join(TOP, "tests", "e2e"))
+    import zgpg
+    tempfile.tempdir = work
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    try:
+        return zgpg.PostgresServer(name="zgcpu").start()
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+def check_spend_rows(pg, database, target):
+    """Every answer wrk counted has its row (the spend actor writes within
+    a second or so of the call); at most the calls in flight when each load
+    stopped have a row wrk did not count."""
+    key_hash = hashlib.sha256(target.key.encode()).hexdigest()
+    query = "SELECT count(*) FROM \"LiteLLM_SpendLogs\" WHERE api_key = '%s'" % key_hash
+    deadline = time.monotonic() + 30
+    rows = last = -1
+    while time.monotonic() < deadline:
+        rows = int(pg.scalar(query, db=database))
+        if rows >= target.requests and rows == last:
+            break
+        last = rows
+        time.sleep(1)
+    in_flight = 64 * target.loads
+    verdict = "match" if target.requests <= rows <= target.requests + in_flight else "DO NOT MATCH"
+    print("%-24s spend rows %d for %d answers counted by wrk: %s"
+          % (target.build, rows, target.requests, verdict))
 
 
 if __name__ == "__main__":
