@@ -260,6 +260,9 @@ s_visit_fake (scanner_t *self, fu_json_span_t key, void *arg)
     if (s_key_is (key, "status"))
         return s_read_count (self, 999, &fake->status,
                              "fake.status must be an integer HTTP status");
+    if (s_key_is (key, "header_bytes"))
+        return s_read_count (self, 65536, &fake->header_bytes,
+                             "fake.header_bytes must be an integer from 0 to 65536");
     if (s_key_is (key, "fault")) {
         if (self->at < self->end && *self->at == 'n')
             return s_skip_literal (self, "null");
@@ -337,7 +340,7 @@ fu_json_parse_llm_body (const char *body, size_t size, fu_json_llm_body_t *out,
 {
     memset (out, 0, sizeof *out);
     out->fake.latency_ms = out->fake.chunks = out->fake.chunk_interval_ms = -1;
-    out->fake.status = -1;
+    out->fake.status = out->fake.header_bytes = -1;
     scanner_t scanner = { body, body + size, NULL };
     s_skip_ws (&scanner);
     if (scanner.at >= scanner.end || *scanner.at != '{') {

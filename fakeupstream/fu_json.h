@@ -21,6 +21,7 @@ typedef struct {
     long chunks;
     long chunk_interval_ms;
     long status;
+    long header_bytes;          //  an extra x-fake-padding header of this many bytes
     fu_json_span_t fault;       //  the string's content, without quotes
 } fu_json_fake_t;
 

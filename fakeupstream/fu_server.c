@@ -92,6 +92,7 @@ struct conn_s {
     long latency_ms;
     long chunk_interval_ms;
     long status;
+    long header_bytes;
     fu_fault_t fault;
     long events_to_send;
     long events_sent;
@@ -259,6 +260,11 @@ s_put_head (conn_t *self, int status, const char *content_type, long long conten
         fu_buf_putu (out, (unsigned long long) self->latency_ms);
         fu_buf_puts (out, "\r\nx-request-id: req-fake-");
         fu_buf_putu (out, self->answer.id);
+        if (self->header_bytes > 0) {
+            fu_buf_puts (out, "\r\nx-fake-padding: ");
+            for (long index = 0; index < self->header_bytes; index++)
+                fu_buf_append (out, "p", 1);
+        }
     }
     if (status == 429)
         fu_buf_puts (out, "\r\nretry-after: 1");
@@ -590,6 +596,7 @@ s_handle_llm (conn_t *self, fu_route_t route, const char *base)
     self->latency_ms = 0;
     self->fault = FU_FAULT_NONE;
     self->status = 0;
+    self->header_bytes = 0;
     self->stream = false;
 
     fu_json_llm_body_t body;
@@ -631,6 +638,7 @@ s_handle_llm (conn_t *self, fu_route_t route, const char *base)
     self->chunk_interval_ms = body.fake.chunk_interval_ms >= 0 ? body.fake.chunk_interval_ms
                                                                : config->chunk_interval_ms;
     self->status = body.fake.status >= 0 ? body.fake.status : config->status;
+    self->header_bytes = body.fake.header_bytes > 0 ? body.fake.header_bytes : 0;
     self->stream = body.stream;
     self->answer.chunks = body.fake.chunks >= 0 ? body.fake.chunks : config->chunks;
     self->answer.inputs = body.input_count;

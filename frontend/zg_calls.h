@@ -74,6 +74,7 @@ struct _zg_call_t {
     char      echo_id [ZG_CALL_ID_MAX + 1];    //  in x-litellm-call-id: the client's own id if it sent one
     char      model [ZG_NAME_MAX + 1];         //  model group asked for
     char      path [128];                      //  for the access line (truncated)
+    size_t    head_bytes;           //  the request line and headers, as MHD holds them
 
     int64_t   started_us;           //  when the request arrived (monotonic)
     int64_t   overhead_us;          //  gateway time in the answer's head; -1 = unknown

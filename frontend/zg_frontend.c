@@ -76,6 +76,21 @@
 #define ZG_STREAM_BLOCK         16384
 //  Router messages handled per loop turn, so HTTP is never starved
 #define ZG_ROUTER_BATCH         512
+//  libmicrohttpd's memory per connection: the request head, the reply's
+//  header block and the read buffer all live in it, and libmicrohttpd
+//  0.9.75 clears the whole pool after every request, so its size is paid
+//  per request (the default 32 KB cost about 1.3 us of the frontend's 13
+//  per chat call). A reply whose header block does not fit beside the
+//  request head is not sent at all (the connection just closes), so a
+//  head over ZG_HEAD_MAX is answered 431 (a small reply that fits), and
+//  the upstream's headers that would not fit beside the head are dropped
+#define ZG_CONNECTION_POOL      16384
+#define ZG_HEAD_MAX             12288
+//  What else takes room in the pool: libmicrohttpd's entry for each
+//  request header, and our own headers on a reply (about 1.5 KB at most,
+//  with a virtual key's) with the status line
+#define ZG_POOL_PER_HEADER      64
+#define ZG_POOL_SLACK           3072
 //  Idle keep-alive connections are closed after this (nginx's default)
 #define ZG_IDLE_TIMEOUT_S       75
 //  How often deadlines are checked; they are coarse (seconds) anyway
@@ -112,6 +127,7 @@ typedef struct {
     const char *x_api_key;
     const char *call_id;
     const char *content_length;
+    size_t      bytes;          //  names and values, with their separators
 } s_headers_t;
 
 typedef struct {
@@ -473,6 +489,8 @@ s_add_answer_headers (s_frontend_t *self, zg_call_t *call, struct MHD_Response *
     MHD_add_response_header (response, "x-litellm-timeout", self->timeout_text);
 
     static const char prefix [] = "llm_provider-";
+    //  What the upstream's headers may take in the pool
+    size_t room = ZG_CONNECTION_POOL - ZG_POOL_SLACK - call->head_bytes;
     const char *cursor = head->headers;
     const char *name, *value;
     size_t name_length, value_length;
@@ -482,6 +500,12 @@ s_add_answer_headers (s_frontend_t *self, zg_call_t *call, struct MHD_Response *
         size_t need = sizeof (prefix) - 1 + name_length + 1 + value_length + 1;
         if (need > sizeof (self->scratch))
             continue;
+        if (need + 2 > room) {
+            zg_debug ("call %s: upstream header %.*s dropped: no room beside the request head",
+                      call->call_id, (int) name_length, name);
+            continue;
+        }
+        room -= need + 2;
         char *header = self->scratch;
         memcpy (header, prefix, sizeof (prefix) - 1);
         memcpy (header + sizeof (prefix) - 1, name, name_length);
@@ -1276,7 +1300,9 @@ s_collect_header (void *cls, enum MHD_ValueKind kind, const char *key, const cha
     s_headers_t *headers = (s_headers_t *) cls;
     if (!key || !value)
         return MHD_YES;
-    switch (strlen (key)) {
+    size_t key_length = strlen (key);
+    headers->bytes += key_length + strlen (value) + 4 + ZG_POOL_PER_HEADER;
+    switch (key_length) {
         case 7:
             if (strcasecmp (key, "API-Key") == 0)
                 headers->api_key = value;
@@ -1633,6 +1659,10 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
     s_headers_t headers;
     memset (&headers, 0, sizeof (headers));
     MHD_get_connection_values (call->connection, MHD_HEADER_KIND, s_collect_header, &headers);
+    call->head_bytes = headers.bytes + strlen (url) + 32;
+    if (call->head_bytes > ZG_HEAD_MAX)
+        return s_reply_error (self, call, 431, "bad_request_error",
+                              "Request header fields too large", NULL);
     if (endpoint == ZG_ENDPOINT_ADMIN)
         return s_on_admin_headers (self, call, &headers, &match);
 
@@ -2286,6 +2316,7 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
         MHD_OPTION_NOTIFY_CONNECTION, s_on_connection, self,
         MHD_OPTION_CONNECTION_LIMIT, s_connection_limit (),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) ZG_IDLE_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) ZG_CONNECTION_POOL,
         MHD_OPTION_END);
     if (!self->daemon) {
         zg_error ("frontend: cannot start the HTTP server on descriptor %d", listen_fd);

@@ -76,6 +76,35 @@ class GatewayErrorsTest(ErrorCase):
         self.assertErrorShape(resp, 400)
         self.assertStillServing()
 
+    def test_431_head_too_large(self):
+        #  The whole head must fit in the connection's memory beside the
+        #  reply: past the limit the answer is a 431, never a closed socket
+        for headers in ({"x-big": "b" * 13000},
+                        dict(("x-many-%d" % index, "m" * 80) for index in range(80))):
+            resp = self.gw.post("/chat/completions", chat_body(), headers=headers)
+            self.assertErrorShape(resp, 431)
+        #  Beyond what the connection's memory holds at all, libmicrohttpd
+        #  answers 431 itself
+        resp = self.gw.post("/chat/completions", chat_body(), headers={"x-big": "b" * 20000})
+        self.assertEqual(resp.status, 431, resp)
+        resp = self.gw.post("/chat/completions", chat_body(), headers={"x-big": "b" * 8000})
+        self.assertEqual(resp.status, 200, resp)
+        self.assertStillServing()
+
+    def test_large_upstream_headers(self):
+        #  Upstream headers that would not fit beside a large request head
+        #  are dropped; the answer itself always goes out
+        for head_size, padding in ((0, 4000), (8000, 15000), (11000, 15000)):
+            resp = self.gw.post("/chat/completions", chat_body(fake={"header_bytes": padding}),
+                                headers={"x-big": "b" * head_size} if head_size else None)
+            self.assertEqual(resp.status, 200, resp)
+            self.assertEqual(resp.json()["object"], "chat.completion", resp)
+            self.assertTrue(resp.headers.get("llm_provider-x-request-id"), resp)
+            if head_size == 0:
+                self.assertEqual(len(resp.headers.get("llm_provider-x-fake-padding", "")),
+                                 padding, resp)
+        self.assertStillServing()
+
     def test_404_unknown_route(self):
         resp = self.gw.get("/v1/no/such/route")
         self.assertErrorShape(resp, 404)
