@@ -37,6 +37,17 @@
 //  Aliases can make a small file describe a huge tree; walks stop here
 #define s_MAX_VISITS        1000000
 
+//  One way of naming a Redis server, as a section of the file gives it
+typedef struct {
+    char *host;
+    int port;                       //  0 = not given
+    char *username;
+    char *password;
+    int db;
+    bool named;                     //  the section names one (a redis cache, a key)
+    const yaml_node_t *node;        //  where, for messages
+} s_redis_t;
+
 typedef struct {
     const char *path;               //  for messages
     yaml_document_t document;
@@ -49,6 +60,10 @@ typedef struct {
     bool request_timeout_set;       //  by the file, which wins over the environment
     bool batch_write_set;
     zg_config_t *config;
+    //  Redis as each section names it, until s_resolve_redis picks one
+    s_redis_t router_redis;         //  router_settings.redis_host/port/password
+    s_redis_t url_redis;            //  router_settings.redis_url
+    s_redis_t cache_redis;          //  litellm_settings.cache_params (type redis)
 } s_loader_t;
 
 //  One key/value of a mapping, after merge keys ("<<") are applied
@@ -1009,6 +1024,10 @@ static const char *const s_router_known [] = {
     "router_general_settings", "deployment_affinity_ttl_seconds", "ignore_invalid_deployments", NULL
 };
 
+static const char *const s_router_redis [] = {
+    "redis_host", "redis_port", "redis_password", "redis_url", NULL
+};
+
 static const char *const s_routing_strategies [] = {
     "simple-shuffle", "least-busy", "usage-based-routing", "usage-based-routing-v2",
     "latency-based-routing", "cost-based-routing", NULL
@@ -1024,6 +1043,259 @@ s_warn_unimplemented (s_loader_t *self, const char *section, const char *name, y
         s_warn_once (self, path, key, "%s is not implemented by zgate yet; ignored", path);
     else
         s_warn_once (self, path, key, "%s is not a setting zgate knows; ignored", path);
+}
+
+//  --------------------------------------------------------------------------
+//  Redis. zgate keeps no shared state in Redis: key changes reach the other
+//  instances through PostgreSQL LISTEN/NOTIFY, and rate-limit counters are
+//  per instance. It only watches the server the configuration names, so
+//  that readiness and /metrics say whether it answers.
+
+#define s_REDIS_USE "used only to watch Redis for /health/readiness and /metrics; zgate " \
+                    "keeps no shared state there (key changes reach other instances at " \
+                    "once through PostgreSQL LISTEN/NOTIFY; rate-limit counters stay per instance)"
+
+static void
+s_redis_clear (s_redis_t *redis)
+{
+    free (redis->host);
+    free (redis->username);
+    free (redis->password);
+    memset (redis, 0, sizeof (*redis));
+}
+
+//  Decodes %XX in place; false on a broken escape
+static bool
+s_percent_decode (char *text)
+{
+    char *write = text;
+    for (const char *read = text; *read; read++) {
+        if (*read == '%') {
+            if (!isxdigit ((unsigned char) read [1]) || !isxdigit ((unsigned char) read [2]))
+                return false;
+            char hex [3] = { read [1], read [2], 0 };
+            *write++ = (char) strtol (hex, NULL, 16);
+            read += 2;
+        }
+        else
+            *write++ = *read;
+    }
+    *write = 0;
+    return true;
+}
+
+//  redis://[[username]:password@]host[:port][/db], as redis-py reads it.
+//  Messages never quote the value: it may hold the password.
+static int
+s_parse_redis_url (s_loader_t *self, const yaml_node_t *node, const char *key, const char *url,
+                   s_redis_t *out)
+{
+    static const char usage [] = "expected redis://[[username]:password@]host[:port][/db]";
+    if (strncasecmp (url, "rediss://", 9) == 0)
+        return s_fail (self, node, key, "rediss:// (Redis over TLS) is not supported: "
+                       "zgate's Redis client is built without TLS; use redis:// on a private network");
+    if (strncasecmp (url, "unix://", 7) == 0)
+        return s_fail (self, node, key, "unix:// sockets are not supported; %s", usage);
+    if (strncasecmp (url, "redis://", 8) != 0)
+        return s_fail (self, node, key, "%s", usage);
+    char *copy = strdup (url + 8);
+    if (!copy)
+        return s_fail (self, node, key, "out of memory");
+    s_redis_t redis = { .node = node, .named = true };
+    const char *problem = NULL;
+    //  The password may hold '@' or '/' unescaped: the host follows the last '@'
+    char *host = copy;
+    char *at = strrchr (copy, '@');
+    if (at) {
+        *at = 0;
+        host = at + 1;
+        char *colon = strchr (copy, ':');
+        if (colon)
+            *colon = 0;
+        if (!s_percent_decode (copy) || (colon && !s_percent_decode (colon + 1)))
+            problem = "a broken %-escape in the user information";
+        else {
+            if (*copy)
+                redis.username = strdup (copy);
+            if (colon && colon [1])
+                redis.password = strdup (colon + 1);
+        }
+    }
+    char *path = strchr (host, '/');
+    if (path)
+        *path++ = 0;
+    if (!problem && strpbrk (host, "?#"))
+        problem = "query parameters are not supported";
+    if (!problem && path && strpbrk (path, "?#"))
+        problem = "query parameters are not supported";
+    char *port = NULL;
+    if (!problem && *host == '[') {
+        char *close = strchr (host, ']');
+        if (!close || (close [1] && close [1] != ':'))
+            problem = "a bracketed IPv6 address must end with ']'";
+        else {
+            *close = 0;
+            host++;
+            port = close [1] == ':' ? close + 2 : NULL;
+        }
+    }
+    else
+    if (!problem) {
+        port = strrchr (host, ':');
+        if (port)
+            *port++ = 0;
+    }
+    long number = 0;
+    if (!problem && !*host)
+        problem = "no host";
+    if (!problem && port) {
+        if (!s_parse_integer (port, &number) || number < 1 || number > 65535)
+            problem = "the port must be an integer from 1 to 65535";
+        else
+            redis.port = (int) number;
+    }
+    if (!problem && path && *path) {
+        if (!s_parse_integer (path, &number) || number < 0 || number > INT_MAX)
+            problem = "the database (/db) must be an integer >= 0";
+        else
+            redis.db = (int) number;
+    }
+    if (!problem && !(redis.host = strdup (host)))
+        problem = "out of memory";
+    free (copy);
+    if (problem) {
+        s_redis_clear (&redis);
+        return s_fail (self, node, key, "%s; %s", problem, usage);
+    }
+    *out = redis;
+    return 0;
+}
+
+//  A string setting; empty is the same as not set
+static int
+s_read_redis_string (s_loader_t *self, yaml_node_t *node, const char *key, char **out)
+{
+    if (s_read_string (self, node, key, out))
+        return -1;
+    if (*out && !**out) {
+        free (*out);
+        *out = NULL;
+    }
+    return 0;
+}
+
+//  litellm_settings.cache_params: only a cache of type redis names a server
+static int
+s_load_cache_params (s_loader_t *self, yaml_node_t *section, const char *where, yaml_node_t *key_node)
+{
+    s_pairs_t pairs;
+    if (s_pairs_of (self, section, where, &pairs))
+        return -1;
+    s_redis_t *redis = &self->cache_redis;
+    s_pair_t *type = s_pairs_find (&pairs, "type");
+    char *kind = NULL;
+    char key [256];
+    s_key_path (key, sizeof (key), where, "type");
+    int rc = type ? s_read_string (self, type->value, key, &kind) : 0;
+    if (rc == 0 && kind && strcmp (kind, "redis") == 0) {
+        redis->named = true;
+        redis->node = key_node;
+        for (size_t index = 0; index < pairs.count && rc == 0; index++) {
+            const char *name = s_raw (pairs.pairs [index].key);
+            yaml_node_t *value = pairs.pairs [index].value;
+            s_key_path (key, sizeof (key), where, name);
+            if (strcmp (name, "host") == 0)
+                rc = s_read_redis_string (self, value, key, &redis->host);
+            else
+            if (strcmp (name, "port") == 0)
+                rc = s_read_int (self, value, key, &redis->port, 1, 65535);
+            else
+            if (strcmp (name, "password") == 0)
+                rc = s_read_redis_string (self, value, key, &redis->password);
+            else
+            if (strcmp (name, "username") == 0)
+                rc = s_read_redis_string (self, value, key, &redis->username);
+            else
+            if (strcmp (name, "ssl") == 0) {
+                bool ssl = false;
+                rc = s_read_bool (self, value, key, &ssl);
+                if (rc == 0 && ssl)
+                    rc = s_fail (self, value, key, "Redis over TLS is not supported: zgate's "
+                                 "Redis client is built without TLS");
+            }
+        }
+        if (rc == 0)
+            s_warn_once (self, where, key_node, "%s is %s; responses are not cached "
+                         "(the response cache is not implemented by zgate yet)", where, s_REDIS_USE);
+    }
+    else
+    if (rc == 0)
+        s_warn_once (self, where, key_node, "%s is not implemented by zgate yet; ignored", where);
+    free (kind);
+    s_pairs_destroy (&pairs);
+    return rc;
+}
+
+//  The server zgate watches: redis_url wins over redis_host (as LiteLLM's
+//  client takes the url when it has one), router_settings over the cache's
+static int
+s_resolve_redis (s_loader_t *self)
+{
+    zg_config_t *config = self->config;
+    s_redis_t *chosen = NULL;
+    if (self->url_redis.host) {
+        chosen = &self->url_redis;
+        if (self->router_redis.host)
+            s_warn_once (self, "router_settings.redis_host (url)", self->router_redis.node,
+                         "router_settings.redis_host: redis_url is set and is used instead");
+    }
+    else
+    if (self->router_redis.host)
+        chosen = &self->router_redis;
+    else
+    if (self->router_redis.named)
+        s_warn_once (self, "router_settings.redis_host (missing)", self->router_redis.node,
+                     "router_settings: redis_port or redis_password without redis_host or "
+                     "redis_url: no Redis to watch");
+    s_redis_t *cache = &self->cache_redis;
+    if (!chosen && cache->named) {
+        //  As LiteLLM's Redis cache, the environment fills what the file leaves out
+        if (!cache->host && getenv ("REDIS_URL") && *getenv ("REDIS_URL")) {
+            s_redis_t from_env;
+            if (s_parse_redis_url (self, NULL, "REDIS_URL (environment variable)",
+                                   getenv ("REDIS_URL"), &from_env))
+                return -1;
+            s_redis_clear (cache);
+            *cache = from_env;
+        }
+        if (!cache->host)
+            cache->host = s_env_string ("REDIS_HOST");
+        if (!cache->password)
+            cache->password = s_env_string ("REDIS_PASSWORD");
+        const char *port = getenv ("REDIS_PORT");
+        long number;
+        if (!cache->port && port && *port) {
+            if (!s_parse_integer (port, &number) || number < 1 || number > 65535)
+                return s_fail (self, NULL, "REDIS_PORT", "environment variable: expected an "
+                               "integer from 1 to 65535");
+            cache->port = (int) number;
+        }
+        if (cache->host)
+            chosen = cache;
+        else
+            s_warn_once (self, "litellm_settings.cache_params (no host)", cache->node,
+                         "litellm_settings.cache_params: a redis cache with no host (nor "
+                         "REDIS_HOST or REDIS_URL): no Redis to watch");
+    }
+    if (!chosen)
+        return 0;
+    config->redis_host = chosen->host;
+    config->redis_username = chosen->username;
+    config->redis_password = chosen->password;
+    config->redis_port = chosen->port ? chosen->port : 6379;
+    config->redis_db = chosen->db;
+    chosen->host = chosen->username = chosen->password = NULL;
+    return 0;
 }
 
 static int
@@ -1104,6 +1376,9 @@ s_load_litellm_settings (s_loader_t *self, yaml_node_t *section)
         if (strcmp (name, "require_auth_for_metrics_endpoint") == 0)
             rc = s_read_bool (self, value, key, &config->require_auth_for_metrics_endpoint);
         else
+        if (strcmp (name, "cache_params") == 0)
+            rc = s_load_cache_params (self, value, key, pairs.pairs [index].key);
+        else
             s_warn_unimplemented (self, "litellm_settings", name, pairs.pairs [index].key, s_litellm_known);
     }
     s_pairs_destroy (&pairs);
@@ -1148,6 +1423,33 @@ s_load_router_settings (s_loader_t *self, yaml_node_t *section)
         if (strcmp (name, "num_retries") == 0)
             rc = s_read_int (self, value, key, &config->num_retries, 0, 1000);
         else
+        if (strncmp (name, "redis_", 6) == 0 && s_in_list (name, s_router_redis)) {
+            s_redis_t *redis = &self->router_redis;
+            if (strcmp (name, "redis_host") == 0)
+                rc = s_read_redis_string (self, value, key, &redis->host);
+            else
+            if (strcmp (name, "redis_port") == 0)
+                rc = s_read_int (self, value, key, &redis->port, 1, 65535);
+            else
+            if (strcmp (name, "redis_password") == 0)
+                rc = s_read_redis_string (self, value, key, &redis->password);
+            else {
+                char *url = NULL;
+                rc = s_read_redis_string (self, value, key, &url);
+                s_redis_clear (&self->url_redis);
+                if (rc == 0 && url)
+                    rc = s_parse_redis_url (self, value, key, url, &self->url_redis);
+                free (url);
+            }
+            if (strcmp (name, "redis_url") != 0 && !s_is_null (value)) {
+                redis->named = true;
+                if (!redis->node)
+                    redis->node = pairs.pairs [index].key;
+            }
+            if (rc == 0)
+                s_warn_once (self, key, pairs.pairs [index].key, "%s is %s", key, s_REDIS_USE);
+        }
+        else
             s_warn_unimplemented (self, "router_settings", name, pairs.pairs [index].key, s_router_known);
     }
     s_pairs_destroy (&pairs);
@@ -1191,6 +1493,12 @@ s_load_zgate_settings (s_loader_t *self, yaml_node_t *section)
         if (strcmp (name, "heartbeat_ms") == 0)
             rc = s_read_int (self, value, key, &config->heartbeat_ms, 10, 60000);
         else
+        if (strcmp (name, "redis_probe_interval_ms") == 0)
+            rc = s_read_int (self, value, key, &config->redis_probe_interval_ms, 100, 3600000);
+        else
+        if (strcmp (name, "redis_timeout_ms") == 0)
+            rc = s_read_int (self, value, key, &config->redis_timeout_ms, 10, 60000);
+        else
             //  Our own section: a typo here is a mistake, not a LiteLLM feature
             rc = s_fail (self, pairs.pairs [index].key, key, "unknown zgate setting");
     }
@@ -1225,6 +1533,9 @@ s_config_new (void)
     self->queue_timeout_ms = 5000;
     self->max_queue = 10000;
     self->heartbeat_ms = 1000;
+    self->redis_probe_interval_ms = 5000;
+    self->redis_timeout_ms = 1000;
+    self->redis_port = 6379;
     if (!self->routing_strategy)
         zg_config_destroy (&self);
     return self;
@@ -1363,7 +1674,12 @@ zg_config_load (const char *path, char *errbuf, size_t errsize)
     else
         rc = s_load_document (&loader);
     if (rc == 0)
+        rc = s_resolve_redis (&loader);
+    if (rc == 0)
         rc = s_apply_environment (&loader);
+    s_redis_clear (&loader.router_redis);
+    s_redis_clear (&loader.url_redis);
+    s_redis_clear (&loader.cache_redis);
 
     yaml_document_delete (&loader.document);
     for (size_t index = 0; index < loader.warned_count; index++)
@@ -1412,6 +1728,9 @@ zg_config_destroy (zg_config_t **self_p)
     free (self->worker_endpoint);
     free (self->events_endpoint);
     free (self->run_dir);
+    free (self->redis_host);
+    free (self->redis_username);
+    free (self->redis_password);
     free (self);
     *self_p = NULL;
 }
@@ -1583,6 +1902,7 @@ zg_config_test (bool verbose)
     const char *clear [] = {
         "LITELLM_LOG", "LITELLM_MASTER_KEY", "DATABASE_URL", "JSON_LOGS", "REQUEST_TIMEOUT",
         "PROXY_BATCH_WRITE_AT", "ZGATE_RUN_DIR", "STORE_MODEL_IN_DB", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD",
+        "REDIS_URL",
         "ZG_TEST_KEY", "ZG_TEST_RPM", "ZG_TEST_SET_BY_FILE", "ZG_TEST_ALREADY", "ZG_TEST_CHAINED", NULL
     };
     for (int index = 0; clear [index]; index++)
@@ -1611,6 +1931,8 @@ zg_config_test (bool verbose)
     ZG_CHECK (config->num_retries == 2);
     ZG_CHECK (!config->frontend_endpoint && !config->worker_endpoint && !config->run_dir);
     ZG_CHECK (!config->events_endpoint);
+    ZG_CHECK (!config->redis_host && !config->redis_password && config->redis_port == 6379);
+    ZG_CHECK (config->redis_probe_interval_ms == 5000 && config->redis_timeout_ms == 1000);
     char events [64];
     zg_config_events_endpoint (config, "/run/zg", events, sizeof (events));
     ZG_CHECK (strcmp (events, "ipc:///run/zg/events.ipc") == 0);
@@ -1689,13 +2011,20 @@ zg_config_test (bool verbose)
         fprintf (stderr, "redis config: %s\n", errbuf);
     ZG_CHECK (config);
     ZG_CHECK (s_count (warnings, "WARNING") == 5);
-    ZG_CHECK (strstr (warnings, "config.yaml:4: router_settings.redis_host is not implemented by zgate yet; ignored"));
-    ZG_CHECK (strstr (warnings, "config.yaml:5: router_settings.redis_port is not implemented"));
-    ZG_CHECK (strstr (warnings, "config.yaml:6: router_settings.redis_password is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:4: router_settings.redis_host is used only to watch "
+                                "Redis for /health/readiness and /metrics; zgate keeps no shared state "
+                                "there (key changes reach other instances at once through PostgreSQL "
+                                "LISTEN/NOTIFY; rate-limit counters stay per instance)"));
+    ZG_CHECK (strstr (warnings, "config.yaml:5: router_settings.redis_port is used only to watch Redis"));
+    ZG_CHECK (strstr (warnings, "config.yaml:6: router_settings.redis_password is used only to watch Redis"));
     ZG_CHECK (strstr (warnings, "config.yaml:9: litellm_settings.cache is not implemented"));
-    ZG_CHECK (strstr (warnings, "config.yaml:10: litellm_settings.cache_params is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:10: litellm_settings.cache_params is used only to watch Redis"));
+    ZG_CHECK (strstr (warnings, "responses are not cached"));
     ZG_CHECK (!strstr (warnings, "hunter2"));
     free (warnings);
+    ZG_CHECK (strcmp (config->redis_host, "localhost") == 0 && config->redis_port == 6379);
+    ZG_CHECK (strcmp (config->redis_password, "hunter2") == 0);
+    ZG_CHECK (!config->redis_username && config->redis_db == 0);
     ZG_CHECK (strcmp (config->routing_strategy, "simple-shuffle") == 0);
     ZG_CHECK (config->deployment_count == 0);
     zg_config_destroy (&config);
@@ -1906,11 +2235,141 @@ zg_config_test (bool verbose)
     ZG_CHECK (strstr (warnings, "config.yaml:19: litellm_settings.num_retries is not implemented"));
     ZG_CHECK (strstr (warnings, "config.yaml:20: litellm_settings.fallbacks is not implemented"));
     ZG_CHECK (strstr (warnings, "config.yaml:21: litellm_settings.success_callback is not implemented"));
-    ZG_CHECK (strstr (warnings, "config.yaml:23: router_settings.redis_url is not implemented"));
+    ZG_CHECK (strstr (warnings, "config.yaml:23: router_settings.redis_url is used only to watch Redis"));
     ZG_CHECK (strstr (warnings, "config.yaml:24: router_settings.cooldown_time is not implemented"));
     ZG_CHECK (s_count (warnings, "WARNING") == 15);
     free (warnings);
     zg_config_destroy (&config);
+
+    //  Redis: the URL form, which wins over redis_host
+    config = s_test_load (
+        "router_settings:\n"
+        "  redis_host: other\n"
+        "  redis_url: \"redis://:s3cr%40t@cache.internal:6380/2\"\n",
+        errbuf, sizeof (errbuf), &warnings);
+    ZG_CHECK (config);
+    ZG_CHECK (strcmp (config->redis_host, "cache.internal") == 0 && config->redis_port == 6380);
+    ZG_CHECK (strcmp (config->redis_password, "s3cr@t") == 0 && !config->redis_username);
+    ZG_CHECK (config->redis_db == 2);
+    ZG_CHECK (strstr (warnings, "config.yaml:2: router_settings.redis_host: redis_url is set and is used instead"));
+    ZG_CHECK (!strstr (warnings, "s3cr"));
+    free (warnings);
+    zg_config_destroy (&config);
+    config = s_test_load_ok ("router_settings:\n  redis_url: redis://ops:p:w@d@[::1]:7000/\n");
+    ZG_CHECK (strcmp (config->redis_host, "::1") == 0 && config->redis_port == 7000);
+    ZG_CHECK (strcmp (config->redis_username, "ops") == 0);
+    ZG_CHECK (strcmp (config->redis_password, "p:w@d") == 0 && config->redis_db == 0);
+    zg_config_destroy (&config);
+    config = s_test_load_ok ("router_settings:\n  redis_url: REDIS://127.0.0.1\n");
+    ZG_CHECK (strcmp (config->redis_host, "127.0.0.1") == 0 && config->redis_port == 6379);
+    ZG_CHECK (!config->redis_password);
+    zg_config_destroy (&config);
+    //  An empty value (an unset variable's default) names no Redis
+    setenv ("REDIS_URL", "", 1);
+    config = s_test_load_ok ("router_settings:\n  redis_url: os.environ/REDIS_URL\n");
+    ZG_CHECK (!config->redis_host);
+    zg_config_destroy (&config);
+    //  Broken URLs name the key and never quote the value
+    s_test_error ("router_settings:\n  redis_url: rediss://:topsecret@host:6380\n",
+                  "2: router_settings.redis_url: rediss:// (Redis over TLS) is not supported: "
+                  "zgate's Redis client is built without TLS; use redis:// on a private network");
+    s_test_error ("router_settings:\n  redis_url: http://:topsecret@host\n",
+                  "2: router_settings.redis_url: expected redis://[[username]:password@]host[:port][/db]");
+    s_test_error ("router_settings:\n  redis_url: unix:///run/redis.sock\n",
+                  "2: router_settings.redis_url: unix:// sockets are not supported; "
+                  "expected redis://[[username]:password@]host[:port][/db]");
+    s_test_error ("router_settings:\n  redis_url: redis://:topsecret@host:99999\n",
+                  "2: router_settings.redis_url: the port must be an integer from 1 to 65535; "
+                  "expected redis://[[username]:password@]host[:port][/db]");
+    s_test_error ("router_settings:\n  redis_url: redis://:topsecret@\n",
+                  "2: router_settings.redis_url: no host; "
+                  "expected redis://[[username]:password@]host[:port][/db]");
+    s_test_error ("router_settings:\n  redis_url: redis://host/zero\n",
+                  "2: router_settings.redis_url: the database (/db) must be an integer >= 0; "
+                  "expected redis://[[username]:password@]host[:port][/db]");
+    s_test_error ("router_settings:\n  redis_url: redis://host?ssl_cert_reqs=none\n",
+                  "2: router_settings.redis_url: query parameters are not supported; "
+                  "expected redis://[[username]:password@]host[:port][/db]");
+    s_test_error ("router_settings:\n  redis_url: \"redis://:top%4secret@host\"\n",
+                  "2: router_settings.redis_url: a broken %-escape in the user information; "
+                  "expected redis://[[username]:password@]host[:port][/db]");
+    s_test_error ("router_settings:\n  redis_url: redis://[::1:6379\n",
+                  "2: router_settings.redis_url: a bracketed IPv6 address must end with ']'; "
+                  "expected redis://[[username]:password@]host[:port][/db]");
+    s_test_error ("router_settings:\n  redis_host: h\n  redis_port: six\n",
+                  "3: router_settings.redis_port: expected an integer, got \"six\"");
+    s_test_error ("router_settings:\n  redis_host: h\n  redis_port: 0\n",
+                  "3: router_settings.redis_port: expected an integer from 1 to 65535, got \"0\"");
+    s_test_error ("router_settings:\n  redis_url: [redis://h]\n",
+                  "2: router_settings.redis_url: expected a string, got a list");
+    //  A port or password alone names no server
+    config = s_test_load ("router_settings:\n  redis_password: pw\n", errbuf, sizeof (errbuf),
+                          &warnings);
+    ZG_CHECK (config && !config->redis_host);
+    ZG_CHECK (strstr (warnings, "config.yaml:2: router_settings: redis_port or redis_password "
+                                "without redis_host or redis_url: no Redis to watch"));
+    free (warnings);
+    zg_config_destroy (&config);
+    //  A redis cache: its host, else the environment's, as LiteLLM's cache reads it
+    config = s_test_load_ok ("litellm_settings:\n  cache_params: {type: redis, host: c, port: 7001,"
+                             " password: pw, namespace: x}\n");
+    ZG_CHECK (strcmp (config->redis_host, "c") == 0 && config->redis_port == 7001);
+    ZG_CHECK (strcmp (config->redis_password, "pw") == 0);
+    zg_config_destroy (&config);
+    setenv ("REDIS_HOST", "envhost", 1);
+    setenv ("REDIS_PORT", "7002", 1);
+    config = s_test_load_ok ("litellm_settings:\n  cache_params: {type: redis}\n");
+    ZG_CHECK (strcmp (config->redis_host, "envhost") == 0 && config->redis_port == 7002);
+    ZG_CHECK (strcmp (config->redis_password, "hunter2") == 0);
+    zg_config_destroy (&config);
+    setenv ("REDIS_URL", "redis://:urlpw@urlhost:7003/1", 1);
+    config = s_test_load_ok ("litellm_settings:\n  cache_params: {type: redis}\n");
+    ZG_CHECK (strcmp (config->redis_host, "urlhost") == 0 && config->redis_port == 7003);
+    ZG_CHECK (strcmp (config->redis_password, "urlpw") == 0 && config->redis_db == 1);
+    zg_config_destroy (&config);
+    setenv ("REDIS_URL", "rediss://urlhost", 1);
+    s_test_error ("litellm_settings:\n  cache_params: {type: redis}\n",
+                  " REDIS_URL (environment variable): rediss:// (Redis over TLS) is not supported: "
+                  "zgate's Redis client is built without TLS; use redis:// on a private network");
+    unsetenv ("REDIS_URL");
+    setenv ("REDIS_PORT", "many", 1);
+    s_test_error ("litellm_settings:\n  cache_params: {type: redis}\n",
+                  " REDIS_PORT: environment variable: expected an integer from 1 to 65535");
+    unsetenv ("REDIS_HOST");
+    unsetenv ("REDIS_PORT");
+    unsetenv ("REDIS_PASSWORD");
+    config = s_test_load ("litellm_settings:\n  cache_params: {type: redis}\n", errbuf,
+                          sizeof (errbuf), &warnings);
+    ZG_CHECK (config && !config->redis_host);
+    ZG_CHECK (strstr (warnings, "config.yaml:2: litellm_settings.cache_params: a redis cache with no host"));
+    free (warnings);
+    zg_config_destroy (&config);
+    //  router_settings wins over the cache; a cache of another type names nothing
+    config = s_test_load_ok ("router_settings: {redis_host: r}\n"
+                             "litellm_settings:\n  cache_params: {type: redis, host: c}\n");
+    ZG_CHECK (strcmp (config->redis_host, "r") == 0 && !config->redis_password);
+    zg_config_destroy (&config);
+    config = s_test_load ("litellm_settings:\n  cache_params: {type: local, host: c}\n", errbuf,
+                          sizeof (errbuf), &warnings);
+    ZG_CHECK (config && !config->redis_host);
+    ZG_CHECK (strstr (warnings, "config.yaml:2: litellm_settings.cache_params is not implemented by zgate yet; ignored"));
+    free (warnings);
+    zg_config_destroy (&config);
+    s_test_error ("litellm_settings:\n  cache_params: {type: redis, host: c, ssl: true}\n",
+                  "2: litellm_settings.cache_params.ssl: Redis over TLS is not supported: zgate's "
+                  "Redis client is built without TLS");
+    s_test_error ("litellm_settings:\n  cache_params: {type: redis, port: 0}\n",
+                  "2: litellm_settings.cache_params.port: expected an integer from 1 to 65535, got \"0\"");
+    s_test_error ("litellm_settings:\n  cache_params: [redis]\n",
+                  "2: litellm_settings.cache_params: expected a mapping, got a list");
+    //  How often and how long zgate waits for it
+    config = s_test_load_ok ("zgate_settings: {redis_probe_interval_ms: 250, redis_timeout_ms: 50}\n");
+    ZG_CHECK (config->redis_probe_interval_ms == 250 && config->redis_timeout_ms == 50);
+    zg_config_destroy (&config);
+    s_test_error ("zgate_settings:\n  redis_probe_interval_ms: 99\n",
+                  "2: zgate_settings.redis_probe_interval_ms: expected an integer from 100 to 3600000, got \"99\"");
+    s_test_error ("zgate_settings:\n  redis_timeout_ms: 60001\n",
+                  "2: zgate_settings.redis_timeout_ms: expected an integer from 10 to 60000, got \"60001\"");
 
     //  Settings from the environment when the file has none
     setenv ("LITELLM_MASTER_KEY", "sk-from-env", 1);

@@ -87,6 +87,19 @@ typedef struct {
     int     queue_timeout_ms;       //  longest wait for a free worker before 503; default 5000
     int     max_queue;              //  requests the router holds while no worker is free; default 10000
     int     heartbeat_ms;           //  default 1000; a peer is dead after 3 missed
+    int     redis_probe_interval_ms;    //  between two checks of Redis; default 5000
+    int     redis_timeout_ms;       //  to connect, and for each command; default 1000
+
+    //  Redis: router_settings.redis_url, else redis_host/redis_port/
+    //  redis_password, else litellm_settings.cache_params of type redis
+    //  (host, port, password; REDIS_HOST, REDIS_PORT, REDIS_PASSWORD when
+    //  it names none). zgate keeps no state there: it only watches it, for
+    //  /health/readiness and /metrics.
+    char   *redis_host;             //  NULL = no Redis configured
+    int     redis_port;             //  default 6379
+    char   *redis_username;         //  redis_url's user (Redis 6 ACL); NULL = the default user
+    char   *redis_password;         //  NULL = no AUTH
+    int     redis_db;               //  redis_url's /db; default 0
 } zg_config_t;
 
 //  Load and validate a configuration file. Returns NULL on error, with the

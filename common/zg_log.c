@@ -672,6 +672,9 @@ zg_log_test (bool verbose)
     s_check_redact ("postgresql://llm:dbpass@db:5432/litellm", "postgresql://llm:****@db:5432/litellm");
     s_check_redact ("http://host:8080/v1 stays", "http://host:8080/v1 stays");
     s_check_redact ("redis_password=abc", "redis_password=***");
+    s_check_redact ("redis://:hunter2@cache:6379/0", "redis://:****@cache:6379/0");
+    s_check_redact ("url redis://ops:hunter2@[::1]:7000 down", "url redis://ops:****@[::1]:7000 down");
+    s_check_redact ("rediss://default:pw@cache", "rediss://default:**@cache");
     s_check_redact ("api_keys are fine", "api_keys are fine");
     s_check_redact ("", "");
     zg_log_redact (NULL);
