@@ -27,7 +27,7 @@
 #endif
 
 #define S_MAGIC         0x5a47534255ULL     //  "ZGSBU"
-#define S_VERSION       1
+#define S_VERSION       2
 #define S_NAME_MAX      256
 #define S_SLOT_NAME     64
 //  Groups beyond this count under the unnamed group: labels stay bounded
@@ -72,6 +72,15 @@ typedef struct {
     //  Supervisor's slot: per role
     _Atomic uint64_t restarts [ZG_SB_ROLES];
     _Atomic uint32_t crash_loop [ZG_SB_ROLES];
+    //  Redis as the slot's watcher found it. The reason is text other
+    //  processes read while it may change: a sequence number, odd while
+    //  it is written, tells a reader to read again (a seqlock).
+    _Atomic uint32_t redis_sequence;
+    char             redis_reason [ZG_SB_REASON_MAX];
+    _Atomic int64_t  redis_checked_ms;
+    _Atomic uint64_t redis_latency_us;      //  the last answered PING's
+    _Atomic uint64_t redis_fails;
+    s_histogram_t    redis_latency;
 } s_slot_t;
 
 typedef struct {
@@ -82,6 +91,7 @@ typedef struct {
     uint32_t heartbeat_ms;
     uint32_t expected;              //  bit per zg_sb_role_t
     uint32_t db_required;
+    uint32_t redis_configured;      //  the configuration names a Redis server
     uint32_t slot_size;             //  slot plus its groups, bytes
     uint64_t total_size;
 } s_header_t;
@@ -256,6 +266,7 @@ s_new (const char *path, const zg_config_t *config, int slot_count)
     header->heartbeat_ms = config && config->heartbeat_ms > 0 ? (uint32_t) config->heartbeat_ms : 1000;
     header->slot_size = (uint32_t) slot_size;
     header->total_size = size;
+    header->redis_configured = config && config->redis_host ? 1 : 0;
     for (uint32_t index = 0; index < group_count; index++)
         snprintf ((char *) self->base + s_names_offset () + (size_t) index * S_NAME_MAX,
                   S_NAME_MAX, "%s", names [index]);
@@ -479,14 +490,10 @@ zg_scoreboard_count_usage (zg_scoreboard_t *self, int slot, int group,
                                    memory_order_relaxed);
 }
 
-void
-zg_scoreboard_observe (zg_scoreboard_t *self, int slot, int group,
-                       zg_sb_latency_t latency, uint64_t microseconds)
+//  One observation, into the reference's buckets
+static void
+s_histogram_add (s_histogram_t *histogram, uint64_t microseconds)
 {
-    s_slot_t *entry = s_slot (self, slot);
-    if (!entry || latency < 0 || latency >= ZG_SB_LATENCIES)
-        return;
-    s_histogram_t *histogram = &s_group (self, entry, group)->latency [latency];
     double seconds = (double) microseconds / 1e6;
     size_t bucket = 0;
     while (bucket < S_BOUNDS && seconds > s_bounds [bucket])
@@ -494,6 +501,16 @@ zg_scoreboard_observe (zg_scoreboard_t *self, int slot, int group,
     atomic_fetch_add_explicit (&histogram->buckets [bucket], 1, memory_order_relaxed);
     atomic_fetch_add_explicit (&histogram->sum_us, microseconds, memory_order_relaxed);
     atomic_fetch_add_explicit (&histogram->count, 1, memory_order_relaxed);
+}
+
+void
+zg_scoreboard_observe (zg_scoreboard_t *self, int slot, int group,
+                       zg_sb_latency_t latency, uint64_t microseconds)
+{
+    s_slot_t *entry = s_slot (self, slot);
+    if (!entry || latency < 0 || latency >= ZG_SB_LATENCIES)
+        return;
+    s_histogram_add (&s_group (self, entry, group)->latency [latency], microseconds);
 }
 
 void
@@ -513,6 +530,46 @@ zg_scoreboard_set_crash_loop (zg_scoreboard_t *self, int slot, zg_sb_role_t role
         atomic_store (&entry->crash_loop [role], in_crash_loop ? 1 : 0);
 }
 
+void
+zg_scoreboard_redis_report (zg_scoreboard_t *self, int slot, bool up, uint64_t latency_us,
+                            const char *reason)
+{
+    s_slot_t *entry = s_slot (self, slot);
+    if (!entry)
+        return;
+    //  One writer per slot (its watcher): readers retry while it is odd
+    atomic_fetch_add_explicit (&entry->redis_sequence, 1, memory_order_acq_rel);
+    atomic_thread_fence (memory_order_release);
+    snprintf (entry->redis_reason, sizeof (entry->redis_reason), "%s", reason ? reason : "");
+    atomic_thread_fence (memory_order_release);
+    atomic_fetch_add_explicit (&entry->redis_sequence, 1, memory_order_acq_rel);
+    atomic_store (&entry->redis_checked_ms, zg_scoreboard_now_ms ());
+    if (up) {
+        atomic_store (&entry->redis_latency_us, latency_us);
+        s_histogram_add (&entry->redis_latency, latency_us);
+    }
+    else
+        atomic_fetch_add (&entry->redis_fails, 1);
+    zg_scoreboard_set_flags (self, slot, ZG_SB_REDIS_KNOWN | (up ? ZG_SB_REDIS_UP : 0),
+                             up ? 0 : ZG_SB_REDIS_UP);
+}
+
+//  The slot's reason, as it was between two writes; "" if it kept changing
+static void
+s_redis_reason (s_slot_t *entry, char *reason, size_t size)
+{
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        uint32_t before = atomic_load_explicit (&entry->redis_sequence, memory_order_acquire);
+        if (before & 1)
+            continue;
+        memcpy (reason, entry->redis_reason, size < ZG_SB_REASON_MAX ? size : ZG_SB_REASON_MAX);
+        reason [size - 1] = 0;
+        atomic_thread_fence (memory_order_acquire);
+        if (atomic_load_explicit (&entry->redis_sequence, memory_order_acquire) == before)
+            return;
+    }
+    reason [0] = 0;
+}
 
 static zg_scoreboard_t *s_process_board;
 
@@ -659,6 +716,51 @@ s_role_states (zg_scoreboard_t *self, s_role_state_t *states, int64_t now)
     }
 }
 
+//  A JSON string's content
+static void
+s_add_escaped (s_text_t *text, const char *value)
+{
+    for (const unsigned char *cursor = (const unsigned char *) value; *cursor; cursor++) {
+        if (*cursor == '"' || *cursor == '\\')
+            s_add (text, "\\%c", *cursor);
+        else
+        if (*cursor < 0x20)
+            s_add (text, "\\u%04x", *cursor);
+        else
+            s_add (text, "%c", *cursor);
+    }
+}
+
+//  Redis as the fresh slots that watch it last found it; a watcher that
+//  finds it down wins over one that finds it up
+typedef struct {
+    bool     known;
+    bool     up;
+    int64_t  age_ms;            //  since the check
+    uint64_t latency_us;
+    char     reason [ZG_SB_REASON_MAX];
+} s_redis_state_t;
+
+static void
+s_redis_state (zg_scoreboard_t *self, int64_t now, s_redis_state_t *state)
+{
+    memset (state, 0, sizeof (*state));
+    for (int index = 0; index < zg_scoreboard_slots (self); index++) {
+        s_slot_t *entry = s_slot (self, index);
+        uint32_t flags = atomic_load (&entry->flags);
+        if (!(flags & ZG_SB_REDIS_KNOWN) || !s_fresh (self, entry, now))
+            continue;
+        bool up = flags & ZG_SB_REDIS_UP;
+        if (state->known && (!state->up || up))
+            continue;
+        state->known = true;
+        state->up = up;
+        state->age_ms = now - atomic_load (&entry->redis_checked_ms);
+        state->latency_us = atomic_load (&entry->redis_latency_us);
+        s_redis_reason (entry, state->reason, sizeof (state->reason));
+    }
+}
+
 //  One role's line in "checks" and, when it fails, in the reason
 static void
 s_check_role (s_text_t *checks, s_text_t *reasons, const char *name,
@@ -743,6 +845,28 @@ zg_scoreboard_readiness (zg_scoreboard_t *self, const char *log_level,
     if (db_down && self->header->db_required)
         s_add (&reasons, "%sdatabase not reachable", reasons.used ? "; " : "");
 
+    //  Redis: reported, never a reason to be unready. zgate keeps no state
+    //  there and serves without it; a Redis down taking every pod out of
+    //  service would turn a cache outage into a gateway outage (and the
+    //  reference's readiness does not check Redis at all).
+    if (self->header->redis_configured) {
+        s_redis_state_t redis;
+        s_redis_state (self, now, &redis);
+        if (!redis.known)
+            s_add (&checks, ",\"redis\":\"unknown: no recent check\"");
+        else {
+            if (redis.up)
+                s_add (&checks, ",\"redis\":\"healthy\",\"redis_ping_ms\":%.3f",
+                       (double) redis.latency_us / 1000.0);
+            else {
+                s_add (&checks, ",\"redis\":\"unhealthy: ");
+                s_add_escaped (&checks, redis.reason);
+                s_add (&checks, "\"");
+            }
+            s_add (&checks, ",\"redis_checked_ms_ago\":%lld", (long long) redis.age_ms);
+        }
+    }
+
     bool ready = reasons.used == 0 && !reasons.failed;
     s_text_t text = { NULL, 0, 0, false };
     if (ready)
@@ -750,9 +874,10 @@ zg_scoreboard_readiness (zg_scoreboard_t *self, const char *log_level,
     else
         s_add (&text, "{\"detail\":\"Service Unhealthy (%s)\",\"status\":\"%s\"",
                reasons.data ? reasons.data : "", draining ? "shutting_down" : "unhealthy");
-    s_add (&text, ",\"db\":\"%s\",\"cache\":null,\"litellm_version\":\"%s\","
+    s_add (&text, ",\"db\":\"%s\",\"cache\":%s,\"litellm_version\":\"%s\","
            "\"success_callbacks\":[],\"use_aiohttp_transport\":false,\"log_level\":\"%s\","
-           "\"is_detailed_debug\":%s,\"checks\":{%s}}", db, ZG_VERSION,
+           "\"is_detailed_debug\":%s,\"checks\":{%s}}", db,
+           self->header->redis_configured ? "\"redis\"" : "null", ZG_VERSION,
            log_level ? log_level : "INFO", detailed_debug ? "true" : "false",
            checks.data ? checks.data : "");
     free (checks.data);
@@ -818,6 +943,51 @@ static const struct {
     { "litellm_llm_api_time_to_first_token_metric",
       "Time to first token (seconds) for a model's LLM API call, streaming requests" },
 };
+
+//  The reference's Redis service metrics (litellm_redis_latency, labelled
+//  by service as its services logger does; litellm_redis_fails, as its
+//  docs name the failures), from zgate's checks of Redis
+static void
+s_add_redis_metrics (zg_scoreboard_t *self, s_text_t *text)
+{
+    s_histogram_t latency;
+    memset (&latency, 0, sizeof (latency));
+    uint64_t fails = 0;
+    for (int index = 0; index < zg_scoreboard_slots (self); index++) {
+        s_slot_t *entry = s_slot (self, index);
+        for (size_t bucket = 0; bucket < S_BUCKETS; bucket++)
+            latency.buckets [bucket] += atomic_load (&entry->redis_latency.buckets [bucket]);
+        latency.count += atomic_load (&entry->redis_latency.count);
+        latency.sum_us += atomic_load (&entry->redis_latency.sum_us);
+        fails += atomic_load (&entry->redis_fails);
+    }
+    s_add (text, "# HELP litellm_redis_latency Latency for redis service (seconds of a PING)\n"
+           "# TYPE litellm_redis_latency histogram\n");
+    uint64_t cumulative = 0;
+    for (size_t bucket = 0; bucket < S_BUCKETS; bucket++) {
+        cumulative += latency.buckets [bucket];
+        if (bucket < S_BOUNDS)
+            s_add (text, "litellm_redis_latency_bucket{redis=\"redis\",le=\"%g\"} %llu\n",
+                   s_bounds [bucket], (unsigned long long) cumulative);
+        else
+            s_add (text, "litellm_redis_latency_bucket{redis=\"redis\",le=\"+Inf\"} %llu\n",
+                   (unsigned long long) cumulative);
+    }
+    s_add (text, "litellm_redis_latency_count{redis=\"redis\"} %llu\n"
+           "litellm_redis_latency_sum{redis=\"redis\"} %.6f\n",
+           (unsigned long long) latency.count, (double) latency.sum_us / 1e6);
+    s_add (text, "# HELP litellm_redis_fails Failed checks of redis service\n"
+           "# TYPE litellm_redis_fails counter\nlitellm_redis_fails_total{redis=\"redis\"} %llu\n",
+           (unsigned long long) fails);
+    s_add (text, "# HELP litellm_redis_total_requests Total checks of redis service\n"
+           "# TYPE litellm_redis_total_requests counter\n"
+           "litellm_redis_total_requests_total{redis=\"redis\"} %llu\n",
+           (unsigned long long) (fails + latency.count));
+    s_redis_state_t state;
+    s_redis_state (self, zg_scoreboard_now_ms (), &state);
+    s_add (text, "# HELP zgate_redis_up 1 while Redis answers zgate's checks\n"
+           "# TYPE zgate_redis_up gauge\nzgate_redis_up %d\n", state.known && state.up ? 1 : 0);
+}
 
 char *
 zg_scoreboard_metrics (zg_scoreboard_t *self, const zg_config_t *config)
@@ -947,6 +1117,9 @@ zg_scoreboard_metrics (zg_scoreboard_t *self, const zg_config_t *config)
     s_add (&text, "# HELP litellm_deployment_cooled_down Deployments put in cooldown\n"
            "# TYPE litellm_deployment_cooled_down counter\n");
 
+    if (self->header->redis_configured)
+        s_add_redis_metrics (self, &text);
+
     s_add (&text, "# HELP zgate_router_queue_depth Requests waiting for a free worker\n"
            "# TYPE zgate_router_queue_depth gauge\nzgate_router_queue_depth %lld\n",
            (long long) gauges [ZG_SB_QUEUE_DEPTH]);
@@ -1036,6 +1209,7 @@ zg_scoreboard_test (bool verbose)
     ZG_CHECK (strstr (json, "\"litellm_version\":\"" ZG_VERSION "\""));
     ZG_CHECK (strstr (json, "\"is_detailed_debug\":true"));
     ZG_CHECK (strstr (json, "\"workers_alive\":2"));
+    ZG_CHECK (strstr (json, "\"cache\":null") && !strstr (json, "redis"));
     free (json);
 
     //  Not accepting, draining, crash-looping: each one is a reason
@@ -1137,6 +1311,7 @@ zg_scoreboard_test (bool verbose)
     ZG_CHECK (strstr (text, "litellm_in_flight_requests 3\n"));
     ZG_CHECK (strstr (text, "zgate_router_queue_depth 7\n"));
     ZG_CHECK (strstr (text, "zgate_restarts_total{role=\"worker\"} 2\n"));
+    ZG_CHECK (!strstr (text, "redis"));
     free (text);
     zg_scoreboard_destroy (&other);
     zg_scoreboard_destroy (&board);
@@ -1175,6 +1350,65 @@ zg_scoreboard_test (bool verbose)
     free (text);
     zg_scoreboard_destroy (&board);
     zg_config_destroy (&models);
+
+    //  Redis in the configuration: reported as its watcher finds it, never
+    //  a reason to be unready
+    config->redis_host = strdup ("127.0.0.1");
+    ZG_CHECK (config->redis_host);
+    board = zg_scoreboard_new_private (config, 2);
+    ZG_CHECK (board);
+    zg_scoreboard_expect (board, ZG_SB_FRONTEND);
+    zg_scoreboard_assign (board, 0, ZG_SB_FRONTEND);
+    zg_scoreboard_claim (board, 0, "frontend");
+    zg_scoreboard_set_flags (board, 0, ZG_SB_ACCEPTING, 0);
+    ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 200);
+    ZG_CHECK (strstr (json, "\"cache\":\"redis\""));
+    ZG_CHECK (strstr (json, "\"redis\":\"unknown: no recent check\""));
+    free (json);
+    zg_scoreboard_redis_report (board, -1, false, 0, "nobody's");
+    zg_scoreboard_redis_report (board, 0, true, 1500, NULL);
+    ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 200);
+    ZG_CHECK (strstr (json, "\"redis\":\"healthy\",\"redis_ping_ms\":1.500,\"redis_checked_ms_ago\":"));
+    free (json);
+    text = zg_scoreboard_metrics (board, config);
+    ZG_CHECK (strstr (text, "zgate_redis_up 1\n"));
+    free (text);
+    zg_scoreboard_redis_report (board, 0, false, 0, "AUTH refused: WRONGPASS \"x\"\n");
+    ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 200);
+    ZG_CHECK (zg_json_valid (json, strlen (json), NULL));
+    ZG_CHECK (strstr (json, "\"redis\":\"unhealthy: AUTH refused: WRONGPASS \\\"x\\\"\\u000a\""));
+    ZG_CHECK (strstr (json, "\"status\":\"healthy\""));
+    free (json);
+    char long_reason [400];
+    memset (long_reason, 'r', sizeof (long_reason) - 1);
+    long_reason [sizeof (long_reason) - 1] = 0;
+    zg_scoreboard_redis_report (board, 0, false, 0, long_reason);
+    ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 200);
+    ZG_CHECK (strstr (json, long_reason + sizeof (long_reason) - ZG_SB_REASON_MAX));
+    ZG_CHECK (!strstr (json, long_reason + sizeof (long_reason) - ZG_SB_REASON_MAX - 1));
+    free (json);
+    text = zg_scoreboard_metrics (board, config);
+    ZG_CHECK (text);
+    if (verbose)
+        puts (text);
+    ZG_CHECK (strstr (text, "# TYPE litellm_redis_latency histogram\n"));
+    ZG_CHECK (strstr (text, "litellm_redis_latency_bucket{redis=\"redis\",le=\"0.005\"} 1\n"));
+    ZG_CHECK (strstr (text, "litellm_redis_latency_bucket{redis=\"redis\",le=\"+Inf\"} 1\n"));
+    ZG_CHECK (strstr (text, "litellm_redis_latency_count{redis=\"redis\"} 1\n"));
+    ZG_CHECK (strstr (text, "litellm_redis_latency_sum{redis=\"redis\"} 0.001500\n"));
+    ZG_CHECK (strstr (text, "# TYPE litellm_redis_fails counter\nlitellm_redis_fails_total{redis=\"redis\"} 2\n"));
+    ZG_CHECK (strstr (text, "litellm_redis_total_requests_total{redis=\"redis\"} 3\n"));
+    ZG_CHECK (strstr (text, "zgate_redis_up 0\n"));
+    free (text);
+    //  A restarted process starts unknown; the counts stay
+    zg_scoreboard_claim (board, 0, "frontend");
+    ZG_CHECK (zg_scoreboard_readiness (board, NULL, false, &json) == 503);
+    ZG_CHECK (strstr (json, "\"redis\":\"unknown: no recent check\""));
+    free (json);
+    text = zg_scoreboard_metrics (board, config);
+    ZG_CHECK (strstr (text, "litellm_redis_fails_total{redis=\"redis\"} 2\n"));
+    free (text);
+    zg_scoreboard_destroy (&board);
     zg_config_destroy (&config);
 
     unlink (config_path);

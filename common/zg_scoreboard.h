@@ -61,6 +61,8 @@ typedef enum {
 #define ZG_SB_DRAINING      0x02    //  stopping: readiness is 503 at once
 #define ZG_SB_DB_KNOWN      0x04    //  the slot reports the database state...
 #define ZG_SB_DB_UP         0x08    //  ...and it is reachable
+#define ZG_SB_REDIS_KNOWN   0x10    //  the slot watches Redis (zg_scoreboard_redis_report)...
+#define ZG_SB_REDIS_UP      0x20    //  ...and it answered the last PING
 
 //  Gauges, summed over slots
 typedef enum {
@@ -146,6 +148,14 @@ void zg_scoreboard_count_usage (zg_scoreboard_t *self, int slot, int group,
 void zg_scoreboard_observe (zg_scoreboard_t *self, int slot, int group,
                             zg_sb_latency_t latency, uint64_t microseconds);
 
+//  Redis as the slot's watcher last found it: up (the PING's round trip
+//  in microseconds) or not, and why (at most ZG_SB_REASON_MAX - 1 bytes
+//  are kept; never a password). A check that failed counts in
+//  litellm_redis_fails, one that answered in litellm_redis_latency.
+#define ZG_SB_REASON_MAX    160
+void zg_scoreboard_redis_report (zg_scoreboard_t *self, int slot, bool up,
+                                 uint64_t latency_us, const char *reason);
+
 //  Supervisor: a child of that role was restarted; in_crash_loop says
 //  whether the role is crash-looping now (set or cleared)
 void zg_scoreboard_count_restart (zg_scoreboard_t *self, int slot, zg_sb_role_t role);
@@ -160,7 +170,9 @@ void zg_scoreboard_set_crash_loop (zg_scoreboard_t *self, int slot, zg_sb_role_t
 //  fresh worker, a fresh frontend accepting, a fresh spend actor when
 //  expected (and the health app when expected), no role crash-looping,
 //  nothing draining. log_level, detailed_debug: echoed as the reference
-//  does.
+//  does. With Redis in the configuration, "cache" is "redis" and "checks"
+//  says how its watcher last found it; a Redis down is reported, never a
+//  reason to be unready (zgate keeps no state there and serves without it).
 int zg_scoreboard_readiness (zg_scoreboard_t *self, const char *log_level,
                              bool detailed_debug, char **json_p);
 

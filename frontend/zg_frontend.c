@@ -1636,6 +1636,7 @@ s_readiness (s_frontend_t *self, zg_call_t *call)
                        : !db_ready ? "database not reachable" : NULL;
     int level = zg_log_level ();
     char *body = zg_reply_readiness_json (ready, self->db_connected ? "connected" : "disconnected",
+                                          self->config->redis_host ? "redis" : NULL,
                                           detail, s_level_name (level), level <= ZG_LOG_DEBUG);
     return s_reply (call, ready ? 200 : 503, s_static_response (body, "application/json"), true);
 }
@@ -2241,10 +2242,12 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
     self->liveness_response = s_static_response (strdup ("\"I'm alive!\""), "application/json");
     int level = zg_log_level ();
     self->ready_response = s_static_response (
-        zg_reply_readiness_json (true, NULL, NULL, s_level_name (level), level <= ZG_LOG_DEBUG),
+        zg_reply_readiness_json (true, NULL, config->redis_host ? "redis" : NULL, NULL,
+                                 s_level_name (level), level <= ZG_LOG_DEBUG),
         "application/json");
     self->unready_response = s_static_response (
-        zg_reply_readiness_json (false, NULL, "router not reachable", s_level_name (level),
+        zg_reply_readiness_json (false, NULL, config->redis_host ? "redis" : NULL,
+                                 "router not reachable", s_level_name (level),
                                  level <= ZG_LOG_DEBUG),
         "application/json");
     self->root_response = s_static_response (zg_reply_root_json (), "application/json");

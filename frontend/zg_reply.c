@@ -241,14 +241,18 @@ zg_reply_model_info_json (const zg_config_t *config)
 }
 
 char *
-zg_reply_readiness_json (bool healthy, const char *db, const char *detail,
+zg_reply_readiness_json (bool healthy, const char *db, const char *cache, const char *detail,
                          const char *log_level, bool detailed_debug)
 {
     s_text_t text = { NULL, 0, 0 };
     s_text_add (&text, "{\"status\":\"%s\",\"db\":", healthy ? "healthy" : "unhealthy");
     s_text_quoted (&text, db ? db : "Not connected");
-    s_text_add (&text, ",\"cache\":null,"
-                "\"litellm_version\":\"%s\",\"success_callbacks\":[],\"log_level\":",
+    s_text_add (&text, ",\"cache\":");
+    if (cache)
+        s_text_quoted (&text, cache);
+    else
+        s_text_add (&text, "null");
+    s_text_add (&text, ",\"litellm_version\":\"%s\",\"success_callbacks\":[],\"log_level\":",
                 ZG_VERSION);
     s_text_quoted (&text, log_level ? log_level : "INFO");
     s_text_add (&text, ",\"is_detailed_debug\":%s", detailed_debug ? "true" : "false");
@@ -437,14 +441,17 @@ zg_reply_test (bool verbose)
     ZG_CHECK (strcmp (models, "{\"data\":[],\"object\":\"list\"}") == 0);
     free (models);
 
-    char *ready = zg_reply_readiness_json (true, NULL, NULL, "INFO", false);
+    char *ready = zg_reply_readiness_json (true, NULL, NULL, NULL, "INFO", false);
     ZG_CHECK (zg_json_valid (ready, strlen (ready), NULL));
     ZG_CHECK (strstr (ready, "\"status\":\"healthy\""));
     ZG_CHECK (strstr (ready, "\"litellm_version\":\"" ZG_VERSION "\""));
     ZG_CHECK (!strstr (ready, "\"detail\""));
     ZG_CHECK (strstr (ready, "\"db\":\"Not connected\""));
+    ZG_CHECK (strstr (ready, "\"cache\":null"));
     free (ready);
-    ready = zg_reply_readiness_json (false, "disconnected", "router not reachable", "DEBUG", true);
+    ready = zg_reply_readiness_json (false, "disconnected", "redis", "router not reachable", "DEBUG",
+                                     true);
+    ZG_CHECK (strstr (ready, "\"cache\":\"redis\""));
     ZG_CHECK (strstr (ready, "\"db\":\"disconnected\""));
     ZG_CHECK (zg_json_valid (ready, strlen (ready), NULL));
     ZG_CHECK (strstr (ready, "\"status\":\"unhealthy\""));

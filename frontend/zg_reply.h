@@ -38,8 +38,9 @@ int zg_reply_stream_error (char *buf, size_t size, int status, const char *type,
 char *zg_reply_models_json (const zg_config_t *config);
 char *zg_reply_model_info_json (const zg_config_t *config);
 //  db: "connected"/"disconnected", NULL = "Not connected" (no database);
+//  cache: "redis" when Redis is configured, NULL = null;
 //  detail: why it is not ready, or NULL
-char *zg_reply_readiness_json (bool healthy, const char *db, const char *detail,
+char *zg_reply_readiness_json (bool healthy, const char *db, const char *cache, const char *detail,
                                const char *log_level, bool detailed_debug);
 char *zg_reply_root_json (void);
 
