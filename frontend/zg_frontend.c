@@ -35,6 +35,7 @@
 #include "frontend/zg_calls.h"
 #include "frontend/zg_keys.h"
 #include "frontend/zg_keystore.h"
+#include "frontend/zg_redis_probe.h"
 #include "frontend/zg_reply.h"
 #include "frontend/zg_routes.h"
 #include "common/zg_json.h"
@@ -181,6 +182,7 @@ typedef struct {
 
     zg_scoreboard_t *board;     //  heartbeat, readiness, metrics; may be NULL
     int        slot;
+    zg_redis_probe_t *redis_probe;  //  watches Redis into the slot; NULL without Redis
     zhashx_t  *deployments;     //  id -> zg_deployment_t, for x-litellm-timeout
     double     timeout_shown;   //  the last x-litellm-timeout and its text: the
     char       timeout_text [32];   //  same few values come back on every answer
@@ -2165,6 +2167,7 @@ s_destroy (s_frontend_t *self)
     zsock_destroy (&self->router);
     zsock_destroy (&self->events);
     zg_keystore_destroy (&self->keystore);
+    zg_redis_probe_destroy (&self->redis_probe);
     if (self->keys && zg_keys_double_finishes (self->keys))
         zg_error ("frontend: %zu calls were finished twice in the key table",
                   zg_keys_double_finishes (self->keys));
@@ -2251,6 +2254,8 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
                                  level <= ZG_LOG_DEBUG),
         "application/json");
     self->root_response = s_static_response (zg_reply_root_json (), "application/json");
+    //  Off the request path: a thread of its own reports into the slot
+    self->redis_probe = zg_redis_probe_new (config, self->board, self->slot);
 
     //  Virtual keys need the database; without one only the master key works
     if (config->database_url && *config->database_url) {

@@ -26,6 +26,7 @@
 #include "frontend/zg_keys.h"
 #include "frontend/zg_admin.h"
 #include "frontend/zg_keystore.h"
+#include "frontend/zg_redis_probe.h"
 #include "tests/unit/zg_unit.h"
 #include "frontend/zg_reply.h"
 #include "frontend/zg_routes.h"
@@ -1383,12 +1384,14 @@ s_test_keep_alive_and_concurrency (int port)
     CHECK (good == PARALLEL);
 }
 
-//  The self tests of the frontend's database side. Each runs in a child
-//  (zg_unit_run): they start threads and ZeroMQ contexts, which this
-//  process must not have when it forks the frontends.
+//  The self tests of the frontend's threads: the database side and the
+//  watch on Redis. Each runs in a child (zg_unit_run): they start threads
+//  and ZeroMQ contexts, which this process must not have when it forks
+//  the frontends.
 static const zg_unit_t s_db_side [] = {
     { "zg_admin", zg_admin_test },
     { "zg_keystore", zg_keystore_test },
+    { "zg_redis_probe", zg_redis_probe_test },
 };
 
 int
@@ -1410,7 +1413,7 @@ main (int argc, char *argv [])
                 if (streq (argv [arg], s_db_side [index].name))
                     chosen [count++] = s_db_side [index];
         if (count != (size_t) (argc - first)) {
-            fprintf (stderr, "usage: test_frontend [-v] [zg_admin|zg_keystore]...\n");
+            fprintf (stderr, "usage: test_frontend [-v] [zg_admin|zg_keystore|zg_redis_probe]...\n");
             return 2;
         }
         return zg_unit_run (chosen, count, argc, argv);
