@@ -407,11 +407,16 @@ s_process_stop (pid_t pid)
 //  status descriptor. go_fd >= 0: the worker starts once a byte arrives
 //  there (it is forked before this process has a ZeroMQ context, which a
 //  child could not use)
+static int s_go_pipe [2][2] = { { -1, -1 }, { -1, -1 } };
+
 static pid_t
 s_worker_start_recycled (uint64_t max_requests, int *status_pipe, int go_fd)
 {
     pid_t pid = fork ();
     if (pid == 0) {
+        for (int index = 0; index < 2; index++)
+            if (s_go_pipe [index][1] >= 0)
+                close (s_go_pipe [index][1]);
         char go;
         if (go_fd >= 0 && read (go_fd, &go, 1) != 1)
             exit (1);
@@ -1138,21 +1143,24 @@ s_exit_code (pid_t pid)
     return -1;
 }
 
-//  Two workers forked early, waiting for a byte on their go pipe
+//  Two workers forked early, each waiting for a byte on a go pipe of its
+//  own (with one shared pipe either could take the first byte). A child
+//  keeps no write end of any go pipe, so closing them at the end stops a
+//  worker that never got its byte.
 static int s_status_pipe [2] = { -1, -1 };
-static int s_go_pipe [2] = { -1, -1 };
 static pid_t s_recycled [2];
 
 static void
 s_recycled_fork (void)
 {
-    if (pipe (s_status_pipe) || pipe (s_go_pipe))
+    if (pipe (s_status_pipe) || pipe (s_go_pipe [0]) || pipe (s_go_pipe [1]))
         return;
     fcntl (s_status_pipe [0], F_SETFL, O_NONBLOCK);
-    s_recycled [0] = s_worker_start_recycled (2, s_status_pipe, s_go_pipe [0]);
-    s_recycled [1] = s_worker_start_recycled (0, NULL, s_go_pipe [0]);
+    s_recycled [0] = s_worker_start_recycled (2, s_status_pipe, s_go_pipe [0][0]);
+    s_recycled [1] = s_worker_start_recycled (0, NULL, s_go_pipe [1][0]);
     close (s_status_pipe [1]);
-    close (s_go_pipe [0]);
+    close (s_go_pipe [0][0]);
+    close (s_go_pipe [1][0]);
 }
 
 static void
@@ -1166,7 +1174,7 @@ s_test_recycling (void)
         return;
     pid_t pid = s_recycled [0];
     int readies = s_readies;
-    CHECK (write (s_go_pipe [1], "1", 1) == 1);
+    CHECK (write (s_go_pipe [0][1], "1", 1) == 1);
     CHECK (s_wait_for (&s_readies, readies, WAIT_MS));
     //  "ready" once the router said something back
     CHECK (s_status_line (s_status_pipe [0], "ready"));
@@ -1195,7 +1203,7 @@ s_test_recycling (void)
     //  delivered, so it stops at once
     pid = s_recycled [1];
     readies = s_readies;
-    CHECK (write (s_go_pipe [1], "1", 1) == 1);
+    CHECK (write (s_go_pipe [1][1], "1", 1) == 1);
     CHECK (s_wait_for (&s_readies, readies, WAIT_MS));
     s_pump (100, NULL);
     kill (pid, SIGUSR1);
@@ -1204,7 +1212,8 @@ s_test_recycling (void)
     CHECK (s_exit_code (pid) == 0);
     zg_msg_reset (&msg, 0);
     close (s_status_pipe [0]);
-    close (s_go_pipe [1]);
+    close (s_go_pipe [0][1]);
+    close (s_go_pipe [1][1]);
 }
 
 int
