@@ -394,11 +394,12 @@ s_read_length (const uint8_t *data, size_t size, size_t *position, size_t width,
     return true;
 }
 
-//  True if the bytes are exactly one msgpack object made only of what a
-//  zgate header may contain, every count and length fitting in the bytes
-//  that remain. See the comment at the top of the file.
-static bool
-s_shape_is_sane (const uint8_t *data, size_t size)
+//  The length of the msgpack object at the start of data when it is made
+//  only of what a zgate header may contain, every count and length fitting
+//  in the bytes that remain; 0 when it is not. See the comment at the top
+//  of the file.
+static size_t
+s_shape_length (const uint8_t *data, size_t size)
 {
     size_t pending [S_MAX_DEPTH + 1];   //  objects still expected at each open level
     int depth = 0;
@@ -411,7 +412,7 @@ s_shape_is_sane (const uint8_t *data, size_t size)
         }
         pending [depth]--;
         if (position >= size)
-            return false;
+            return 0;
         uint8_t tag = data [position++];
         size_t skip = 0;            //  bytes of payload after the tag
         size_t elements = 0;
@@ -443,24 +444,31 @@ s_shape_is_sane (const uint8_t *data, size_t size)
                            is_array = true; break;
                 case 0xdd: ok = s_read_length (data, size, &position, 4, &elements);
                            is_array = true; break;
-                default: return false;
+                default: return 0;
             }
             if (!ok)
-                return false;
+                return 0;
         }
         if (is_array) {
             //  Every element takes at least one byte
             if (depth == S_MAX_DEPTH || elements > size - position)
-                return false;
+                return 0;
             pending [++depth] = elements;
         }
         else {
             if (skip > size - position)
-                return false;
+                return 0;
             position += skip;
         }
     }
-    return position == size;
+    return position;
+}
+
+//  True if the bytes are exactly one such object
+static bool
+s_shape_is_sane (const uint8_t *data, size_t size)
+{
+    return s_shape_length (data, size) == size;
 }
 
 static int s_decode_fields (const s_field_t *fields, size_t count,
@@ -601,13 +609,10 @@ s_zone (void)
 }
 
 //  On failure every field is left empty and type is 0.
-int
-zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size)
+//  Decodes the sane object of size bytes at data
+static int
+s_decode_sane (zg_msg_t *self, const uint8_t *data, size_t size)
 {
-    assert (self);
-    s_clear (self, 0);
-    if (!data || size == 0 || size > ZG_HEADER_MAX_BYTES || !s_shape_is_sane (data, size))
-        return ZG_MSG_ERR_MALFORMED;
     msgpack_zone *zone = s_zone ();
     if (!zone)
         return ZG_MSG_ERR_MALFORMED;
@@ -621,6 +626,34 @@ zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size)
     msgpack_zone_clear (zone);
     if (rc != ZG_MSG_OK)
         s_clear (self, 0);
+    return rc;
+}
+
+int
+zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size)
+{
+    assert (self);
+    s_clear (self, 0);
+    if (!data || size == 0 || size > ZG_HEADER_MAX_BYTES || !s_shape_is_sane (data, size))
+        return ZG_MSG_ERR_MALFORMED;
+    return s_decode_sane (self, data, size);
+}
+
+int
+zg_msg_decode_first (zg_msg_t *self, const uint8_t *data, size_t size, size_t *used)
+{
+    assert (self);
+    assert (used);
+    *used = 0;
+    s_clear (self, 0);
+    if (!data || size == 0)
+        return ZG_MSG_ERR_MALFORMED;
+    size_t length = s_shape_length (data, size < ZG_HEADER_MAX_BYTES? size: ZG_HEADER_MAX_BYTES);
+    if (length == 0)
+        return ZG_MSG_ERR_MALFORMED;
+    int rc = s_decode_sane (self, data, length);
+    if (rc == ZG_MSG_OK)
+        *used = length;
     return rc;
 }
 
@@ -1376,6 +1409,38 @@ s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
     }
     S_CHECK (zg_msg_decode (back, buffer, 0) == ZG_MSG_ERR_MALFORMED);
     S_CHECK (zg_msg_decode (back, NULL, 10) == ZG_MSG_ERR_MALFORMED);
+
+    //  A run of SPEND back to back: each comes out whole, with its length;
+    //  a cut or a foreign byte after them is malformed
+    {
+        size_t run_size = 3 * ZG_HEADER_MAX_BYTES;
+        uint8_t *run = (uint8_t *) malloc (run_size + 1);
+        assert (run);
+        size_t lengths [3], run_used = 0;
+        for (int variant = 0; variant <= 2; variant++) {
+            s_test_make (msg, ZG_MSG_SPEND, variant);
+            int size = zg_msg_encode (msg, run + run_used, run_size - run_used);
+            S_CHECK (size > 0);
+            lengths [variant] = size > 0? (size_t) size: 0;
+            run_used += lengths [variant];
+        }
+        size_t position = 0, used = 0;
+        for (int variant = 0; variant <= 2; variant++) {
+            s_test_make (msg, ZG_MSG_SPEND, variant);
+            S_CHECK (zg_msg_decode_first (back, run + position, run_used - position, &used)
+                     == ZG_MSG_OK);
+            S_CHECK (used == lengths [variant] && s_test_equal (msg, back));
+            position += used;
+        }
+        S_CHECK (position == run_used);
+        S_CHECK (zg_msg_decode_first (back, run, lengths [0] - 1, &used) == ZG_MSG_ERR_MALFORMED
+                 && used == 0);
+        S_CHECK (zg_msg_decode_first (back, run, 0, &used) == ZG_MSG_ERR_MALFORMED);
+        run [run_used] = 0xc1;          //  never used in msgpack
+        S_CHECK (zg_msg_decode_first (back, run + run_used, 1, &used) == ZG_MSG_ERR_MALFORMED
+                 && used == 0);
+        free (run);
+    }
 
     //  NULL or empty param and headers travel as nil and come back empty
     zg_msg_reset (msg, ZG_MSG_ERROR);

@@ -48,6 +48,10 @@
                                        status prompt_tokens completion_tokens
                                        total_tokens cost start_us duration_us
                                        ttfb_us err_type message
+                             (a run of SPEND, in seq order, may travel as
+                             one frame of header frames back to back: one
+                             send and one wake-up for many records; read
+                             with zg_msg_decode_first)
         spend    -> router   SPEND_ACK seq   (cumulative: every SPEND with a
                                        seq <= this one is committed)
         spend    -> router   HEARTBEAT, DISCONNECT (its liveness, as above)
@@ -100,7 +104,8 @@
     (an empty str is accepted too). Integers are msgpack unsigned integers
     that must fit their field; route is 1..3, status at most 999. Doubles
     are msgpack float64 and finite. The whole header frame is at most
-    ZG_HEADER_MAX_BYTES, with nothing after the array. A payload frame is
+    ZG_HEADER_MAX_BYTES, with nothing after the array (but for a run of
+    SPEND: each of them is such an array, none after the last). A payload frame is
     allowed only on REQUEST, DISPATCH, HEAD and CHUNK. zg_msg_encode and
     zg_msg_send refuse a message that breaks these rules; the decoder
     answers ZG_MSG_ERR_MALFORMED to one.
@@ -273,6 +278,12 @@ int zg_msg_encode (const zg_msg_t *self, uint8_t *buf, size_t size);
 //  owned fields are released first). Returns ZG_MSG_OK or
 //  ZG_MSG_ERR_MALFORMED. Does not touch routing_id or payload.
 int zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size);
+
+//  Decode the first of the header frames that lie back to back in data
+//  (a run of SPEND) into self, as zg_msg_decode does; *used is set to its
+//  length, where the next one starts (0 when malformed). Returns ZG_MSG_OK
+//  or ZG_MSG_ERR_MALFORMED.
+int zg_msg_decode_first (zg_msg_t *self, const uint8_t *data, size_t size, size_t *used);
 
 //  Read only what a broker needs to relay a message without decoding it:
 //  the type, the call id (into call_id, ZG_CALL_ID_MAX + 1 bytes), for

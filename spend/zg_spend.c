@@ -252,14 +252,19 @@ s_peer_destroy (void **item)
     *item = NULL;
 }
 
+//  The router these bytes identify: records come in runs, mostly from the
+//  one heard last, which is then found without a copy of its identity
 static peer_t *
-s_peer_touch (spend_t *self, zframe_t *identity, int64_t now)
+s_peer_touch (spend_t *self, const void *identity, size_t size, int64_t now)
 {
-    if (self->last_peer && zframe_eq (self->last_peer->identity, identity)) {
+    if (self->last_peer && zframe_size (self->last_peer->identity) == size
+    &&  memcmp (zframe_data (self->last_peer->identity), identity, size) == 0) {
         self->last_peer->last_heard = now;
         return self->last_peer;
     }
-    peer_t *peer = s_peer_find (self, identity, now);
+    zframe_t *frame = zframe_new (identity, size);
+    peer_t *peer = frame ? s_peer_find (self, frame, now) : NULL;
+    zframe_destroy (&frame);
     if (peer)
         self->last_peer = peer;
     return peer;
@@ -334,72 +339,34 @@ s_hold (spend_t *self, const zg_msg_t *record)
 #define S_RECV_NONE 1
 
 //  The next message if one is waiting, without asking the socket first
-//  (ZMQ_EVENTS polls its mailbox: a system call per record): ZG_MSG_OK,
-//  S_RECV_NONE when none is waiting, ZG_MSG_ERR_IO, or ZG_MSG_ERR_MALFORMED
-//  for what is not an identity and one header frame (consumed, dropped)
+//  (ZMQ_EVENTS polls its mailbox: a system call per message), as its
+//  identity and header frame (both initialised by the caller, who closes
+//  them): ZG_MSG_OK, S_RECV_NONE when none is waiting, ZG_MSG_ERR_IO, or
+//  ZG_MSG_ERR_MALFORMED for what is not an identity and one header frame
+//  (consumed, dropped)
 static int
-s_recv (spend_t *self)
+s_recv (spend_t *self, zmq_msg_t *identity, zmq_msg_t *header)
 {
     void *handle = zsock_resolve (self->socket);
-    zg_msg_t *in = &self->msg;
-    zmq_msg_t identity, header;
-    zmq_msg_init (&identity);
-    if (zmq_msg_recv (&identity, handle, ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close (&identity);
+    if (zmq_msg_recv (identity, handle, ZMQ_DONTWAIT) < 0)
         return zmq_errno () == EAGAIN ? S_RECV_NONE : ZG_MSG_ERR_IO;
-    }
-    int rc = ZG_MSG_ERR_MALFORMED;
     //  The frames of one message arrive together: the rest is there
-    zmq_msg_init (&header);
-    if (zmq_msg_more (&identity) && zmq_msg_recv (&header, handle, 0) >= 0) {
-        if (zmq_msg_more (&header)) {
-            zmq_msg_t rest;
-            zmq_msg_init (&rest);
-            while (zmq_msg_more (&header) && zmq_msg_recv (&rest, handle, 0) >= 0
-               &&  zmq_msg_more (&rest))
-                ;
-            zmq_msg_close (&rest);
-        }
-        else
-            rc = zg_msg_decode (in, (const uint8_t *) zmq_msg_data (&header), zmq_msg_size (&header));
-    }
-    if (rc == ZG_MSG_OK) {
-        zframe_destroy (&in->routing_id);
-        in->routing_id = zframe_new (zmq_msg_data (&identity), zmq_msg_size (&identity));
-        if (!in->routing_id)
-            rc = ZG_MSG_ERR_IO;
-    }
-    zmq_msg_close (&header);
-    zmq_msg_close (&identity);
-    return rc;
+    if (!zmq_msg_more (identity) || zmq_msg_recv (header, handle, 0) < 0)
+        return ZG_MSG_ERR_MALFORMED;
+    if (!zmq_msg_more (header))
+        return ZG_MSG_OK;
+    zmq_msg_t rest;
+    zmq_msg_init (&rest);
+    while (zmq_msg_recv (&rest, handle, 0) >= 0 && zmq_msg_more (&rest))
+        ;
+    zmq_msg_close (&rest);
+    return ZG_MSG_ERR_MALFORMED;
 }
 
-//  What a message owns once it is handled: SPEND and HEARTBEAT carry
-//  neither headers nor payload, and the next decode clears the fields (a
-//  whole zg_msg_reset per record would clear every field twice)
+//  One record (or HEARTBEAT) of a router
 static void
-s_release (zg_msg_t *in)
+s_on_record (spend_t *self, peer_t *peer, const zg_msg_t *in, int64_t now)
 {
-    zframe_destroy (&in->routing_id);
-}
-
-//  Takes one waiting message; false when none was waiting
-static bool
-s_on_message (spend_t *self, int64_t now)
-{
-    zg_msg_t *in = &self->msg;
-    int rc = s_recv (self);
-    if (rc != ZG_MSG_OK || !in->routing_id) {
-        if (rc == ZG_MSG_ERR_MALFORMED)
-            zg_warning ("spend: dropped a malformed message");
-        s_release (in);
-        return rc == ZG_MSG_ERR_MALFORMED;
-    }
-    peer_t *peer = s_peer_touch (self, in->routing_id, now);
-    if (!peer) {
-        s_release (in);
-        return true;
-    }
     if (in->type == ZG_MSG_HEARTBEAT) {
         //  The router's promise: everything unacked follows, oldest first
         peer->synced = true;
@@ -412,18 +379,15 @@ s_on_message (spend_t *self, int64_t now)
     if (in->type == ZG_MSG_SPEND) {
         //  Every seq up to last_seq is held or committed: a re-sent one
         //  is already taken care of
-        if (peer->synced && in->seq > 0 && in->seq <= peer->last_seq && !peer->expect_any) {
-            s_release (in);
-            return true;
-        }
+        if (peer->synced && in->seq > 0 && in->seq <= peer->last_seq && !peer->expect_any)
+            return;
         bool in_order = peer->synced && in->seq > 0
                      && (peer->expect_any || in->seq == peer->last_seq + 1);
         bool room = self->held < HELD_RECORDS_MAX;
         if (in_order && peer->expect_any && in->seq <= peer->last_seq) {
             //  The re-sent run begins with what we have: skip to the new
             peer->expect_any = false;
-            s_release (in);
-            return true;
+            return;
         }
         if (in_order && room && s_hold (self, in) == 0) {
             if (self->held == 1)
@@ -448,8 +412,39 @@ s_on_message (spend_t *self, int64_t now)
             }
         }
     }
-    s_release (in);
-    return true;
+}
+
+//  Takes one waiting message, every record of a run (zg_msg.h) in turn;
+//  false when none was waiting
+static bool
+s_on_message (spend_t *self, int64_t now)
+{
+    zmq_msg_t identity, header;
+    zmq_msg_init (&identity);
+    zmq_msg_init (&header);
+    int rc = s_recv (self, &identity, &header);
+    if (rc == ZG_MSG_OK) {
+        peer_t *peer = s_peer_touch (self, zmq_msg_data (&identity), zmq_msg_size (&identity), now);
+        const uint8_t *data = (const uint8_t *) zmq_msg_data (&header);
+        size_t left = zmq_msg_size (&header), used;
+        //  Once, even for an empty frame: that is malformed too
+        do {
+            if (!peer)
+                break;
+            if (zg_msg_decode_first (&self->msg, data, left, &used) != ZG_MSG_OK) {
+                rc = ZG_MSG_ERR_MALFORMED;
+                break;
+            }
+            s_on_record (self, peer, &self->msg, now);
+            data += used;
+            left -= used;
+        } while (left);
+    }
+    if (rc == ZG_MSG_ERR_MALFORMED)
+        zg_warning ("spend: dropped a malformed message");
+    zmq_msg_close (&header);
+    zmq_msg_close (&identity);
+    return rc == ZG_MSG_OK || rc == ZG_MSG_ERR_MALFORMED;
 }
 
 static void
