@@ -535,6 +535,7 @@ zg_model_list_destroy (zg_model_list_t **self_p)
         zg_model_clear (&self->models [index]);
     for (size_t index = 0; index < self->skipped_count; index++) {
         free (self->skipped [index].model_id);
+        free (self->skipped [index].model_name);
         free (self->skipped [index].version);
         free (self->skipped [index].reason);
     }
@@ -590,9 +591,11 @@ zg_model_store_load (zg_db_t *db, const char *salt_key, char *errbuf, size_t err
         else {
             zg_model_skipped_t *skipped = &self->skipped [self->skipped_count++];
             skipped->model_id = strdup (id);
+            skipped->model_name = strdup (PQgetvalue (result, row, 1));
             skipped->version = strdup (PQgetvalue (result, row, 4));
             skipped->reason = strdup (reason);
-            if (!skipped->model_id || !skipped->version || !skipped->reason)
+            if (!skipped->model_id || !skipped->model_name || !skipped->version
+            ||  !skipped->reason)
                 rows_text.failed = true;
         }
     }

@@ -41,6 +41,7 @@ typedef struct {
 //  A row left out, and why
 typedef struct {
     char *model_id;
+    char *model_name;               //  as stored (never encrypted)
     char *version;                  //  its updated_at, so a fixed row is told apart
     char *reason;                   //  never holds a secret
 } zg_model_skipped_t;

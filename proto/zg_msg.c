@@ -155,6 +155,13 @@ static const s_field_t s_budget_fields [] = {
     S_UNSIGNED (zg_msg_t, at_us)
 };
 
+static const s_field_t s_deployment_listed_fields [] = {
+    S_CALL_ID, S_UNSIGNED (zg_msg_t, index), S_UNSIGNED (zg_msg_t, count),
+    S_STR (zg_msg_t, model), S_STR (zg_msg_t, deployment_id), S_STR (zg_msg_t, provider),
+    S_STR (zg_msg_t, upstream_model), S_STR (zg_msg_t, api_base), S_STR (zg_msg_t, mode),
+    S_STR (zg_msg_t, message)
+};
+
 typedef struct {
     const char *name;
     const s_field_t *fields;
@@ -181,10 +188,12 @@ static const s_spec_t s_specs [] = {
     S_SPEC ("SPEND",     s_spend_fields,     false),
     S_SPEC ("SPEND_ACK", s_spend_ack_fields, false),
     S_SPEC ("RETIRE",    s_heartbeat_fields, false),
-    S_SPEC ("BUDGET",    s_budget_fields,    false)
+    S_SPEC ("BUDGET",    s_budget_fields,    false),
+    S_SPEC ("LIST",      s_call_id_only,     false),
+    S_SPEC ("DEPLOYMENT", s_deployment_listed_fields, false)
 };
 
-#define S_LAST_TYPE     ZG_MSG_BUDGET
+#define S_LAST_TYPE     ZG_MSG_DEPLOYMENT
 
 #define S_MAGIC         "ZG"
 #define S_MAGIC_SIZE    2
@@ -1540,10 +1549,10 @@ s_test_peek (zg_msg_t *msg, uint8_t *buffer)
             }
         }
     }
-    //  Types that do not start with a call id are not peeked
+    //  Only the types a broker relays are peeked
     int other_types [] = { ZG_MSG_REQUEST, ZG_MSG_DISPATCH, ZG_MSG_READY, ZG_MSG_CREDIT,
                            ZG_MSG_HEARTBEAT, ZG_MSG_DISCONNECT, ZG_MSG_SPEND, ZG_MSG_SPEND_ACK,
-                           ZG_MSG_RETIRE, ZG_MSG_BUDGET };
+                           ZG_MSG_RETIRE, ZG_MSG_BUDGET, ZG_MSG_LIST, ZG_MSG_DEPLOYMENT };
     for (size_t each = 0; each < sizeof (other_types) / sizeof (other_types [0]); each++) {
         s_test_make (msg, other_types [each], 1);
         int size = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
@@ -1731,7 +1740,8 @@ s_test_corruption (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         { ZG_MSG_END, 1 }, { ZG_MSG_ERROR, 1 }, { ZG_MSG_CANCEL, 1 }, { ZG_MSG_READY, 1 },
         { ZG_MSG_CREDIT, 1 }, { ZG_MSG_HEARTBEAT, 1 }, { ZG_MSG_DISCONNECT, 1 },
         { ZG_MSG_SPEND, 1 }, { ZG_MSG_SPEND_ACK, 1 }, { ZG_MSG_SPEND, 2 }, { ZG_MSG_RETIRE, 1 },
-        { ZG_MSG_BUDGET, 1 }, { ZG_MSG_BUDGET, 2 },
+        { ZG_MSG_BUDGET, 1 }, { ZG_MSG_BUDGET, 2 }, { ZG_MSG_LIST, 1 },
+        { ZG_MSG_DEPLOYMENT, 1 }, { ZG_MSG_DEPLOYMENT, 2 },
         { ZG_MSG_DISPATCH, 2 }, { ZG_MSG_END, 2 }, { ZG_MSG_ERROR, 0 }, { ZG_MSG_HEAD, 0 }
     };
     static const uint8_t replacements [] = { 0x00, 0xff, 0xc0, 0xc1, 0x7f, 0xa0, 0xcb, 0xdd };
@@ -2015,6 +2025,8 @@ zg_msg_test (bool verbose)
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_SPEND_ACK), "SPEND_ACK"));
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_RETIRE), "RETIRE"));
     S_CHECK (streq (zg_msg_type_name (ZG_MSG_BUDGET), "BUDGET"));
+    S_CHECK (streq (zg_msg_type_name (ZG_MSG_LIST), "LIST"));
+    S_CHECK (streq (zg_msg_type_name (ZG_MSG_DEPLOYMENT), "DEPLOYMENT"));
     S_CHECK (streq (zg_msg_type_name (0), "?"));
     S_CHECK (streq (zg_msg_type_name (S_LAST_TYPE + 1), "?"));
     S_CHECK (streq (zg_msg_type_name (-1), "?"));

@@ -55,6 +55,22 @@
         spend    -> router   SPEND_ACK seq   (cumulative: every SPEND with a
                                        seq <= this one is committed)
         spend    -> router   HEARTBEAT, DISCONNECT (its liveness, as above)
+        frontend -> router   LIST      call_id  (which deployments do you serve?
+                                       GET /health and /models ask it)
+        router   -> frontend DEPLOYMENT call_id index count model
+                                       deployment_id provider upstream_model
+                                       api_base mode message
+                             one per deployment, index 0..count-1, in the
+                             router's order, all with the LIST's call_id;
+                             count 0 (no deployment at all) is one
+                             DEPLOYMENT with index 0 and nothing else.
+                             model is the model group, mode model_info.mode
+                             ("" = not set), message empty for a deployment
+                             the router serves, else why it cannot (a
+                             database row it cannot decrypt). Never a
+                             credential. A router that sends them with
+                             ZMQ_DONTWAIT may drop some: the asker waits
+                             for count of them within a deadline.
         worker   -> router   RETIRE    name pid  (being recycled: send me no new
                                        DISPATCH; I finish what I hold, then go)
         router   -> worker   RETIRE    name pid  (the answer, name "router": no
@@ -141,7 +157,9 @@ typedef enum {
     ZG_MSG_SPEND      = 12,
     ZG_MSG_SPEND_ACK  = 13,
     ZG_MSG_RETIRE     = 14,
-    ZG_MSG_BUDGET     = 15
+    ZG_MSG_BUDGET     = 15,
+    ZG_MSG_LIST       = 16,
+    ZG_MSG_DEPLOYMENT = 17
 } zg_msg_type_t;
 
 //  Routes a REQUEST can carry
@@ -244,6 +262,12 @@ typedef struct {
     double    soft_budget;      //  BUDGET
     double    max_budget;       //  BUDGET: < 0 when the key has none
     uint64_t  at_us;            //  BUDGET: when it happened, unix microseconds
+
+    uint32_t  index;            //  DEPLOYMENT: this one's place in the list
+    uint32_t  count;            //  DEPLOYMENT: how many the list holds
+    char      provider [ZG_NAME_MAX + 1];           //  DEPLOYMENT: "openai"
+    char      upstream_model [ZG_NAME_MAX + 1];     //  DEPLOYMENT: what the upstream is asked for
+    char      mode [ZG_NAME_MAX + 1];               //  DEPLOYMENT: model_info.mode; "" = not set
 
     zframe_t *payload;          //  REQUEST/DISPATCH/HEAD/CHUNK body bytes; owned, may be NULL
 } zg_msg_t;

@@ -1391,6 +1391,51 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
         zg_debug ("router: call %s queued (%zu waiting)", call->call_id, self->queue.size);
 }
 
+//  LIST: one DEPLOYMENT per deployment served, then one per database row
+//  left out (with why), for GET /health to check them and /models to name
+//  them. Never a credential.
+static void
+s_on_list (router_t *self, frontend_t *frontend)
+{
+    const models_t *models = self->models;
+    const zg_model_list_t *db_list = models->db_list;
+    size_t left_out = db_list? db_list->skipped_count: 0;
+    size_t count = models->count + left_out;
+    if (count > UINT32_MAX)
+        count = UINT32_MAX;
+    char call_id [ZG_CALL_ID_MAX + 1];
+    ZG_MSG_SET (call_id, self->in.call_id);
+    zg_msg_t *out = &self->out;
+    for (size_t index = 0; index < count || index == 0; index++) {
+        zg_msg_reset (out, ZG_MSG_DEPLOYMENT);
+        ZG_MSG_SET (out->call_id, call_id);
+        out->index = (uint32_t) index;
+        out->count = (uint32_t) count;
+        if (index < models->count) {
+            const zg_deployment_t *deployment = &models->deployments [index];
+            ZG_MSG_SET (out->model, deployment->model_name);
+            ZG_MSG_SET (out->deployment_id, deployment->id);
+            ZG_MSG_SET (out->provider, deployment->provider);
+            ZG_MSG_SET (out->upstream_model, deployment->upstream_model);
+            ZG_MSG_SET (out->api_base, deployment->api_base);
+            ZG_MSG_SET (out->mode, deployment->mode);
+        }
+        else
+        if (index < count) {
+            const zg_model_skipped_t *row = &db_list->skipped [index - models->count];
+            ZG_MSG_SET (out->model, row->model_name);
+            ZG_MSG_SET (out->deployment_id, row->model_id);
+            snprintf (out->message, sizeof (out->message),
+                      "Not served: the database row cannot be used: %s", row->reason);
+        }
+        if (s_send (self, self->frontend_handle, frontend->identity, out, NULL)) {
+            zg_debug ("router: LIST %s: cannot reach frontend %s: %s", call_id,
+                      frontend->label, zmq_strerror (zmq_errno ()));
+            break;
+        }
+    }
+}
+
 static void
 s_on_frontend_message (router_t *self, int64_t now)
 {
@@ -1418,6 +1463,9 @@ s_on_frontend_message (router_t *self, int64_t now)
         case ZG_MSG_HEARTBEAT:
             s_send_simple (self, self->frontend_handle, frontend->identity, ZG_MSG_HEARTBEAT,
                            NULL);
+            break;
+        case ZG_MSG_LIST:
+            s_on_list (self, frontend);
             break;
         default:
             zg_warning ("router: unexpected %s from frontend %s: dropped",

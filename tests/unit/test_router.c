@@ -374,6 +374,23 @@ s_test_broker (const char *frontend_ep, const char *worker_ep)
     CHECK (s_expect (frontend, &msg, ZG_MSG_HEARTBEAT, NULL, SAFETY_MS));
     CHECK (streq (msg.name, "router") && msg.pid > 0);
 
+    //  LIST: one DEPLOYMENT per deployment, in order, without credentials
+    s_send_simple (frontend, ZG_MSG_LIST, "l1", 0);
+    if (CHECK (s_expect (frontend, &msg, ZG_MSG_DEPLOYMENT, "l1", SAFETY_MS))) {
+        CHECK (msg.index == 0 && msg.count == 2);
+        CHECK (streq (msg.model, "gpt-4o") && streq (msg.deployment_id, "dep-a"));
+        CHECK (streq (msg.provider, "openai") && streq (msg.upstream_model, "gpt-4o-upstream"));
+        CHECK (streq (msg.api_base, "http://127.0.0.1:9/v1"));
+        CHECK (streq (msg.mode, "") && streq (msg.message, ""));
+        CHECK (streq (msg.deployment.api_key, ""));
+    }
+    if (CHECK (s_expect (frontend, &msg, ZG_MSG_DEPLOYMENT, "l1", SAFETY_MS))) {
+        CHECK (msg.index == 1 && msg.count == 2);
+        CHECK (streq (msg.model, "embed") && strlen (msg.deployment_id) > 0);
+        CHECK (streq (msg.upstream_model, "text-embedding-3-small"));
+    }
+    CHECK (s_expect_nothing (frontend, &msg, 100));
+
     //  Unknown model: 400 naming the route
     s_send_request (frontend, "u1", "no-such-model", ZG_ROUTE_CHAT, 0, "{}");
     if (CHECK (s_expect (frontend, &msg, ZG_MSG_ERROR, "u1", SAFETY_MS))) {
