@@ -110,6 +110,10 @@
 //  GET /health: how long one deployment's check may take (the reference's
 //  HEALTH_CHECK_TIMEOUT_SECONDS)
 #define ZG_HEALTH_CHECK_TIMEOUT_MS  60000
+//  GET /health, /models: how long the router may take to list its
+//  deployments, and how many it may list
+#define ZG_LIST_TIMEOUT_MS      5000
+#define ZG_LIST_MAX             10000
 
 static const char s_done_event [] = "data: [DONE]\n\n";
 
@@ -188,13 +192,21 @@ typedef struct {
     char       timeout_text [32];   //  same few values come back on every answer
 } s_frontend_t;
 
-//  A GET /health in progress: one probe call per deployment, each pinned
-//  to its deployment; the client is answered when the last one is back
+//  A GET /health or GET /models in progress. The router is asked first
+//  for the deployments it serves (LIST; one DEPLOYMENT back each, gathered
+//  by the lister, a call without a connection); GET /health then sends one
+//  probe call per deployment, each pinned to it. The client is answered
+//  when the list is in (/models) or the last probe is back.
 typedef struct {
     zg_call_t *client;          //  NULL once the client left
-    size_t     pending;
-    char     **errors;          //  per deployment: NULL while healthy
+    bool       names_only;      //  GET /models: the list is the answer
+    zg_call_t *lister;          //  while the router's list comes in
+    zg_deployment_t *deployments;   //  the router's list (strings owned), or
+    bool       borrowed;        //  the configuration's deployments (not owned)
     size_t     count;
+    size_t     listed;          //  DEPLOYMENTs received
+    size_t     pending;         //  probes out
+    char     **errors;          //  per deployment: NULL while healthy
 } s_check_t;
 
 
@@ -368,6 +380,7 @@ s_finish_waiting (s_frontend_t *self, zg_call_t *call, int status, struct MHD_Re
 }
 
 static void s_probe_done (s_frontend_t *self, zg_call_t *probe, const char *error);
+static void s_on_deployment (s_frontend_t *self, zg_call_t *lister, const zg_msg_t *msg);
 
 static void
 s_fail_waiting (s_frontend_t *self, zg_call_t *call, int status, const char *type,
@@ -1040,6 +1053,14 @@ s_on_router_message (s_frontend_t *self)
                 s_on_error (self, call, &self->in);
             break;
         }
+        case ZG_MSG_DEPLOYMENT: {
+            zg_call_t *lister = zg_calls_lookup (self->calls, self->in.call_id);
+            if (lister && !lister->connection && lister->check)
+                s_on_deployment (self, lister, &self->in);
+            else
+                zg_debug ("DEPLOYMENT for unknown list %s dropped", self->in.call_id);
+            break;
+        }
         default:
             zg_debug ("unexpected %s from the router", zg_msg_type_name (self->in.type));
             break;
@@ -1096,10 +1117,12 @@ s_on_timers (s_frontend_t *self, int64_t now)
             zg_call_t *next = call->next;
             if (call->state == ZG_CALL_WAITING && now > call->deadline_ms) {
                 s_cancel (self, call);
+                //  A probe or a list waits less than a client's request
+                int64_t waited_ms = call->connection ? self->deadline_ms
+                                                     : now - call->started_us / 1000;
                 char message [128];
                 snprintf (message, sizeof (message),
-                          "Request timed out: no answer within %lld ms",
-                          (long long) self->deadline_ms);
+                          "Request timed out: no answer within %lld ms", (long long) waited_ms);
                 s_fail_waiting (self, call, 504, "timeout", message, NULL);
             }
             call = next;
@@ -1115,7 +1138,32 @@ s_on_timers (s_frontend_t *self, int64_t now)
 }
 
 //  --------------------------------------------------------------------------
-//  GET /health
+//  GET /health and GET /models
+
+static void
+s_check_forget_list (s_check_t *check)
+{
+    if (!check->borrowed)
+        for (size_t index = 0; check->deployments && index < check->count; index++) {
+            zg_deployment_t *deployment = &check->deployments [index];
+            free (deployment->model_name);
+            free (deployment->id);
+            free (deployment->provider);
+            free (deployment->upstream_model);
+            free (deployment->api_base);
+            free (deployment->mode);
+        }
+    if (!check->borrowed)
+        free (check->deployments);
+    for (size_t index = 0; check->errors && index < check->count; index++)
+        free (check->errors [index]);
+    free (check->errors);
+    check->deployments = NULL;
+    check->errors = NULL;
+    check->borrowed = false;
+    check->count = 0;
+    check->listed = 0;
+}
 
 static void
 s_check_destroy (s_check_t **check_p)
@@ -1123,17 +1171,79 @@ s_check_destroy (s_check_t **check_p)
     s_check_t *check = *check_p;
     if (!check)
         return;
-    for (size_t index = 0; index < check->count; index++)
-        free (check->errors [index]);
-    free (check->errors);
+    s_check_forget_list (check);
     free (check);
     *check_p = NULL;
+}
+
+//  The configuration's deployments instead of the router's list, each
+//  unhealthy for reason when there is one. -1 when memory runs out.
+static int
+s_check_use_config (s_frontend_t *self, s_check_t *check, const char *reason)
+{
+    s_check_forget_list (check);
+    size_t count = self->config->deployment_count;
+    check->errors = (char **) calloc (count + 1, sizeof (char *));
+    if (!check->errors)
+        return -1;
+    check->deployments = self->config->deployments;
+    check->borrowed = true;
+    check->count = count;
+    for (size_t index = 0; reason && index < count; index++)
+        if (!(check->errors [index] = strdup (reason)))
+            return -1;
+    return 0;
+}
+
+//  The models a virtual key may use (NULL: every model). Its list is read
+//  again at answer time: the table may have changed while the router was
+//  asked, and a key gone since may see none.
+static const char *const *
+s_key_models (s_frontend_t *self, zg_call_t *call, size_t *count)
+{
+    static const char *const none [1] = { NULL };
+    *count = 0;
+    if (call->caller != ZG_CALLER_VIRTUAL || !self->keys)
+        return NULL;
+    const zg_key_record_t *key = zg_keys_lookup (self->keys, call->key_hash);
+    if (!key)
+        return none;
+    if (key->models_count == 0)
+        return NULL;
+    *count = key->models_count;
+    return key->models;
+}
+
+//  /models: the model names of what is served, those the caller may use
+static char *
+s_models_json (s_frontend_t *self, zg_call_t *call, const zg_deployment_t *deployments,
+               const char *const *errors, size_t count)
+{
+    size_t allowed_count;
+    const char *const *allowed = s_key_models (self, call, &allowed_count);
+    if (!errors)
+        return zg_reply_models_json (deployments, count, allowed, allowed_count);
+    //  A database row the router cannot use names nothing it serves
+    zg_deployment_t *served = (zg_deployment_t *) calloc (count + 1, sizeof (zg_deployment_t));
+    if (!served)
+        return NULL;
+    size_t served_count = 0;
+    for (size_t index = 0; index < count; index++)
+        if (!errors [index])
+            served [served_count++] = deployments [index];
+    char *json = zg_reply_models_json (served, served_count, allowed, allowed_count);
+    free (served);
+    return json;
 }
 
 static struct MHD_Response *
 s_check_response (s_frontend_t *self, s_check_t *check)
 {
-    char *json = zg_reply_health_json (self->config, (const char *const *) check->errors);
+    char *json = check->names_only
+               ? s_models_json (self, check->client, check->deployments,
+                                (const char *const *) check->errors, check->count)
+               : zg_reply_health_json (check->deployments, check->count,
+                                       (const char *const *) check->errors);
     if (!json)
         return NULL;
     struct MHD_Response *response = MHD_create_response_from_buffer (
@@ -1147,48 +1257,59 @@ s_check_response (s_frontend_t *self, s_check_t *check)
     return response;
 }
 
-//  A probe is back (error NULL: healthy); the last one answers the client
+//  The check is complete: answer its client, if still there (suspended
+//  while the router was asked) and forget the check
+static void
+s_check_finish (s_frontend_t *self, s_check_t *check)
+{
+    if (check->client) {
+        zg_call_t *client = check->client;
+        client->check = NULL;
+        struct MHD_Response *response = s_check_response (self, check);
+        if (response)
+            s_finish_waiting (self, client, 200, response);
+        else
+            s_fail_waiting (self, client, 500, "internal_server_error", "Out of memory", NULL);
+    }
+    s_check_destroy (&check);
+}
+
+static void s_list_failed (s_frontend_t *self, s_check_t *check, const char *error);
+
+//  A probe is back (error NULL: healthy); the last one answers the client.
+//  The lister ends here too when the router did not list in time.
 static void
 s_probe_done (s_frontend_t *self, zg_call_t *probe, const char *error)
 {
     s_check_t *check = (s_check_t *) probe->check;
     assert (check && !probe->connection);
+    if (probe == check->lister) {
+        s_list_failed (self, check, error ? error : "no answer");
+        return;
+    }
     if (error && !check->errors [probe->check_index])
         check->errors [probe->check_index] = strdup (error);
     zg_calls_release (self->calls, probe);
-    if (--check->pending > 0)
-        return;
-    if (check->client) {
-        zg_call_t *client = check->client;
-        client->check = NULL;
-        s_finish_waiting (self, client, 200, s_check_response (self, check));
-    }
-    s_check_destroy (&check);
+    if (--check->pending == 0)
+        s_check_finish (self, check);
 }
 
-//  Sends one minimal real request per deployment, each pinned to it: a
-//  one-token chat, an embedding of "ping" for embedding deployments
-static enum MHD_Result
-s_start_health_check (s_frontend_t *self, zg_call_t *call)
+//  One minimal real request per deployment of the list, each pinned to
+//  it: a one-token chat, an embedding of "ping" for embedding deployments.
+//  Deployments already unhealthy (rows the router cannot use) are not sent.
+static void
+s_check_probe_all (s_frontend_t *self, s_check_t *check)
 {
-    size_t count = self->config->deployment_count;
-    s_check_t *check = (s_check_t *) calloc (1, sizeof (s_check_t));
-    if (check)
-        check->errors = (char **) calloc (count + 1, sizeof (char *));
-    if (!check || !check->errors) {
-        free (check);
-        return s_reply_error (self, call, 500, "internal_server_error", "Out of memory", NULL);
-    }
-    check->count = count;
-    check->client = call;
-    bool router_usable = s_router_usable (self, zclock_mono ());
     uint32_t timeout_ms = self->timeout_ms < ZG_HEALTH_CHECK_TIMEOUT_MS
                         ? self->timeout_ms : ZG_HEALTH_CHECK_TIMEOUT_MS;
-    for (size_t index = 0; index < count; index++) {
-        const zg_deployment_t *deployment = &self->config->deployments [index];
-        if (!router_usable || !deployment->id) {
-            check->errors [index] = strdup (router_usable ? "the deployment has no id"
-                                                          : "Router not reachable");
+    //  Counted before any probe can end, so that none answers too soon
+    check->pending = 1;
+    for (size_t index = 0; index < check->count; index++) {
+        const zg_deployment_t *deployment = &check->deployments [index];
+        if (check->errors [index])
+            continue;
+        if (!deployment->id || !*deployment->id) {
+            check->errors [index] = strdup ("the deployment has no id");
             continue;
         }
         zg_call_t *probe = zg_calls_acquire (self->calls);
@@ -1237,11 +1358,142 @@ s_start_health_check (s_frontend_t *self, zg_call_t *call)
         probe->deadline_ms = zclock_mono () + timeout_ms;
         check->pending++;
     }
-    if (check->pending == 0) {
-        enum MHD_Result result = s_reply (call, 200, s_check_response (self, check), true);
+    if (--check->pending == 0)
+        s_check_finish (self, check);
+}
+
+//  The router's list is complete: the answer for /models, the probes for
+//  GET /health (none when its client left)
+static void
+s_list_done (s_frontend_t *self, s_check_t *check)
+{
+    zg_call_t *lister = check->lister;
+    check->lister = NULL;
+    zg_calls_release (self->calls, lister);
+    if (check->names_only || !check->client)
+        s_check_finish (self, check);
+    else
+        s_check_probe_all (self, check);
+}
+
+//  The router did not give its list (gone, too slow, nonsense): answer
+//  from the configuration, GET /health with every deployment unhealthy
+static void
+s_list_failed (s_frontend_t *self, s_check_t *check, const char *error)
+{
+    zg_warning ("the router did not list its deployments: %s", error);
+    zg_call_t *lister = check->lister;
+    check->lister = NULL;
+    zg_calls_release (self->calls, lister);
+    char reason [ZG_MESSAGE_MAX + 64];
+    snprintf (reason, sizeof (reason), "Router not reachable: %s", error);
+    if (s_check_use_config (self, check, check->names_only ? NULL : reason) != 0)
+        s_check_forget_list (check);
+    s_check_finish (self, check);
+}
+
+//  One DEPLOYMENT of the list the router is sending
+static void
+s_on_deployment (s_frontend_t *self, zg_call_t *lister, const zg_msg_t *msg)
+{
+    s_check_t *check = (s_check_t *) lister->check;
+    if (!check || check->lister != lister)
+        return;
+    if (msg->count > ZG_LIST_MAX) {
+        s_list_failed (self, check, "its list is longer than the frontend takes");
+        return;
+    }
+    if (!check->deployments) {
+        check->count = msg->count;
+        check->deployments = (zg_deployment_t *) calloc (check->count + 1,
+                                                         sizeof (zg_deployment_t));
+        check->errors = (char **) calloc (check->count + 1, sizeof (char *));
+        if (!check->deployments || !check->errors) {
+            s_list_failed (self, check, "out of memory");
+            return;
+        }
+    }
+    else
+    if (msg->count != check->count) {
+        s_list_failed (self, check, "its list changed length while it was sent");
+        return;
+    }
+    if (check->count == 0) {
+        s_list_done (self, check);
+        return;
+    }
+    zg_deployment_t *deployment = msg->index < check->count
+                                ? &check->deployments [msg->index] : NULL;
+    if (!deployment || deployment->model_name) {
+        zg_warning ("DEPLOYMENT %u of %u from the router: %s", msg->index, msg->count,
+                    deployment ? "a repeat, dropped" : "out of range, dropped");
+        return;
+    }
+    deployment->model_name = strdup (msg->model);
+    deployment->id = strdup (msg->deployment_id);
+    deployment->provider = strdup (msg->provider);
+    deployment->upstream_model = strdup (msg->upstream_model);
+    deployment->api_base = strdup (msg->api_base);
+    deployment->mode = msg->mode [0] ? strdup (msg->mode) : NULL;
+    if (msg->message [0])
+        check->errors [msg->index] = strdup (msg->message);
+    if (!deployment->model_name || !deployment->id || !deployment->provider
+    ||  !deployment->upstream_model || !deployment->api_base
+    ||  (msg->mode [0] && !deployment->mode)
+    ||  (msg->message [0] && !check->errors [msg->index])) {
+        s_list_failed (self, check, "out of memory");
+        return;
+    }
+    if (++check->listed == check->count)
+        s_list_done (self, check);
+}
+
+//  GET /health (names_only false) and, with store_model_in_db, GET
+//  /models: ask the router for the deployments it serves (the
+//  configuration's and the database's), then probe them or list their
+//  names. The client is suspended meanwhile; nothing here waits.
+static enum MHD_Result
+s_start_check (s_frontend_t *self, zg_call_t *call, bool names_only)
+{
+    s_check_t *check = (s_check_t *) calloc (1, sizeof (s_check_t));
+    if (!check)
+        return s_reply_error (self, call, 500, "internal_server_error", "Out of memory", NULL);
+    check->client = call;
+    check->names_only = names_only;
+    if (!s_router_usable (self, zclock_mono ())) {
+        //  As before a router was ever asked: the configuration's list
+        enum MHD_Result result = MHD_NO;
+        if (s_check_use_config (self, check, names_only ? NULL : "Router not reachable") == 0)
+            result = s_reply (call, 200, s_check_response (self, check), true);
+        else
+            result = s_reply_error (self, call, 500, "internal_server_error", "Out of memory",
+                                    NULL);
         s_check_destroy (&check);
         return result;
     }
+    zg_call_t *lister = zg_calls_acquire (self->calls);
+    lister->owner = self;
+    lister->check = check;
+    lister->started_us = zclock_usecs ();
+    zg_calls_new_id (self->calls, lister->call_id);
+    if (zg_calls_route (self->calls, lister) != 0) {
+        zg_calls_new_id (self->calls, lister->call_id);
+        zg_calls_route (self->calls, lister);
+    }
+    check->lister = lister;
+    zg_msg_reset (&self->out, ZG_MSG_LIST);
+    ZG_MSG_SET (self->out.call_id, lister->call_id);
+    if (zg_msg_send (&self->out, self->router) != 0) {
+        check->lister = NULL;
+        zg_calls_release (self->calls, lister);
+        enum MHD_Result result = MHD_NO;
+        if (s_check_use_config (self, check, names_only ? NULL : "Router not reachable") == 0)
+            result = s_reply (call, 200, s_check_response (self, check), true);
+        s_check_destroy (&check);
+        return result;
+    }
+    lister->state = ZG_CALL_WAITING;
+    lister->deadline_ms = zclock_mono () + ZG_LIST_TIMEOUT_MS;
     call->check = check;
     call->state = ZG_CALL_WAITING;
     MHD_suspend_connection (call->connection);
@@ -1249,7 +1501,6 @@ s_start_health_check (s_frontend_t *self, zg_call_t *call)
     s_watch (self, call);
     return MHD_YES;
 }
-
 
 //  --------------------------------------------------------------------------
 //  Readiness and metrics
@@ -1603,6 +1854,24 @@ s_on_admin_headers (s_frontend_t *self, zg_call_t *call, const s_headers_t *head
     return s_expect_body (self, call, headers);
 }
 
+//  GET /models: with store_model_in_db the router's list, which has the
+//  database's deployments; else the configuration's, built once, less the
+//  names a virtual key may not use
+static enum MHD_Result
+s_reply_models (s_frontend_t *self, zg_call_t *call)
+{
+    if (self->config->store_model_in_db && !self->draining)
+        return s_start_check (self, call, true);
+    size_t allowed_count;
+    if (!s_key_models (self, call, &allowed_count))
+        return s_reply (call, 200, self->models_response, false);
+    char *json = s_models_json (self, call, self->config->deployments, NULL,
+                                self->config->deployment_count);
+    if (!json)
+        return s_reply_error (self, call, 500, "internal_server_error", "Out of memory", NULL);
+    return s_reply (call, 200, s_static_response (json, "application/json"), true);
+}
+
 //  /health/readiness. With a database, "db" says whether it is reachable;
 //  a database down makes the gateway unready, unless
 //  allow_requests_on_db_unavailable keeps it serving (production guide
@@ -1700,9 +1969,9 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
                 call->admin_op = ZG_ADMIN_MODEL_INFO;
                 return s_admin_submit (self, call, NULL, 0);
             }
-            return s_reply (call, 200, endpoint == ZG_ENDPOINT_MODELS ? self->models_response
-                                                                      : self->model_info_response,
-                            false);
+            if (endpoint == ZG_ENDPOINT_MODELS)
+                return s_reply_models (self, call);
+            return s_reply (call, 200, self->model_info_response, false);
         case ZG_ENDPOINT_LIVENESS:
             return s_reply (call, 200, self->liveness_response, false);
         case ZG_ENDPOINT_ROOT:
@@ -1712,7 +1981,7 @@ s_on_headers (s_frontend_t *self, zg_call_t *call, const char *url)
         case ZG_ENDPOINT_METRICS:
             return s_reply_metrics (self, call);
         case ZG_ENDPOINT_HEALTH:
-            return s_start_health_check (self, call);
+            return s_start_check (self, call, false);
         default:
             break;
     }
@@ -2239,7 +2508,9 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
         if (config->deployments [index].id)
             zhashx_insert (self->deployments, config->deployments [index].id,
                            &config->deployments [index]);
-    self->models_response = s_static_response (zg_reply_models_json (config), "application/json");
+    self->models_response = s_static_response (
+        zg_reply_models_json (config->deployments, config->deployment_count, NULL, 0),
+        "application/json");
     self->model_info_response = s_static_response (zg_reply_model_info_json (config),
                                                    "application/json");
     self->liveness_response = s_static_response (strdup ("\"I'm alive!\""), "application/json");

@@ -144,28 +144,41 @@ zg_reply_stream_error (char *buf, size_t size, int status, const char *type,
 }
 
 //  Has this model name already been listed? Groups are few; a scan of the
-//  ones before is cheaper than a set, and runs once at start
+//  ones before is cheaper than a set
 static bool
-s_seen_before (const zg_config_t *config, size_t index)
+s_seen_before (const zg_deployment_t *deployments, size_t index)
 {
     for (size_t before = 0; before < index; before++)
-        if (config->deployments [before].model_name
-        &&  strcmp (config->deployments [before].model_name,
-                    config->deployments [index].model_name) == 0)
+        if (deployments [before].model_name
+        &&  strcmp (deployments [before].model_name, deployments [index].model_name) == 0)
+            return true;
+    return false;
+}
+
+static bool
+s_allowed (const char *name, const char *const *allowed, size_t allowed_count)
+{
+    if (!allowed)
+        return true;
+    for (size_t index = 0; index < allowed_count; index++)
+        if (allowed [index] && strcmp (allowed [index], name) == 0)
             return true;
     return false;
 }
 
 char *
-zg_reply_models_json (const zg_config_t *config)
+zg_reply_models_json (const zg_deployment_t *deployments, size_t count,
+                      const char *const *allowed, size_t allowed_count)
 {
-    assert (config);
+    assert (deployments || count == 0);
     s_text_t text = { NULL, 0, 0 };
     s_text_add (&text, "{\"data\":[");
     bool first = true;
-    for (size_t index = 0; index < config->deployment_count; index++) {
-        const zg_deployment_t *deployment = &config->deployments [index];
-        if (!deployment->model_name || s_seen_before (config, index))
+    for (size_t index = 0; index < count; index++) {
+        const zg_deployment_t *deployment = &deployments [index];
+        if (!deployment->model_name || !*deployment->model_name
+        ||  !s_allowed (deployment->model_name, allowed, allowed_count)
+        ||  s_seen_before (deployments, index))
             continue;
         s_text_add (&text, "%s{\"id\":", first ? "" : ",");
         s_text_quoted (&text, deployment->model_name);
@@ -274,22 +287,27 @@ zg_reply_root_json (void)
 }
 
 char *
-zg_reply_health_json (const zg_config_t *config, const char *const *errors)
+zg_reply_health_json (const zg_deployment_t *deployments, size_t count,
+                      const char *const *errors)
 {
+    assert (deployments || count == 0);
     s_text_t text = { NULL, 0, 0 };
     size_t counts [2] = { 0, 0 };
     for (int healthy = 1; healthy >= 0; healthy--) {
         s_text_add (&text, healthy ? "{\"healthy_endpoints\":[" : "],\"unhealthy_endpoints\":[");
-        for (size_t index = 0; index < config->deployment_count; index++) {
-            const zg_deployment_t *deployment = &config->deployments [index];
+        for (size_t index = 0; index < count; index++) {
+            const zg_deployment_t *deployment = &deployments [index];
             if ((errors [index] == NULL) != (healthy == 1))
                 continue;
             char api_base [2048];
             zg_reply_strip_query (deployment->api_base, api_base, sizeof (api_base));
             s_text_add (&text, "%s{\"model\":", counts [healthy]++ ? "," : "");
+            //  A database row that cannot be read has neither
+            const char *provider = deployment->provider ? deployment->provider : "";
+            const char *upstream = deployment->upstream_model ? deployment->upstream_model : "";
             char model [600];
-            snprintf (model, sizeof (model), "%s/%s", deployment->provider ? deployment->provider : "",
-                      deployment->upstream_model ? deployment->upstream_model : "");
+            snprintf (model, sizeof (model), "%s%s%s", provider,
+                      *provider || *upstream ? "/" : "", upstream);
             s_text_quoted (&text, model);
             s_text_add (&text, ",\"api_base\":");
             s_text_quoted (&text, api_base);
@@ -416,7 +434,7 @@ zg_reply_test (bool verbose)
     config.deployments = deployments;
     config.deployment_count = 3;
 
-    char *models = zg_reply_models_json (&config);
+    char *models = zg_reply_models_json (deployments, 3, NULL, 0);
     ZG_CHECK (zg_json_valid (models, strlen (models), NULL));
     ZG_CHECK (strcmp (models,
         "{\"data\":[{\"id\":\"gpt-4o\",\"object\":\"model\",\"created\":1677610602,\"owned_by\":\"openai\"},"
@@ -436,8 +454,23 @@ zg_reply_test (bool verbose)
     ZG_CHECK (strstr (info, "\"id\":\"id-c\""));
     free (info);
 
-    config.deployment_count = 0;
-    models = zg_reply_models_json (&config);
+    models = zg_reply_models_json (deployments, 0, NULL, 0);
+    ZG_CHECK (strcmp (models, "{\"data\":[],\"object\":\"list\"}") == 0);
+    free (models);
+    //  A key's models: only those, each once, in the deployments' order;
+    //  an empty list allows none
+    const char *allowed [] = { "text-embedding-3-small", "gpt-4o", "not-served" };
+    models = zg_reply_models_json (deployments, 3, allowed, 3);
+    ZG_CHECK (strcmp (models,
+        "{\"data\":[{\"id\":\"gpt-4o\",\"object\":\"model\",\"created\":1677610602,\"owned_by\":\"openai\"},"
+        "{\"id\":\"text-embedding-3-small\",\"object\":\"model\",\"created\":1677610602,\"owned_by\":\"openai\"}],"
+        "\"object\":\"list\"}") == 0);
+    free (models);
+    models = zg_reply_models_json (deployments, 3, allowed, 1);
+    ZG_CHECK (strcmp (models, "{\"data\":[{\"id\":\"text-embedding-3-small\",\"object\":\"model\","
+                              "\"created\":1677610602,\"owned_by\":\"openai\"}],\"object\":\"list\"}") == 0);
+    free (models);
+    models = zg_reply_models_json (deployments, 3, allowed, 0);
     ZG_CHECK (strcmp (models, "{\"data\":[],\"object\":\"list\"}") == 0);
     free (models);
 
@@ -458,9 +491,8 @@ zg_reply_test (bool verbose)
     ZG_CHECK (strstr (ready, "\"detail\":\"router not reachable\""));
     ZG_CHECK (strstr (ready, "\"is_detailed_debug\":true"));
     free (ready);
-    config.deployment_count = 3;
     const char *errors [] = { NULL, "Connection refused \"x\"", NULL };
-    char *health = zg_reply_health_json (&config, errors);
+    char *health = zg_reply_health_json (deployments, 3, errors);
     ZG_CHECK (zg_json_valid (health, strlen (health), NULL));
     ZG_CHECK (!strstr (health, "sk-upstream-secret"));
     ZG_CHECK (strstr (health, "\"healthy_count\":2,\"unhealthy_count\":1}"));

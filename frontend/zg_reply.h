@@ -34,8 +34,11 @@ int zg_reply_error_json (char *buf, size_t size, int status, const char *type,
 int zg_reply_stream_error (char *buf, size_t size, int status, const char *type,
                            const char *message, const char *param);
 
-//  Documents built from the configuration; the caller frees them
-char *zg_reply_models_json (const zg_config_t *config);
+//  Documents built from deployments; the caller frees them.
+//  /models: each model name once, in order; allowed NULL = every name,
+//  else only the allowed_count names of allowed (a virtual key's models)
+char *zg_reply_models_json (const zg_deployment_t *deployments, size_t count,
+                            const char *const *allowed, size_t allowed_count);
 char *zg_reply_model_info_json (const zg_config_t *config);
 //  db: "connected"/"disconnected", NULL = "Not connected" (no database);
 //  cache: "redis" when Redis is configured, NULL = null;
@@ -44,11 +47,12 @@ char *zg_reply_readiness_json (bool healthy, const char *db, const char *cache, 
                                const char *log_level, bool detailed_debug);
 char *zg_reply_root_json (void);
 
-//  GET /health: every deployment of config, in file order, as healthy
-//  (errors [i] NULL) or unhealthy with its error, with no secret:
+//  GET /health: every deployment, in order, as healthy (errors [i] NULL)
+//  or unhealthy with its error, with no secret:
 //  {"healthy_endpoints":[...],"unhealthy_endpoints":[...],
 //   "healthy_count":N,"unhealthy_count":M}
-char *zg_reply_health_json (const zg_config_t *config, const char *const *errors);
+char *zg_reply_health_json (const zg_deployment_t *deployments, size_t count,
+                            const char *const *errors);
 
 //  A deployment's mode: model_info.mode, else "embedding" when the
 //  upstream model's name says so, else "chat"

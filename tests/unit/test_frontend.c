@@ -18,6 +18,9 @@
         flood       HEAD, 16 MiB of CHUNKs, END
         hold        nothing: the client waits
         anything else  ERROR 400 "Invalid model name"
+
+    and each LIST as the test last said with "LIST <mode>" (see
+    s_send_list): by default not at all.
     =========================================================================
 */
 #include "frontend/zg_frontend.h"
@@ -149,6 +152,60 @@ s_send_error (zsock_t *router, zframe_t *peer, const char *call_id, int status,
 }
 
 static void
+s_send_listed (zsock_t *router, zframe_t *peer, const char *call_id, uint32_t index,
+               uint32_t count, const char *model, const char *id, const char *mode,
+               const char *message)
+{
+    zg_msg_t listed;
+    zg_msg_init (&listed, ZG_MSG_DEPLOYMENT);
+    ZG_MSG_SET (listed.call_id, call_id);
+    listed.index = index;
+    listed.count = count;
+    ZG_MSG_SET (listed.model, model);
+    ZG_MSG_SET (listed.deployment_id, id);
+    if (!message) {
+        ZG_MSG_SET (listed.provider, "openai");
+        ZG_MSG_SET (listed.upstream_model, "up-model");
+        ZG_MSG_SET (listed.api_base, "http://127.0.0.1:9/v1?api-version=1");
+    }
+    ZG_MSG_SET (listed.mode, mode);
+    ZG_MSG_SET (listed.message, message);
+    s_send_reply (router, &listed, peer);
+    zg_msg_reset (&listed, 0);
+}
+
+//  The answer to a LIST, by mode:
+//      good     four deployments, with a stray index and a repeat among them
+//      empty    none at all
+//      changed  a list whose length changes half way
+//      huge     a list longer than the frontend takes
+//      none     no answer (also any other mode)
+static void
+s_send_list (zsock_t *router, zframe_t *peer, const char *call_id, const char *mode)
+{
+    if (streq (mode, "good")) {
+        s_send_listed (router, peer, call_id, 7, 4, "stray", "json", NULL, NULL);
+        s_send_listed (router, peer, call_id, 0, 4, "gpt-4o", "json", NULL, NULL);
+        s_send_listed (router, peer, call_id, 0, 4, "repeat", "err", NULL, NULL);
+        s_send_listed (router, peer, call_id, 1, 4, "db-model", "err", NULL, NULL);
+        s_send_listed (router, peer, call_id, 2, 4, "db-broken", "row-x", NULL,
+                       "Not served: the database row cannot be used: wrong salt key");
+        s_send_listed (router, peer, call_id, 3, 4, "db-embed", "json", "embedding", NULL);
+    }
+    else
+    if (streq (mode, "empty"))
+        s_send_listed (router, peer, call_id, 0, 0, "", "", NULL, NULL);
+    else
+    if (streq (mode, "changed")) {
+        s_send_listed (router, peer, call_id, 0, 2, "gpt-4o", "json", NULL, NULL);
+        s_send_listed (router, peer, call_id, 1, 3, "gpt-4o", "json", NULL, NULL);
+    }
+    else
+    if (streq (mode, "huge"))
+        s_send_listed (router, peer, call_id, 0, 1000000, "gpt-4o", "json", NULL, NULL);
+}
+
+static void
 s_fake_router (zsock_t *pipe, void *args)
 {
     const char *endpoint = (const char *) args;
@@ -161,6 +218,7 @@ s_fake_router (zsock_t *pipe, void *args)
     zsock_signal (pipe, 0);
 
     bool muted = false;
+    char list_mode [32] = "none";
     int requests = 0;
     int heartbeats = 0;
     int cancels = 0;
@@ -179,6 +237,11 @@ s_fake_router (zsock_t *pipe, void *args)
                 zstr_free (&command);
                 break;
             }
+            if (strncmp (command, "LIST ", 5) == 0) {
+                snprintf (list_mode, sizeof (list_mode), "%s", command + 5);
+                zsock_signal (pipe, 0);
+            }
+            else
             if (streq (command, "MUTE") || streq (command, "UNMUTE")) {
                 muted = streq (command, "MUTE");
                 zsock_signal (pipe, 0);
@@ -223,6 +286,9 @@ s_fake_router (zsock_t *pipe, void *args)
             s_send_reply (router, &beat, msg.routing_id);
             zg_msg_reset (&beat, 0);
         }
+        else
+        if (msg.type == ZG_MSG_LIST)
+            s_send_list (router, msg.routing_id, msg.call_id, list_mode);
         else
         if (msg.type == ZG_MSG_CANCEL) {
             cancels++;
@@ -1384,6 +1450,63 @@ s_test_keep_alive_and_concurrency (int port)
     CHECK (good == PARALLEL);
 }
 
+//  GET /health: the router's list of deployments, each probed pinned to
+//  it (one it cannot serve reported without a probe); a list that does not
+//  come, or comes wrong, gives the configuration's deployments, unhealthy
+static void
+s_test_health_check (int port, zactor_t *router)
+{
+    s_resp_t resp;
+    s_counts_t before, after;
+    s_command (router, "LIST good");
+    s_counts (router, &before);
+    CHECK (s_call (port, "GET", "/health", AUTH, NULL, &resp) == 200);
+    CHECK (s_body_has (&resp, "\"healthy_count\":2,\"unhealthy_count\":2}"));
+    CHECK (s_body_has (&resp, "{\"model\":\"openai/up-model\",\"api_base\":\"http://127.0.0.1:9/v1\","
+                              "\"model_name\":\"gpt-4o\",\"model_id\":\"json\"}"));
+    CHECK (s_body_has (&resp, "\"model_name\":\"db-embed\",\"model_id\":\"json\"}"));
+    CHECK (s_body_has (&resp, "\"model_name\":\"db-model\",\"model_id\":\"err\","
+                              "\"error\":\"slow down\"}"));
+    CHECK (s_body_has (&resp, "{\"model\":\"\",\"api_base\":\"\",\"model_name\":\"db-broken\","
+                              "\"model_id\":\"row-x\",\"error\":\"Not served: the database row "
+                              "cannot be used: wrong salt key\"}"));
+    CHECK (!s_body_has (&resp, "stray") && !s_body_has (&resp, "repeat"));
+    CHECK (!s_body_has (&resp, "sk-upstream-secret-key"));
+    s_resp_free (&resp);
+    s_counts (router, &after);
+    CHECK (after.requests == before.requests + 3);
+    s_last_t last = { .body = NULL };
+    s_last (router, &last);
+    CHECK (last.flags == ZG_FLAG_PIN_DEPLOYMENT);
+    free (last.body);
+
+    s_command (router, "LIST empty");
+    CHECK (s_call (port, "GET", "/health", AUTH, NULL, &resp) == 200);
+    CHECK (s_body_is (&resp, "{\"healthy_endpoints\":[],\"unhealthy_endpoints\":[],"
+                             "\"healthy_count\":0,\"unhealthy_count\":0}"));
+    s_resp_free (&resp);
+
+    //  The configuration's three, each unhealthy with why
+    const char *modes [] = { "changed", "huge", "none" };
+    const char *reasons [] = { "its list changed length while it was sent",
+                               "its list is longer than the frontend takes",
+                               "Request timed out" };
+    for (size_t index = 0; index < 3; index++) {
+        char command [32];
+        snprintf (command, sizeof (command), "LIST %s", modes [index]);
+        s_command (router, command);
+        s_counts (router, &before);
+        CHECK (s_call (port, "GET", "/health", AUTH, NULL, &resp) == 200);
+        CHECK (s_body_has (&resp, "\"healthy_count\":0,\"unhealthy_count\":3}"));
+        CHECK (s_body_has (&resp, "\"model_id\":\"dep-gpt-4o\",\"error\":\"Router not reachable: "));
+        CHECK (s_body_has (&resp, reasons [index]));
+        s_resp_free (&resp);
+        s_counts (router, &after);
+        CHECK (after.requests == before.requests);
+    }
+    s_command (router, "LIST none");
+}
+
 //  The self tests of the frontend's threads: the database side and the
 //  watch on Redis. Each runs in a child (zg_unit_run): they start threads
 //  and ZeroMQ contexts, which this process must not have when it forks
@@ -1469,6 +1592,7 @@ main (int argc, char *argv [])
         s_test_forwarding (keyed.port, keyed_router);
         s_test_answers (keyed.port, keyed_router, keyed.pid);
         s_test_keep_alive_and_concurrency (keyed.port);
+        s_test_health_check (keyed.port, keyed_router);
         s_test_no_master_key (open_gate.port);
         s_test_router_gone (keyed.port, keyed_router);
     }
