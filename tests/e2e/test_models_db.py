@@ -314,5 +314,135 @@ class ModelsDbTest(zgtest.GatewayTestCase):
         self.assertIn(resp.status, (401, 403), resp)
 
 
+    # GET /health and /models cover the database's deployments
+
+    def health_entries(self):
+        """GET /health as {model_id: entry} for healthy and unhealthy."""
+        resp = self.gw.get("/health")
+        self.assertEqual(resp.status, 200, resp)
+        for secret in ("api_key", "sk-upstream"):
+            self.assertNotIn(secret, resp.text())
+        body = resp.json()
+        self.assertEqual(body["healthy_count"], len(body["healthy_endpoints"]), body)
+        self.assertEqual(body["unhealthy_count"], len(body["unhealthy_endpoints"]), body)
+        return ({e["model_id"]: e for e in body["healthy_endpoints"]},
+                {e["model_id"]: e for e in body["unhealthy_endpoints"]})
+
+    def model_names(self, key=zgtest.MASTER_KEY, path="/v1/models"):
+        resp = self.gw.get(path, key=key)
+        self.assertEqual(resp.status, 200, resp)
+        for secret in ("api_key", "sk-upstream"):
+            self.assertNotIn(secret, resp.text())
+        body = resp.json()
+        self.assertEqual(body["object"], "list")
+        for entry in body["data"]:
+            self.assertEqual((entry["object"], entry["created"], entry["owned_by"]),
+                             ("model", 1677610602, "openai"), entry)
+        names = [entry["id"] for entry in body["data"]]
+        self.assertEqual(len(names), len(set(names)), names)
+        return names
+
+    def test_get_health_checks_database_deployments(self):
+        resp = self.gw.post("/model/new", {
+            "model_name": "health-model",
+            "litellm_params": {"model": "openai/fake-model", "api_key": "sk-upstream-health",
+                               "api_base": self.up2.api_base},
+            "model_info": {"id": "health-ok-1"}})
+        self.assertEqual(resp.status, 200, resp)
+        self.addCleanup(self.delete, "health-ok-1")
+        closed = "http://127.0.0.1:%d/v1" % zgtest.closed_port()
+        self.insert("health-down-1", "health-down", self.params(key="sk-upstream-down",
+                                                                api_base=closed))
+        self.insert("health-salt-1", "health-salt", self.params(key="sk-upstream-salt"),
+                    salt="another-salt-key")
+        seen = {}
+
+        def all_checked():
+            healthy, unhealthy = seen["last"] = self.health_entries()
+            return ("health-ok-1" in healthy and "health-down-1" in unhealthy
+                    and "health-salt-1" in unhealthy)
+
+        zgtest.wait_until(all_checked, CHANGE_TIMEOUT, interval=0.2,
+                          message="GET /health with the database's deployments")
+        healthy, unhealthy = seen["last"]
+        entry = healthy["health-ok-1"]
+        self.assertEqual((entry["model_name"], entry["api_base"], entry["model"]),
+                         ("health-model", self.up2.api_base, "openai/fake-model"), entry)
+        self.assertIn("cfg-model", [e["model_name"] for e in healthy.values()])
+        down = unhealthy["health-down-1"]
+        self.assertEqual((down["model_name"], down["api_base"]), ("health-down", closed), down)
+        self.assertTrue(down["error"], down)
+        broken = unhealthy["health-salt-1"]
+        self.assertEqual(broken["model_name"], "health-salt", broken)
+        self.assertIn("cannot be used", broken["error"])
+        self.assertIn("salt key", broken["error"])
+
+        #  A real minimal request reached its upstream (the only deployment
+        #  on up2) with the deployment's own key
+        self.up2.reset_stats()
+        healthy, _ = self.health_entries()
+        self.assertIn("health-ok-1", healthy)
+        self.assertEqual(self.up2.stats()["requests"], 1)
+        sent = self.up2.last_request()
+        headers = {k.lower(): v for k, v in sent["headers"].items()}
+        self.assertEqual(headers.get("authorization"), "Bearer sk-upstream-health")
+        self.assertIn('"max_tokens":1', sent["body"])
+
+        #  Deleted: no longer checked
+        resp = self.gw.post("/model/delete", {"id": "health-ok-1"})
+        self.assertEqual(resp.status, 200, resp)
+        zgtest.wait_until(lambda: "health-ok-1" not in self.health_entries()[0]
+                          and "health-ok-1" not in self.health_entries()[1],
+                          CHANGE_TIMEOUT, interval=0.2, message="the deleted deployment gone")
+        healthy, unhealthy = self.health_entries()
+        self.assertIn("health-down-1", unhealthy)
+
+    def test_models_lists_database_models_for_each_key(self):
+        resp = self.gw.post("/model/new", {
+            "model_name": "listed-model",
+            "litellm_params": {"model": "openai/fake-model", "api_key": "sk-upstream-listed",
+                               "api_base": self.up.api_base},
+            "model_info": {"id": "listed-1"}})
+        self.assertEqual(resp.status, 200, resp)
+        self.addCleanup(self.delete, "listed-1")
+        #  A second deployment of the configuration's model name: listed once
+        self.insert("cfg-model-db-1", "cfg-model", self.params())
+        self.insert("listed-salt-1", "listed-broken", self.params(), salt="another-salt-key")
+        zgtest.wait_until(lambda: "listed-model" in self.model_names(), CHANGE_TIMEOUT,
+                          interval=0.1, message="the database's model in /v1/models")
+        for path in ("/models", "/v1/models"):
+            names = self.model_names(path=path)
+            self.assertIn("cfg-model", names)
+            self.assertIn("listed-model", names)
+            #  A row the router cannot use names nothing it serves
+            self.assertNotIn("listed-broken", names)
+
+        def key_for(**fields):
+            resp = self.gw.post("/key/generate", fields)
+            self.assertEqual(resp.status, 200, resp)
+            return resp.json()["key"]
+
+        only_db = key_for(models=["listed-model"])
+        only_cfg = key_for(models=["cfg-model", "never-deployed"])
+        every = key_for()
+        for path in ("/models", "/v1/models"):
+            self.assertEqual(self.model_names(only_db, path), ["listed-model"])
+            self.assertEqual(self.model_names(only_cfg, path), ["cfg-model"])
+            self.assertEqual(sorted(self.model_names(every, path)),
+                             sorted(self.model_names(path=path)))
+        #  The restricted key may call its model and no other
+        self.assertEqual(self.gw.post("/chat/completions", chat_body(model="listed-model"),
+                                      key=only_db).status, 200)
+        self.assertEqual(self.gw.post("/chat/completions", chat_body(model="cfg-model"),
+                                      key=only_db).status, 403)
+
+        resp = self.gw.post("/model/delete", {"id": "listed-1"})
+        self.assertEqual(resp.status, 200, resp)
+        zgtest.wait_until(lambda: "listed-model" not in self.model_names(), CHANGE_TIMEOUT,
+                          interval=0.1, message="the deleted model gone from /v1/models")
+        self.assertEqual(self.model_names(only_db), [])
+        self.assertEqual(self.model_names(only_cfg), ["cfg-model"])
+
+
 if __name__ == "__main__":
     unittest.main()
