@@ -170,6 +170,12 @@ class KeysTest(KeysCase):
         #  The table follows at once: the old model is refused now
         self.assertEqual(self.chat(key, model="gpt-4o").status, 403)
         self.assertEqual(self.chat(key, model="gpt-4o-mini").status, 200)
+        #  ... and /models names only its model; the master key sees all
+        for path in ("/models", "/v1/models"):
+            names = [m["id"] for m in self.gw.get(path, key=key).json()["data"]]
+            self.assertEqual(names, ["gpt-4o-mini"])
+            names = [m["id"] for m in self.gw.get(path).json()["data"]]
+            self.assertEqual(names, ["gpt-4o", "gpt-4o-mini"])
         listed = self.admin("GET", "/key/list")
         self.assertEqual(listed.status, 200, listed)
         self.assertIn(sha(key), json.dumps(listed.json()))
