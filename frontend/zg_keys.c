@@ -26,6 +26,14 @@
     a sliding log would cost memory per request, which a bounded table
     cannot give. The reference counts refused requests too; we do not, so
     a client that retries too early does not push its own window further.
+
+    Shared counting (Redis): windows start on multiples of ZG_KEYS_WINDOW
+    of unix time, so that every instance counts the same window. A key
+    then also knows the shared totals of its window as Redis last told
+    them (shared_*), which include the part of its own counts pushed by
+    then (pushed_*). What others counted is shared - pushed, and a check
+    adds it to every local count: local counting stays exact, the rest is
+    at most one sync old.
     =========================================================================
 */
 #include "frontend/zg_keys.h"
@@ -57,6 +65,12 @@ typedef struct {
     int64_t         window_requests;
     int64_t         window_tokens;
     int64_t         in_flight;
+    int64_t         pushed_requests;    //  of the window's counts, those in shared_*
+    int64_t         pushed_tokens;
+    int64_t         shared_requests;    //  the window's totals across instances,
+    int64_t         shared_tokens;      //  as last synced (0 = none known)
+    uint64_t        sync_round;         //  the last zg_keys_sync_take that took it
+    bool            sync_listed;        //  in the table's sync list
     bool            soft_budget_reported;
 } s_key_t;
 
@@ -83,6 +97,15 @@ struct _zg_keys_t {
     size_t        double_finishes;
     bool          db_available;
     bool          allow_on_db_unavailable;
+
+    //  Shared counting: the keys counted in since they were last taken
+    //  (hashes; a key is listed once until a take finds its window over)
+    bool          shared;
+    char        (*sync_list) [ZG_KEYS_HASH_HEX + 1];
+    size_t        sync_count;
+    size_t        sync_capacity;
+    size_t        sync_cursor;          //  where the next take starts
+    uint64_t      sync_rounds;
 
     s_negative_t *ring;
     size_t        ring_size;
@@ -229,6 +252,7 @@ zg_keys_destroy (zg_keys_t **self_p)
         zhashx_destroy (&self->keys);
         zhashx_destroy (&self->users);
         zhashx_destroy (&self->teams);
+        free (self->sync_list);
         free (self->ring);
         free (self->index);
         free (self);
@@ -686,6 +710,144 @@ s_over_budget (double spend, double max_budget)
 }
 
 //  The whole check; key is the table's entry or NULL
+//  ---------------------------------------------------------------------
+//  Rate-limit windows
+
+static bool
+s_window_open (const s_key_t *key, int64_t now)
+{
+    return key->window_start && now - key->window_start < ZG_KEYS_WINDOW;
+}
+
+//  The window's counts as a check sees them: this instance's, and what
+//  the others counted as last synced
+static void
+s_window_counts (const s_key_t *key, int64_t now, int64_t *requests, int64_t *tokens)
+{
+    if (!s_window_open (key, now)) {
+        *requests = *tokens = 0;
+        return;
+    }
+    int64_t others = key->shared_requests - key->pushed_requests;
+    *requests = key->window_requests + (others > 0 ? others : 0);
+    others = key->shared_tokens - key->pushed_tokens;
+    *tokens = key->window_tokens + (others > 0 ? others : 0);
+}
+
+//  Lists a key counted in since it was last taken for syncing, once. When
+//  the list cannot grow the key is counted here alone, as without Redis.
+static void
+s_sync_note (zg_keys_t *self, s_key_t *key)
+{
+    if (key->sync_listed || (key->record.rpm_limit < 0 && key->record.tpm_limit < 0))
+        return;
+    if (self->sync_count == self->sync_capacity) {
+        size_t capacity = self->sync_capacity ? self->sync_capacity * 2 : 64;
+        void *list = realloc (self->sync_list, capacity * sizeof (self->sync_list [0]));
+        if (!list)
+            return;
+        self->sync_list = (char (*) [ZG_KEYS_HASH_HEX + 1]) list;
+        self->sync_capacity = capacity;
+    }
+    memcpy (self->sync_list [self->sync_count++], key->record.token, ZG_KEYS_HASH_HEX + 1);
+    key->sync_listed = true;
+}
+
+//  A new window when the last one is over: from now, or with shared
+//  counting from the multiple of ZG_KEYS_WINDOW that holds now
+static void
+s_window_roll (zg_keys_t *self, s_key_t *key, int64_t now)
+{
+    if (self->shared)
+        s_sync_note (self, key);
+    if (s_window_open (key, now))
+        return;
+    key->window_start = self->shared ? now - ((now % ZG_KEYS_WINDOW) + ZG_KEYS_WINDOW)
+                                             % ZG_KEYS_WINDOW
+                                     : now;
+    key->window_requests = 0;
+    key->window_tokens = 0;
+    key->pushed_requests = 0;
+    key->pushed_tokens = 0;
+    key->shared_requests = 0;
+    key->shared_tokens = 0;
+}
+
+void
+zg_keys_set_shared (zg_keys_t *self, bool shared)
+{
+    assert (self);
+    self->shared = shared;
+}
+
+size_t
+zg_keys_sync_take (zg_keys_t *self, int64_t now, zg_keys_sync_t *entries, size_t max)
+{
+    assert (self);
+    assert (entries || !max);
+    uint64_t round = ++self->sync_rounds;
+    //  Keep the keys whose window is still open, each once (a key removed
+    //  and made again may be listed twice)
+    size_t kept = 0;
+    for (size_t index = 0; index < self->sync_count; index++) {
+        s_key_t *key = (s_key_t *) zhashx_lookup (self->keys, self->sync_list [index]);
+        if (!key || key->sync_round == round)
+            continue;
+        if (!s_window_open (key, now)
+        ||  (key->record.rpm_limit < 0 && key->record.tpm_limit < 0)) {
+            key->sync_listed = false;
+            continue;
+        }
+        key->sync_round = round;
+        if (kept != index)
+            memcpy (self->sync_list [kept], self->sync_list [index], ZG_KEYS_HASH_HEX + 1);
+        kept++;
+    }
+    self->sync_count = kept;
+    //  More keys than a round takes: the next round goes on from here
+    size_t taken = kept < max ? kept : max;
+    size_t start = self->sync_cursor < kept ? self->sync_cursor : 0;
+    for (size_t count = 0; count < taken; count++) {
+        const char *hash = self->sync_list [(start + count) % kept];
+        s_key_t *key = (s_key_t *) zhashx_lookup (self->keys, hash);
+        assert (key);
+        zg_keys_sync_t *entry = &entries [count];
+        memset (entry, 0, sizeof (*entry));
+        memcpy (entry->hash, hash, ZG_KEYS_HASH_HEX + 1);
+        entry->generation = key->generation;
+        entry->window_start = key->window_start;
+        entry->add_requests = key->window_requests - key->pushed_requests;
+        entry->add_tokens = key->window_tokens - key->pushed_tokens;
+    }
+    self->sync_cursor = kept ? (start + taken) % kept : 0;
+    return taken;
+}
+
+int
+zg_keys_sync_learn (zg_keys_t *self, const zg_keys_sync_t *entry)
+{
+    assert (self);
+    assert (entry);
+    s_key_t *key = (s_key_t *) zhashx_lookup (self->keys, entry->hash);
+    if (!entry->known || !key || key->generation != entry->generation
+    ||  key->window_start != entry->window_start)
+        return -1;
+    //  Totals under what this instance pushed: the store lost the window
+    //  (a restart without persistence, an eviction) and holds only this
+    //  push of ours. The rest goes again with the next.
+    if (entry->total_requests < key->pushed_requests + entry->add_requests)
+        key->pushed_requests = entry->add_requests;
+    else
+        key->pushed_requests += entry->add_requests;
+    if (entry->total_tokens < key->pushed_tokens + entry->add_tokens)
+        key->pushed_tokens = entry->add_tokens;
+    else
+        key->pushed_tokens += entry->add_tokens;
+    key->shared_requests = entry->total_requests;
+    key->shared_tokens = entry->total_tokens;
+    return 0;
+}
+
 static int
 s_evaluate (zg_keys_t *self, s_key_t *key, const char *hash, const char *presented_key,
             const char *model, int64_t now, zg_keys_verdict_t *verdict)
@@ -785,9 +947,11 @@ s_evaluate (zg_keys_t *self, s_key_t *key, const char *hash, const char *present
         return -1;
     }
 
-    bool window_open = key->window_start && now - key->window_start < ZG_KEYS_WINDOW;
+    bool window_open = s_window_open (key, now);
     int64_t window_end = key->window_start + ZG_KEYS_WINDOW;
-    if (window_open && record->rpm_limit >= 0 && key->window_requests >= record->rpm_limit) {
+    int64_t requests, tokens;
+    s_window_counts (key, now, &requests, &tokens);
+    if (window_open && record->rpm_limit >= 0 && requests >= record->rpm_limit) {
         s_rate_limited (verdict, ZG_KEYS_OVER_RPM, record->token, "requests",
                         record->rpm_limit, window_end, now);
         return -1;
@@ -798,7 +962,7 @@ s_evaluate (zg_keys_t *self, s_key_t *key, const char *hash, const char *present
         return -1;
     }
     if (record->tpm_limit >= 0
-    &&  (window_open ? key->window_tokens : 0) >= record->tpm_limit) {
+    &&  tokens >= record->tpm_limit) {
         s_rate_limited (verdict, ZG_KEYS_OVER_TPM, record->token, "tokens", record->tpm_limit,
                         window_open ? window_end : now + ZG_KEYS_WINDOW, now);
         return -1;
@@ -836,11 +1000,7 @@ zg_keys_admit (zg_keys_t *self, const char *hash, const char *presented_key,
     s_key_t *key = hash ? (s_key_t *) zhashx_lookup (self->keys, hash) : NULL;
     int rc = s_evaluate (self, key, hash, presented_key, model, now, verdict);
     if (rc == 0 && key) {
-        if (!key->window_start || now - key->window_start >= ZG_KEYS_WINDOW) {
-            key->window_start = now;
-            key->window_requests = 0;
-            key->window_tokens = 0;
-        }
+        s_window_roll (self, key, now);
         key->window_requests++;
         key->in_flight++;
         memcpy (ticket->hash, key->record.token, ZG_KEYS_HASH_HEX + 1);
@@ -888,11 +1048,7 @@ zg_keys_record_usage (zg_keys_t *self, const char *hash, int64_t tokens, double 
         cost = 0;                       //  negative or NaN cost from a bad upstream
     zg_key_record_t *record = &key->record;
     s_budget_roll (key, now);
-    if (!key->window_start || now - key->window_start >= ZG_KEYS_WINDOW) {
-        key->window_start = now;
-        key->window_requests = 0;
-        key->window_tokens = 0;
-    }
+    s_window_roll (self, key, now);
     key->window_tokens += tokens;
     record->spend += cost;
     s_budget_t *user = s_budget_require (self, ZG_KEYS_FOR_USER, record->user_id);
@@ -947,9 +1103,8 @@ zg_keys_headers (zg_keys_t *self, const char *hash, int64_t now, char *buf, size
     if (!key)
         return 0;
     const zg_key_record_t *record = &key->record;
-    bool window_open = key->window_start && now - key->window_start < ZG_KEYS_WINDOW;
-    int64_t requests = window_open ? key->window_requests : 0;
-    int64_t tokens = window_open ? key->window_tokens : 0;
+    int64_t requests, tokens;
+    s_window_counts (key, now, &requests, &tokens);
     //  Spelled here rather than by printf: this runs for every answer
     char number [40];
     size_t used = 0;
@@ -1127,6 +1282,180 @@ s_test_hash_of (int seed, char hash [ZG_KEYS_HASH_HEX + 1])
     char text [32];
     snprintf (text, sizeof (text), "test-key-%d", seed);
     zg_keys_hash (text, hash);
+}
+
+//  A stand-in for Redis: the shared totals of one key's window
+typedef struct {
+    int64_t window;
+    int64_t requests;
+    int64_t tokens;
+} s_test_store_t;
+
+//  One sync of a table against the store (up), or against a store that
+//  does not answer; returns the entries taken
+static size_t
+s_test_sync (zg_keys_t *keys, s_test_store_t *store, int64_t now, bool up)
+{
+    zg_keys_sync_t entries [4];
+    size_t count = zg_keys_sync_take (keys, now, entries, 4);
+    for (size_t index = 0; index < count && up; index++) {
+        zg_keys_sync_t *entry = &entries [index];
+        if (entry->window_start != store->window) {
+            store->window = entry->window_start;
+            store->requests = store->tokens = 0;
+        }
+        store->requests += entry->add_requests;
+        store->tokens += entry->add_tokens;
+        entry->total_requests = store->requests;
+        entry->total_tokens = store->tokens;
+        entry->known = true;
+        ZG_CHECK (zg_keys_sync_learn (keys, entry) == 0);
+    }
+    return count;
+}
+
+static int
+s_test_admit (zg_keys_t *keys, const char *hash, int64_t now, zg_keys_verdict_t *verdict)
+{
+    zg_keys_ticket_t ticket;
+    int rc = zg_keys_admit (keys, hash, NULL, "gpt-4o", now, verdict, &ticket);
+    zg_keys_finish (keys, &ticket);
+    return rc;
+}
+
+//  Two instances sharing one store: local counts plus the others' as
+//  last synced, windows aligned and rolling over, the store down or lost
+static void
+s_test_shared (int64_t now)
+{
+    zg_keys_t *first = zg_keys_new (0, 0);
+    zg_keys_t *second = zg_keys_new (0, 0);
+    ZG_CHECK (first && second);
+    zg_keys_set_shared (first, true);
+    zg_keys_set_shared (second, true);
+    char hash [ZG_KEYS_HASH_HEX + 1], free_hash [ZG_KEYS_HASH_HEX + 1];
+    s_test_hash_of (7001, hash);
+    s_test_hash_of (7002, free_hash);
+    zg_key_record_t record = s_test_record (hash);
+    record.rpm_limit = 10;
+    record.tpm_limit = 1000;
+    ZG_CHECK (zg_keys_upsert (first, &record) == 0);
+    ZG_CHECK (zg_keys_upsert (second, &record) == 0);
+    zg_key_record_t unlimited = s_test_record (free_hash);
+    ZG_CHECK (zg_keys_upsert (first, &unlimited) == 0);
+    s_test_store_t store = { 0, 0, 0 };
+    zg_keys_verdict_t verdict;
+    char buf [512];
+
+    //  The window is the minute that holds the first request, on both
+    const int64_t window = now + 600;       //  now is on a minute
+    int64_t at = window + 7;
+    for (int count = 0; count < 3; count++)
+        ZG_CHECK (s_test_admit (first, hash, at, &verdict) == 0);
+    for (int count = 0; count < 2; count++)
+        ZG_CHECK (s_test_admit (second, hash, at, &verdict) == 0);
+    //  A key without limits is never synced
+    ZG_CHECK (s_test_admit (first, free_hash, at, &verdict) == 0);
+    ZG_CHECK (zg_keys_headers (first, hash, at, buf, sizeof (buf)) > 0);
+    ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 7\r\n"));
+
+    //  Syncs: the store adds up, each learns the others' part
+    ZG_CHECK (s_test_sync (first, &store, at, true) == 1);
+    ZG_CHECK (store.window == window && store.requests == 3);
+    ZG_CHECK (s_test_sync (second, &store, at, true) == 1);
+    ZG_CHECK (store.requests == 5);
+    ZG_CHECK (zg_keys_headers (second, hash, at, buf, sizeof (buf)) > 0);
+    ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 5\r\n"));
+    //  Nothing new here: the totals are learned all the same
+    ZG_CHECK (s_test_sync (first, &store, at, true) == 1);
+    ZG_CHECK (store.requests == 5);
+    ZG_CHECK (zg_keys_headers (first, hash, at, buf, sizeof (buf)) > 0);
+    ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 5\r\n"));
+
+    //  The first admits up to the shared limit, then refuses till the
+    //  window's end
+    for (int count = 0; count < 5; count++)
+        ZG_CHECK (s_test_admit (first, hash, at + 1, &verdict) == 0);
+    ZG_CHECK (s_test_admit (first, hash, at + 1, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_OVER_RPM && verdict.retry_after == 60 - 8);
+    //  The second has not heard yet: it admits (the bounded overshoot)
+    //  until a sync tells it
+    ZG_CHECK (s_test_admit (second, hash, at + 1, &verdict) == 0);
+    ZG_CHECK (s_test_sync (first, &store, at + 1, true) == 1);
+    ZG_CHECK (s_test_sync (second, &store, at + 1, true) == 1);
+    ZG_CHECK (store.requests == 11);
+    ZG_CHECK (s_test_admit (second, hash, at + 1, &verdict) == -1);
+    ZG_CHECK (verdict.reason == ZG_KEYS_OVER_RPM);
+    ZG_CHECK (zg_keys_check (second, hash, NULL, "gpt-4o", at + 1, &verdict) == -1);
+
+    //  Tokens likewise
+    ZG_CHECK (zg_keys_record_usage (first, hash, 600, 0, at + 2) == 0);
+    ZG_CHECK (zg_keys_record_usage (second, hash, 300, 0, at + 2) == 0);
+    ZG_CHECK (s_test_sync (first, &store, at + 2, true) == 1);
+    ZG_CHECK (s_test_sync (second, &store, at + 2, true) == 1);
+    ZG_CHECK (store.tokens == 900);
+    ZG_CHECK (zg_keys_headers (second, hash, at + 2, buf, sizeof (buf)) > 0);
+    ZG_CHECK (strstr (buf, "x-ratelimit-remaining-tokens: 100\r\n"));
+    ZG_CHECK (zg_keys_record_usage (second, hash, 100, 0, at + 2) == 0);
+    ZG_CHECK (zg_keys_headers (second, hash, at + 2, buf, sizeof (buf)) > 0);
+    ZG_CHECK (strstr (buf, "x-ratelimit-remaining-tokens: 0\r\n"));
+
+    //  The next minute starts from zero everywhere, whatever was pushed;
+    //  a batch taken in the old window is not learned in the new one
+    zg_keys_sync_t stale [4];
+    ZG_CHECK (zg_keys_sync_take (first, at + 2, stale, 4) == 1);
+    at = window + 60;
+    ZG_CHECK (s_test_admit (first, hash, at, &verdict) == 0);
+    stale [0].known = true;
+    stale [0].total_requests = stale [0].total_tokens = 1000000;
+    ZG_CHECK (zg_keys_sync_learn (first, &stale [0]) == -1);
+    ZG_CHECK (zg_keys_headers (first, hash, at, buf, sizeof (buf)) > 0);
+    ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 9\r\n"));
+    ZG_CHECK (strstr (buf, "x-ratelimit-remaining-tokens: 1000\r\n"));
+    //  The second's window is over: it is no longer synced
+    ZG_CHECK (s_test_sync (second, &store, at, true) == 0);
+    ZG_CHECK (zg_keys_check (second, hash, NULL, "gpt-4o", at, &verdict) == 0);
+    ZG_CHECK (s_test_sync (first, &store, at, true) == 1);
+    ZG_CHECK (store.window == window + 60 && store.requests == 1 && store.tokens == 0);
+
+    //  The store down: counts stay local, taken again until it answers
+    ZG_CHECK (s_test_admit (first, hash, at + 1, &verdict) == 0);
+    ZG_CHECK (s_test_sync (first, &store, at + 1, false) == 1);
+    ZG_CHECK (s_test_admit (first, hash, at + 1, &verdict) == 0);
+    zg_keys_sync_t entries [4];
+    ZG_CHECK (zg_keys_sync_take (first, at + 1, entries, 4) == 1);
+    ZG_CHECK (entries [0].add_requests == 2 && entries [0].window_start == window + 60);
+    ZG_CHECK (zg_keys_sync_learn (first, &entries [0]) == -1);     //  not known
+    ZG_CHECK (s_test_sync (first, &store, at + 1, true) == 1);
+    ZG_CHECK (store.requests == 3);
+    //  The store lost the window (restarted): everything is pushed again
+    store.requests = store.tokens = 0;
+    ZG_CHECK (s_test_admit (first, hash, at + 2, &verdict) == 0);
+    ZG_CHECK (s_test_sync (first, &store, at + 2, true) == 1);
+    ZG_CHECK (store.requests == 1);
+    ZG_CHECK (s_test_sync (first, &store, at + 2, true) == 1);
+    ZG_CHECK (store.requests == 4);
+
+    //  More keys than a round takes: they take turns
+    char other [ZG_KEYS_HASH_HEX + 1];
+    s_test_hash_of (7003, other);
+    record.token = other;
+    ZG_CHECK (zg_keys_upsert (first, &record) == 0);
+    ZG_CHECK (s_test_admit (first, other, at + 2, &verdict) == 0);
+    ZG_CHECK (zg_keys_sync_take (first, at + 2, entries, 1) == 1);
+    char taken [ZG_KEYS_HASH_HEX + 1];
+    memcpy (taken, entries [0].hash, sizeof (taken));
+    ZG_CHECK (zg_keys_sync_take (first, at + 2, entries, 1) == 1);
+    ZG_CHECK (strcmp (taken, entries [0].hash) != 0);
+    //  A key removed and made again is listed once
+    ZG_CHECK (zg_keys_remove (first, other) == 0);
+    ZG_CHECK (zg_keys_upsert (first, &record) == 0);
+    ZG_CHECK (s_test_admit (first, other, at + 2, &verdict) == 0);
+    ZG_CHECK (zg_keys_sync_take (first, at + 2, entries, 4) == 2);
+    ZG_CHECK (strcmp (entries [0].hash, entries [1].hash) != 0);
+
+    zg_keys_destroy (&first);
+    zg_keys_destroy (&second);
 }
 
 void
@@ -1666,6 +1995,8 @@ zg_keys_test (bool verbose)
     }
     ZG_CHECK (zg_keys_size (keys) == 500);
     zg_keys_destroy (&keys);
+
+    s_test_shared (now);
 
     if (verbose)
         printf ("OK\n");

@@ -207,6 +207,48 @@ int zg_keys_record_usage (zg_keys_t *self, const char *hash, int64_t tokens, dou
 int zg_keys_headers (zg_keys_t *self, const char *hash, int64_t now, char *buf, size_t size);
 
 //  ---------------------------------------------------------------------
+//  Rate limits shared by instances (through Redis, by the caller)
+//
+//  With shared counting on, windows start on multiples of ZG_KEYS_WINDOW
+//  of unix time, the same for every instance. Each sync interval the
+//  caller takes what the keys counted since their last push
+//  (zg_keys_sync_take), adds it to the shared totals (Redis), and hands
+//  back the totals (zg_keys_sync_learn). Checks count this instance's
+//  requests and tokens of the window plus what the others had counted
+//  at the last sync: a key can overshoot its limit by what the other
+//  instances admit within one sync (interval and round trip). When no
+//  totals come back, counts stay local and are pushed once Redis answers.
+
+//  One key's window between the table and the shared totals
+typedef struct {
+    char     hash [ZG_KEYS_HASH_HEX + 1];
+    uint64_t generation;        //  which life of the key
+    int64_t  window_start;      //  unix seconds, a multiple of ZG_KEYS_WINDOW
+    int64_t  add_requests;      //  counted here since the last push
+    int64_t  add_tokens;
+    int64_t  total_requests;    //  the shared totals once added (set by the caller)
+    int64_t  total_tokens;
+    bool     known;             //  the caller set the totals
+} zg_keys_sync_t;
+
+//  Shared counting on or off (off by default: windows open with a key's
+//  first request, as the reference's). Set before the first request.
+void zg_keys_set_shared (zg_keys_t *self, bool shared);
+
+//  Fill at most max entries with the keys counted in during their open
+//  window (with an rpm or tpm limit), the increments since their last
+//  learned push; keys whose window is over are dropped. Takes the
+//  rest in later calls when there are more than max. Only one batch may be
+//  out at a time: learn (or drop) it before taking again. Returns the count.
+size_t zg_keys_sync_take (zg_keys_t *self, int64_t now, zg_keys_sync_t *entries, size_t max);
+
+//  The shared totals of an entry taken: its increments are now pushed.
+//  Totals under what this instance pushed mean the shared store lost the
+//  window: what it pushed before goes again next time. -1 when
+//  the entry is not known, or its key is gone or in another window.
+int zg_keys_sync_learn (zg_keys_t *self, const zg_keys_sync_t *entry);
+
+//  ---------------------------------------------------------------------
 //  Unknown keys
 
 //  Whether to ask the database about a hash the table does not have. The
