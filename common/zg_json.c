@@ -764,6 +764,27 @@ zg_json_double (const char *text, const zg_json_span_t *span, double *out)
     return true;
 }
 
+//  1 for the bytes a JSON string takes as they are: printable ASCII but
+//  the quote and the backslash
+static const uint8_t s_plain [256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
 int
 zg_json_quote (const char *s, char *out, size_t size)
 {
@@ -782,11 +803,10 @@ zg_json_quote (const char *s, char *out, size_t size)
     size_t length = strlen (s);
     while (pos < length) {
         unsigned char c = text [pos];
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+        if (s_plain [c]) {
             //  A run of what needs no escape goes in one copy
             size_t end = pos + 1;
-            while (end < length && text [end] >= 0x20 && text [end] < 0x80
-               &&  text [end] != '"' && text [end] != '\\')
+            while (end < length && s_plain [text [end]])
                 end++;
             s_PUT (text + pos, end - pos);
             pos = end;

@@ -53,6 +53,19 @@ static const long double s_powers [S_POWER_MAX + 1] = {
 
 enum { S_NO = 0, S_YES = 1, S_UNSURE = -1 };
 
+#define S_FRACTION_BITS ((UINT64_C (1) << 52) - 1)
+
+//  2^exponent, for an exponent where doubles are normal
+static inline long double
+s_power_of_two (int exponent)
+{
+    assert (exponent >= -1022 && exponent <= 1023);
+    uint64_t bits = (uint64_t) (exponent + 1023) << 52;
+    double value;
+    memcpy (&value, &bits, sizeof (value));
+    return value;
+}
+
 //  value (> 0) rounded to precision digits, as printf rounds it: the
 //  digits as an integer and the power of ten of the first; S_YES when they
 //  read back to value, S_NO when not, S_UNSURE when 80 bits cannot tell
@@ -61,10 +74,16 @@ static int
 s_fast_digits (double value, int precision, uint64_t *integer, int *exponent)
 {
 #if S_FAST
-    int binary;
-    if (frexp (value, &binary) == 0.5 || value < DBL_MIN)
+    //  value = 1.f x 2^(binary - 1): at 1.0 exactly (a power of two) the
+    //  unit below is half the unit above
+    uint64_t bits;
+    memcpy (&bits, &value, sizeof (bits));
+    if ((bits & S_FRACTION_BITS) == 0 || value < DBL_MIN)
         return S_UNSURE;
-    int guess = (int) floor (log10 (value));
+    int binary = (int) (bits >> 52 & 0x7ff) - 1022;
+    //  log10 (value) lies in [(binary - 1) log10 (2), binary log10 (2)):
+    //  this is its floor or one less, put right below
+    int guess = (int) floor ((binary - 1) * 0.30102999566398120);
     const long double low = s_powers [precision - 1];
     const long double high = s_powers [precision];
     //  Twice the rounding error of scaled, which is below high
@@ -90,8 +109,8 @@ s_fast_digits (double value, int precision, uint64_t *integer, int *exponent)
             guess--;
             continue;
         }
-        long double half_unit = scale >= 0 ? ldexpl (s_powers [scale], binary - 54)
-                                           : ldexpl (1.0L, binary - 54) / s_powers [-scale];
+        long double half_unit = scale >= 0 ? s_power_of_two (binary - 54) * s_powers [scale]
+                                           : s_power_of_two (binary - 54) / s_powers [-scale];
         long double distance = fabsl (rounded - scaled);
         *integer = (uint64_t) rounded;
         *exponent = guess;

@@ -85,7 +85,6 @@ typedef struct {
     int64_t   interval_ms;
     int64_t   heartbeat_ms;
     int64_t   next_heartbeat;
-    char     *record;           //  RECORD_MAX bytes, for rendering
 } spend_t;
 
 static const char *s_write_sql =
@@ -310,13 +309,12 @@ s_send_to (spend_t *self, peer_t *peer, int type, uint64_t seq)
     zg_msg_reset (out, 0);
 }
 
+//  Renders the record at the end of the batch, which keeps room for the
+//  largest one
 static int
 s_hold (spend_t *self, const zg_msg_t *record)
 {
-    int size = zg_spend_render (record, self->record, RECORD_MAX);
-    if (size < 0)
-        return -1;
-    size_t need = self->batch_used + (size_t) size + 2;
+    size_t need = self->batch_used + RECORD_MAX + 2;
     if (need > self->batch_size) {
         size_t grown = self->batch_size? self->batch_size * 2: 65536;
         while (grown < need)
@@ -327,11 +325,15 @@ s_hold (spend_t *self, const zg_msg_t *record)
         self->batch = batch;
         self->batch_size = grown;
     }
+    size_t start = self->batch_used + (self->batch_used? 1: 0);
+    int size = zg_spend_render (record, self->batch + start, RECORD_MAX);
+    if (size < 0) {
+        self->batch [self->batch_used] = 0;
+        return -1;
+    }
     if (self->batch_used)
-        self->batch [self->batch_used++] = ',';
-    memcpy (self->batch + self->batch_used, self->record, (size_t) size);
-    self->batch_used += (size_t) size;
-    self->batch [self->batch_used] = 0;
+        self->batch [self->batch_used] = ',';
+    self->batch_used = start + (size_t) size;
     self->held++;
     return 0;
 }
@@ -613,11 +615,9 @@ zg_spend_run (const zg_config_t *config, const char *endpoint)
     self.interval_ms = config->proxy_batch_write_at > 0
                      ? (int64_t) (config->proxy_batch_write_at * 1000): 10000;
     self.heartbeat_ms = config->heartbeat_ms > 0? config->heartbeat_ms: 1000;
-    self.record = (char *) malloc (RECORD_MAX);
     self.peers = zhashx_new ();
     self.socket = zsock_new (ZMQ_ROUTER);
-    if (!self.record || !self.peers || !self.socket) {
-        free (self.record);
+    if (!self.peers || !self.socket) {
         zhashx_destroy (&self.peers);
         zsock_destroy (&self.socket);
         return 1;
@@ -692,7 +692,6 @@ zg_spend_run (const zg_config_t *config, const char *endpoint)
     zhashx_destroy (&self.peers);
     zsock_destroy (&self.socket);
     free (self.batch);
-    free (self.record);
     return rc;
 }
 
