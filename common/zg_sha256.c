@@ -20,14 +20,41 @@
 //  The implementation, looked up once: EVP_sha256 () alone makes every
 //  digest look it up again among the providers, which costs more than
 //  hashing a key (the frontend hashes the key of every request). Kept for
-//  the life of the process.
+//  the life of the process. Each thread keeps a digest context too, where
+//  EVP_Digest would allocate, set up and free one per digest.
 static EVP_MD *s_fetched;
+static pthread_key_t s_context_key;
+static bool s_context_key_made;
 static pthread_once_t s_fetched_once = PTHREAD_ONCE_INIT;
+
+static void
+s_context_free (void *context)
+{
+    EVP_MD_CTX_free ((EVP_MD_CTX *) context);
+}
 
 static void
 s_fetch (void)
 {
     s_fetched = EVP_MD_fetch (NULL, "SHA256", NULL);
+    s_context_key_made = pthread_key_create (&s_context_key, s_context_free) == 0;
+}
+
+//  This thread's context, or NULL when it cannot have one
+static EVP_MD_CTX *
+s_context (void)
+{
+    if (!s_context_key_made)
+        return NULL;
+    EVP_MD_CTX *context = (EVP_MD_CTX *) pthread_getspecific (s_context_key);
+    if (!context) {
+        context = EVP_MD_CTX_new ();
+        if (context && pthread_setspecific (s_context_key, context) != 0) {
+            EVP_MD_CTX_free (context);
+            context = NULL;
+        }
+    }
+    return context;
 }
 
 void
@@ -37,9 +64,14 @@ zg_sha256_hex (const void *data, size_t size, char hex [2 * ZG_SHA256_SIZE + 1])
     uint8_t digest [ZG_SHA256_SIZE];
     unsigned int length = 0;
     pthread_once (&s_fetched_once, s_fetch);
-    int rc = EVP_Digest (data, size, digest, &length,
-                         s_fetched ? s_fetched : EVP_sha256 (), NULL);
-    assert (rc == 1 && length == ZG_SHA256_SIZE);
+    const EVP_MD *md = s_fetched ? s_fetched : EVP_sha256 ();
+    EVP_MD_CTX *context = s_context ();
+    int rc = context
+           ? EVP_DigestInit_ex2 (context, md, NULL) == 1
+             && EVP_DigestUpdate (context, data, size) == 1
+             && EVP_DigestFinal_ex (context, digest, &length) == 1
+           : EVP_Digest (data, size, digest, &length, md, NULL) == 1;
+    assert (rc && length == ZG_SHA256_SIZE);
     (void) rc;
     for (size_t index = 0; index < ZG_SHA256_SIZE; index++) {
         hex [2 * index] = digits [digest [index] >> 4];
