@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU time of every zgate thread per request, A/B between builds.
 
-    bench/cpu.py [--rounds 3] [--seconds 4] [--scenario chat] [--vkey] BUILD [BUILD...]
+    bench/cpu.py [--rounds 3] [--seconds 4] [--scenario chat] [--vkey] [vkey:]BUILD [...]
 
 Each BUILD is a build directory (zgate and fakeupstream/fake_upstream in
 it) or a directory holding both binaries. For each, a fake upstream and a
@@ -14,7 +14,7 @@ involuntary context switches, and divides by the requests wrk counted.
 requests/s move with whatever else runs on the machine; CPU per request
 much less, which is what makes a change of a microsecond visible.
 
-With --vkey, each zgate gets a database of its own on one PostgreSQL (the
+With --vkey (or for a BUILD given as vkey:BUILD), each zgate gets a database of its own on one PostgreSQL (the
 end-to-end tests' tests/e2e/zgpg.py, pinned to CPU 1 with wrk as bench/run.sh
 places it) and spend logging on (proxy_batch_write_at: 1), and is called
 with a virtual key made through its /key/generate: the vkey target of
@@ -146,8 +146,9 @@ def snapshot(pids):
 class Target:
     """A fake upstream and a zgate in front of it, both on CPU 0"""
 
-    def __init__(self, build, work, database_url=None):
-        self.build = build
+    def __init__(self, name, work, database_url=None):
+        self.build = name
+        build = name[len("vkey:"):] if name.startswith("vkey:") else name
         self.groups = []
         self.key = MASTER_KEY
         self.requests = 0
@@ -251,10 +252,11 @@ def main():
     results = {build: [] for build in args.builds}
     pg = None
     try:
-        if args.vkey:
+        if args.vkey or any(build.startswith("vkey:") for build in args.builds):
             pg = start_postgres(work)
         for number, build in enumerate(args.builds):
-            url = pg.create_database("zgcpu%d" % number) if pg else None
+            vkey = args.vkey or build.startswith("vkey:")
+            url = pg.create_database("zgcpu%d" % number) if vkey else None
             targets.append(Target(build, work, url))
         for round_number in range(1, args.rounds + 1):
             for target in targets:
@@ -295,7 +297,8 @@ def main():
                          if value >= 0.05)))
         if pg:
             for number, target in enumerate(targets):
-                check_spend_rows(pg, "zgcpu%d" % number, target)
+                if target.key != MASTER_KEY:
+                    check_spend_rows(pg, "zgcpu%d" % number, target)
     finally:
         for target in targets:
             target.stop()
