@@ -107,6 +107,38 @@ s_utf8_sequence (const unsigned char *data, size_t size, size_t pos)
     return length;
 }
 
+//  Bytes that hold none of the eight bytes of a word: the usual bit
+//  tricks, exact for "is there any" (a carry can only misplace which)
+#define S_ONES          0x0101010101010101ULL
+#define S_HIGHS         0x8080808080808080ULL
+#define S_ANY_ZERO(word)        (((word) - S_ONES) & ~(word) & S_HIGHS)
+#define S_ANY_BYTE(word, byte)  S_ANY_ZERO ((word) ^ (S_ONES * (byte)))
+
+static inline uint64_t
+s_word (const unsigned char *data)
+{
+    uint64_t word;
+    memcpy (&word, data, sizeof (word));
+    return word;
+}
+
+//  Skips, eight at a time, the bytes of a string that need no look of
+//  their own: printable ASCII other than the quote and the backslash.
+//  Strings (message text above all) are most of a body's bytes.
+static inline size_t
+s_plain_run (const unsigned char *data, size_t size, size_t pos)
+{
+    while (size - pos >= 8) {
+        uint64_t word = s_word (data + pos);
+        if ((word & S_HIGHS)
+        ||  ((word - S_ONES * 0x20) & ~word & S_HIGHS)     //  a control character
+        ||  S_ANY_BYTE (word, '"') || S_ANY_BYTE (word, '\\'))
+            break;
+        pos += 8;
+    }
+    return pos;
+}
+
 //  Validates the string that opens at data[pos] ('"'). Returns the offset
 //  just past the closing quote, or s_NOT_FOUND with *bad at the first bad
 //  byte.
@@ -115,6 +147,9 @@ s_scan_string (const unsigned char *data, size_t size, size_t pos, size_t *bad)
 {
     pos++;
     while (pos < size) {
+        pos = s_plain_run (data, size, pos);
+        if (pos >= size)
+            break;
         unsigned char c = data [pos];
         if (c == '"')
             return pos + 1;
@@ -235,14 +270,24 @@ s_scan_literal (const unsigned char *data, size_t size, size_t pos, const char *
     return pos;
 }
 
-bool
-zg_json_valid (const char *text, size_t size, size_t *error_at)
+static bool s_key_equals (const unsigned char *data, size_t start, size_t end, const char *key);
+static zg_json_type_t s_type_of (unsigned char c);
+
+//  The validator; with count > 0 it also notes the top-level members that
+//  keys ask for (see zg_json_valid_find)
+static bool
+s_validate (const char *text, size_t size, size_t *error_at,
+            const char *const *keys, zg_json_span_t *spans, size_t count)
 {
     const unsigned char *data = (const unsigned char *) text;
     unsigned char stack [ZG_JSON_MAX_DEPTH];    //  '{' or '[' per open container
     size_t depth = 0;
     size_t bad = 0;
     size_t pos = 0;
+    size_t wanted = count;          //  the key of the top-level member being read, if asked for
+    size_t key_offset = 0;          //  of the wanted member
+    size_t key_start = 0;           //  of the member being read, at any depth
+    size_t value_offset = 0;
     if (!data && size > 0)
         goto invalid;
     pos = s_skip_space (data, size, pos);
@@ -252,6 +297,8 @@ value:
         bad = size;
         goto invalid;
     }
+    if (wanted < count && depth == 1)
+        value_offset = pos;
     switch (data [pos]) {
         case '{':
         case '[':
@@ -293,6 +340,13 @@ value:
         goto invalid;
 
 after_value:
+    if (wanted < count && depth == 1) {
+        spans [wanted].type = s_type_of (data [value_offset]);
+        spans [wanted].offset = value_offset;
+        spans [wanted].length = pos - value_offset;
+        spans [wanted].key_offset = key_offset;
+        wanted = count;
+    }
     pos = s_skip_space (data, size, pos);
     if (depth == 0) {
         if (pos == size)
@@ -323,9 +377,17 @@ member:
         bad = pos < size? pos: size;
         goto invalid;
     }
+    key_start = pos;
     pos = s_scan_string (data, size, pos, &bad);
     if (pos == s_NOT_FOUND)
         goto invalid;
+    if (count && depth == 1) {
+        for (wanted = 0; wanted < count; wanted++)
+            if (spans [wanted].type == ZG_JSON_NONE
+            &&  s_key_equals (data, key_start + 1, pos - 1, keys [wanted]))
+                break;
+        key_offset = key_start;
+    }
     pos = s_skip_space (data, size, pos);
     if (pos >= size || data [pos] != ':') {
         bad = pos;
@@ -337,7 +399,25 @@ member:
 invalid:
     if (error_at)
         *error_at = bad;
+    for (size_t index = 0; index < count; index++)
+        spans [index] = (zg_json_span_t) { .type = ZG_JSON_NONE };
     return false;
+}
+
+bool
+zg_json_valid (const char *text, size_t size, size_t *error_at)
+{
+    return s_validate (text, size, error_at, NULL, NULL, 0);
+}
+
+bool
+zg_json_valid_find (const char *text, size_t size, size_t *error_at,
+                    const char *const *keys, zg_json_span_t *spans, size_t count)
+{
+    assert (count == 0 || (keys && spans));
+    for (size_t index = 0; index < count; index++)
+        spans [index] = (zg_json_span_t) { .type = ZG_JSON_NONE };
+    return s_validate (text, size, error_at, keys, spans, count);
 }
 
 
@@ -351,7 +431,15 @@ s_skip_string (const unsigned char *data, size_t size, size_t pos)
 {
     pos++;
     while (pos < size) {
-        //  memchr-like scan for the next quote or backslash
+        //  Eight bytes at a time to the next quote or backslash
+        while (size - pos >= 8) {
+            uint64_t word = s_word (data + pos);
+            if (S_ANY_BYTE (word, '"') || S_ANY_BYTE (word, '\\'))
+                break;
+            pos += 8;
+        }
+        if (pos >= size)
+            break;
         unsigned char c = data [pos];
         if (c == '"')
             return pos + 1;
@@ -915,10 +1003,90 @@ s_exercise_finders (const char *data, size_t size)
     }
 }
 
+//  zg_json_valid_find says what zg_json_valid and zg_json_find say
+static void
+s_check_valid_find (const char *data, size_t size)
+{
+    static const char *const keys [] = { "model", "a", "stream_options", "usage", "x", "",
+                                         "choices", "stream" };
+    const size_t count = sizeof (keys) / sizeof (keys [0]);
+    zg_json_span_t spans [sizeof (keys) / sizeof (keys [0])];
+    size_t where = 0, where_too = 0;
+    bool valid = zg_json_valid (data, size, &where);
+    ZG_CHECK (zg_json_valid_find (data, size, &where_too, keys, spans, count) == valid);
+    for (size_t index = 0; index < count; index++) {
+        if (!valid) {
+            ZG_CHECK (where == where_too && spans [index].type == ZG_JSON_NONE);
+            continue;
+        }
+        zg_json_span_t span;
+        if (zg_json_find (data, size, keys [index], &span))
+            ZG_CHECK (spans [index].type == span.type && spans [index].offset == span.offset
+                   && spans [index].length == span.length
+                   && spans [index].key_offset == span.key_offset);
+        else
+            ZG_CHECK (spans [index].type == ZG_JSON_NONE);
+    }
+}
+
 void
 zg_json_test (bool verbose)
 {
     printf (" * zg_json: ");
+
+    //  Strings are skipped eight bytes at a time: whatever needs a look
+    //  of its own is seen at every position of a word
+    {
+        static const struct {
+            const char *bytes;
+            bool valid;
+        } specials [] = {
+            { "\\\"", true }, { "\\\\", true }, { "\\u00e9", true }, { "\xc3\xa9", true },
+            { "\x01", false }, { "\x1f", false }, { "\x7f", true }, { "\xff", false },
+            { "\"", false }, { " ", true }
+        };
+        char doc [128];
+        for (size_t special = 0; special < sizeof (specials) / sizeof (specials [0]); special++)
+            for (int before = 0; before < 20; before++)
+                for (int after = 0; after < 12; after++) {
+                    int size = snprintf (doc, sizeof (doc), "{\"k\":\"%.*s%s%.*s\",\"z\":1}",
+                                         before, "aaaaaaaaaaaaaaaaaaaaaaaa",
+                                         specials [special].bytes,
+                                         after, "bbbbbbbbbbbbbbbbbbbbbbbbb");
+                    ZG_CHECK (zg_json_valid (doc, (size_t) size, NULL) == specials [special].valid);
+                    s_check_valid_find (doc, (size_t) size);
+                    zg_json_span_t span;
+                    if (specials [special].valid) {
+                        ZG_CHECK (zg_json_find (doc, (size_t) size, "z", &span)
+                               && span.type == ZG_JSON_NUMBER);
+                        ZG_CHECK (zg_json_find (doc, (size_t) size, "k", &span)
+                               && span.length == (size_t) (before + after + 2)
+                                               + strlen (specials [special].bytes));
+                    }
+                }
+    }
+
+    //  One pass, several keys: first member of a name wins, nested members
+    //  and non-objects are not looked into
+    {
+        const char *doc = "{\"stream\":true, \"o\":{\"model\":\"inner\"}, \"model\" : \"gpt\", "
+                          "\"mo\\u0064el\":\"escaped\", \"stream_options\":{\"include_usage\":false}}";
+        static const char *const keys [] = { "model", "stream", "stream_options", "absent" };
+        zg_json_span_t spans [4];
+        ZG_CHECK (zg_json_valid_find (doc, strlen (doc), NULL, keys, spans, 4));
+        ZG_CHECK (spans [0].type == ZG_JSON_STRING
+               && strncmp (doc + spans [0].offset, "\"gpt\"", 5) == 0);
+        ZG_CHECK (spans [1].type == ZG_JSON_TRUE && spans [1].length == 4);
+        ZG_CHECK (spans [2].type == ZG_JSON_OBJECT && doc [spans [2].offset + spans [2].length - 1] == '}');
+        ZG_CHECK (spans [3].type == ZG_JSON_NONE);
+        s_check_valid_find (doc, strlen (doc));
+        ZG_CHECK (zg_json_valid_find ("[{\"model\":1}]", 13, NULL, keys, spans, 1)
+               && spans [0].type == ZG_JSON_NONE);
+        ZG_CHECK (!zg_json_valid_find ("{\"model\":1", 10, NULL, keys, spans, 1)
+               && spans [0].type == ZG_JSON_NONE);
+        ZG_CHECK (zg_json_valid_find ("{\"model\":{}}", 12, NULL, keys, spans, 1)
+               && spans [0].type == ZG_JSON_OBJECT && spans [0].length == 2);
+    }
 
     //  Array elements, nested values skipped whole
     {
@@ -1200,6 +1368,7 @@ zg_json_test (bool verbose)
             s_exercise_finders (mutant, size);
         else
             ZG_CHECK (where <= size);
+        s_check_valid_find (mutant, size);
         //  The finders must also stay in bounds on what was not validated
         s_exercise_finders (mutant, size);
     }

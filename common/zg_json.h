@@ -48,6 +48,15 @@ typedef struct {
 //  of the first bad byte.
 bool zg_json_valid (const char *data, size_t size, size_t *error_at);
 
+//  zg_json_valid, and in the same pass the values of keys [0..count) among
+//  the members of the top-level object, into spans [0..count) (the first
+//  member of a name wins, as with zg_json_find; type NONE when absent or
+//  when the document is not an object). One walk over the bytes where
+//  zg_json_valid and a zg_json_find per key took one each. On false the
+//  spans are all NONE.
+bool zg_json_valid_find (const char *data, size_t size, size_t *error_at,
+                         const char *const *keys, zg_json_span_t *spans, size_t count);
+
 //  Find the value of key among the members of the object that starts at
 //  data[0] (after white space); only that object's own members, not
 //  nested ones. Returns false (span->type NONE) if data is not an object or

@@ -2062,16 +2062,17 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
         return s_admin_submit (self, call, body, size);
     }
     size_t error_at = 0;
-    if (!body || size == 0 || !zg_json_valid (body, size, &error_at)) {
+    static const char *const body_keys [] = { "model", "stream", "stream_options" };
+    zg_json_span_t found [3];
+    if (!body || size == 0 || !zg_json_valid_find (body, size, &error_at, body_keys, found, 3)) {
         char message [160];
         snprintf (message, sizeof (message),
                   "Invalid JSON payload: the body is not valid JSON (at byte %zu)", error_at);
         return s_reply_error (self, call, 400, "bad_request_error", message, NULL);
     }
-    zg_json_span_t span;
     if (!call->model [0]) {
-        if (!zg_json_find (body, size, "model", &span) || span.type != ZG_JSON_STRING
-        ||  zg_json_string (body, &span, call->model, sizeof (call->model)) <= 0) {
+        if (found [0].type != ZG_JSON_STRING
+        ||  zg_json_string (body, &found [0], call->model, sizeof (call->model)) <= 0) {
             call->model [0] = 0;
             char message [256];
             snprintf (message, sizeof (message),
@@ -2082,11 +2083,11 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
         }
     }
     call->flags = 0;
-    if (zg_json_find (body, size, "stream", &span) && span.type == ZG_JSON_TRUE)
+    if (found [1].type == ZG_JSON_TRUE)
         call->flags |= ZG_FLAG_STREAM;
-    zg_json_span_t options;
-    if (zg_json_find (body, size, "stream_options", &options) && options.type == ZG_JSON_OBJECT
-    &&  zg_json_find_in (body, size, &options, "include_usage", &span)
+    zg_json_span_t span;
+    if (found [2].type == ZG_JSON_OBJECT
+    &&  zg_json_find_in (body, size, &found [2], "include_usage", &span)
     &&  span.type == ZG_JSON_TRUE)
         call->flags |= ZG_FLAG_CLIENT_USAGE;
 

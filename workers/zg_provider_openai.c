@@ -93,7 +93,9 @@ s_rewrite_body (const zg_deployment_wire_t *deployment, uint32_t flags,
 {
     //  A body that is not a JSON object goes upstream as it is: the
     //  upstream answers it with its own 400, which the client then sees
-    if (!body || size == 0 || !zg_json_valid (body, size, NULL))
+    static const char *const keys [] = { "model", "stream_options" };
+    zg_json_span_t found [2];
+    if (!body || size == 0 || !zg_json_valid_find (body, size, NULL, keys, found, 2))
         return 0;
     zg_json_span_t top = { .type = ZG_JSON_NONE };
     top.offset = s_skip_space (body, size, 0);
@@ -115,8 +117,8 @@ s_rewrite_body (const zg_deployment_wire_t *deployment, uint32_t flags,
         int model_size = zg_json_quote (deployment->upstream_model, model, sizeof (model));
         if (model_size < 0)
             return 0;
-        zg_json_span_t span;
-        if (zg_json_find (body, size, "model", &span)) {
+        const zg_json_span_t span = found [0];
+        if (span.type != ZG_JSON_NONE) {
             if (span.length != (size_t) model_size
             ||  memcmp (body + span.offset, model, span.length) != 0)
                 splices [splice_count++] = (splice_t) {
@@ -134,8 +136,8 @@ s_rewrite_body (const zg_deployment_wire_t *deployment, uint32_t flags,
     //  Usage must always be known, so a stream asks for its usage chunk
     //  even when the client did not (the worker strips it again)
     if ((flags & ZG_FLAG_STREAM) && !(flags & ZG_FLAG_CLIENT_USAGE)) {
-        zg_json_span_t options;
-        if (zg_json_find (body, size, "stream_options", &options)) {
+        const zg_json_span_t options = found [1];
+        if (options.type != ZG_JSON_NONE) {
             if (options.type == ZG_JSON_OBJECT) {
                 zg_json_span_t include;
                 if (zg_json_find_in (body, size, &options, "include_usage", &include)) {
@@ -201,12 +203,12 @@ s_count (const char *data, size_t size, const zg_json_span_t *usage, const char 
     return 0;
 }
 
-//  Read the usage object of an already validated JSON document
+//  Read the usage object (span, found in a validated JSON document)
 static bool
-s_usage_of (const char *data, size_t size, zg_usage_t *usage)
+s_usage_of (const char *data, size_t size, const zg_json_span_t *found, zg_usage_t *usage)
 {
-    zg_json_span_t span;
-    if (!zg_json_find (data, size, "usage", &span) || span.type != ZG_JSON_OBJECT)
+    const zg_json_span_t span = *found;
+    if (span.type != ZG_JSON_OBJECT)
         return false;
     usage->found = true;
     usage->prompt_tokens = s_count (data, size, &span, "prompt_tokens");
@@ -220,9 +222,11 @@ s_usage_of (const char *data, size_t size, zg_usage_t *usage)
 static bool
 s_usage_from_json (const char *body, size_t size, zg_usage_t *usage)
 {
-    if (!body || size == 0 || !zg_json_valid (body, size, NULL))
+    static const char *const keys [] = { "usage" };
+    zg_json_span_t found;
+    if (!body || size == 0 || !zg_json_valid_find (body, size, NULL, keys, &found, 1))
         return false;
-    return s_usage_of (body, size, usage);
+    return s_usage_of (body, size, &found, usage);
 }
 
 static int
@@ -234,14 +238,15 @@ s_usage_from_event (const char *event, size_t size, zg_usage_t *usage)
         return 0;
     //  Most chunks carry no usage at all: a byte search spares them the
     //  JSON scan
+    static const char *const keys [] = { "usage", "choices" };
+    zg_json_span_t found [2];
     if (!memmem (data, data_size, "\"usage\"", 7)
-    ||  !zg_json_valid (data, data_size, NULL)
-    ||  !s_usage_of (data, data_size, usage))
+    ||  !zg_json_valid_find (data, data_size, NULL, keys, found, 2)
+    ||  !s_usage_of (data, data_size, &found [0], usage))
         return 0;
     int result = ZG_PROVIDER_EVENT_USAGE;
-    zg_json_span_t choices;
-    if (zg_json_find (data, data_size, "choices", &choices)
-    &&  choices.type == ZG_JSON_ARRAY
+    const zg_json_span_t choices = found [1];
+    if (choices.type == ZG_JSON_ARRAY
     &&  s_container_empty (data, data_size, &choices))
         result |= ZG_PROVIDER_EVENT_USAGE_ONLY;
     return result;
