@@ -1046,14 +1046,17 @@ s_warn_unimplemented (s_loader_t *self, const char *section, const char *name, y
 }
 
 //  --------------------------------------------------------------------------
-//  Redis. zgate keeps no shared state in Redis: key changes reach the other
-//  instances through PostgreSQL LISTEN/NOTIFY, and rate-limit counters are
-//  per instance. It only watches the server the configuration names, so
-//  that readiness and /metrics say whether it answers.
+//  Redis. zgate keeps the virtual keys' rpm/tpm counters there, shared by
+//  the instances (synced every redis_sync_interval_ms, never on a request's
+//  path), and watches it for readiness and /metrics. Key changes reach the
+//  other instances through PostgreSQL LISTEN/NOTIFY; the reference's other
+//  uses of it (cooldowns, usage-based routing, caching) are not zgate's.
 
-#define s_REDIS_USE "used only to watch Redis for /health/readiness and /metrics; zgate " \
-                    "keeps no shared state there (key changes reach other instances at " \
-                    "once through PostgreSQL LISTEN/NOTIFY; rate-limit counters stay per instance)"
+#define s_REDIS_USE "used for the virtual keys' rpm/tpm limits, counted across the " \
+                    "instances that share this Redis (synced every " \
+                    "zgate_settings.redis_sync_interval_ms; each instance counts alone while " \
+                    "Redis is unreachable), and watched for /health/readiness and /metrics; " \
+                    "max_parallel_requests, deployment cooldowns and routing stay per instance"
 
 static void
 s_redis_clear (s_redis_t *redis)
@@ -1256,7 +1259,7 @@ s_resolve_redis (s_loader_t *self)
     if (self->router_redis.named)
         s_warn_once (self, "router_settings.redis_host (missing)", self->router_redis.node,
                      "router_settings: redis_port or redis_password without redis_host or "
-                     "redis_url: no Redis to watch");
+                     "redis_url: no Redis is used");
     s_redis_t *cache = &self->cache_redis;
     if (!chosen && cache->named) {
         //  As LiteLLM's Redis cache, the environment fills what the file leaves out
@@ -1285,7 +1288,7 @@ s_resolve_redis (s_loader_t *self)
         else
             s_warn_once (self, "litellm_settings.cache_params (no host)", cache->node,
                          "litellm_settings.cache_params: a redis cache with no host (nor "
-                         "REDIS_HOST or REDIS_URL): no Redis to watch");
+                         "REDIS_HOST or REDIS_URL): no Redis is used");
     }
     if (!chosen)
         return 0;
@@ -1499,6 +1502,9 @@ s_load_zgate_settings (s_loader_t *self, yaml_node_t *section)
         if (strcmp (name, "redis_timeout_ms") == 0)
             rc = s_read_int (self, value, key, &config->redis_timeout_ms, 10, 60000);
         else
+        if (strcmp (name, "redis_sync_interval_ms") == 0)
+            rc = s_read_int (self, value, key, &config->redis_sync_interval_ms, 50, 60000);
+        else
             //  Our own section: a typo here is a mistake, not a LiteLLM feature
             rc = s_fail (self, pairs.pairs [index].key, key, "unknown zgate setting");
     }
@@ -1535,6 +1541,7 @@ s_config_new (void)
     self->heartbeat_ms = 1000;
     self->redis_probe_interval_ms = 5000;
     self->redis_timeout_ms = 1000;
+    self->redis_sync_interval_ms = 1000;
     self->redis_port = 6379;
     if (!self->routing_strategy)
         zg_config_destroy (&self);
@@ -1933,6 +1940,7 @@ zg_config_test (bool verbose)
     ZG_CHECK (!config->events_endpoint);
     ZG_CHECK (!config->redis_host && !config->redis_password && config->redis_port == 6379);
     ZG_CHECK (config->redis_probe_interval_ms == 5000 && config->redis_timeout_ms == 1000);
+    ZG_CHECK (config->redis_sync_interval_ms == 1000);
     char events [64];
     zg_config_events_endpoint (config, "/run/zg", events, sizeof (events));
     ZG_CHECK (strcmp (events, "ipc:///run/zg/events.ipc") == 0);
@@ -2011,14 +2019,16 @@ zg_config_test (bool verbose)
         fprintf (stderr, "redis config: %s\n", errbuf);
     ZG_CHECK (config);
     ZG_CHECK (s_count (warnings, "WARNING") == 5);
-    ZG_CHECK (strstr (warnings, "config.yaml:4: router_settings.redis_host is used only to watch "
-                                "Redis for /health/readiness and /metrics; zgate keeps no shared state "
-                                "there (key changes reach other instances at once through PostgreSQL "
-                                "LISTEN/NOTIFY; rate-limit counters stay per instance)"));
-    ZG_CHECK (strstr (warnings, "config.yaml:5: router_settings.redis_port is used only to watch Redis"));
-    ZG_CHECK (strstr (warnings, "config.yaml:6: router_settings.redis_password is used only to watch Redis"));
+    ZG_CHECK (strstr (warnings, "config.yaml:4: router_settings.redis_host is used for the "
+                                "virtual keys' rpm/tpm limits, counted across the instances that "
+                                "share this Redis (synced every zgate_settings.redis_sync_interval_ms; "
+                                "each instance counts alone while Redis is unreachable), and watched "
+                                "for /health/readiness and /metrics; max_parallel_requests, "
+                                "deployment cooldowns and routing stay per instance"));
+    ZG_CHECK (strstr (warnings, "config.yaml:5: router_settings.redis_port is used for the virtual keys' rpm/tpm limits"));
+    ZG_CHECK (strstr (warnings, "config.yaml:6: router_settings.redis_password is used for the virtual keys' rpm/tpm limits"));
     ZG_CHECK (strstr (warnings, "config.yaml:9: litellm_settings.cache is not implemented"));
-    ZG_CHECK (strstr (warnings, "config.yaml:10: litellm_settings.cache_params is used only to watch Redis"));
+    ZG_CHECK (strstr (warnings, "config.yaml:10: litellm_settings.cache_params is used for the virtual keys' rpm/tpm limits"));
     ZG_CHECK (strstr (warnings, "responses are not cached"));
     ZG_CHECK (!strstr (warnings, "hunter2"));
     free (warnings);
@@ -2235,7 +2245,7 @@ zg_config_test (bool verbose)
     ZG_CHECK (strstr (warnings, "config.yaml:19: litellm_settings.num_retries is not implemented"));
     ZG_CHECK (strstr (warnings, "config.yaml:20: litellm_settings.fallbacks is not implemented"));
     ZG_CHECK (strstr (warnings, "config.yaml:21: litellm_settings.success_callback is not implemented"));
-    ZG_CHECK (strstr (warnings, "config.yaml:23: router_settings.redis_url is used only to watch Redis"));
+    ZG_CHECK (strstr (warnings, "config.yaml:23: router_settings.redis_url is used for the virtual keys' rpm/tpm limits"));
     ZG_CHECK (strstr (warnings, "config.yaml:24: router_settings.cooldown_time is not implemented"));
     ZG_CHECK (s_count (warnings, "WARNING") == 15);
     free (warnings);
@@ -2307,7 +2317,7 @@ zg_config_test (bool verbose)
                           &warnings);
     ZG_CHECK (config && !config->redis_host);
     ZG_CHECK (strstr (warnings, "config.yaml:2: router_settings: redis_port or redis_password "
-                                "without redis_host or redis_url: no Redis to watch"));
+                                "without redis_host or redis_url: no Redis is used"));
     free (warnings);
     zg_config_destroy (&config);
     //  A redis cache: its host, else the environment's, as LiteLLM's cache reads it
@@ -2368,6 +2378,11 @@ zg_config_test (bool verbose)
     zg_config_destroy (&config);
     s_test_error ("zgate_settings:\n  redis_probe_interval_ms: 99\n",
                   "2: zgate_settings.redis_probe_interval_ms: expected an integer from 100 to 3600000, got \"99\"");
+    config = s_test_load_ok ("zgate_settings: {redis_sync_interval_ms: 50}\n");
+    ZG_CHECK (config->redis_sync_interval_ms == 50);
+    zg_config_destroy (&config);
+    s_test_error ("zgate_settings:\n  redis_sync_interval_ms: 49\n",
+                  "2: zgate_settings.redis_sync_interval_ms: expected an integer from 50 to 60000, got \"49\"");
     s_test_error ("zgate_settings:\n  redis_timeout_ms: 60001\n",
                   "2: zgate_settings.redis_timeout_ms: expected an integer from 10 to 60000, got \"60001\"");
 

@@ -89,12 +89,15 @@ typedef struct {
     int     heartbeat_ms;           //  default 1000; a peer is dead after 3 missed
     int     redis_probe_interval_ms;    //  between two checks of Redis; default 5000
     int     redis_timeout_ms;       //  to connect, and for each command; default 1000
+    int     redis_sync_interval_ms; //  between two syncs of the rate-limit counters with
+                                    //  Redis; default 1000
 
     //  Redis: router_settings.redis_url, else redis_host/redis_port/
     //  redis_password, else litellm_settings.cache_params of type redis
     //  (host, port, password; REDIS_HOST, REDIS_PORT, REDIS_PASSWORD when
-    //  it names none). zgate keeps no state there: it only watches it, for
-    //  /health/readiness and /metrics.
+    //  it names none). zgate keeps the virtual keys' rate-limit counters
+    //  there, shared by the instances, and watches it for /health/readiness
+    //  and /metrics.
     char   *redis_host;             //  NULL = no Redis configured
     int     redis_port;             //  default 6379
     char   *redis_username;         //  redis_url's user (Redis 6 ACL); NULL = the default user

@@ -845,8 +845,8 @@ zg_scoreboard_readiness (zg_scoreboard_t *self, const char *log_level,
     if (db_down && self->header->db_required)
         s_add (&reasons, "%sdatabase not reachable", reasons.used ? "; " : "");
 
-    //  Redis: reported, never a reason to be unready. zgate keeps no state
-    //  there and serves without it; a Redis down taking every pod out of
+    //  Redis: reported, never a reason to be unready. zgate serves without
+    //  it (rate limits then count per instance); a Redis down taking every pod out of
     //  service would turn a cache outage into a gateway outage (and the
     //  reference's readiness does not check Redis at all).
     if (self->header->redis_configured) {

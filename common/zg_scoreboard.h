@@ -172,7 +172,7 @@ void zg_scoreboard_set_crash_loop (zg_scoreboard_t *self, int slot, zg_sb_role_t
 //  nothing draining. log_level, detailed_debug: echoed as the reference
 //  does. With Redis in the configuration, "cache" is "redis" and "checks"
 //  says how its watcher last found it; a Redis down is reported, never a
-//  reason to be unready (zgate keeps no state there and serves without it).
+//  reason to be unready (zgate serves without it, counting rate limits per instance).
 int zg_scoreboard_readiness (zg_scoreboard_t *self, const char *log_level,
                              bool detailed_debug, char **json_p);
 

@@ -36,6 +36,7 @@
 #include "frontend/zg_keys.h"
 #include "frontend/zg_keystore.h"
 #include "frontend/zg_redis_probe.h"
+#include "frontend/zg_redis_sync.h"
 #include "frontend/zg_reply.h"
 #include "frontend/zg_routes.h"
 #include "common/zg_json.h"
@@ -187,6 +188,10 @@ typedef struct {
     zg_scoreboard_t *board;     //  heartbeat, readiness, metrics; may be NULL
     int        slot;
     zg_redis_probe_t *redis_probe;  //  watches Redis into the slot; NULL without Redis
+    zg_redis_sync_t *redis_sync;    //  shares the keys' rate-limit counters; NULL without
+                                    //  Redis or keys
+    int64_t    sync_ms;         //  between two rounds of it
+    int64_t    next_sync;
     zhashx_t  *deployments;     //  id -> zg_deployment_t, for x-litellm-timeout
     double     timeout_shown;   //  the last x-litellm-timeout and its text: the
     char       timeout_text [32];   //  same few values come back on every answer
@@ -1109,6 +1114,12 @@ s_on_timers (s_frontend_t *self, int64_t now)
     if (alive && !self->router_alive)
         zg_info ("router reachable");
     self->router_alive = alive;
+
+    if (self->redis_sync && now >= self->next_sync) {
+        self->next_sync = now + self->sync_ms;
+        if (zg_redis_sync_start (self->redis_sync, self->keys, s_wall_s ()) < 0)
+            zg_warning ("frontend: cannot start a sync of the rate limits with Redis");
+    }
 
     if (now >= self->next_sweep) {
         self->next_sweep = now + ZG_SWEEP_MS;
@@ -2438,6 +2449,7 @@ s_destroy (s_frontend_t *self)
     zsock_destroy (&self->events);
     zg_keystore_destroy (&self->keystore);
     zg_redis_probe_destroy (&self->redis_probe);
+    zg_redis_sync_destroy (&self->redis_sync);
     if (self->keys && zg_keys_double_finishes (self->keys))
         zg_error ("frontend: %zu calls were finished twice in the key table",
                   zg_keys_double_finishes (self->keys));
@@ -2541,6 +2553,14 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
         }
         zg_keys_set_allow_on_db_unavailable (self->keys, config->allow_requests_on_db_unavailable);
         self->db_connected = true;      //  until the keystore says otherwise
+        //  With Redis, the keys' rate limits count every instance's
+        //  requests; the thread that syncs them is off the request path
+        self->redis_sync = zg_redis_sync_new (config);
+        if (self->redis_sync) {
+            zg_keys_set_shared (self->keys, true);
+            self->sync_ms = config->redis_sync_interval_ms > 0 ? config->redis_sync_interval_ms
+                                                               : 1000;
+        }
     }
 
     self->router = zsock_new (ZMQ_DEALER);
@@ -2619,12 +2639,15 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
     self->router_alive = true;
     self->next_heartbeat = now;
     self->next_sweep = now + ZG_SWEEP_MS;
+    self->next_sync = now + self->sync_ms;
     zg_info ("frontend %s serving HTTP, router at %s, events at %s", self->name,
              router_endpoint, events_endpoint);
 
     void *router_handle = zsock_resolve (self->router);
     void *keystore_handle = self->keystore ? zsock_resolve (zg_keystore_socket (self->keystore))
                                            : NULL;
+    void *sync_handle = self->redis_sync ? zsock_resolve (zg_redis_sync_socket (self->redis_sync))
+                                         : NULL;
     while (!self->terminated) {
         now = zclock_mono ();
         zg_scoreboard_beat (self->board, self->slot);
@@ -2636,6 +2659,8 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
         int64_t wait = self->next_heartbeat < self->next_sweep ? self->next_heartbeat
                                                                 : self->next_sweep;
         wait -= now;
+        if (self->redis_sync && self->next_sync - now < wait)
+            wait = self->next_sync - now;
         if (wait < 0)
             wait = 0;
         MHD_UNSIGNED_LONG_LONG mhd_wait;
@@ -2647,9 +2672,16 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
             { NULL, self->mhd_epoll_fd, ZMQ_POLLIN, 0 },
             { NULL, self->watch_fd, ZMQ_POLLIN, 0 },
             { NULL, self->signal_fd, ZMQ_POLLIN, 0 },
-            { keystore_handle, 0, ZMQ_POLLIN, 0 }
+            { keystore_handle, 0, ZMQ_POLLIN, 0 },
+            { sync_handle, 0, ZMQ_POLLIN, 0 }
         };
-        int rc = zmq_poll (items, keystore_handle ? 5 : 4, (long) wait);
+        //  The optional sockets last, those absent left out
+        int count = 4;
+        if (keystore_handle)
+            count++;
+        if (sync_handle)
+            items [count++] = items [5];
+        int rc = zmq_poll (items, count, (long) wait);
         if (rc < 0 && zmq_errno () != EINTR) {
             zg_error ("frontend: poll failed: %s", zmq_strerror (zmq_errno ()));
             break;
@@ -2685,6 +2717,8 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
                     break;
         if (rc > 0 && keystore_handle && (items [4].revents & ZMQ_POLLIN))
             s_on_keystore (self);
+        if (rc > 0 && sync_handle && (items [count - 1].revents & ZMQ_POLLIN))
+            zg_redis_sync_finish (self->redis_sync, self->keys);
         MHD_run (self->daemon);
     }
     zg_info ("frontend %s stopped", self->name);

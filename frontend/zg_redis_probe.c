@@ -337,6 +337,29 @@ zg_redis_check (const zg_config_t *config, uint64_t *latency_us, char *reason, s
     return rc;
 }
 
+struct redisContext *
+zg_redis_connect (const zg_config_t *config, char *reason, size_t size)
+{
+    assert (config);
+    assert (reason && size);
+    if (!config->redis_host) {
+        snprintf (reason, size, "no Redis configured");
+        return NULL;
+    }
+    s_watch_t *watch = s_watch_new (config, NULL, -1);
+    if (!watch) {
+        snprintf (reason, size, "out of memory");
+        return NULL;
+    }
+    redisContext *context = NULL;
+    if (s_connect (watch, reason, size) == 0) {
+        context = watch->context;
+        watch->context = NULL;
+    }
+    s_watch_destroy (&watch);
+    return context;
+}
+
 
 //  --------------------------------------------------------------------------
 //  Self test: a fake Redis that speaks just enough RESP, in a thread

@@ -1,11 +1,11 @@
 /*  =========================================================================
     zg_redis_probe - the frontend's watch on Redis, in a thread of its own
 
-    zgate keeps no state in Redis: key changes reach the other instances
-    through PostgreSQL LISTEN/NOTIFY and rate-limit counters are per
-    instance. When the configuration names a Redis server anyway (the
-    reference's router_settings.redis_* or a redis cache_params), zgate
-    says whether it answers, as the operations issue asks of readiness.
+    When the configuration names a Redis server (the reference's
+    router_settings.redis_* or a redis cache_params), zgate keeps the
+    virtual keys' rate-limit counters there (zg_redis_sync, a thread of its
+    own) and says whether it answers, as the operations issue asks of
+    readiness.
 
     Every redis_probe_interval_ms the thread checks the server: connect,
     AUTH when a password is set, SELECT when a database other than 0 is
@@ -52,6 +52,13 @@ void zg_redis_probe_destroy (zg_redis_probe_t **self_p);
 //  One check now, in the caller's thread, on a new connection: 0 with
 //  the PING's round trip, or -1 with why (never the password)
 int zg_redis_check (const zg_config_t *config, uint64_t *latency_us, char *reason, size_t size);
+
+//  A connection made as the probe makes its own (connect, AUTH, SELECT,
+//  socket timeouts of redis_timeout_ms), for the other threads that talk
+//  to Redis; the caller owns it (redisFree). NULL with why (never the
+//  password).
+struct redisContext;
+struct redisContext *zg_redis_connect (const zg_config_t *config, char *reason, size_t size);
 
 //  Self test
 void zg_redis_probe_test (bool verbose);

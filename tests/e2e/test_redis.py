@@ -1,8 +1,8 @@
 """End-to-end: Redis in /health/readiness and /metrics.
 
-zgate keeps no state in Redis; with Redis configured it only watches it
-(connect, AUTH, PING every redis_probe_interval_ms from a thread of the
-frontend) and reports what it finds: "cache": "redis" and checks.redis in
+With Redis configured zgate watches it (connect, AUTH, PING every
+redis_probe_interval_ms from a thread of the frontend) and reports what it
+finds (the rate-limit counters it keeps there are test_ratelimit_redis.py's): "cache": "redis" and checks.redis in
 readiness on the main port and on the separate health app, and
 litellm_redis_latency / litellm_redis_fails in /metrics. A Redis down,
 refusing the password or never answering is reported and keeps readiness

@@ -29,6 +29,7 @@
 #include "frontend/zg_keys.h"
 #include "frontend/zg_admin.h"
 #include "frontend/zg_keystore.h"
+#include "frontend/zg_redis_sync.h"
 #include "frontend/zg_redis_probe.h"
 #include "tests/unit/zg_unit.h"
 #include "frontend/zg_reply.h"
@@ -1515,6 +1516,7 @@ static const zg_unit_t s_db_side [] = {
     { "zg_admin", zg_admin_test },
     { "zg_keystore", zg_keystore_test },
     { "zg_redis_probe", zg_redis_probe_test },
+    { "zg_redis_sync", zg_redis_sync_test },
 };
 
 int
@@ -1536,7 +1538,7 @@ main (int argc, char *argv [])
                 if (streq (argv [arg], s_db_side [index].name))
                     chosen [count++] = s_db_side [index];
         if (count != (size_t) (argc - first)) {
-            fprintf (stderr, "usage: test_frontend [-v] [zg_admin|zg_keystore|zg_redis_probe]...\n");
+            fprintf (stderr, "usage: test_frontend [-v] [zg_admin|zg_keystore|zg_redis_probe|zg_redis_sync]...\n");
             return 2;
         }
         return zg_unit_run (chosen, count, argc, argv);
