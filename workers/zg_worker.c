@@ -489,6 +489,30 @@ s_relay_events (worker_t *self, slot_t *slot, bool last)
 //  ---------------------------------------------------------------------
 //  libcurl callbacks
 
+//  Hop-by-hop and framing headers describe the upstream connection, not
+//  the reply: the frontend frames its own. By length first, since every
+//  header of every reply is looked at
+static bool
+s_dropped_header (const char *name, size_t size)
+{
+    if (size >= 6 && strncasecmp (name, "proxy-", 6) == 0)
+        return true;
+    switch (size) {
+        case 2:  return strncasecmp (name, "te", 2) == 0;
+        case 4:  return strncasecmp (name, "date", 4) == 0;
+        case 6:  return strncasecmp (name, "server", 6) == 0;
+        case 7:  return strncasecmp (name, "upgrade", 7) == 0
+                     || strncasecmp (name, "trailer", 7) == 0;
+        case 10: return strncasecmp (name, "connection", 10) == 0
+                     || strncasecmp (name, "keep-alive", 10) == 0
+                     || strncasecmp (name, "set-cookie", 10) == 0;
+        case 14: return strncasecmp (name, "content-length", 14) == 0;
+        case 16: return strncasecmp (name, "content-encoding", 16) == 0;
+        case 17: return strncasecmp (name, "transfer-encoding", 17) == 0;
+        default: return false;
+    }
+}
+
 //  Headers arrive one line at a time, the status line first
 static size_t
 s_on_header (char *line, size_t size, size_t count, void *userp)
@@ -513,18 +537,7 @@ s_on_header (char *line, size_t size, size_t count, void *userp)
         end--;
     size_t value_size = (size_t) (end - value);
 
-    //  Hop-by-hop and framing headers describe the upstream connection,
-    //  not the reply: the frontend frames its own
-    static const char *dropped [] = {
-        "connection", "keep-alive", "transfer-encoding", "content-length",
-        "content-encoding", "date", "server", "set-cookie", "upgrade", "te",
-        "trailer", NULL
-    };
-    for (size_t index = 0; dropped [index]; index++)
-        if (strlen (dropped [index]) == name_size
-        &&  strncasecmp (line, dropped [index], name_size) == 0)
-            return length;
-    if (name_size >= 6 && strncasecmp (line, "proxy-", 6) == 0)
+    if (s_dropped_header (line, name_size))
         return length;
     if (name_size == 12 && strncasecmp (line, "content-type", 12) == 0) {
         size_t copied = value_size < ZG_NAME_MAX ? value_size : ZG_NAME_MAX;

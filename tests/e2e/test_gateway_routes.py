@@ -66,6 +66,9 @@ class GatewayRoutesTest(zgtest.GatewayTestCase):
         self.assertEqual(resp.headers.get("x-litellm-model-group"), "gpt-4o", resp)
         self.assertEqual(resp.headers.get("x-litellm-model-api-base"), self.up.api_base, resp)
         self.assertTrue(resp.headers.get("content-type", "").startswith("application/json"), resp)
+        #  The upstream's framing headers describe its connection, not the answer
+        self.assertEqual(resp.headers.get("llm_provider-openai-processing-ms"), "0", resp)
+        self.assertNotIn("llm_provider-content-length", resp.headers, resp)
 
         last = self.assertForwarded("/v1/chat/completions")
         expected = sent.replace('"model" :  "gpt-4o"', '"model" :  "fake-model"')
