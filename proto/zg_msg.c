@@ -8,18 +8,19 @@
 
     Cost per message: encoding writes straight into the caller's buffer
     (zg_msg_send uses its stack) through a write callback that fails instead
-    of growing; decoding unpacks into one msgpack zone per thread that is
-    cleared, not freed, after every message, and copies strings into the
-    fixed fields of zg_msg_t. The only allocations on the hot path are
-    libzmq's own, the routing id when the peer changes, the payload frame
-    and HEAD.headers.
+    of growing; decoding reads the bytes once, field by field as the model
+    says, straight into the fixed fields of zg_msg_t. The only allocations
+    on the hot path are libzmq's own, the routing id when the peer changes,
+    the payload frame and HEAD.headers.
 
-    Hostile input: msgpack-c allocates an array's elements as soon as it
-    reads the array's length, so a five-byte frame can ask it for 100 GB.
-    s_shape_is_sane walks the raw bytes first and admits only what a zgate
-    header can contain (no maps, binaries, extensions, negative or signed
-    integers, nesting deeper than the deployment), with every length and
-    count bounded by the bytes that remain. Only then does msgpack-c see it.
+    Hostile input: the decoder accepts for each field only the msgpack
+    object the model allows (no maps, binaries, extensions, negative or
+    signed integers, nesting only where the deployment is), checks every
+    length and count against the bytes that remain before it reads, and
+    allocates nothing a frame asks for but HEAD.headers, bounded by
+    ZG_HEADERS_MAX. msgpack-c's unpacker is not used for decoding: it
+    allocates an array's elements as soon as it reads the array's length,
+    and builds a tree the fields would be copied out of again.
     =========================================================================
 */
 
@@ -433,239 +434,161 @@ s_read_length (const uint8_t *data, size_t size, size_t *position, size_t width,
     return true;
 }
 
-//  The length of the msgpack object at the start of data when it is made
-//  only of what a zgate header may contain, every count and length fitting
-//  in the bytes that remain; 0 when it is not. See the comment at the top
-//  of the file.
-static size_t
-s_shape_length (const uint8_t *data, size_t size)
-{
-    size_t pending [S_MAX_DEPTH + 1];   //  objects still expected at each open level
-    int depth = 0;
-    pending [0] = 1;
-    size_t position = 0;
-    while (depth >= 0) {
-        if (pending [depth] == 0) {
-            depth--;
-            continue;
-        }
-        pending [depth]--;
-        if (position >= size)
-            return 0;
-        uint8_t tag = data [position++];
-        size_t skip = 0;            //  bytes of payload after the tag
-        size_t elements = 0;
-        bool is_array = false;
-        if (tag <= 0x7f)                //  positive fixint
-            ;
-        else
-        if ((tag & 0xf0) == 0x90) {     //  fixarray
-            elements = tag & 0x0f;
-            is_array = true;
-        }
-        else
-        if ((tag & 0xe0) == 0xa0)       //  fixstr
-            skip = tag & 0x1f;
-        else {
-            bool ok = true;
-            switch (tag) {
-                case 0xc0: break;                       //  nil
-                case 0xca: skip = 4; break;             //  float32
-                case 0xcb: skip = 8; break;             //  float64
-                case 0xcc: skip = 1; break;             //  uint8..uint64
-                case 0xcd: skip = 2; break;
-                case 0xce: skip = 4; break;
-                case 0xcf: skip = 8; break;
-                case 0xd9: ok = s_read_length (data, size, &position, 1, &skip); break;
-                case 0xda: ok = s_read_length (data, size, &position, 2, &skip); break;
-                case 0xdb: ok = s_read_length (data, size, &position, 4, &skip); break;
-                case 0xdc: ok = s_read_length (data, size, &position, 2, &elements);
-                           is_array = true; break;
-                case 0xdd: ok = s_read_length (data, size, &position, 4, &elements);
-                           is_array = true; break;
-                default: return 0;
-            }
-            if (!ok)
-                return 0;
-        }
-        if (is_array) {
-            //  Every element takes at least one byte
-            if (depth == S_MAX_DEPTH || elements > size - position)
-                return 0;
-            pending [++depth] = elements;
-        }
-        else {
-            if (skip > size - position)
-                return 0;
-            position += skip;
-        }
-    }
-    return position;
-}
+static bool s_peek_uint (const uint8_t *data, size_t size, size_t *position, uint64_t *value);
+static bool s_peek_str (const uint8_t *data, size_t size, size_t *position, size_t *start,
+                        size_t *length);
 
-//  True if the bytes are exactly one such object
+//  Reads a msgpack array's element count
 static bool
-s_shape_is_sane (const uint8_t *data, size_t size)
+s_read_array (const uint8_t *data, size_t size, size_t *position, size_t *count)
 {
-    return s_shape_length (data, size) == size;
+    if (*position >= size)
+        return false;
+    uint8_t tag = data [(*position)++];
+    if ((tag & 0xf0) == 0x90) {
+        *count = tag & 0x0f;
+        return true;
+    }
+    if (tag == 0xdc)
+        return s_read_length (data, size, position, 2, count);
+    if (tag == 0xdd)
+        return s_read_length (data, size, position, 4, count);
+    return false;
 }
 
-static int s_decode_fields (const s_field_t *fields, size_t count,
-                            const msgpack_object *items, char *base);
-
-static int
-s_decode_string (const msgpack_object *item, size_t max, const char **string, size_t *length)
+//  True, past it, if the next object is nil
+static bool
+s_read_nil (const uint8_t *data, size_t size, size_t *position)
 {
-    if (item->type != MSGPACK_OBJECT_STR
-    ||  item->via.str.size > max
-    ||  memchr (item->via.str.ptr, 0, item->via.str.size))
-        return -1;
-    *string = item->via.str.ptr;
-    *length = item->via.str.size;
-    return 0;
+    if (*position < size && data [*position] == 0xc0) {
+        (*position)++;
+        return true;
+    }
+    return false;
 }
 
+static int s_read_fields (const s_field_t *fields, size_t count, const uint8_t *data,
+                          size_t size, size_t *position, char *base);
+
+//  Reads the field's msgpack object at data [*position] into base. Only
+//  the object the model allows is accepted, and every read is bounded by
+//  size, whatever the bytes hold.
 static int
-s_decode_field (const s_field_t *field, const msgpack_object *item, char *base)
+s_read_field (const s_field_t *field, const uint8_t *data, size_t size, size_t *position,
+              char *base)
 {
-    const char *string;
-    size_t length;
+    size_t start, length;
     switch (field->kind) {
         case S_STRING_OR_NIL:
-            if (item->type == MSGPACK_OBJECT_NIL) {
+            if (s_read_nil (data, size, position)) {
                 base [field->offset] = 0;
                 return 0;
             }
             //  Fall through
         case S_STRING:
-            if (s_decode_string (item, field->size - 1, &string, &length))
+            if (!s_peek_str (data, size, position, &start, &length)
+            ||  length > field->size - 1
+            ||  memchr (data + start, 0, length))
                 return -1;
-            memcpy (base + field->offset, string, length);
+            memcpy (base + field->offset, data + start, length);
             base [field->offset + length] = 0;
             return 0;
         case S_HEADERS: {
-            char **headers = (char **) (base + field->offset);
-            if (item->type == MSGPACK_OBJECT_NIL)
+            if (s_read_nil (data, size, position))
                 return 0;
-            if (s_decode_string (item, field->max, &string, &length))
+            if (!s_peek_str (data, size, position, &start, &length)
+            ||  length > field->max
+            ||  memchr (data + start, 0, length))
                 return -1;
             if (length == 0)
                 return 0;
+            char **headers = (char **) (base + field->offset);
             *headers = (char *) malloc (length + 1);
             if (!*headers)
                 return -1;
-            memcpy (*headers, string, length);
+            memcpy (*headers, data + start, length);
             (*headers) [length] = 0;
             return 0;
         }
-        case S_UINT:
-            if (item->type != MSGPACK_OBJECT_POSITIVE_INTEGER
-            ||  item->via.u64 < field->min
-            ||  item->via.u64 > s_uint_max (field))
+        case S_UINT: {
+            uint64_t number;
+            if (!s_peek_uint (data, size, position, &number)
+            ||  number < field->min || number > s_uint_max (field))
                 return -1;
-            s_uint_put (base, field, item->via.u64);
+            s_uint_put (base, field, number);
             return 0;
-        case S_DOUBLE:
-            if ((item->type != MSGPACK_OBJECT_FLOAT64 && item->type != MSGPACK_OBJECT_FLOAT32)
-            ||  !isfinite (item->via.f64))
+        }
+        case S_DOUBLE: {
+            if (*position >= size)
                 return -1;
-            *(double *) (base + field->offset) = item->via.f64;
+            uint8_t tag = data [(*position)++];
+            size_t width = tag == 0xcb? 8: tag == 0xca? 4: 0;
+            if (width == 0 || width > size - *position)
+                return -1;
+            uint64_t bits = 0;
+            for (size_t index = 0; index < width; index++)
+                bits = (bits << 8) | data [*position + index];
+            *position += width;
+            double number;
+            if (width == 8)
+                memcpy (&number, &bits, sizeof (number));
+            else {
+                uint32_t half = (uint32_t) bits;
+                float single;
+                memcpy (&single, &half, sizeof (single));
+                number = single;
+            }
+            if (!isfinite (number))
+                return -1;
+            *(double *) (base + field->offset) = number;
             return 0;
-        case S_NESTED:
-            if (item->type != MSGPACK_OBJECT_ARRAY
-            ||  item->via.array.size != field->field_count)
+        }
+        case S_NESTED: {
+            size_t count;
+            if (!s_read_array (data, size, position, &count) || count != field->field_count)
                 return -1;
-            return s_decode_fields (field->fields, field->field_count,
-                                    item->via.array.ptr, base + field->offset);
+            return s_read_fields (field->fields, field->field_count, data, size, position,
+                                  base + field->offset);
+        }
     }
     return -1;
 }
 
 static int
-s_decode_fields (const s_field_t *fields, size_t count, const msgpack_object *items, char *base)
+s_read_fields (const s_field_t *fields, size_t count, const uint8_t *data, size_t size,
+               size_t *position, char *base)
 {
     for (size_t index = 0; index < count; index++)
-        if (s_decode_field (&fields [index], &items [index], base))
+        if (s_read_field (&fields [index], data, size, position, base))
             return -1;
     return 0;
 }
 
+//  Decodes the message at the start of data [0..size) (self already
+//  cleared); *used is where it ends. On failure every field is left empty
+//  and type is 0.
 static int
-s_decode_object (zg_msg_t *self, const msgpack_object *root)
+s_read_message (zg_msg_t *self, const uint8_t *data, size_t size, size_t *used)
 {
-    if (root->type != MSGPACK_OBJECT_ARRAY || root->via.array.size < S_PREAMBLE)
-        return -1;
-    const msgpack_object *items = root->via.array.ptr;
-    if (items [0].type != MSGPACK_OBJECT_STR
-    ||  items [0].via.str.size != S_MAGIC_SIZE
-    ||  memcmp (items [0].via.str.ptr, S_MAGIC, S_MAGIC_SIZE) != 0
-    ||  items [1].type != MSGPACK_OBJECT_POSITIVE_INTEGER
-    ||  items [1].via.u64 != ZG_PROTO_VERSION
-    ||  items [2].type != MSGPACK_OBJECT_POSITIVE_INTEGER
-    ||  items [2].via.u64 > S_LAST_TYPE)
-        return -1;
-    const s_spec_t *spec = s_spec_for ((int) items [2].via.u64);
-    if (!spec || root->via.array.size != S_PREAMBLE + spec->field_count)
-        return -1;
-    if (s_decode_fields (spec->fields, spec->field_count, items + S_PREAMBLE, (char *) self))
-        return -1;
-    self->type = (int) items [2].via.u64;
-    return 0;
-}
-
-//  One zone per thread, cleared after each message: its first chunk is
-//  kept, so a thread decodes without calling malloc once it is warm. The
-//  key's destructor frees it when an actor's thread ends.
-#define S_ZONE_CHUNK_SIZE 8192
-
-static _Thread_local msgpack_zone *s_thread_zone;
-static pthread_key_t s_zone_key;
-static pthread_once_t s_zone_key_once = PTHREAD_ONCE_INIT;
-static bool s_zone_key_ready;
-
-static void
-s_zone_free (void *zone)
-{
-    msgpack_zone_free ((msgpack_zone *) zone);
-}
-
-static void
-s_zone_key_create (void)
-{
-    s_zone_key_ready = pthread_key_create (&s_zone_key, s_zone_free) == 0;
-}
-
-static msgpack_zone *
-s_zone (void)
-{
-    if (!s_thread_zone) {
-        s_thread_zone = msgpack_zone_new (S_ZONE_CHUNK_SIZE);
-        pthread_once (&s_zone_key_once, s_zone_key_create);
-        if (s_thread_zone && s_zone_key_ready)
-            pthread_setspecific (s_zone_key, s_thread_zone);
-    }
-    return s_thread_zone;
-}
-
-//  On failure every field is left empty and type is 0.
-//  Decodes the sane object of size bytes at data
-static int
-s_decode_sane (zg_msg_t *self, const uint8_t *data, size_t size)
-{
-    msgpack_zone *zone = s_zone ();
-    if (!zone)
-        return ZG_MSG_ERR_MALFORMED;
-
-    int rc = ZG_MSG_ERR_MALFORMED;
-    msgpack_object root;
-    size_t offset = 0;
-    if (msgpack_unpack ((const char *) data, size, &offset, zone, &root) == MSGPACK_UNPACK_SUCCESS
-    &&  s_decode_object (self, &root) == 0)
-        rc = ZG_MSG_OK;
-    msgpack_zone_clear (zone);
-    if (rc != ZG_MSG_OK)
+    size_t position = 0;
+    size_t count, start, length;
+    uint64_t version, type;
+    const s_spec_t *spec = NULL;
+    if (s_read_array (data, size, &position, &count)
+    &&  count >= S_PREAMBLE
+    &&  s_peek_str (data, size, &position, &start, &length)
+    &&  length == S_MAGIC_SIZE && memcmp (data + start, S_MAGIC, S_MAGIC_SIZE) == 0
+    &&  s_peek_uint (data, size, &position, &version) && version == ZG_PROTO_VERSION
+    &&  s_peek_uint (data, size, &position, &type) && type <= S_LAST_TYPE)
+        spec = s_spec_for ((int) type);
+    if (!spec || count != S_PREAMBLE + spec->field_count
+    ||  s_read_fields (spec->fields, spec->field_count, data, size, &position, (char *) self)) {
         s_clear (self, 0);
-    return rc;
+        return ZG_MSG_ERR_MALFORMED;
+    }
+    self->type = (int) type;
+    *used = position;
+    return ZG_MSG_OK;
 }
 
 int
@@ -673,9 +596,15 @@ zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size)
 {
     assert (self);
     s_clear (self, 0);
-    if (!data || size == 0 || size > ZG_HEADER_MAX_BYTES || !s_shape_is_sane (data, size))
+    if (!data || size == 0 || size > ZG_HEADER_MAX_BYTES)
         return ZG_MSG_ERR_MALFORMED;
-    return s_decode_sane (self, data, size);
+    size_t used;
+    int rc = s_read_message (self, data, size, &used);
+    if (rc == ZG_MSG_OK && used != size) {
+        s_clear (self, 0);          //  something after the message
+        rc = ZG_MSG_ERR_MALFORMED;
+    }
+    return rc;
 }
 
 int
@@ -687,10 +616,9 @@ zg_msg_decode_first (zg_msg_t *self, const uint8_t *data, size_t size, size_t *u
     s_clear (self, 0);
     if (!data || size == 0)
         return ZG_MSG_ERR_MALFORMED;
-    size_t length = s_shape_length (data, size < ZG_HEADER_MAX_BYTES? size: ZG_HEADER_MAX_BYTES);
-    if (length == 0)
-        return ZG_MSG_ERR_MALFORMED;
-    int rc = s_decode_sane (self, data, length);
+    size_t length;
+    int rc = s_read_message (self, data, size < ZG_HEADER_MAX_BYTES? size: ZG_HEADER_MAX_BYTES,
+                             &length);
     if (rc == ZG_MSG_OK)
         *used = length;
     return rc;
