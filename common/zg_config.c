@@ -290,10 +290,11 @@ s_key_path (char *out, size_t size, const char *parent, const char *key)
 {
     if (!key)
         key = "?";
-    if (parent && *parent)
-        snprintf (out, size, "%s.%s", parent, key);
-    else
-        snprintf (out, size, "%s", key);
+    int length = parent && *parent? snprintf (out, size, "%s.%s", parent, key)
+                                  : snprintf (out, size, "%s", key);
+    //  A path cut short only shortens a message: mark that it was
+    if (length >= (int) size && size > 4)
+        memcpy (out + size - 4, "...", 4);
 }
 
 static bool
