@@ -331,13 +331,101 @@ s_writer_write (void *data, const char *bytes, size_t length)
     return 0;
 }
 
-static int s_encode_fields (msgpack_packer *packer,
+//  The encoder writes msgpack's bytes itself, the smallest form of each
+//  object as msgpack-c's packer spells it, instead of a packer's call
+//  through a callback and a copy for every header and body: every
+//  message of every call is encoded so.
+
+//  Room for length more bytes, or false
+static inline bool
+s_room (const s_writer_t *writer, size_t length)
+{
+    return length <= writer->size - writer->used;
+}
+
+//  A tag byte, then width bytes of value, most significant first
+static inline int
+s_put_tagged (s_writer_t *writer, uint8_t tag, uint64_t value, size_t width)
+{
+    if (!s_room (writer, 1 + width))
+        return -1;
+    uint8_t *out = writer->data + writer->used;
+    out [0] = tag;
+    for (size_t index = 0; index < width; index++)
+        out [1 + index] = (uint8_t) (value >> (8 * (width - 1 - index)));
+    writer->used += 1 + width;
+    return 0;
+}
+
+static int
+s_pack_nil (s_writer_t *writer)
+{
+    return s_put_tagged (writer, 0xc0, 0, 0);
+}
+
+static int
+s_pack_uint (s_writer_t *writer, uint64_t value)
+{
+    if (value < 128)
+        return s_put_tagged (writer, (uint8_t) value, 0, 0);
+    if (value <= UINT8_MAX)
+        return s_put_tagged (writer, 0xcc, value, 1);
+    if (value <= UINT16_MAX)
+        return s_put_tagged (writer, 0xcd, value, 2);
+    if (value <= UINT32_MAX)
+        return s_put_tagged (writer, 0xce, value, 4);
+    return s_put_tagged (writer, 0xcf, value, 8);
+}
+
+static int
+s_pack_double (s_writer_t *writer, double value)
+{
+    uint64_t bits;
+    memcpy (&bits, &value, sizeof bits);
+    return s_put_tagged (writer, 0xcb, bits, 8);
+}
+
+static int
+s_pack_array (s_writer_t *writer, size_t count)
+{
+    if (count < 16)
+        return s_put_tagged (writer, (uint8_t) (0x90 | count), 0, 0);
+    if (count <= UINT16_MAX)
+        return s_put_tagged (writer, 0xdc, count, 2);
+    return s_put_tagged (writer, 0xdd, count, 4);
+}
+
+static int
+s_pack_str (s_writer_t *writer, const char *string, size_t length)
+{
+    int rc;
+    if (length < 32)
+        rc = s_put_tagged (writer, (uint8_t) (0xa0 | length), 0, 0);
+    else
+    if (length <= UINT8_MAX)
+        rc = s_put_tagged (writer, 0xd9, length, 1);
+    else
+    if (length <= UINT16_MAX)
+        rc = s_put_tagged (writer, 0xda, length, 2);
+    else
+    if (length <= UINT32_MAX)
+        rc = s_put_tagged (writer, 0xdb, length, 4);
+    else
+        rc = -1;
+    if (rc || !s_room (writer, length))
+        return -1;
+    memcpy (writer->data + writer->used, string, length);
+    writer->used += length;
+    return 0;
+}
+
+static int s_encode_fields (s_writer_t *writer,
                             const s_field_t *fields, size_t count, const char *base);
 
 //  Refuses what the decoder would reject, so that a bad message fails at
 //  its sender, where the bug is, not at the receiver.
 static int
-s_encode_field (msgpack_packer *packer, const s_field_t *field, const char *base)
+s_encode_field (s_writer_t *writer, const s_field_t *field, const char *base)
 {
     switch (field->kind) {
         case S_STRING:
@@ -347,8 +435,8 @@ s_encode_field (msgpack_packer *packer, const s_field_t *field, const char *base
             if (length == field->size)
                 return -1;          //  not terminated
             if (length == 0 && field->kind == S_STRING_OR_NIL)
-                return msgpack_pack_nil (packer);
-            return msgpack_pack_str_with_body (packer, string, length);
+                return s_pack_nil (writer);
+            return s_pack_str (writer, string, length);
         }
         case S_HEADERS: {
             const char *headers = *(char * const *) (base + field->offset);
@@ -356,46 +444,46 @@ s_encode_field (msgpack_packer *packer, const s_field_t *field, const char *base
             if (length > field->max)
                 return -1;
             if (length == 0)
-                return msgpack_pack_nil (packer);
-            return msgpack_pack_str_with_body (packer, headers, length);
+                return s_pack_nil (writer);
+            return s_pack_str (writer, headers, length);
         }
         case S_UINT: {
             uint64_t number = s_uint_get (base, field);
             if (number < field->min || number > s_uint_max (field))
                 return -1;
-            return msgpack_pack_uint64 (packer, number);
+            return s_pack_uint (writer, number);
         }
         case S_DOUBLE: {
             double number = *(const double *) (base + field->offset);
             if (!isfinite (number))
                 return -1;
-            return msgpack_pack_double (packer, number);
+            return s_pack_double (writer, number);
         }
         case S_NESTED:
-            if (msgpack_pack_array (packer, field->field_count))
+            if (s_pack_array (writer, field->field_count))
                 return -1;
-            return s_encode_fields (packer, field->fields, field->field_count,
+            return s_encode_fields (writer, field->fields, field->field_count,
                                     base + field->offset);
     }
     return -1;
 }
 
 static int
-s_encode_fields (msgpack_packer *packer, const s_field_t *fields, size_t count, const char *base)
+s_encode_fields (s_writer_t *writer, const s_field_t *fields, size_t count, const char *base)
 {
     for (size_t index = 0; index < count; index++)
-        if (s_encode_field (packer, &fields [index], base))
+        if (s_encode_field (writer, &fields [index], base))
             return -1;
     return 0;
 }
 
 static int
-s_encode_preamble (msgpack_packer *packer, size_t field_count, int type)
+s_encode_preamble (s_writer_t *writer, size_t field_count, int type)
 {
-    if (msgpack_pack_array (packer, S_PREAMBLE + field_count)
-    ||  msgpack_pack_str_with_body (packer, S_MAGIC, S_MAGIC_SIZE)
-    ||  msgpack_pack_uint8 (packer, ZG_PROTO_VERSION)
-    ||  msgpack_pack_uint8 (packer, (uint8_t) type))
+    if (s_pack_array (writer, S_PREAMBLE + field_count)
+    ||  s_pack_str (writer, S_MAGIC, S_MAGIC_SIZE)
+    ||  s_pack_uint (writer, ZG_PROTO_VERSION)
+    ||  s_pack_uint (writer, (uint8_t) type))
         return -1;
     return 0;
 }
@@ -408,10 +496,8 @@ zg_msg_encode (const zg_msg_t *self, uint8_t *buf, size_t size)
     if (!spec || !buf)
         return -1;
     s_writer_t writer = { buf, size < ZG_HEADER_MAX_BYTES? size: ZG_HEADER_MAX_BYTES, 0 };
-    msgpack_packer packer;
-    msgpack_packer_init (&packer, &writer, s_writer_write);
-    if (s_encode_preamble (&packer, spec->field_count, self->type)
-    ||  s_encode_fields (&packer, spec->fields, spec->field_count, (const char *) self))
+    if (s_encode_preamble (&writer, spec->field_count, self->type)
+    ||  s_encode_fields (&writer, spec->fields, spec->field_count, (const char *) self))
         return -1;
     return (int) writer.used;
 }
@@ -1198,10 +1284,10 @@ s_test_pack_wrong (msgpack_packer *packer, const s_field_t *field, s_wrong_t wro
         case S_WRONG_BELOW_MIN:   return msgpack_pack_uint64 (packer, field->min - 1);
         case S_WRONG_SHORT_ARRAY:
             return msgpack_pack_array (packer, field->field_count - 1)
-                || s_encode_fields (packer, field->fields, field->field_count - 1, base + field->offset);
+                || s_encode_fields ((s_writer_t *) packer->data, field->fields, field->field_count - 1, base + field->offset);
         case S_WRONG_LONG_ARRAY:
             return msgpack_pack_array (packer, field->field_count + 1)
-                || s_encode_fields (packer, field->fields, field->field_count, base + field->offset)
+                || s_encode_fields ((s_writer_t *) packer->data, field->fields, field->field_count, base + field->offset)
                 || msgpack_pack_nil (packer);
         default:
             return -1;
@@ -1219,13 +1305,13 @@ s_test_encode_wrong (const zg_msg_t *msg, size_t top, int sub, s_wrong_t wrong,
     msgpack_packer packer;
     msgpack_packer_init (&packer, &writer, s_writer_write);
     const char *base = (const char *) msg;
-    if (s_encode_preamble (&packer, spec->field_count, msg->type))
+    if (s_encode_preamble (&writer, spec->field_count, msg->type))
         return -1;
     for (size_t index = 0; index < spec->field_count; index++) {
         const s_field_t *field = &spec->fields [index];
         int rc;
         if (index != top)
-            rc = s_encode_field (&packer, field, base);
+            rc = s_encode_field (&writer, field, base);
         else
         if (sub < 0)
             rc = s_test_pack_wrong (&packer, field, wrong, base);
@@ -1234,7 +1320,7 @@ s_test_encode_wrong (const zg_msg_t *msg, size_t top, int sub, s_wrong_t wrong,
             for (size_t inner = 0; rc == 0 && inner < field->field_count; inner++)
                 rc = inner == (size_t) sub
                    ? s_test_pack_wrong (&packer, &field->fields [inner], wrong, base + field->offset)
-                   : s_encode_field (&packer, &field->fields [inner], base + field->offset);
+                   : s_encode_field (&writer, &field->fields [inner], base + field->offset);
         }
         if (rc)
             return -1;
@@ -1264,7 +1350,7 @@ s_test_encode_count (const zg_msg_t *msg, int delta, uint8_t *buffer, size_t siz
             rc = msgpack_pack_uint8 (&packer, (uint8_t) msg->type);
         else
         if (item < S_PREAMBLE + spec->field_count)
-            rc = s_encode_field (&packer, &spec->fields [item - S_PREAMBLE], (const char *) msg);
+            rc = s_encode_field (&writer, &spec->fields [item - S_PREAMBLE], (const char *) msg);
         else
             rc = msgpack_pack_nil (&packer);
     }
@@ -1988,6 +2074,75 @@ zg_msg_test (bool verbose)
     S_CHECK (streq (zg_msg_type_name (0), "?"));
     S_CHECK (streq (zg_msg_type_name (S_LAST_TYPE + 1), "?"));
     S_CHECK (streq (zg_msg_type_name (-1), "?"));
+
+    //  The encoder's own msgpack is byte for byte msgpack-c's, at every
+    //  boundary between forms, and fails on a buffer one byte short
+    {
+        static const uint64_t numbers [] = {
+            0, 127, 128, 255, 256, 65535, 65536, UINT32_MAX, UINT64_C (1) << 32, UINT64_MAX
+        };
+        static const size_t lengths [] = { 0, 31, 32, 255, 256, 65535, 65536 };
+        static const size_t counts [] = { 0, 15, 16, 65535, 65536, 70000 };
+        static char text [65536];
+        memset (text, 'x', sizeof text);
+        uint8_t *ours = (uint8_t *) malloc (70000);
+        uint8_t *theirs = (uint8_t *) malloc (70000);
+        assert (ours && theirs);
+        for (int item = 0; item < 10 + 7 + 6 + 1 + 2; item++) {
+            s_writer_t writer = { ours, 70000, 0 };
+            s_writer_t reference = { theirs, 70000, 0 };
+            msgpack_packer packer;
+            msgpack_packer_init (&packer, &reference, s_writer_write);
+            int rc, reference_rc;
+            if (item < 10) {
+                rc = s_pack_uint (&writer, numbers [item]);
+                reference_rc = msgpack_pack_uint64 (&packer, numbers [item]);
+            }
+            else
+            if (item < 17) {
+                rc = s_pack_str (&writer, text, lengths [item - 10]);
+                reference_rc = msgpack_pack_str_with_body (&packer, text, lengths [item - 10]);
+            }
+            else
+            if (item < 23) {
+                rc = s_pack_array (&writer, counts [item - 17]);
+                reference_rc = msgpack_pack_array (&packer, counts [item - 17]);
+            }
+            else
+            if (item < 24) {
+                rc = s_pack_nil (&writer);
+                reference_rc = msgpack_pack_nil (&packer);
+            }
+            else {
+                double number = item == 24? 0.1: -1e300;
+                rc = s_pack_double (&writer, number);
+                reference_rc = msgpack_pack_double (&packer, number);
+            }
+            S_CHECK (rc == 0 && reference_rc == 0);
+            S_CHECK (writer.used == reference.used);
+            S_CHECK (memcmp (ours, theirs, writer.used) == 0);
+            //  One byte short: refused, whatever the form
+            size_t used = writer.used;
+            writer.size = used - 1;
+            writer.used = 0;
+            if (item < 10)
+                rc = s_pack_uint (&writer, numbers [item]);
+            else
+            if (item < 17)
+                rc = s_pack_str (&writer, text, lengths [item - 10]);
+            else
+            if (item < 23)
+                rc = s_pack_array (&writer, counts [item - 17]);
+            else
+            if (item < 24)
+                rc = s_pack_nil (&writer);
+            else
+                rc = s_pack_double (&writer, 1.0);
+            S_CHECK (rc == -1);
+        }
+        free (ours);
+        free (theirs);
+    }
 
     //  Fixed fields truncate, on a character boundary
     char small [4];
