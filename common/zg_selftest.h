@@ -14,9 +14,13 @@
 #ifndef ZG_SELFTEST_H_INCLUDED
 #define ZG_SELFTEST_H_INCLUDED
 
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define ZG_CHECK(cond) do { \
     if (!(cond)) { \
@@ -53,6 +57,33 @@ zg_tally_finish (const zg_tally_t *tally)
     fflush (stdout);
     if (tally->failed)
         abort ();
+}
+
+//  A TCP socket bound to a free loopback port (listening when listening is
+//  true, backlog 16); the port in *port
+static inline int
+zg_selftest_loopback_socket (bool listening, int *port)
+{
+    int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in address;
+    memset (&address, 0, sizeof (address));
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    socklen_t length = sizeof (address);
+    ZG_CHECK (fd >= 0 && bind (fd, (struct sockaddr *) &address, sizeof (address)) == 0);
+    ZG_CHECK (!listening || listen (fd, 16) == 0);
+    ZG_CHECK (getsockname (fd, (struct sockaddr *) &address, &length) == 0);
+    *port = ntohs (address.sin_port);
+    return fd;
+}
+
+//  A loopback port nothing listens on: bound, then closed
+static inline int
+zg_selftest_closed_port (void)
+{
+    int port;
+    close (zg_selftest_loopback_socket (false, &port));
+    return port;
 }
 
 #endif

@@ -1127,23 +1127,6 @@ s_test_job (s_test_t *test, zg_admin_op_t op, const char *path_key, const char *
     return job;
 }
 
-//  A loopback port nobody listens on
-static int
-s_test_closed_port (void)
-{
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    ZG_CHECK (fd >= 0);
-    struct sockaddr_in address;
-    memset (&address, 0, sizeof address);
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    ZG_CHECK (bind (fd, (struct sockaddr *) &address, sizeof address) == 0);
-    socklen_t length = sizeof address;
-    ZG_CHECK (getsockname (fd, (struct sockaddr *) &address, &length) == 0);
-    close (fd);
-    return ntohs (address.sin_port);
-}
-
 static void
 s_test_apply (void)
 {
@@ -1250,7 +1233,7 @@ s_test_unreachable (bool verbose)
     ZG_CHECK (zg_keystore_new (config) == NULL);        //  no database: no keystore
     char url [128];
     snprintf (url, sizeof url, "postgresql://zgate@127.0.0.1:%d/zgate?connect_timeout=2",
-              s_test_closed_port ());
+              zg_selftest_closed_port ());
     config->database_url = strdup (url);
     s_test_t test = { zg_keystore_new (config), zg_keys_new (0, 0), 0, 0, 0, verbose };
     ZG_CHECK (test.store && test.keys);

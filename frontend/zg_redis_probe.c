@@ -480,17 +480,7 @@ s_fake_start (s_fake_t *self, const char *password)
 {
     memset (self, 0, sizeof (*self));
     self->password = password;
-    self->listen_fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in address;
-    memset (&address, 0, sizeof (address));
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    socklen_t length = sizeof (address);
-    ZG_CHECK (self->listen_fd >= 0);
-    ZG_CHECK (bind (self->listen_fd, (struct sockaddr *) &address, sizeof (address)) == 0);
-    ZG_CHECK (listen (self->listen_fd, 16) == 0);
-    ZG_CHECK (getsockname (self->listen_fd, (struct sockaddr *) &address, &length) == 0);
-    self->port = ntohs (address.sin_port);
+    self->listen_fd = zg_selftest_loopback_socket (true, &self->port);
     ZG_CHECK (pipe (self->stop) == 0);
     ZG_CHECK (pthread_create (&self->thread, NULL, s_fake_run, self) == 0);
 }
@@ -503,22 +493,6 @@ s_fake_stop (s_fake_t *self)
     close (self->stop [0]);
     close (self->stop [1]);
     close (self->listen_fd);
-}
-
-//  A port nothing listens on: bound, then closed
-static int
-s_closed_port (void)
-{
-    int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in address;
-    memset (&address, 0, sizeof (address));
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    socklen_t length = sizeof (address);
-    ZG_CHECK (fd >= 0 && bind (fd, (struct sockaddr *) &address, sizeof (address)) == 0);
-    ZG_CHECK (getsockname (fd, (struct sockaddr *) &address, &length) == 0);
-    close (fd);
-    return ntohs (address.sin_port);
 }
 
 //  Waits (at most 10 s) until readiness' text holds needle
@@ -587,7 +561,7 @@ zg_redis_probe_test (bool verbose)
     s_watch_destroy (&watch);
 
     //  Nothing listening: refused at once
-    int closed = s_closed_port ();
+    int closed = zg_selftest_closed_port ();
     config->redis_port = closed;
     ZG_CHECK (zg_redis_check (config, &latency_us, reason, sizeof (reason)) == -1);
     ZG_CHECK (strcmp (reason, "connect: Connection refused") == 0);

@@ -335,24 +335,6 @@ zg_redis_sync_finish (zg_redis_sync_t *self, zg_keys_t *keys)
 //  Self test: a Redis that is not there, and one that never answers. A real
 //  one is tests/e2e/test_ratelimit_redis.py's.
 
-//  A listening socket that never accepts: connecting works (the backlog),
-//  nothing ever answers
-static int
-s_silent_listener (int *port)
-{
-    int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in address;
-    memset (&address, 0, sizeof (address));
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    socklen_t length = sizeof (address);
-    ZG_CHECK (fd >= 0 && bind (fd, (struct sockaddr *) &address, sizeof (address)) == 0);
-    ZG_CHECK (listen (fd, 16) == 0);
-    ZG_CHECK (getsockname (fd, (struct sockaddr *) &address, &length) == 0);
-    *port = ntohs (address.sin_port);
-    return fd;
-}
-
 //  One round against what config names: it must end, within bound_ms,
 //  with nothing learned and the counts still to push
 static void
@@ -412,7 +394,7 @@ zg_redis_sync_test (bool verbose)
 
     //  Nothing listening: the round fails at once
     int silent_port;
-    int silent = s_silent_listener (&silent_port);
+    int silent = zg_selftest_loopback_socket (true, &silent_port);
     close (silent);
     config->redis_host = strdup ("127.0.0.1");
     config->redis_port = silent_port;
@@ -420,7 +402,7 @@ zg_redis_sync_test (bool verbose)
     s_test_round_fails (config, keys, hash, now, 5000);
 
     //  A server that never answers: the round ends on its timeouts
-    silent = s_silent_listener (&silent_port);
+    silent = zg_selftest_loopback_socket (true, &silent_port);
     config->redis_port = silent_port;
     s_test_round_fails (config, keys, hash, now, 5000);
     close (silent);

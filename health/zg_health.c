@@ -160,22 +160,6 @@ zg_health_run (const zg_config_t *config, zg_scoreboard_t *board, int slot, int 
 //  --------------------------------------------------------------------------
 //  Self test
 
-static int
-s_listen_loopback (int *port)
-{
-    int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in address;
-    memset (&address, 0, sizeof (address));
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    socklen_t length = sizeof (address);
-    if (fd < 0 || bind (fd, (struct sockaddr *) &address, sizeof (address)) != 0
-    ||  listen (fd, 16) != 0 || getsockname (fd, (struct sockaddr *) &address, &length) != 0)
-        return -1;
-    *port = ntohs (address.sin_port);
-    return fd;
-}
-
 //  One request on a new connection; the whole answer into reply
 static int
 s_get (int port, const char *request, char *reply, size_t size)
@@ -211,8 +195,7 @@ zg_health_test (bool verbose)
     zg_scoreboard_assign (board, 1, ZG_SB_FRONTEND);
 
     int port = 0;
-    int listen_fd = s_listen_loopback (&port);
-    ZG_CHECK (listen_fd >= 0);
+    int listen_fd = zg_selftest_loopback_socket (true, &port);
     pid_t child = fork ();
     ZG_CHECK (child >= 0);
     if (child == 0)
