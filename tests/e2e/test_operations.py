@@ -100,6 +100,19 @@ def uid_of(pid):
     return None
 
 
+def assert_serves_as_nobody(test):
+    """A chat answer and a whole stream from test.gw, every process of which
+    runs as nobody; returns their pids"""
+    test.assertEqual(test.gw.post("/chat/completions", chat_body()).status, 200)
+    status, _, events = zgtest.sse_events(test.gw.port, "/chat/completions",
+                                          chat_body(stream=True),
+                                          headers=zgtest.auth_headers())
+    test.assertEqual((status, events[-1]), (200, "[DONE]"))
+    pids = [test.gw.pid] + zgtest.child_pids(test.gw.pid)
+    test.assertEqual({uid_of(pid) for pid in pids}, {NOBODY_UID})
+    return pids
+
+
 class RecycleTest(zgtest.GatewayTestCase):
     """Recycling every 50 requests (plus jitter) with two workers and a
     database: thousands of requests, none fails, one spend row each."""
@@ -314,14 +327,8 @@ class NonRootTest(zgtest.GatewayTestCase):
                              env={"LITELLM_NON_ROOT": "true"})
 
     def test_serves_as_nobody_and_writes_only_its_run_dir(self):
-        self.assertEqual(self.gw.post("/chat/completions", chat_body()).status, 200)
-        status, _, events = zgtest.sse_events(self.gw.port, "/chat/completions",
-                                              chat_body(stream=True),
-                                              headers=zgtest.auth_headers())
-        self.assertEqual((status, events[-1]), (200, "[DONE]"))
-        pids = [self.gw.pid] + zgtest.child_pids(self.gw.pid)
+        pids = assert_serves_as_nobody(self)
         self.assertGreaterEqual(len(pids), 3)
-        self.assertEqual({uid_of(pid) for pid in pids}, {NOBODY_UID})
         self.assertIn("LITELLM_NON_ROOT=true: accepted", self.gw.output())
         self.assertEqual(self.gw.stop(), [])
         self.assertEqual(sorted(os.listdir(self.cwd)), self.cwd_before)
@@ -353,13 +360,7 @@ class ReadOnlyRootTest(zgtest.GatewayTestCase):
                              wrapper=wrapper)
 
     def test_serves_with_a_read_only_root(self):
-        self.assertEqual(self.gw.post("/chat/completions", chat_body()).status, 200)
-        status, _, events = zgtest.sse_events(self.gw.port, "/chat/completions",
-                                              chat_body(stream=True),
-                                              headers=zgtest.auth_headers())
-        self.assertEqual((status, events[-1]), (200, "[DONE]"))
-        pids = [self.gw.pid] + zgtest.child_pids(self.gw.pid)
-        self.assertEqual({uid_of(pid) for pid in pids}, {NOBODY_UID})
+        assert_serves_as_nobody(self)
         with open("/proc/%d/mountinfo" % self.gw.pid) as f:
             root = [line.split() for line in f if line.split()[4] == "/"]
         self.assertTrue(root and "ro" in root[0][5].split(","), root)
