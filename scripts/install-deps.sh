@@ -9,7 +9,7 @@ set -euo pipefail
 build=(build-essential cmake pkg-config ca-certificates
        libczmq-dev libzmq3-dev libmicrohttpd-dev libcurl4-openssl-dev libyaml-dev
        libpq-dev libhiredis-dev libmsgpack-dev
-       libssl-dev libsodium-dev)
+       libssl-dev libsodium-dev libmimalloc-dev)
 test=(python3 procps postgresql redis-server nginx-light openssl)
 bench=(wrk nginx-light util-linux procps python3)
 

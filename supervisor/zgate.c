@@ -19,6 +19,9 @@
 #include <czmq.h>
 #include <errno.h>
 #include <limits.h>
+#ifdef ZG_WITH_MIMALLOC
+#include <mimalloc.h>
+#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +115,16 @@ main (int argc, char **argv)
     }
     if (cli.show_version) {
         printf ("zgate %s\n", ZG_VERSION);
+#ifdef ZG_WITH_MIMALLOC
+        //  mi_version() is the library actually loaded, not the header's
+        int allocator = mi_version ();
+        printf ("allocator: mimalloc %d.%d.%d\n",
+                allocator / 100, allocator / 10 % 10, allocator % 10);
+#elif defined (__SANITIZE_ADDRESS__)
+        printf ("allocator: AddressSanitizer\n");
+#else
+        printf ("allocator: glibc malloc\n");
+#endif
         return 0;
     }
     if (cli.log_level && !getenv ("LITELLM_LOG"))

@@ -1373,7 +1373,9 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
     assert (worker_endpoint);
     //  A supervisor that died leaves the status pipe without a reader
     signal (SIGPIPE, SIG_IGN);
-    //  Every call frees blocks at the top of the heap that the next call
+#ifndef ZG_WITH_MIMALLOC
+    //  Under glibc's malloc (mimalloc, the default, needs none of this):
+    //  every call frees blocks at the top of the heap that the next call
     //  takes again. Under glibc's default trim threshold (128 KB, moving
     //  with the largest mmap freed) the top went back to the kernel and
     //  came again (brk), with the fast bins consolidated, about once per
@@ -1386,6 +1388,7 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
     //  come from the per-thread cache) there is nothing to consolidate:
     //  0.2 us per call
     mallopt (M_MXFAST, 0);
+#endif
     if (curl_global_init (CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         zg_error ("worker %s: libcurl cannot start", name ? name : "");
         return 1;

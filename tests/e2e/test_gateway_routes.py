@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import subprocess
 import sys
 import unittest
 
@@ -43,6 +44,27 @@ class GatewayRoutesTest(zgtest.GatewayTestCase):
         self.assertEqual(last["headers"].get("authorization"), "Bearer " + UPSTREAM_KEY, last)
         self.assertEqual(json.loads(last["body"])["model"], UPSTREAM_MODEL, last)
         return last
+
+    # -- build
+
+    def test_every_process_runs_the_allocator_the_build_reports(self):
+        #  The allocator is chosen at link time (ZG_MIMALLOC); a linker that
+        #  dropped the library would leave glibc's malloc in place unseen
+        done = subprocess.run([zgtest.zgate_bin(), "--version"], capture_output=True,
+                              text=True, timeout=30)
+        self.assertEqual(done.returncode, 0, done)
+        lines = done.stdout.splitlines()
+        self.assertTrue(lines and lines[0].startswith("zgate "), done.stdout)
+        allocator = [line for line in lines if line.startswith("allocator: ")]
+        self.assertEqual(len(allocator), 1, done.stdout)
+        expect_mimalloc = allocator[0].startswith("allocator: mimalloc ")
+        pids = [self.gw.pid] + zgtest.child_pids(self.gw.pid)
+        self.assertGreaterEqual(len(pids), 3, pids)
+        for pid in pids:
+            with open("/proc/%d/maps" % pid) as f:
+                mapped = "/libmimalloc.so" in f.read()
+            self.assertEqual(mapped, expect_mimalloc,
+                             "pid %d (%s): %s" % (pid, zgtest.process_argv(pid), allocator[0]))
 
     # -- chat
 
