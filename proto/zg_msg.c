@@ -276,11 +276,38 @@ s_clear_list_add (const s_field_t *fields, size_t count, size_t base)
     }
 }
 
+static int
+s_clear_entry_compare (const void *a, const void *b)
+{
+    size_t left = ((const s_clear_entry_t *) a)->offset;
+    size_t right = ((const s_clear_entry_t *) b)->offset;
+    return left < right? -1: left > right;
+}
+
 static void
 s_clear_list_make (void)
 {
     for (int each = ZG_MSG_REQUEST; each <= S_LAST_TYPE; each++)
         s_clear_list_add (s_specs [each].fields, s_specs [each].field_count, 0);
+    //  In memory order, numbers that touch emptied as one range: one store
+    //  or memset where there were several (the gaps between them, such as
+    //  routing_id and payload, are not touched)
+    qsort (s_clear_list, s_clear_count, sizeof (s_clear_entry_t), s_clear_entry_compare);
+    size_t kept = 0;
+    for (size_t index = 0; index < s_clear_count; index++) {
+        s_clear_entry_t *entry = &s_clear_list [index];
+        bool number = entry->kind == S_UINT || entry->kind == S_DOUBLE;
+        if (kept && number) {
+            s_clear_entry_t *last = &s_clear_list [kept - 1];
+            if ((last->kind == S_UINT || last->kind == S_DOUBLE)
+            &&  last->offset + last->size == entry->offset) {
+                last->size += entry->size;
+                continue;
+            }
+        }
+        s_clear_list [kept++] = *entry;
+    }
+    s_clear_count = kept;
 }
 
 //  Releases headers, empties every field, keeps routing_id and payload
@@ -302,9 +329,19 @@ s_clear (zg_msg_t *self, int type)
                 *headers = NULL;
                 break;
             }
-            default:
-                memset (base + entry->offset, 0, entry->size);
+            default: {
+                //  Most are one number: a store, not a call of memset
+                void *value = base + entry->offset;
+                switch (entry->size) {
+                    case 1: *(uint8_t *) value = 0; break;
+                    case 2: memset (value, 0, 2); break;
+                    case 4: memset (value, 0, 4); break;
+                    case 8: memset (value, 0, 8); break;
+                    case 16: memset (value, 0, 16); break;
+                    default: memset (value, 0, entry->size); break;
+                }
                 break;
+            }
         }
     }
     self->type = type;
