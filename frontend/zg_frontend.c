@@ -317,9 +317,36 @@ s_cancel (s_frontend_t *self, zg_call_t *call)
 //  --------------------------------------------------------------------------
 //  Building responses
 
+//  The Date header (RFC 9110 IMF-fixdate), formatted once a second:
+//  libmicrohttpd formats its own for every response without one (gmtime_r,
+//  under glibc's time zone lock)
+static const char *
+s_http_date (void)
+{
+    static const char days [7][4] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+    static const char months [12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+    static __thread time_t shown = -1;
+    static __thread char text [40];
+    time_t now = time (NULL);
+    if (now != shown) {
+        struct tm tm;
+        if (!gmtime_r (&now, &tm))
+            return NULL;
+        snprintf (text, sizeof (text), "%s, %02d %s %04d %02d:%02d:%02d GMT",
+                  days [tm.tm_wday % 7], tm.tm_mday, months [tm.tm_mon % 12],
+                  tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        shown = now;
+    }
+    return text;
+}
+
 static void
 s_add_common_headers (zg_call_t *call, struct MHD_Response *response)
 {
+    const char *date = s_http_date ();
+    if (date)
+        MHD_add_response_header (response, MHD_HTTP_HEADER_DATE, date);
     if (call->echo_id [0])
         MHD_add_response_header (response, "x-litellm-call-id", call->echo_id);
     MHD_add_response_header (response, "x-litellm-version", ZG_VERSION);
