@@ -110,6 +110,8 @@ struct _zg_call_t {
     bool      key_wait_expired;     //  the lookup took too long, or could not be made
     bool      admitted;             //  the ticket is in flight: zg_keys_finish it once
     char      key_hash [ZG_KEYS_HASH_HEX + 1];
+    const char *presented_key;      //  the key as presented, in MHD's copy of the request's
+                                    //  headers (kept for the whole request): for messages
     zg_keys_ticket_t ticket;
     int64_t   key_wait_until;       //  monotonic ms
     zg_call_t *key_wait_prev;       //  the frontend's list of calls waiting for a key

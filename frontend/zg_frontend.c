@@ -165,7 +165,6 @@ typedef struct {
     uint64_t   admin_handle;    //  the last handle given
     zg_call_t  *key_waiters;    //  calls suspended until their key is looked up
     size_t     key_waiter_count;
-    char       key_headers [2048];
 
     s_socket_t *sockets;
     size_t     socket_count;
@@ -609,36 +608,20 @@ s_format_cost (double cost, char *text, size_t size)
         text [0] = 0;
 }
 
-//  Add "name: value\r\n" lines as headers (MHD copies them)
-static void
-s_add_header_lines (s_frontend_t *self, struct MHD_Response *response, const char *lines)
-{
-    const char *name, *value;
-    size_t name_length, value_length;
-    const char *cursor = lines;
-    while ((cursor = zg_reply_next_header (cursor, &name, &name_length, &value, &value_length))) {
-        if (name_length + value_length + 2 > sizeof (self->scratch))
-            continue;
-        char *header = self->scratch;
-        memcpy (header, name, name_length);
-        header [name_length] = 0;
-        char *header_value = header + name_length + 1;
-        memcpy (header_value, value, value_length);
-        header_value [value_length] = 0;
-        MHD_add_response_header (response, header, header_value);
-    }
-}
-
 //  The key's x-ratelimit-* and x-litellm-key-* headers, on the answers to
 //  a virtual key's calls
+static void
+s_add_key_header (void *response, const char *name, const char *value)
+{
+    MHD_add_response_header ((struct MHD_Response *) response, name, value);
+}
+
 static void
 s_add_key_headers (s_frontend_t *self, zg_call_t *call, struct MHD_Response *response)
 {
     if (call->caller != ZG_CALLER_VIRTUAL || !self->keys)
         return;
-    if (zg_keys_headers (self->keys, call->key_hash, s_wall_s (), self->key_headers,
-                         sizeof (self->key_headers)) > 0)
-        s_add_header_lines (self, response, self->key_headers);
+    zg_keys_each_header (self->keys, call->key_hash, s_wall_s (), s_add_key_header, response);
 }
 
 static void
@@ -1660,6 +1643,7 @@ s_identify (s_frontend_t *self, zg_call_t *call, const s_headers_t *headers,
     }
     if (verdict == ZG_AUTH_INVALID && self->keys) {
         call->caller = ZG_CALLER_VIRTUAL;
+        call->presented_key = key;
         zg_keys_hash (key, call->key_hash);
         return true;
     }
@@ -1667,19 +1651,6 @@ s_identify (s_frontend_t *self, zg_call_t *call, const s_headers_t *headers,
     zg_auth_message (verdict, key, message, sizeof (message));
     *result = s_reply_error (self, call, 401, "auth_error", message, NULL);
     return false;
-}
-
-//  The key the request presents (for the "sk-...abcd" of messages only);
-//  MHD keeps the headers for the whole request
-static const char *
-s_presented_key (zg_call_t *call)
-{
-    s_headers_t headers;
-    memset (&headers, 0, sizeof (headers));
-    MHD_get_connection_values (call->connection, MHD_HEADER_KIND, s_collect_header, &headers);
-    bool malformed;
-    return zg_auth_presented_key (headers.authorization, headers.litellm_key,
-                                  headers.api_key, headers.x_api_key, &malformed);
 }
 
 typedef enum {
@@ -1698,12 +1669,12 @@ static s_key_outcome_t
 s_key_decide (s_frontend_t *self, zg_call_t *call, const char *model, bool admit,
               zg_key_wait_t wait_phase, enum MHD_Result *result)
 {
-    const char *presented = s_presented_key (call);
     int64_t now = s_wall_s ();
     zg_keys_verdict_t verdict;
-    int rc = admit ? zg_keys_admit (self->keys, call->key_hash, presented, model, now,
+    int rc = admit ? zg_keys_admit (self->keys, call->key_hash, call->presented_key, model, now,
                                     &verdict, &call->ticket)
-                   : zg_keys_check (self->keys, call->key_hash, presented, model, now, &verdict);
+                   : zg_keys_check (self->keys, call->key_hash, call->presented_key, model, now,
+                                    &verdict);
     if (rc == 0) {
         if (admit || wait_phase != ZG_KEY_WAIT_NONE)
             call->caller = verdict.reason == ZG_KEYS_OK_UNPRIVILEGED ? ZG_CALLER_UNPRIVILEGED
@@ -1881,10 +1852,9 @@ s_on_admin_headers (s_frontend_t *self, zg_call_t *call, const s_headers_t *head
     if (call->caller == ZG_CALLER_VIRTUAL) {
         //  A key the table knows is told it may not; any other key is
         //  refused as the data path would refuse it
-        const char *presented = s_presented_key (call);
         zg_keys_verdict_t verdict;
-        int rc = zg_keys_check (self->keys, call->key_hash, presented, NULL, s_wall_s (),
-                                &verdict);
+        int rc = zg_keys_check (self->keys, call->key_hash, call->presented_key, NULL,
+                                s_wall_s (), &verdict);
         if (rc == 0 || (verdict.key && verdict.reason != ZG_KEYS_EXPIRED
                                     && verdict.reason != ZG_KEYS_BLOCKED))
             return s_reply_error (self, call, 403, "auth_error",

@@ -93,6 +93,7 @@ struct _zg_keys_t {
     zhashx_t     *keys;                 //  hash -> s_key_t
     zhashx_t     *users;                //  user_id -> s_budget_t
     zhashx_t     *teams;                //  team_id -> s_budget_t
+    s_key_t      *recent;               //  the key found last, or NULL
     uint64_t      generations;
     size_t        double_finishes;
     bool          db_available;
@@ -525,15 +526,32 @@ zg_keys_remove (zg_keys_t *self, const char *hash)
     assert (self);
     if (!hash || !zhashx_lookup (self->keys, hash))
         return -1;
+    self->recent = NULL;
     zhashx_delete (self->keys, hash);
     return 0;
+}
+
+//  A call looks its key up at each of its steps (admit, request, usage,
+//  finish, headers), mostly one right after the other: the key found last
+//  is tried first, a string compare instead of hashing and a bucket walk
+static s_key_t *
+s_key_find (zg_keys_t *self, const char *hash)
+{
+    if (!hash)
+        return NULL;
+    if (self->recent && strcmp (self->recent->record.token, hash) == 0)
+        return self->recent;
+    s_key_t *key = (s_key_t *) zhashx_lookup (self->keys, hash);
+    if (key)
+        self->recent = key;
+    return key;
 }
 
 const zg_key_record_t *
 zg_keys_lookup (zg_keys_t *self, const char *hash)
 {
     assert (self);
-    s_key_t *key = hash ? (s_key_t *) zhashx_lookup (self->keys, hash) : NULL;
+    s_key_t *key = s_key_find (self, hash);
     return key ? &key->record : NULL;
 }
 
@@ -984,7 +1002,7 @@ zg_keys_check (zg_keys_t *self, const char *hash, const char *presented_key,
 {
     assert (self);
     assert (verdict);
-    s_key_t *key = hash ? (s_key_t *) zhashx_lookup (self->keys, hash) : NULL;
+    s_key_t *key = s_key_find (self, hash);
     return s_evaluate (self, key, hash, presented_key, model, now, verdict);
 }
 
@@ -997,7 +1015,7 @@ zg_keys_admit (zg_keys_t *self, const char *hash, const char *presented_key,
     assert (verdict);
     assert (ticket);
     memset (ticket, 0, sizeof (*ticket));
-    s_key_t *key = hash ? (s_key_t *) zhashx_lookup (self->keys, hash) : NULL;
+    s_key_t *key = s_key_find (self, hash);
     int rc = s_evaluate (self, key, hash, presented_key, model, now, verdict);
     if (rc == 0 && key) {
         s_window_roll (self, key, now);
@@ -1022,7 +1040,7 @@ zg_keys_finish (zg_keys_t *self, zg_keys_ticket_t *ticket)
     if (ticket->state != TICKET_IN_FLIGHT)
         return;
     ticket->state = TICKET_FINISHED;
-    s_key_t *key = (s_key_t *) zhashx_lookup (self->keys, ticket->hash);
+    s_key_t *key = s_key_find (self, ticket->hash);
     if (key && key->generation == ticket->generation && key->in_flight > 0)
         key->in_flight--;
 }
@@ -1039,7 +1057,7 @@ zg_keys_record_usage (zg_keys_t *self, const char *hash, int64_t tokens, double 
                       int64_t now)
 {
     assert (self);
-    s_key_t *key = hash ? (s_key_t *) zhashx_lookup (self->keys, hash) : NULL;
+    s_key_t *key = s_key_find (self, hash);
     if (!key)
         return -1;
     if (tokens < 0)
@@ -1065,32 +1083,92 @@ zg_keys_record_usage (zg_keys_t *self, const char *hash, int64_t tokens, double 
     return 0;
 }
 
-//  Appends text to buf at *used when it fits with its NUL
-static bool
-s_append (char *buf, size_t size, size_t *used, const char *text)
+//  value in decimal, ending at end (which gets the NUL); returns its start
+static char *
+s_integer_text (int64_t value, char *end)
 {
-    size_t length = strlen (text);
-    if (*used + length >= size)
-        return false;
-    memcpy (buf + *used, text, length + 1);
-    *used += length;
-    return true;
-}
-
-static bool
-s_append_integer (char *buf, size_t size, size_t *used, int64_t value)
-{
-    char text [24];
-    size_t length = 0;
     uint64_t magnitude = value < 0 ? 0 - (uint64_t) value : (uint64_t) value;
-    text [sizeof (text) - 1] = 0;
+    char *cursor = end;
+    *cursor = 0;
     do {
-        text [sizeof (text) - 2 - length++] = (char) ('0' + magnitude % 10);
+        *--cursor = (char) ('0' + magnitude % 10);
         magnitude /= 10;
     } while (magnitude);
     if (value < 0)
-        text [sizeof (text) - 2 - length++] = '-';
-    return s_append (buf, size, used, text + sizeof (text) - 1 - length);
+        *--cursor = '-';
+    return cursor;
+}
+
+int
+zg_keys_each_header (zg_keys_t *self, const char *hash, int64_t now,
+                     zg_keys_header_fn *header, void *arg)
+{
+    assert (self);
+    assert (header);
+    s_key_t *key = s_key_find (self, hash);
+    if (!key)
+        return 0;
+    const zg_key_record_t *record = &key->record;
+    int64_t requests, tokens;
+    s_window_counts (key, now, &requests, &tokens);
+    //  Spelled here rather than by printf: this runs for every answer
+    char number [40], limit [24];
+    char *limit_end = limit + sizeof (limit) - 1;
+    char *number_end = number + sizeof (number) - 1;
+    int count = 0;
+    if (record->rpm_limit >= 0) {
+        int64_t remaining = record->rpm_limit - requests;
+        header (arg, "x-ratelimit-remaining-requests",
+                s_integer_text (remaining > 0 ? remaining : 0, number_end));
+        header (arg, "x-ratelimit-limit-requests", s_integer_text (record->rpm_limit, limit_end));
+        count += 2;
+    }
+    if (record->tpm_limit >= 0) {
+        int64_t remaining = record->tpm_limit - tokens;
+        header (arg, "x-ratelimit-remaining-tokens",
+                s_integer_text (remaining > 0 ? remaining : 0, number_end));
+        header (arg, "x-ratelimit-limit-tokens", s_integer_text (record->tpm_limit, limit_end));
+        count += 2;
+    }
+    s_format_number (record->spend, number, sizeof (number));
+    header (arg, "x-litellm-key-spend", number);
+    count++;
+    if (record->max_budget >= 0) {
+        s_format_number (record->max_budget, number, sizeof (number));
+        header (arg, "x-litellm-key-max-budget", number);
+        count++;
+    }
+    return count;
+}
+
+typedef struct {
+    char   *buf;
+    size_t  size;
+    size_t  used;
+    bool    fits;
+} s_header_text_t;
+
+//  Appends "name: value\r\n" when it fits with its NUL
+static void
+s_header_text_add (void *arg, const char *name, const char *value)
+{
+    s_header_text_t *text = (s_header_text_t *) arg;
+    size_t name_length = strlen (name);
+    size_t value_length = strlen (value);
+    size_t length = name_length + 2 + value_length + 2;
+    if (!text->fits || text->used + length >= text->size) {
+        text->fits = false;
+        return;
+    }
+    char *cursor = text->buf + text->used;
+    memcpy (cursor, name, name_length);
+    cursor += name_length;
+    memcpy (cursor, ": ", 2);
+    cursor += 2;
+    memcpy (cursor, value, value_length);
+    cursor += value_length;
+    memcpy (cursor, "\r\n", 3);
+    text->used += length;
 }
 
 int
@@ -1099,47 +1177,13 @@ zg_keys_headers (zg_keys_t *self, const char *hash, int64_t now, char *buf, size
     assert (self);
     assert (buf && size);
     buf [0] = 0;
-    s_key_t *key = hash ? (s_key_t *) zhashx_lookup (self->keys, hash) : NULL;
-    if (!key)
-        return 0;
-    const zg_key_record_t *record = &key->record;
-    int64_t requests, tokens;
-    s_window_counts (key, now, &requests, &tokens);
-    //  Spelled here rather than by printf: this runs for every answer
-    char number [40];
-    size_t used = 0;
-    bool fits = true;
-    if (record->rpm_limit >= 0) {
-        int64_t remaining = record->rpm_limit - requests;
-        fits = fits && s_append (buf, size, &used, "x-ratelimit-remaining-requests: ")
-            && s_append_integer (buf, size, &used, remaining > 0 ? remaining : 0)
-            && s_append (buf, size, &used, "\r\nx-ratelimit-limit-requests: ")
-            && s_append_integer (buf, size, &used, record->rpm_limit)
-            && s_append (buf, size, &used, "\r\n");
-    }
-    if (record->tpm_limit >= 0) {
-        int64_t remaining = record->tpm_limit - tokens;
-        fits = fits && s_append (buf, size, &used, "x-ratelimit-remaining-tokens: ")
-            && s_append_integer (buf, size, &used, remaining > 0 ? remaining : 0)
-            && s_append (buf, size, &used, "\r\nx-ratelimit-limit-tokens: ")
-            && s_append_integer (buf, size, &used, record->tpm_limit)
-            && s_append (buf, size, &used, "\r\n");
-    }
-    s_format_number (record->spend, number, sizeof (number));
-    fits = fits && s_append (buf, size, &used, "x-litellm-key-spend: ")
-        && s_append (buf, size, &used, number)
-        && s_append (buf, size, &used, "\r\n");
-    if (record->max_budget >= 0) {
-        s_format_number (record->max_budget, number, sizeof (number));
-        fits = fits && s_append (buf, size, &used, "x-litellm-key-max-budget: ")
-            && s_append (buf, size, &used, number)
-            && s_append (buf, size, &used, "\r\n");
-    }
-    if (!fits) {
+    s_header_text_t text = { buf, size, 0, true };
+    zg_keys_each_header (self, hash, now, s_header_text_add, &text);
+    if (!text.fits) {
         buf [0] = 0;
         return -1;
     }
-    return (int) used;
+    return (int) text.used;
 }
 
 //  ---------------------------------------------------------------------
@@ -1793,7 +1837,9 @@ zg_keys_test (bool verbose)
     ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &first) == 0);
     ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == -1);
     //  A ticket from a key's earlier life does not free its new life's slots
+    ZG_CHECK (zg_keys_lookup (keys, hash));
     ZG_CHECK (zg_keys_remove (keys, hash) == 0);
+    ZG_CHECK (zg_keys_lookup (keys, hash) == NULL);     //  not the key found last
     ZG_CHECK (zg_keys_remove (keys, hash) == -1);
     ZG_CHECK (zg_keys_upsert (keys, &record) == 0);
     ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &third) == 0);
@@ -1831,6 +1877,16 @@ zg_keys_test (bool verbose)
                          "x-litellm-key-max-budget: 5.0\r\n"));
     ZG_CHECK (zg_keys_headers (keys, hash, start, buf, 40) == -1 && buf [0] == 0);
     ZG_CHECK (zg_keys_headers (keys, "unknown", start, buf, sizeof (buf)) == 0);
+    //  One by one: the same names and values, in the same order
+    s_header_text_t text = { buf, sizeof (buf), 0, true };
+    ZG_CHECK (zg_keys_each_header (keys, hash, start, s_header_text_add, &text) == 6);
+    ZG_CHECK (text.fits && streq (buf, "x-ratelimit-remaining-requests: 9\r\n"
+                                       "x-ratelimit-limit-requests: 10\r\n"
+                                       "x-ratelimit-remaining-tokens: 750\r\n"
+                                       "x-ratelimit-limit-tokens: 1000\r\n"
+                                       "x-litellm-key-spend: 0.0125\r\n"
+                                       "x-litellm-key-max-budget: 5.0\r\n"));
+    ZG_CHECK (zg_keys_each_header (keys, "unknown", start, s_header_text_add, &text) == 0);
     //  A closed window shows the whole limit again
     zg_keys_headers (keys, hash, start + 60, buf, sizeof (buf));
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 10\r\n"));

@@ -206,6 +206,14 @@ int zg_keys_record_usage (zg_keys_t *self, const char *hash, int64_t tokens, dou
 //  0 for an unknown key, -1 when buf is too small.
 int zg_keys_headers (zg_keys_t *self, const char *hash, int64_t now, char *buf, size_t size);
 
+//  The same headers handed one by one to header (arg, name, value), in the
+//  same order; value is valid during the call only. Returns how many, 0
+//  for an unknown key. For callers that set headers one at a time, so the
+//  text need not be made and parsed again.
+typedef void (zg_keys_header_fn) (void *arg, const char *name, const char *value);
+int zg_keys_each_header (zg_keys_t *self, const char *hash, int64_t now,
+                         zg_keys_header_fn *header, void *arg);
+
 //  ---------------------------------------------------------------------
 //  Rate limits shared by instances (through Redis, by the caller)
 //
