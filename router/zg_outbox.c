@@ -1,10 +1,14 @@
 /*  =========================================================================
     zg_outbox - the router's spend records until the spend actor commits them
 
-    The ring holds encoded SPEND frames (a few hundred bytes each, not the
-    12 KB zg_msg_t), so its memory is bounded by ring_limit records of at
-    most ZG_HEADER_MAX_BYTES. Once one record has spilled, every later one
-    spills too until the file is read back empty: that keeps the order.
+    Records are encoded once, straight into blocks of ZG_OUTBOX_RUN_BYTES
+    where they lie back to back in seq order, so that a run of them goes to
+    the spend actor as the bytes they already are: no allocation, copy or
+    free per record. A block is released (or, the last one, emptied for
+    reuse) once every record in it is acked. Memory is bounded by
+    ring_limit records of at most ZG_HEADER_MAX_BYTES each, two or more to
+    a block. Once one record has spilled, every later one spills too until
+    the file is read back empty: that keeps the order.
 
     Spill file: records of [ 4-byte little-endian length ][ frame ]. Frames
     in the file carry whatever seq they had; a record gets its real seq
@@ -22,10 +26,22 @@
 #include <string.h>
 #include <unistd.h>
 
+_Static_assert (ZG_OUTBOX_RUN_BYTES >= 2 * ZG_HEADER_MAX_BYTES,
+                "a block holds at least two records of any size");
+
+typedef struct _block_t block_t;
+struct _block_t {
+    block_t *next;              //  the next younger block
+    size_t   used;              //  bytes of records appended
+    size_t   live;              //  records in it not yet acked
+    uint8_t  bytes [ZG_OUTBOX_RUN_BYTES];
+};
+
 typedef struct {
     uint64_t seq;
-    uint8_t *data;
-    size_t   size;
+    block_t *block;
+    uint32_t offset;
+    uint32_t size;
 } entry_t;
 
 struct _zg_outbox_t {
@@ -35,6 +51,10 @@ struct _zg_outbox_t {
     size_t    count;            //  unacked in the ring
     size_t    sent;             //  of those, handed out since the last rewind
     uint64_t  next_seq;
+
+    block_t  *oldest;           //  blocks in seq order; records go to youngest
+    block_t  *youngest;
+    block_t  *spare;            //  one released block kept for the next
 
     char     *spill_path;
     FILE     *spill;            //  open while the file holds records
@@ -116,25 +136,89 @@ s_spill_append (zg_outbox_t *self, const uint8_t *data, size_t size)
     return 0;
 }
 
-//  Puts an encoded record at the ring's tail with the next seq
+static block_t *
+s_block_new (zg_outbox_t *self)
+{
+    block_t *block = self->spare;
+    if (block)
+        self->spare = NULL;
+    else {
+        block = (block_t *) malloc (sizeof (block_t));
+        if (!block)
+            return NULL;
+    }
+    block->next = NULL;
+    block->used = 0;
+    block->live = 0;
+    if (self->youngest)
+        self->youngest->next = block;
+    else
+        self->oldest = block;
+    self->youngest = block;
+    return block;
+}
+
+//  Encodes the record at the ring's tail with the next seq, at the end of
+//  the youngest block, or of a new one when it does not fit there
 static int
 s_ring_add (zg_outbox_t *self, zg_msg_t *record)
 {
     assert (self->count < self->limit);
     record->seq = self->next_seq;
-    int size = zg_msg_encode (record, self->buffer, sizeof self->buffer);
-    if (size <= 0)
-        return -1;
-    uint8_t *data = (uint8_t *) malloc ((size_t) size);
-    if (!data)
-        return -1;
-    memcpy (data, self->buffer, (size_t) size);
+    block_t *block = self->youngest;
+    int size = block
+             ? zg_msg_encode (record, block->bytes + block->used, sizeof block->bytes - block->used)
+             : -1;
+    if (size <= 0) {
+        //  It did not fit what is left: a fresh block holds any record
+        if (block && block->used == 0)
+            return -1;
+        block = s_block_new (self);
+        if (!block)
+            return -1;
+        size = zg_msg_encode (record, block->bytes, sizeof block->bytes);
+        if (size <= 0)
+            return -1;
+    }
     entry_t *entry = &self->ring [(self->head + self->count) % self->limit];
     entry->seq = self->next_seq++;
-    entry->data = data;
-    entry->size = (size_t) size;
+    entry->block = block;
+    entry->offset = (uint32_t) block->used;
+    entry->size = (uint32_t) size;
+    block->used += (size_t) size;
+    block->live++;
     self->count++;
     return 0;
+}
+
+//  The oldest record is acked: its block goes once it holds no other
+static void
+s_ring_drop (zg_outbox_t *self)
+{
+    entry_t *entry = &self->ring [self->head];
+    block_t *block = entry->block;
+    entry->block = NULL;
+    self->head = (self->head + 1) % self->limit;
+    self->count--;
+    assert (block && block == self->oldest && block->live > 0);
+    if (--block->live)
+        return;
+    if (block == self->youngest) {
+        //  All acked: the same block takes the next records from its start
+        block->used = 0;
+        return;
+    }
+    self->oldest = block->next;
+    if (self->spare)
+        free (block);
+    else
+        self->spare = block;
+}
+
+static const uint8_t *
+s_entry_data (const entry_t *entry)
+{
+    return entry->block->bytes + entry->offset;
 }
 
 //  Moves records from the file into the ring while there is room
@@ -204,8 +288,12 @@ zg_outbox_destroy (zg_outbox_t **self_p)
     zg_outbox_t *self = *self_p;
     if (!self)
         return;
-    for (size_t index = 0; self->ring && index < self->count; index++)
-        free (self->ring [(self->head + index) % self->limit].data);
+    while (self->oldest) {
+        block_t *next = self->oldest->next;
+        free (self->oldest);
+        self->oldest = next;
+    }
+    free (self->spare);
     free (self->ring);
     if (self->spill)
         fclose (self->spill);
@@ -239,8 +327,32 @@ zg_outbox_next (zg_outbox_t *self, const uint8_t **data, size_t *size)
         return false;
     const entry_t *entry = &self->ring [(self->head + self->sent) % self->limit];
     self->sent++;
-    *data = entry->data;
+    *data = s_entry_data (entry);
     *size = entry->size;
+    return true;
+}
+
+bool
+zg_outbox_next_run (zg_outbox_t *self, size_t max_records,
+                    const uint8_t **data, size_t *size, size_t *count)
+{
+    assert (self && data && size && count);
+    if (self->sent >= self->count || max_records == 0)
+        return false;
+    const entry_t *first = &self->ring [(self->head + self->sent) % self->limit];
+    size_t taken = 1;
+    size_t end = first->offset + first->size;
+    while (taken < max_records && self->sent + taken < self->count) {
+        const entry_t *entry = &self->ring [(self->head + self->sent + taken) % self->limit];
+        if (entry->block != first->block || entry->offset != end)
+            break;
+        end += entry->size;
+        taken++;
+    }
+    self->sent += taken;
+    *data = s_entry_data (first);
+    *size = end - first->offset;
+    *count = taken;
     return true;
 }
 
@@ -249,10 +361,7 @@ zg_outbox_ack (zg_outbox_t *self, uint64_t seq)
 {
     assert (self);
     while (self->count && self->ring [self->head].seq <= seq) {
-        free (self->ring [self->head].data);
-        self->ring [self->head].data = NULL;
-        self->head = (self->head + 1) % self->limit;
-        self->count--;
+        s_ring_drop (self);
         if (self->sent)
             self->sent--;
     }
@@ -307,8 +416,9 @@ zg_outbox_save (zg_outbox_t *self)
     uint8_t length [4];
     for (size_t index = 0; rc == 0 && index < self->count; index++) {
         const entry_t *entry = &self->ring [(self->head + index) % self->limit];
-        s_put_u32 (length, (uint32_t) entry->size);
-        if (fwrite (length, 1, 4, file) != 4 || fwrite (entry->data, 1, entry->size, file) != entry->size)
+        s_put_u32 (length, entry->size);
+        if (fwrite (length, 1, 4, file) != 4
+        ||  fwrite (s_entry_data (entry), 1, entry->size, file) != entry->size)
             rc = -1;
     }
     long offset = self->spill_read_at;
@@ -419,6 +529,81 @@ zg_outbox_test (bool verbose)
     S_CHECK (zg_outbox_pending (outbox) == 0 && zg_outbox_in_flight (outbox) == 0);
     zg_outbox_destroy (&outbox);
     S_CHECK (outbox == NULL);
+
+    //  Runs: records back to back, whole, in order, never beyond a block;
+    //  big records fill blocks quickly, so runs end at block boundaries and
+    //  blocks are released and reused as acks come
+    outbox = zg_outbox_new (64, NULL);
+    S_CHECK (outbox);
+    expected = 0;
+    last_seq = 0;
+    int pushed = 0;
+    size_t runs = 0, short_runs = 0;
+    for (int round = 0; round < 20; round++) {
+        while (zg_outbox_in_memory (outbox) < 64) {
+            s_test_record (msg, pushed);
+            memset (msg->message, 'm', (size_t) (pushed * 997) % ZG_MESSAGE_MAX);
+            msg->message [(pushed * 997) % ZG_MESSAGE_MAX] = 0;
+            S_CHECK (zg_outbox_push (outbox, msg) == 0);
+            pushed++;
+        }
+        const uint8_t *data;
+        size_t size, count;
+        while (zg_outbox_next_run (outbox, 5, &data, &size, &count)) {
+            runs++;
+            S_CHECK (count >= 1 && count <= 5 && size <= ZG_OUTBOX_RUN_BYTES);
+            if (count < 5)
+                short_runs++;
+            size_t used = 0;
+            for (size_t index = 0; index < count; index++) {
+                size_t length = 0;
+                S_CHECK (zg_msg_decode_first (msg, data + used, size - used, &length) == ZG_MSG_OK);
+                char want [32];
+                snprintf (want, sizeof want, "call-%d", expected);
+                S_CHECK (streq (msg->call_id, want));
+                S_CHECK (msg->seq == last_seq + 1);
+                last_seq = msg->seq;
+                expected++;
+                used += length;
+                if (length == 0)
+                    break;
+            }
+            S_CHECK (used == size);
+        }
+        S_CHECK (zg_outbox_next_run (outbox, 5, &data, &size, &count) == false);
+        //  Acked in two steps: part of a block, then the rest
+        zg_outbox_ack (outbox, last_seq - 10);
+        S_CHECK (zg_outbox_pending (outbox) == 10 && zg_outbox_in_flight (outbox) == 10);
+        zg_outbox_rewind (outbox);
+        S_CHECK (zg_outbox_next_run (outbox, 0, &data, &size, &count) == false);
+        S_CHECK (zg_outbox_next_run (outbox, 100, &data, &size, &count));
+        S_CHECK (zg_msg_decode_first (msg, data, size, &size) == ZG_MSG_OK
+              && msg->seq == last_seq - 9);
+        zg_outbox_ack (outbox, last_seq);
+        S_CHECK (zg_outbox_pending (outbox) == 0 && zg_outbox_in_flight (outbox) == 0);
+    }
+    S_CHECK (expected == pushed && short_runs > 0 && runs > (size_t) pushed / 5);
+    zg_outbox_destroy (&outbox);
+
+    //  Unacked records across blocks are saved whole, and come back
+    outbox = zg_outbox_new (64, path);
+    for (int number = 0; number < 40; number++) {
+        s_test_record (msg, number);
+        memset (msg->message, 'm', 3000);
+        msg->message [3000] = 0;
+        S_CHECK (zg_outbox_push (outbox, msg) == 0);
+    }
+    S_CHECK (zg_outbox_save (outbox) == 0);
+    zg_outbox_destroy (&outbox);
+    outbox = zg_outbox_new (64, path);
+    S_CHECK (outbox && zg_outbox_pending (outbox) == 40);
+    expected = 0;
+    last_seq = 0;
+    S_CHECK (s_test_drain (outbox, msg, &expected, &last_seq) == 40
+          && strlen (msg->message) == 3000);
+    zg_outbox_ack (outbox, last_seq);
+    S_CHECK (zg_outbox_save (outbox) == 0 && access (path, F_OK) != 0);
+    zg_outbox_destroy (&outbox);
 
     //  Spilling: memory stays at the limit, order and consecutive seqs hold
     const int total = 1000;

@@ -48,6 +48,19 @@ int zg_outbox_push (zg_outbox_t *self, zg_msg_t *record);
 //  when every record in memory has been handed out.
 bool zg_outbox_next (zg_outbox_t *self, const uint8_t **data, size_t *size);
 
+//  Records lie back to back in memory, in blocks of this many bytes: a
+//  run never holds more (and always holds a whole record)
+#define ZG_OUTBOX_RUN_BYTES 65536
+
+//  The next records not yet handed out, as many as lie back to back in
+//  memory (at most max_records, at most ZG_OUTBOX_RUN_BYTES), handed out
+//  together: their header frames one after the other, as a run of SPEND
+//  travels (zg_msg.h), valid until the next call on the outbox; *count
+//  says how many. Returns false when every record in memory has been
+//  handed out (or max_records is 0).
+bool zg_outbox_next_run (zg_outbox_t *self, size_t max_records,
+                         const uint8_t **data, size_t *size, size_t *count);
+
 //  Every record with a seq <= seq is committed: forget them
 void zg_outbox_ack (zg_outbox_t *self, uint64_t seq);
 

@@ -77,11 +77,6 @@
 //  spend actor writes only every proxy_batch_write_at seconds anyway
 #define SPEND_SEND_RECORDS  256
 #define SPEND_SEND_MS       10
-//  Records go in runs of up to this many bytes, one frame each: one send,
-//  and one message for the spend actor to read, per run (at least one
-//  whole header frame)
-#define SPEND_RUN_BYTES     65536
-_Static_assert (SPEND_RUN_BYTES >= ZG_HEADER_MAX_BYTES, "a run holds any one record");
 //  On stop, how long to wait for the spend actor to ack what is held
 //  (ZGATE_SPEND_STOP_WAIT_MS overrides it)
 #define SPEND_STOP_WAIT_MS  30000
@@ -238,7 +233,6 @@ typedef struct {
     //  Spend records to the spend actor, when one is configured
     zsock_t    *spend;
     void       *spend_handle;
-    uint8_t    *spend_run;          //  SPEND_RUN_BYTES, for the run being sent
     zg_outbox_t *outbox;
     int64_t     spend_heard;
     size_t      spend_waiting;      //  records pushed since the last flush
@@ -789,9 +783,9 @@ s_wall_us (void)
     return (uint64_t) now.tv_sec * 1000000 + (uint64_t) now.tv_nsec / 1000;
 }
 
-//  Sends what the window allows, in runs (zg_msg.h). A refused send
-//  leaves a hole after it, so everything unacked goes again from the
-//  oldest, later.
+//  Sends what the window allows, in runs (zg_msg.h): the records' bytes as
+//  the outbox holds them, back to back. A refused send leaves a hole after
+//  it, so everything unacked goes again from the oldest, later.
 static void
 s_spend_flush (router_t *self)
 {
@@ -800,21 +794,13 @@ s_spend_flush (router_t *self)
     self->spend_waiting = 0;
     self->spend_send_at = 0;
     const uint8_t *data;
-    size_t size, used = 0;
-    while (zg_outbox_in_flight (self->outbox) < SPEND_WINDOW
-       &&  zg_outbox_next (self->outbox, &data, &size)) {
-        if (used && used + size > SPEND_RUN_BYTES) {
-            if (zmq_send (self->spend_handle, self->spend_run, used, ZMQ_DONTWAIT) < 0) {
-                zg_outbox_rewind (self->outbox);
-                return;
-            }
-            used = 0;
+    size_t size, count, in_flight;
+    while ((in_flight = zg_outbox_in_flight (self->outbox)) < SPEND_WINDOW
+       &&  zg_outbox_next_run (self->outbox, SPEND_WINDOW - in_flight, &data, &size, &count))
+        if (zmq_send (self->spend_handle, data, size, ZMQ_DONTWAIT) < 0) {
+            zg_outbox_rewind (self->outbox);
+            return;
         }
-        memcpy (self->spend_run + used, data, size);
-        used += size;
-    }
-    if (used && zmq_send (self->spend_handle, self->spend_run, used, ZMQ_DONTWAIT) < 0)
-        zg_outbox_rewind (self->outbox);
 }
 
 //  A HEARTBEAT first tells the spend actor that what follows starts again
@@ -989,9 +975,8 @@ s_spend_start (router_t *self)
         if (!self->outbox)
             return -1;
     }
-    self->spend_run = (uint8_t *) malloc (SPEND_RUN_BYTES);
     self->spend = zsock_new (ZMQ_DEALER);
-    if (!self->spend_run || !self->spend)
+    if (!self->spend)
         return -1;
     zsock_set_sndhwm (self->spend, SOCKET_HWM);
     zsock_set_rcvhwm (self->spend, SOCKET_HWM);
@@ -1866,8 +1851,6 @@ s_router_destroy (router_t *self)
         zg_outbox_destroy (&self->outbox);
     }
     zsock_destroy (&self->spend);
-    free (self->spend_run);
-    self->spend_run = NULL;
     zg_msg_reset (&self->record, 0);
     //  Calls still queued belong to no worker: forget them
     while (self->queue.head)
