@@ -118,11 +118,20 @@
 
 static const char s_done_event [] = "data: [DONE]\n\n";
 
+//  Longest presented key a connection remembers with its hash (generated
+//  keys have 25 characters)
+#define ZG_SOCKET_KEY_MAX       64
+
 //  What the frontend knows about each socket, indexed by fd
 typedef struct {
     zg_call_t *call;            //  the request the connection is serving, if any
     bool       watched;         //  registered in the watch set
     bool       peer_closed;     //  the client hung up
+    //  The virtual key the connection presented last and its hash, wiped
+    //  when the connection closes (see s_key_hash)
+    uint8_t    key_length;      //  0 = none
+    char       key [ZG_SOCKET_KEY_MAX];
+    char       key_hash [ZG_KEYS_HASH_HEX + 1];
 } s_socket_t;
 
 //  Request headers the frontend reads, gathered in one pass
@@ -1622,6 +1631,33 @@ s_collect_header (void *cls, enum MHD_ValueKind kind, const char *key, const cha
     return MHD_YES;
 }
 
+//  The hash of the key a call presents. A keep-alive connection presents
+//  the same key call after call: the socket keeps the last key and its
+//  hash (until the connection closes), so that SHA-256 runs once per key
+//  and connection instead of once per call. Only an exact match of the
+//  whole key reuses the hash.
+static void
+s_key_hash (s_frontend_t *self, zg_call_t *call, const char *key)
+{
+    size_t length = strlen (key);
+    s_socket_t *socket = s_socket (self, call->fd);
+    if (socket && length && socket->key_length == length
+    &&  memcmp (socket->key, key, length) == 0) {
+        memcpy (call->key_hash, socket->key_hash, sizeof (call->key_hash));
+        return;
+    }
+    zg_keys_hash (key, call->key_hash);
+    if (!socket)
+        return;
+    explicit_bzero (socket->key, sizeof (socket->key));
+    socket->key_length = 0;
+    if (length && length <= sizeof (socket->key)) {
+        memcpy (socket->key, key, length);
+        memcpy (socket->key_hash, call->key_hash, sizeof (socket->key_hash));
+        socket->key_length = (uint8_t) length;
+    }
+}
+
 //  Who the caller is. The master key (or no master key at all) goes on;
 //  with a key table, any other key is taken for a virtual key, decided
 //  later by s_key_decide; without one, it is refused. Queues the 401 and
@@ -1644,7 +1680,7 @@ s_identify (s_frontend_t *self, zg_call_t *call, const s_headers_t *headers,
     if (verdict == ZG_AUTH_INVALID && self->keys) {
         call->caller = ZG_CALLER_VIRTUAL;
         call->presented_key = key;
-        zg_keys_hash (key, call->key_hash);
+        s_key_hash (self, call, key);
         return true;
     }
     char message [512];
@@ -2351,7 +2387,7 @@ s_on_connection (void *cls, struct MHD_Connection *connection, void **socket_con
     s_frontend_t *self = (s_frontend_t *) cls;
     s_socket_t *socket = s_socket (self, s_connection_fd (connection));
     if (socket)
-        memset (socket, 0, sizeof (*socket));
+        explicit_bzero (socket, sizeof (*socket));      //  and the key it remembered
 }
 
 static void
@@ -2478,6 +2514,8 @@ s_destroy (s_frontend_t *self)
         close (self->watch_fd);
     if (self->signal_fd >= 0)
         close (self->signal_fd);
+    if (self->sockets)
+        explicit_bzero (self->sockets, self->socket_count * sizeof (s_socket_t));
     free (self->sockets);
 }
 

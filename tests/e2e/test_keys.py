@@ -13,6 +13,7 @@ lookup is a statement whose parameter is the key's hash.
 """
 
 import hashlib
+import http.client
 import json
 import os
 import subprocess
@@ -401,6 +402,47 @@ class KeysTest(KeysCase):
         self.assertAlmostEqual(float(resp.headers["x-litellm-response-cost"]), COST, places=12)
         self.assertNotIn("x-litellm-key-spend", resp.headers)
         self.assertNotIn("x-ratelimit-limit-requests", resp.headers)
+
+    def test_keys_change_on_one_connection(self):
+        """A keep-alive connection remembers the key it presented last with
+        its hash: each call is still decided by the key it presents."""
+        first = self.generate()["key"]
+        second = self.generate()["key"]
+        self.assertEqual(len(first), len(second))
+        unknown = first[:-1] + ("A" if first[-1] != "A" else "B")
+        conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=zgtest.HTTP_TIMEOUT)
+
+        def call(key):
+            conn.request("POST", "/chat/completions", body=json.dumps(chat_body()),
+                         headers={"Authorization": "Bearer " + key,
+                                  "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+
+        try:
+            status, headers, _ = call(first)
+            self.assertEqual(status, 200)
+            sock = conn.sock
+            self.assertAlmostEqual(float(headers["x-litellm-key-spend"]), COST, places=12)
+            status, headers, _ = call(first)
+            self.assertAlmostEqual(float(headers["x-litellm-key-spend"]), 2 * COST, places=12)
+            status, headers, _ = call(second)
+            self.assertEqual(status, 200)
+            self.assertAlmostEqual(float(headers["x-litellm-key-spend"]), COST, places=12)
+            #  Same length, one character apart: refused, named as presented
+            status, headers, body = call(unknown)
+            self.assertEqual(status, 401, body)
+            self.assertIn("sk-..." + unknown[-4:], json.loads(body)["error"]["message"])
+            self.assertNotIn("x-litellm-key-spend", headers)
+            status, headers, _ = call(MASTER_KEY)
+            self.assertEqual(status, 200)
+            self.assertNotIn("x-litellm-key-spend", headers)
+            status, headers, _ = call(first)
+            self.assertEqual(status, 200)
+            self.assertAlmostEqual(float(headers["x-litellm-key-spend"]), 3 * COST, places=12)
+            self.assertIs(conn.sock, sock, "the calls did not share one connection")
+        finally:
+            conn.close()
 
     # ------------------------------------------------------------------
     # Several instances
