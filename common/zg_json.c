@@ -921,8 +921,9 @@ zg_json_quote (const char *s, char *out, size_t size)
     while (pos < length) {
         unsigned char c = text [pos];
         if (s_plain [c]) {
-            //  A run of what needs no escape goes in one copy
-            size_t end = pos + 1;
+            //  A run of what needs no escape goes in one copy, found eight
+            //  bytes at a time (ids and hashes are plain from end to end)
+            size_t end = s_plain_run (text, length, pos + 1);
             while (end < length && s_plain [text [end]])
                 end++;
             s_PUT (text + pos, end - pos);
@@ -1107,6 +1108,32 @@ zg_json_test (bool verbose)
                                == (specials [first].valid && specials [second].valid));
                         s_check_valid_find (doc, (size_t) size);
                     }
+    }
+
+    //  Quoting takes plain runs eight bytes at a time: what needs an escape
+    //  (or a look at its UTF-8) is seen at every position of a word
+    {
+        static const char *const specials [] = {
+            "\"", "\\", "\n", "\x01", "\x1f", "\x7f", "\xc3\xa9", "\xe2\x82\xac", "\xff", " "
+        };
+        char text [64], literal [400], wrapped [420], back [64];
+        for (size_t special = 0; special < sizeof (specials) / sizeof (specials [0]); special++)
+            for (int before = 0; before < 20; before++)
+                for (int after = 0; after < 12; after++) {
+                    snprintf (text, sizeof (text), "%.*s%s%.*s", before, "aaaaaaaaaaaaaaaaaaaaaaaa",
+                              specials [special], after, "bbbbbbbbbbbbbbbbbbbbbbbbb");
+                    int length = zg_json_quote (text, literal, sizeof (literal));
+                    ZG_CHECK (length > 0 && (size_t) length == strlen (literal));
+                    int size = snprintf (wrapped, sizeof (wrapped), "{\"k\":%s}", literal);
+                    zg_json_span_t span;
+                    ZG_CHECK (zg_json_valid (wrapped, (size_t) size, NULL)
+                           && zg_json_find (wrapped, (size_t) size, "k", &span)
+                           && zg_json_string (wrapped, &span, back, sizeof (back)) >= 0);
+                    if (strcmp (specials [special], "\xff") == 0)
+                        ZG_CHECK (strstr (literal, "\\ufffd") && strlen (back) == strlen (text) + 2);
+                    else
+                        ZG_CHECK (strcmp (back, text) == 0);
+                }
     }
 
     //  One pass, several keys: first member of a name wins, nested members

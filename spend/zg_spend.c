@@ -70,7 +70,8 @@ typedef struct {
     peer_t   *last_peer;        //  the one heard last: records come in runs
     zg_msg_t  msg;
 
-    char     *batch;            //  "{...},{...}" without the brackets
+    char     *batch;            //  "[{...},{...}": the closing bracket goes on
+                                //  only while it is written
     size_t    batch_used;
     size_t    batch_size;
     size_t    held;             //  records in batch
@@ -155,15 +156,15 @@ s_call_type (int route)
     }
 }
 
-//  Appends text to out; false if it does not fit (with its NUL)
-static bool
+//  Appends text to out; false if it does not fit with a NUL after it (the
+//  NUL itself is written once, at the end of the record)
+static inline bool
 s_put_text (char *out, size_t size, size_t *used, const char *text, size_t length)
 {
     if (*used + length + 1 > size)
         return false;
     memcpy (out + *used, text, length);
     *used += length;
-    out [*used] = 0;
     return true;
 }
 
@@ -172,19 +173,32 @@ s_put_text (char *out, size_t size, size_t *used, const char *text, size_t lengt
 #define S_KEY(name) ",\"" name "\":", sizeof (",\"" name "\":") - 1
 
 //  Appends the key (S_KEY) and <decimal>. A record is rendered for every
-//  call, so its numbers are spelled here rather than by printf.
+//  call, so its numbers are spelled here rather than by printf, two
+//  digits at a time.
 static bool
 s_put_number (char *out, size_t size, size_t *used,
               const char *key, size_t key_length, uint64_t value)
 {
+    static const char pairs [] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
     char digits [24];
-    size_t length = 0;
-    do {
-        digits [sizeof (digits) - 1 - length++] = (char) ('0' + value % 10);
-        value /= 10;
-    } while (value);
+    char *cursor = digits + sizeof (digits);
+    while (value >= 100) {
+        const char *pair = pairs + 2 * (value % 100);
+        value /= 100;
+        *--cursor = pair [1];
+        *--cursor = pair [0];
+    }
+    if (value >= 10) {
+        *--cursor = pairs [2 * value + 1];
+        *--cursor = pairs [2 * value];
+    }
+    else
+        *--cursor = (char) ('0' + value);
     return s_put_text (out, size, used, key, key_length)
-        && s_put_text (out, size, used, digits + sizeof (digits) - length, length);
+        && s_put_text (out, size, used, cursor, (size_t) (digits + sizeof (digits) - cursor));
 }
 
 //  Appends the key (S_KEY) and <quoted value>
@@ -206,9 +220,10 @@ zg_spend_render (const zg_msg_t *record, char *out, size_t size)
 {
     assert (record && out);
     double cost = isfinite (record->cost) && record->cost > 0? record->cost: 0;
-    //  The shortest digits that read back: PostgreSQL's float8 is the same double
+    //  Digits that read back: PostgreSQL's float8 is the same double (17 of
+    //  them, found in integer arithmetic, rather than the shortest)
     char spend [ZG_NUMBER_TEXT_MAX];
-    int spend_length = zg_number_json (cost, spend, sizeof (spend));
+    int spend_length = zg_number_json_quick (cost, spend, sizeof (spend));
     size_t used = 0;
     if (spend_length < 0
     ||  !s_put_text (out, size, &used, "{\"spend\":", 9)
@@ -232,6 +247,7 @@ zg_spend_render (const zg_msg_t *record, char *out, size_t size)
     ||  !s_put_string (out, size, &used, S_KEY ("message"), record->message)
     ||  !s_put_text (out, size, &used, "}", 1))
         return -1;
+    out [used] = 0;
     return (int) used;
 }
 
@@ -316,7 +332,8 @@ s_send_to (spend_t *self, peer_t *peer, int type, uint64_t seq)
 static int
 s_hold (spend_t *self, const zg_msg_t *record)
 {
-    size_t need = self->batch_used + RECORD_MAX + 2;
+    //  The record (and the closing bracket and NUL) always fit
+    size_t need = self->batch_used + 1 + RECORD_MAX + 2;
     if (need > self->batch_size) {
         size_t grown = self->batch_size? self->batch_size * 2: 65536;
         while (grown < need)
@@ -324,16 +341,20 @@ s_hold (spend_t *self, const zg_msg_t *record)
         char *batch = (char *) realloc (self->batch, grown);
         if (!batch)
             return -1;
+        if (!self->batch) {
+            batch [0] = '[';
+            self->batch_used = 1;
+        }
         self->batch = batch;
         self->batch_size = grown;
     }
-    size_t start = self->batch_used + (self->batch_used? 1: 0);
+    size_t start = self->batch_used + (self->held? 1: 0);
     int size = zg_spend_render (record, self->batch + start, RECORD_MAX);
     if (size < 0) {
         self->batch [self->batch_used] = 0;
         return -1;
     }
-    if (self->batch_used)
+    if (self->held)
         self->batch [self->batch_used] = ',';
     self->batch_used = start + (size_t) size;
     self->held++;
@@ -533,14 +554,13 @@ s_write (spend_t *self, int64_t now)
         s_succeeded (self);
         return 0;
     }
-    size_t json_size = self->batch_used + 3;
-    char *json = (char *) malloc (json_size);
-    if (!json)
-        return -1;
-    snprintf (json, json_size, "[%s]", self->batch);
-    const char *params [] = { json, self->config->disable_error_logs? "true": "false" };
+    //  The batch is the parameter itself, closed for the call, so that its
+    //  bytes are not copied once more before libpq copies them
+    self->batch [self->batch_used] = ']';
+    self->batch [self->batch_used + 1] = 0;
+    const char *params [] = { self->batch, self->config->disable_error_logs? "true": "false" };
     PGresult *result = zg_db_exec (self->db, s_write_sql, 2, params, errbuf, sizeof errbuf);
-    free (json);
+    self->batch [self->batch_used] = 0;
     if (!result) {
         s_failed (self, errbuf, now);
         return -1;
@@ -548,9 +568,8 @@ s_write (spend_t *self, int64_t now)
     zg_debug ("spend: wrote %s new of %zu records", PQgetvalue (result, 0, 0), self->held);
     PQclear (result);
     s_succeeded (self);
-    self->batch_used = 0;
-    if (self->batch)
-        self->batch [0] = 0;
+    self->batch_used = 1;
+    self->batch [1] = 0;
     self->held = 0;
     for (peer_t *peer = (peer_t *) zhashx_first (self->peers); peer;
          peer = (peer_t *) zhashx_next (self->peers))
@@ -732,8 +751,13 @@ zg_spend_test (bool verbose)
     double cost = 0;
     S_CHECK (zg_json_find (out, (size_t) size, "spend", &span)
           && zg_json_double (out, &span, &cost) && cost == 0.1 + 0.2);
-    //  The shortest digits that read back, as an integer and an exponent
+    //  Digits that read back, as an integer and an exponent
     S_CHECK (strncmp (out, "{\"spend\":30000000000000004e-17,", 31) == 0);
+    record->cost = 13 * 2.5e-06 + 9 * 1e-05;
+    S_CHECK (zg_spend_render (record, out, RECORD_MAX) > 0
+          && zg_json_find (out, strlen (out), "spend", &span)
+          && zg_json_double (out, &span, &cost) && cost == 13 * 2.5e-06 + 9 * 1e-05);
+    record->cost = 0.1 + 0.2;
     S_CHECK (zg_json_find (out, (size_t) size, "call_type", &span)
           && zg_json_string (out, &span, text, sizeof text) >= 0 && streq (text, "aembedding"));
     int64_t start = 0;
