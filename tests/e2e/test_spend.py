@@ -12,6 +12,7 @@ while the requests are sent, and zgate stopped right after the last one.
 import hashlib
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -125,6 +126,14 @@ class SpendTest(zgtest.GatewayTestCase):
         statuses = {r[0] for r in self.pg.query(
             'SELECT DISTINCT status FROM "LiteLLM_SpendLogs"', db=self.db)}
         self.assertEqual(statuses, {"success"})
+        # Each row's spend is the very double the worker computed (prompt x
+        # input price + completion x output price), bit for bit
+        for prompt, completion, bits in self.pg.query(
+                "SELECT prompt_tokens, completion_tokens, encode(float8send(spend), 'hex')"
+                ' FROM "LiteLLM_SpendLogs"', db=self.db):
+            expected = int(prompt) * 0.000001 + int(completion) * 0.000002
+            self.assertEqual(bits, struct.pack(">d", expected).hex(),
+                             "spend of a row with %s + %s tokens" % (prompt, completion))
         self.assertEqual(self.pg.scalar(
             'SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE api_key <> %s' % ("'" + MASTER_HASH + "'"),
             db=self.db), "0")
