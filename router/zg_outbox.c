@@ -26,6 +26,9 @@
 #include <string.h>
 #include <unistd.h>
 
+//  Entries of the ring at first
+#define RING_FIRST 1024
+
 _Static_assert (ZG_OUTBOX_RUN_BYTES >= 2 * ZG_HEADER_MAX_BYTES,
                 "a block holds at least two records of any size");
 
@@ -45,7 +48,8 @@ typedef struct {
 } entry_t;
 
 struct _zg_outbox_t {
-    entry_t  *ring;
+    entry_t  *ring;             //  capacity entries, grown up to limit
+    size_t    capacity;
     size_t    limit;
     size_t    head;             //  oldest unacked
     size_t    count;            //  unacked in the ring
@@ -158,12 +162,33 @@ s_block_new (zg_outbox_t *self)
     return block;
 }
 
+//  The ring starts small and grows as records wait: under steady acks a
+//  few thousand are unacked, and a ring of that size stays in the cache,
+//  where one of ring_limit entries would take a cache miss per record
+static int
+s_ring_grow (zg_outbox_t *self)
+{
+    size_t capacity = self->capacity * 2 < self->limit? self->capacity * 2: self->limit;
+    entry_t *ring = (entry_t *) realloc (self->ring, capacity * sizeof (entry_t));
+    if (!ring)
+        return -1;
+    //  The entries from head to the old end move to the new end
+    size_t tail = self->capacity - self->head;
+    memmove (ring + capacity - tail, ring + self->head, tail * sizeof (entry_t));
+    self->head = capacity - tail;
+    self->ring = ring;
+    self->capacity = capacity;
+    return 0;
+}
+
 //  Encodes the record at the ring's tail with the next seq, at the end of
 //  the youngest block, or of a new one when it does not fit there
 static int
 s_ring_add (zg_outbox_t *self, zg_msg_t *record)
 {
     assert (self->count < self->limit);
+    if (self->count == self->capacity && s_ring_grow (self))
+        return -1;
     record->seq = self->next_seq;
     block_t *block = self->youngest;
     int size = block
@@ -180,7 +205,7 @@ s_ring_add (zg_outbox_t *self, zg_msg_t *record)
         if (size <= 0)
             return -1;
     }
-    entry_t *entry = &self->ring [(self->head + self->count) % self->limit];
+    entry_t *entry = &self->ring [(self->head + self->count) % self->capacity];
     entry->seq = self->next_seq++;
     entry->block = block;
     entry->offset = (uint32_t) block->used;
@@ -198,7 +223,7 @@ s_ring_drop (zg_outbox_t *self)
     entry_t *entry = &self->ring [self->head];
     block_t *block = entry->block;
     entry->block = NULL;
-    self->head = (self->head + 1) % self->limit;
+    self->head = (self->head + 1) % self->capacity;
     self->count--;
     assert (block && block == self->oldest && block->live > 0);
     if (--block->live)
@@ -251,7 +276,8 @@ zg_outbox_new (size_t ring_limit, const char *spill_path)
     if (!self)
         return NULL;
     self->limit = ring_limit? ring_limit: 1;
-    self->ring = (entry_t *) calloc (self->limit, sizeof (entry_t));
+    self->capacity = self->limit < RING_FIRST? self->limit: RING_FIRST;
+    self->ring = (entry_t *) calloc (self->capacity, sizeof (entry_t));
     self->scratch = (zg_msg_t *) malloc (sizeof (zg_msg_t));
     self->spill_path = spill_path? strdup (spill_path): NULL;
     self->next_seq = 1;
@@ -325,7 +351,7 @@ zg_outbox_next (zg_outbox_t *self, const uint8_t **data, size_t *size)
     assert (self && data && size);
     if (self->sent >= self->count)
         return false;
-    const entry_t *entry = &self->ring [(self->head + self->sent) % self->limit];
+    const entry_t *entry = &self->ring [(self->head + self->sent) % self->capacity];
     self->sent++;
     *data = s_entry_data (entry);
     *size = entry->size;
@@ -339,11 +365,11 @@ zg_outbox_next_run (zg_outbox_t *self, size_t max_records,
     assert (self && data && size && count);
     if (self->sent >= self->count || max_records == 0)
         return false;
-    const entry_t *first = &self->ring [(self->head + self->sent) % self->limit];
+    const entry_t *first = &self->ring [(self->head + self->sent) % self->capacity];
     size_t taken = 1;
     size_t end = first->offset + first->size;
     while (taken < max_records && self->sent + taken < self->count) {
-        const entry_t *entry = &self->ring [(self->head + self->sent + taken) % self->limit];
+        const entry_t *entry = &self->ring [(self->head + self->sent + taken) % self->capacity];
         if (entry->block != first->block || entry->offset != end)
             break;
         end += entry->size;
@@ -415,7 +441,7 @@ zg_outbox_save (zg_outbox_t *self)
     int rc = file? 0: -1;
     uint8_t length [4];
     for (size_t index = 0; rc == 0 && index < self->count; index++) {
-        const entry_t *entry = &self->ring [(self->head + index) % self->limit];
+        const entry_t *entry = &self->ring [(self->head + index) % self->capacity];
         s_put_u32 (length, entry->size);
         if (fwrite (length, 1, 4, file) != 4
         ||  fwrite (s_entry_data (entry), 1, entry->size, file) != entry->size)
@@ -583,6 +609,31 @@ zg_outbox_test (bool verbose)
         S_CHECK (zg_outbox_pending (outbox) == 0 && zg_outbox_in_flight (outbox) == 0);
     }
     S_CHECK (expected == pushed && short_runs > 0 && runs > (size_t) pushed / 5);
+    zg_outbox_destroy (&outbox);
+
+    //  The ring grows while it wraps around: order and seqs hold
+    outbox = zg_outbox_new (5000, NULL);
+    S_CHECK (outbox);
+    for (int number = 0; number < 700; number++) {
+        s_test_record (msg, number);
+        S_CHECK (zg_outbox_push (outbox, msg) == 0);
+    }
+    expected = 0;
+    last_seq = 0;
+    S_CHECK (s_test_drain (outbox, msg, &expected, &last_seq) == 700);
+    zg_outbox_ack (outbox, 500);
+    for (int number = 700; number < 4000; number++) {
+        s_test_record (msg, number);
+        S_CHECK (zg_outbox_push (outbox, msg) == 0);
+    }
+    S_CHECK (zg_outbox_pending (outbox) == 3500 && zg_outbox_in_flight (outbox) == 200);
+    S_CHECK (s_test_drain (outbox, msg, &expected, &last_seq) == 3300 && last_seq == 4000);
+    zg_outbox_rewind (outbox);
+    expected = 500;
+    last_seq = 0;
+    S_CHECK (s_test_drain (outbox, msg, &expected, &last_seq) == 3500 && expected == 4000);
+    zg_outbox_ack (outbox, last_seq);
+    S_CHECK (zg_outbox_pending (outbox) == 0);
     zg_outbox_destroy (&outbox);
 
     //  Unacked records across blocks are saved whole, and come back
