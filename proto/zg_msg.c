@@ -2108,6 +2108,33 @@ s_test_thread_decode (void *args)
     return NULL;
 }
 
+//  A NUL is refused wherever it lies in a string, and every length of
+//  string comes back whole
+static void
+s_test_strings (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
+{
+    for (size_t length = 0; length <= 40; length++) {
+        s_test_make (msg, ZG_MSG_CANCEL, 0);
+        for (size_t index = 0; index < length; index++)
+            msg->call_id [index] = (char) ('a' + index % 26);
+        msg->call_id [length] = 0;
+        int size = zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES);
+        S_CHECK (size > 0 && zg_msg_decode (back, buffer, (size_t) size) == ZG_MSG_OK
+              && streq (back->call_id, msg->call_id));
+        if (size <= 0)
+            continue;
+        //  The call id's bytes end the frame
+        for (size_t nul = 0; nul < length; nul++) {
+            uint8_t *at = buffer + size - length + nul;
+            uint8_t kept = *at;
+            *at = 0;
+            S_CHECK (zg_msg_decode (back, buffer, (size_t) size) == ZG_MSG_ERR_MALFORMED
+                  && back->call_id [0] == 0);
+            *at = kept;
+        }
+    }
+}
+
 void
 zg_msg_test (bool verbose)
 {
@@ -2222,6 +2249,7 @@ zg_msg_test (bool verbose)
     zg_msg_init (back, 0);
 
     s_test_codec_round_trips (msg, back, buffer);
+    s_test_strings (msg, back, buffer);
     s_test_reset (msg, back);
     s_test_peek (msg, buffer);
     s_test_encode_refusals (msg, buffer);
