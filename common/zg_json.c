@@ -905,6 +905,14 @@ static const uint8_t s_plain [256] = {
 int
 zg_json_quote (const char *s, char *out, size_t size)
 {
+    if (!s)
+        return -1;
+    return zg_json_quote_n (s, strlen (s), out, size);
+}
+
+int
+zg_json_quote_n (const char *s, size_t length, char *out, size_t size)
+{
     static const char hex [] = "0123456789abcdef";
     if (!s || !out || size == 0)
         return -1;
@@ -917,7 +925,6 @@ zg_json_quote (const char *s, char *out, size_t size)
     } while (0)
     s_PUT ("\"", 1);
     size_t pos = 0;
-    size_t length = strlen (s);
     while (pos < length) {
         unsigned char c = text [pos];
         if (s_plain [c]) {
@@ -1375,6 +1382,10 @@ zg_json_test (bool verbose)
     ZG_CHECK (zg_json_quote ("bad \xff utf8 \xc3", quoted, sizeof (quoted)) > 0);
     ZG_CHECK (strcmp (quoted, "\"bad \\ufffd utf8 \\ufffd\"") == 0);
     ZG_CHECK (s_valid (quoted));
+    ZG_CHECK (zg_json_quote_n ("ab\0cdef", 4, quoted, sizeof (quoted)) == 11
+           && strcmp (quoted, "\"ab\\u0000c\"") == 0);
+    ZG_CHECK (zg_json_quote_n ("abcdef", 3, quoted, sizeof (quoted)) == 5
+           && strcmp (quoted, "\"abc\"") == 0);
     ZG_CHECK (zg_json_quote ("abc", quoted, 5) == -1);
     ZG_CHECK (zg_json_quote ("abc", quoted, 6) == 5);
     ZG_CHECK (zg_json_quote ("\x01", quoted, 8) == -1);

@@ -97,6 +97,10 @@ bool zg_json_member (const char *data, size_t size, const zg_json_span_t *object
 //  not fit.
 int zg_json_quote (const char *s, char *out, size_t size);
 
+//  The same for the length bytes at s, which need no NUL after them (a NUL
+//  among them is written \u0000)
+int zg_json_quote_n (const char *s, size_t length, char *out, size_t size);
+
 //  Self test
 void zg_json_test (bool verbose);
 

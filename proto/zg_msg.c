@@ -767,6 +767,69 @@ zg_msg_decode_first (zg_msg_t *self, const uint8_t *data, size_t size, size_t *u
 }
 
 
+//  Where each field of s_spend_fields goes in zg_msg_spend_t, in the same
+//  order: numbers are read by s_read_field at these offsets, strings kept
+//  as views
+static const size_t s_spend_view [] = {
+    offsetof (zg_msg_spend_t, seq), offsetof (zg_msg_spend_t, call_id),
+    offsetof (zg_msg_spend_t, key_hash), offsetof (zg_msg_spend_t, user_id),
+    offsetof (zg_msg_spend_t, team_id), offsetof (zg_msg_spend_t, model),
+    offsetof (zg_msg_spend_t, deployment_id), offsetof (zg_msg_spend_t, api_base),
+    offsetof (zg_msg_spend_t, route), offsetof (zg_msg_spend_t, status),
+    offsetof (zg_msg_spend_t, prompt_tokens), offsetof (zg_msg_spend_t, completion_tokens),
+    offsetof (zg_msg_spend_t, total_tokens), offsetof (zg_msg_spend_t, cost),
+    offsetof (zg_msg_spend_t, start_us), offsetof (zg_msg_spend_t, duration_us),
+    offsetof (zg_msg_spend_t, ttfb_us), offsetof (zg_msg_spend_t, err_type),
+    offsetof (zg_msg_spend_t, message)
+};
+_Static_assert (S_COUNT (s_spend_view) == S_COUNT (s_spend_fields),
+                "every field of SPEND has its place in zg_msg_spend_t");
+
+int
+zg_msg_read_spend (zg_msg_spend_t *spend, const uint8_t *data, size_t size, size_t *used)
+{
+    assert (spend);
+    assert (used);
+    *used = 0;
+    memset (spend, 0, sizeof (*spend));
+    if (!data || size == 0)
+        return ZG_MSG_ERR_MALFORMED;
+    if (size > ZG_HEADER_MAX_BYTES)
+        size = ZG_HEADER_MAX_BYTES;
+    size_t position = 0, count, start, length;
+    uint64_t version, type;
+    if (!s_read_array (data, size, &position, &count)
+    ||  count != S_PREAMBLE + S_COUNT (s_spend_fields)
+    ||  !s_peek_str (data, size, &position, &start, &length)
+    ||  length != S_MAGIC_SIZE || memcmp (data + start, S_MAGIC, S_MAGIC_SIZE) != 0
+    ||  !s_peek_uint (data, size, &position, &version) || version != ZG_PROTO_VERSION
+    ||  !s_peek_uint (data, size, &position, &type) || type != ZG_MSG_SPEND)
+        return ZG_MSG_ERR_MALFORMED;
+    char *base = (char *) spend;
+    for (size_t index = 0; index < S_COUNT (s_spend_fields); index++) {
+        s_field_t field = s_spend_fields [index];
+        field.offset = s_spend_view [index];
+        if (field.kind == S_STRING) {
+            if (!s_peek_str (data, size, &position, &start, &length)
+            ||  length > field.size - 1
+            ||  memchr (data + start, 0, length))
+                break;
+            zg_msg_text_t *text = (zg_msg_text_t *) (base + field.offset);
+            text->text = (const char *) data + start;
+            text->length = length;
+        }
+        else
+        if (s_read_field (&field, data, size, &position, base))
+            break;
+        if (index + 1 == S_COUNT (s_spend_fields)) {
+            *used = position;
+            return ZG_MSG_OK;
+        }
+    }
+    memset (spend, 0, sizeof (*spend));
+    return ZG_MSG_ERR_MALFORMED;
+}
+
 //  --------------------------------------------------------------------------
 //  Peeking: the little a broker reads to relay a message it does not decode
 
@@ -1264,6 +1327,45 @@ s_test_sane (const zg_msg_t *msg)
 }
 
 //  Decodes arbitrary bytes: must answer OK with a sane message or MALFORMED
+static bool
+s_test_text_is (const zg_msg_text_t *text, const char *string)
+{
+    return text->length == strlen (string) && memcmp (text->text, string, text->length) == 0;
+}
+
+//  zg_msg_read_spend takes what zg_msg_decode_first takes as a SPEND, and
+//  reads the same from it
+static void
+s_test_spend_agrees (zg_msg_t *msg, const uint8_t *data, size_t size)
+{
+    zg_msg_spend_t spend;
+    size_t used_spend = 1, used_msg = 0;
+    int rc_spend = zg_msg_read_spend (&spend, data, size, &used_spend);
+    int rc_msg = zg_msg_decode_first (msg, data, size, &used_msg);
+    bool is_spend = rc_msg == ZG_MSG_OK && msg->type == ZG_MSG_SPEND;
+    S_CHECK ((rc_spend == ZG_MSG_OK) == is_spend);
+    if (!is_spend) {
+        S_CHECK (used_spend == 0);
+        return;
+    }
+    S_CHECK (used_spend == used_msg);
+    S_CHECK (spend.seq == msg->seq && spend.route == msg->route && spend.status == msg->status
+          && spend.prompt_tokens == msg->prompt_tokens
+          && spend.completion_tokens == msg->completion_tokens
+          && spend.total_tokens == msg->total_tokens && spend.cost == msg->cost
+          && spend.start_us == msg->start_us && spend.duration_us == msg->duration_us
+          && spend.ttfb_us == msg->ttfb_us);
+    S_CHECK (s_test_text_is (&spend.call_id, msg->call_id)
+          && s_test_text_is (&spend.key_hash, msg->key_hash)
+          && s_test_text_is (&spend.user_id, msg->user_id)
+          && s_test_text_is (&spend.team_id, msg->team_id)
+          && s_test_text_is (&spend.model, msg->model)
+          && s_test_text_is (&spend.deployment_id, msg->deployment_id)
+          && s_test_text_is (&spend.api_base, msg->api_base)
+          && s_test_text_is (&spend.err_type, msg->err_type)
+          && s_test_text_is (&spend.message, msg->message));
+}
+
 static void
 s_test_survives (zg_msg_t *msg, const uint8_t *data, size_t size)
 {
@@ -1272,6 +1374,7 @@ s_test_survives (zg_msg_t *msg, const uint8_t *data, size_t size)
         S_CHECK (s_test_sane (msg));
     else
         S_CHECK (rc == ZG_MSG_ERR_MALFORMED && msg->type == 0 && msg->headers == NULL);
+    s_test_spend_agrees (msg, data, size);
 }
 
 static void
@@ -1281,6 +1384,8 @@ s_test_malformed (zg_msg_t *msg, const uint8_t *data, size_t size, const char *w
     if (!S_CHECK (rc == ZG_MSG_ERR_MALFORMED) && s_verbose)
         fprintf (stderr, "zg_msg: accepted %s (%zu bytes)\n", what, size);
     S_CHECK (msg->type == 0 && msg->headers == NULL && msg->call_id [0] == 0);
+    s_test_spend_agrees (msg, data, size);
+    zg_msg_reset (msg, 0);
 }
 
 //  Ways for a field to be wrong
@@ -1494,6 +1599,7 @@ s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
             S_CHECK (zg_msg_decode (back, buffer, (size_t) size) == ZG_MSG_OK);
             S_CHECK (s_test_equal (msg, back));
             S_CHECK (s_test_rest_is_empty (back));
+            s_test_spend_agrees (back, buffer, (size_t) size);
 
             //  Exactly the right buffer size is enough; anything less is not
             uint8_t *exact = (uint8_t *) malloc ((size_t) size);

@@ -309,6 +309,45 @@ int zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size);
 //  or ZG_MSG_ERR_MALFORMED.
 int zg_msg_decode_first (zg_msg_t *self, const uint8_t *data, size_t size, size_t *used);
 
+//  A string of a message read in place: its bytes in the frame, without a
+//  NUL after them (and none among them)
+typedef struct {
+    const char *text;
+    size_t      length;
+} zg_msg_text_t;
+
+//  A SPEND read in place, for the spend actor, which reads one per call
+//  only to render it: its numbers, and its strings as views of the frame,
+//  valid while the frame is. The fields of zg_msg_t that SPEND carries.
+typedef struct {
+    uint64_t      seq;
+    zg_msg_text_t call_id;
+    zg_msg_text_t key_hash;
+    zg_msg_text_t user_id;
+    zg_msg_text_t team_id;
+    zg_msg_text_t model;
+    zg_msg_text_t deployment_id;
+    zg_msg_text_t api_base;
+    uint8_t       route;
+    uint16_t      status;
+    uint32_t      prompt_tokens;
+    uint32_t      completion_tokens;
+    uint32_t      total_tokens;
+    double        cost;
+    uint64_t      start_us;
+    uint64_t      duration_us;
+    uint64_t      ttfb_us;
+    zg_msg_text_t err_type;
+    zg_msg_text_t message;
+} zg_msg_spend_t;
+
+//  Read the first of the header frames that lie back to back in data (a
+//  run of SPEND) as a SPEND, in place, with every check zg_msg_decode_first
+//  makes: ZG_MSG_OK with *used set to its length, or ZG_MSG_ERR_MALFORMED
+//  (*used 0) for what zg_msg_decode_first refuses and for a message of
+//  another type (which zg_msg_decode_first may then read).
+int zg_msg_read_spend (zg_msg_spend_t *spend, const uint8_t *data, size_t size, size_t *used);
+
 //  Read only what a broker needs to relay a message without decoding it:
 //  the type, the call id (into call_id, ZG_CALL_ID_MAX + 1 bytes), for
 //  HEAD, END and ERROR the status, and for HEAD and ERROR the flags (a

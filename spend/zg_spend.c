@@ -146,13 +146,13 @@ s_now_ms (void)
     return zclock_mono ();
 }
 
-static const char *
+static zg_msg_text_t
 s_call_type (int route)
 {
     switch (route) {
-        case ZG_ROUTE_COMPLETIONS: return "atext_completion";
-        case ZG_ROUTE_EMBEDDINGS:  return "aembedding";
-        default:                   return "acompletion";
+        case ZG_ROUTE_COMPLETIONS: return (zg_msg_text_t) { "atext_completion", 16 };
+        case ZG_ROUTE_EMBEDDINGS:  return (zg_msg_text_t) { "aembedding", 10 };
+        default:                   return (zg_msg_text_t) { "acompletion", 11 };
     }
 }
 
@@ -204,19 +204,20 @@ s_put_number (char *out, size_t size, size_t *used,
 //  Appends the key (S_KEY) and <quoted value>
 static bool
 s_put_string (char *out, size_t size, size_t *used,
-              const char *key, size_t key_length, const char *value)
+              const char *key, size_t key_length, zg_msg_text_t value)
 {
     if (!s_put_text (out, size, used, key, key_length))
         return false;
-    int written = zg_json_quote (value, out + *used, size - *used);
+    int written = zg_json_quote_n (value.text, value.length, out + *used, size - *used);
     if (written < 0)
         return false;
     *used += (size_t) written;
     return true;
 }
 
+//  A literal as a zg_msg_text_t
 int
-zg_spend_render (const zg_msg_t *record, char *out, size_t size)
+zg_spend_render (const zg_msg_spend_t *record, char *out, size_t size)
 {
     assert (record && out);
     double cost = isfinite (record->cost) && record->cost > 0? record->cost: 0;
@@ -330,7 +331,7 @@ s_send_to (spend_t *self, peer_t *peer, int type, uint64_t seq)
 //  Renders the record at the end of the batch, which keeps room for the
 //  largest one
 static int
-s_hold (spend_t *self, const zg_msg_t *record)
+s_hold (spend_t *self, const zg_msg_spend_t *record)
 {
     //  The record (and the closing bracket and NUL) always fit
     size_t need = self->batch_used + 1 + RECORD_MAX + 2;
@@ -388,53 +389,53 @@ s_recv (spend_t *self, zmq_msg_t *identity, zmq_msg_t *header)
     return ZG_MSG_ERR_MALFORMED;
 }
 
-//  One record (or HEARTBEAT) of a router
+//  The router's promise: everything unacked follows, oldest first
 static void
-s_on_record (spend_t *self, peer_t *peer, const zg_msg_t *in, int64_t now)
+s_on_heartbeat (spend_t *self, peer_t *peer)
 {
-    if (in->type == ZG_MSG_HEARTBEAT) {
-        //  The router's promise: everything unacked follows, oldest first
-        peer->synced = true;
-        peer->disconnect_sent = false;
-        peer->resync = false;
-        peer->expect_any = true;
-        s_send_to (self, peer, ZG_MSG_HEARTBEAT, 0);
+    peer->synced = true;
+    peer->disconnect_sent = false;
+    peer->resync = false;
+    peer->expect_any = true;
+    s_send_to (self, peer, ZG_MSG_HEARTBEAT, 0);
+}
+
+//  One record of a router
+static void
+s_on_spend (spend_t *self, peer_t *peer, const zg_msg_spend_t *in, int64_t now)
+{
+    //  Every seq up to last_seq is held or committed: a re-sent one
+    //  is already taken care of
+    if (peer->synced && in->seq > 0 && in->seq <= peer->last_seq && !peer->expect_any)
+        return;
+    bool in_order = peer->synced && in->seq > 0
+                 && (peer->expect_any || in->seq == peer->last_seq + 1);
+    bool room = self->held < HELD_RECORDS_MAX;
+    if (in_order && peer->expect_any && in->seq <= peer->last_seq) {
+        //  The re-sent run begins with what we have: skip to the new
+        peer->expect_any = false;
+        return;
     }
-    else
-    if (in->type == ZG_MSG_SPEND) {
-        //  Every seq up to last_seq is held or committed: a re-sent one
-        //  is already taken care of
-        if (peer->synced && in->seq > 0 && in->seq <= peer->last_seq && !peer->expect_any)
-            return;
-        bool in_order = peer->synced && in->seq > 0
-                     && (peer->expect_any || in->seq == peer->last_seq + 1);
-        bool room = self->held < HELD_RECORDS_MAX;
-        if (in_order && peer->expect_any && in->seq <= peer->last_seq) {
-            //  The re-sent run begins with what we have: skip to the new
-            peer->expect_any = false;
-            return;
-        }
-        if (in_order && room && s_hold (self, in) == 0) {
-            if (self->held == 1)
-                self->first_held_at = now;
-            peer->expect_any = false;
-            peer->last_seq = in->seq;
-            if (in->seq > peer->held_max)
-                peer->held_max = in->seq;
-        }
-        else {
-            //  A gap would make a later cumulative ack cover a record we
-            //  never saw: stop taking this router's records until it
-            //  starts again from its oldest. When full, it is told so
-            //  only once there is room again, or it would re-send in a loop.
-            peer->synced = false;
-            if (!room || peer->resync)
-                peer->resync = true;
-            else
-            if (!peer->disconnect_sent) {
-                peer->disconnect_sent = true;
-                s_send_to (self, peer, ZG_MSG_DISCONNECT, 0);
-            }
+    if (in_order && room && s_hold (self, in) == 0) {
+        if (self->held == 1)
+            self->first_held_at = now;
+        peer->expect_any = false;
+        peer->last_seq = in->seq;
+        if (in->seq > peer->held_max)
+            peer->held_max = in->seq;
+    }
+    else {
+        //  A gap would make a later cumulative ack cover a record we
+        //  never saw: stop taking this router's records until it
+        //  starts again from its oldest. When full, it is told so
+        //  only once there is room again, or it would re-send in a loop.
+        peer->synced = false;
+        if (!room || peer->resync)
+            peer->resync = true;
+        else
+        if (!peer->disconnect_sent) {
+            peer->disconnect_sent = true;
+            s_send_to (self, peer, ZG_MSG_DISCONNECT, 0);
         }
     }
 }
@@ -452,15 +453,23 @@ s_on_message (spend_t *self, int64_t now)
         peer_t *peer = s_peer_touch (self, zmq_msg_data (&identity), zmq_msg_size (&identity), now);
         const uint8_t *data = (const uint8_t *) zmq_msg_data (&header);
         size_t left = zmq_msg_size (&header), used;
-        //  Once, even for an empty frame: that is malformed too
+        //  Once, even for an empty frame: that is malformed too. Records
+        //  are read in place (rendered, never kept); anything else whole.
         do {
             if (!peer)
                 break;
-            if (zg_msg_decode_first (&self->msg, data, left, &used) != ZG_MSG_OK) {
+            zg_msg_spend_t spend;
+            if (zg_msg_read_spend (&spend, data, left, &used) == ZG_MSG_OK)
+                s_on_spend (self, peer, &spend, now);
+            else
+            if (zg_msg_decode_first (&self->msg, data, left, &used) == ZG_MSG_OK) {
+                if (self->msg.type == ZG_MSG_HEARTBEAT)
+                    s_on_heartbeat (self, peer);
+            }
+            else {
                 rc = ZG_MSG_ERR_MALFORMED;
                 break;
             }
-            s_on_record (self, peer, &self->msg, now);
             data += used;
             left -= used;
         } while (left);
@@ -720,6 +729,21 @@ zg_spend_run (const zg_config_t *config, const char *endpoint)
 //  --------------------------------------------------------------------------
 //  Self test
 
+//  Renders the record as the spend actor does: encoded, read in place
+static int
+s_test_render (const zg_msg_t *record, char *out, size_t size)
+{
+    static uint8_t frame [ZG_HEADER_MAX_BYTES];
+    int length = zg_msg_encode (record, frame, sizeof frame);
+    zg_msg_spend_t spend;
+    size_t used;
+    if (length <= 0
+    ||  zg_msg_read_spend (&spend, frame, (size_t) length, &used) != ZG_MSG_OK
+    ||  used != (size_t) length)
+        return -2;
+    return zg_spend_render (&spend, out, size);
+}
+
 void
 zg_spend_test (bool verbose)
 {
@@ -741,7 +765,7 @@ zg_spend_test (bool verbose)
     record->status = 429;
     record->cost = 0.1 + 0.2;
     record->start_us = 1700000000000000ULL;
-    int size = zg_spend_render (record, out, RECORD_MAX);
+    int size = s_test_render (record, out, RECORD_MAX);
     S_CHECK (size > 0);
     S_CHECK (zg_json_valid (out, (size_t) size, NULL));
     zg_json_span_t span;
@@ -754,7 +778,7 @@ zg_spend_test (bool verbose)
     //  Digits that read back, as an integer and an exponent
     S_CHECK (strncmp (out, "{\"spend\":30000000000000004e-17,", 31) == 0);
     record->cost = 13 * 2.5e-06 + 9 * 1e-05;
-    S_CHECK (zg_spend_render (record, out, RECORD_MAX) > 0
+    S_CHECK (s_test_render (record, out, RECORD_MAX) > 0
           && zg_json_find (out, strlen (out), "spend", &span)
           && zg_json_double (out, &span, &cost) && cost == 13 * 2.5e-06 + 9 * 1e-05);
     record->cost = 0.1 + 0.2;
@@ -770,19 +794,19 @@ zg_spend_test (bool verbose)
           && zg_json_int64 (out, &span, &number) && number == 0);
     record->prompt_tokens = UINT32_MAX;
     record->duration_us = UINT64_MAX;
-    size = zg_spend_render (record, out, RECORD_MAX);
+    size = s_test_render (record, out, RECORD_MAX);
     S_CHECK (size > 0 && strstr (out, ",\"prompt_tokens\":4294967295,")
           && strstr (out, ",\"duration_us\":18446744073709551615,"));
-    S_CHECK (zg_spend_render (record, out, (size_t) size + 1) == size);
-    S_CHECK (zg_spend_render (record, out, (size_t) size) == -1);
+    S_CHECK (s_test_render (record, out, (size_t) size + 1) == size);
+    S_CHECK (s_test_render (record, out, (size_t) size) == -1);
     //  Too small a buffer is refused, never overrun
-    S_CHECK (zg_spend_render (record, out, 16) == -1);
+    S_CHECK (s_test_render (record, out, 16) == -1);
     //  A record at every maximum still fits
     memset (record->message, 'x', ZG_MESSAGE_MAX);
     record->message [ZG_MESSAGE_MAX] = 0;
     memset (record->api_base, '"', ZG_URL_MAX);
     record->api_base [ZG_URL_MAX] = 0;
-    S_CHECK (zg_spend_render (record, out, RECORD_MAX) > 0);
+    S_CHECK (s_test_render (record, out, RECORD_MAX) > 0);
     char endpoint [64];
     zg_spend_endpoint ("/run", endpoint, sizeof endpoint);
     S_CHECK (streq (endpoint, "ipc:///run/spend.ipc"));

@@ -37,7 +37,7 @@ void zg_spend_endpoint (const char *run_dir, char *endpoint, size_t size);
 
 //  Render one SPEND record as the JSON object a batch is made of. Returns
 //  its length, or -1 if it does not fit in size. Exposed for the self test.
-int zg_spend_render (const zg_msg_t *record, char *out, size_t size);
+int zg_spend_render (const zg_msg_spend_t *record, char *out, size_t size);
 
 //  Self test
 void zg_spend_test (bool verbose);
