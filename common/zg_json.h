@@ -60,7 +60,9 @@ bool zg_json_valid_find (const char *data, size_t size, size_t *error_at,
 //  Find the value of key among the members of the object that starts at
 //  data[0] (after white space); only that object's own members, not
 //  nested ones. Returns false (span->type NONE) if data is not an object or
-//  the key is absent. The document must be valid (call zg_json_valid first).
+//  the key is absent. Meant for valid documents (zg_json_valid first); on
+//  any other bytes it and the readers below stay inside data[0..size),
+//  with answers that mean nothing.
 bool zg_json_find (const char *data, size_t size, const char *key, zg_json_span_t *span);
 
 //  The same, for the object value described by parent (e.g. find
