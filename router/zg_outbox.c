@@ -346,19 +346,6 @@ zg_outbox_push (zg_outbox_t *self, zg_msg_t *record)
 }
 
 bool
-zg_outbox_next (zg_outbox_t *self, const uint8_t **data, size_t *size)
-{
-    assert (self && data && size);
-    if (self->sent >= self->count)
-        return false;
-    const entry_t *entry = &self->ring [(self->head + self->sent) % self->capacity];
-    self->sent++;
-    *data = s_entry_data (entry);
-    *size = entry->size;
-    return true;
-}
-
-bool
 zg_outbox_next_run (zg_outbox_t *self, size_t max_records,
                     const uint8_t **data, size_t *size, size_t *count)
 {
@@ -495,8 +482,8 @@ static size_t
 s_test_drain (zg_outbox_t *outbox, zg_msg_t *msg, int *expected, uint64_t *last_seq)
 {
     const uint8_t *data;
-    size_t size, taken = 0;
-    while (zg_outbox_next (outbox, &data, &size)) {
+    size_t size, count, taken = 0;
+    while (zg_outbox_next_run (outbox, 1, &data, &size, &count)) {
         S_CHECK (zg_msg_decode (msg, data, size) == ZG_MSG_OK);
         char want [32];
         snprintf (want, sizeof want, "call-%d", *expected);

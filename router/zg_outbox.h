@@ -43,11 +43,6 @@ void zg_outbox_destroy (zg_outbox_t **self_p);
 //  memory nor spilled (the record is lost; logged by the caller).
 int zg_outbox_push (zg_outbox_t *self, zg_msg_t *record);
 
-//  The next record not yet handed out since the last rewind: its encoded
-//  header frame, valid until the next call on the outbox. Returns false
-//  when every record in memory has been handed out.
-bool zg_outbox_next (zg_outbox_t *self, const uint8_t **data, size_t *size);
-
 //  Records lie back to back in memory, in blocks of this many bytes: a
 //  run never holds more (and always holds a whole record)
 #define ZG_OUTBOX_RUN_BYTES 65536
