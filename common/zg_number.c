@@ -414,6 +414,31 @@ s_quick_digits (double value, uint64_t *digits, int *power)
     return false;
 }
 
+char *
+zg_number_uint_text (uint64_t value, char *end)
+{
+    assert (end);
+    //  Two digits at a time
+    static const char pairs [] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
+    char *cursor = end;
+    while (value >= 100) {
+        const char *pair = pairs + 2 * (value % 100);
+        value /= 100;
+        *--cursor = pair [1];
+        *--cursor = pair [0];
+    }
+    if (value >= 10) {
+        *--cursor = pairs [2 * value + 1];
+        *--cursor = pairs [2 * value];
+    }
+    else
+        *--cursor = (char) ('0' + value);
+    return cursor;
+}
+
 int
 zg_number_json_quick (double value, char *buf, size_t size)
 {
@@ -430,19 +455,12 @@ zg_number_json_quick (double value, char *buf, size_t size)
     char *end = text + sizeof (text), *cursor = end;
     //  The exponent, then the digits before it, from the last
     if (power) {
-        int magnitude = power < 0 ? -power : power;
-        do {
-            *--cursor = (char) ('0' + magnitude % 10);
-            magnitude /= 10;
-        } while (magnitude);
+        cursor = zg_number_uint_text ((uint64_t) (power < 0 ? -power : power), cursor);
         if (power > 0)
             *--cursor = '-';
         *--cursor = 'e';
     }
-    do {
-        *--cursor = (char) ('0' + digits % 10);
-        digits /= 10;
-    } while (digits);
+    cursor = zg_number_uint_text (digits, cursor);
     if (value < 0)
         *--cursor = '-';
     size_t length = (size_t) (end - cursor);
@@ -487,6 +505,27 @@ zg_number_test (bool verbose)
         printf (" * zg_number: ");
     zg_tally_t tally = { "zg_number", 0, 0 };
     char buf [ZG_NUMBER_TEXT_MAX];
+
+    //  Integers: printf's digits, at every length and at the edges
+    {
+        char text [ZG_NUMBER_UINT_MAX + 1], expected [32];
+        char *end = text + ZG_NUMBER_UINT_MAX;
+        uint64_t value = 0, step = 1;
+        for (int round = 0; round < 2000; round++) {
+            *end = 0;
+            snprintf (expected, sizeof (expected), "%llu", (unsigned long long) value);
+            ZG_TALLY (tally, strcmp (zg_number_uint_text (value, end), expected) == 0);
+            value = round % 2 ? value * 10 + 9 : value + step;
+            if (round % 40 == 39) {
+                step = step * 3 + 1;
+                value = step;
+            }
+        }
+        *end = 0;
+        ZG_TALLY (tally, strcmp (zg_number_uint_text (UINT64_MAX, end), "18446744073709551615") == 0);
+        ZG_TALLY (tally, zg_number_uint_text (UINT64_MAX, end) == text);
+        ZG_TALLY (tally, strcmp (zg_number_uint_text (0, end), "0") == 0);
+    }
     static const struct { double value; const char *repr; const char *json; } cases [] = {
         { 0.5, "0.5", "5e-1" },
         { 10, "10.0", "1e1" },

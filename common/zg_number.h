@@ -15,6 +15,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -49,6 +50,13 @@ int zg_number_json (double value, char *buf, size_t size);
 //  zg_number_json. Returns the length, or -1 when value is not finite or
 //  size is too small.
 int zg_number_json_quick (double value, char *buf, size_t size);
+
+//  Writes value in decimal backwards, its last digit just before end, and
+//  returns its first digit (no NUL is written). ZG_NUMBER_UINT_MAX bytes
+//  before end are always enough. For text written on every call (spend
+//  records, key headers), without printf.
+#define ZG_NUMBER_UINT_MAX      20
+char *zg_number_uint_text (uint64_t value, char *end);
 
 //  Self test
 void zg_number_test (bool verbose);

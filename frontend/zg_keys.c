@@ -1088,12 +1088,8 @@ static char *
 s_integer_text (int64_t value, char *end)
 {
     uint64_t magnitude = value < 0 ? 0 - (uint64_t) value : (uint64_t) value;
-    char *cursor = end;
-    *cursor = 0;
-    do {
-        *--cursor = (char) ('0' + magnitude % 10);
-        magnitude /= 10;
-    } while (magnitude);
+    *end = 0;
+    char *cursor = zg_number_uint_text (magnitude, end);
     if (value < 0)
         *--cursor = '-';
     return cursor;
@@ -1171,8 +1167,10 @@ s_header_text_add (void *arg, const char *name, const char *value)
     text->used += length;
 }
 
-int
-zg_keys_headers (zg_keys_t *self, const char *hash, int64_t now, char *buf, size_t size)
+//  The headers as "name: value\r\n" lines, for the self test: the
+//  length, 0 for an unknown key, -1 when buf is too small
+static int
+s_headers_text (zg_keys_t *self, const char *hash, int64_t now, char *buf, size_t size)
 {
     assert (self);
     assert (buf && size);
@@ -1400,7 +1398,7 @@ s_test_shared (int64_t now)
         ZG_CHECK (s_test_admit (second, hash, at, &verdict) == 0);
     //  A key without limits is never synced
     ZG_CHECK (s_test_admit (first, free_hash, at, &verdict) == 0);
-    ZG_CHECK (zg_keys_headers (first, hash, at, buf, sizeof (buf)) > 0);
+    ZG_CHECK (s_headers_text (first, hash, at, buf, sizeof (buf)) > 0);
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 7\r\n"));
 
     //  Syncs: the store adds up, each learns the others' part
@@ -1408,12 +1406,12 @@ s_test_shared (int64_t now)
     ZG_CHECK (store.window == window && store.requests == 3);
     ZG_CHECK (s_test_sync (second, &store, at, true) == 1);
     ZG_CHECK (store.requests == 5);
-    ZG_CHECK (zg_keys_headers (second, hash, at, buf, sizeof (buf)) > 0);
+    ZG_CHECK (s_headers_text (second, hash, at, buf, sizeof (buf)) > 0);
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 5\r\n"));
     //  Nothing new here: the totals are learned all the same
     ZG_CHECK (s_test_sync (first, &store, at, true) == 1);
     ZG_CHECK (store.requests == 5);
-    ZG_CHECK (zg_keys_headers (first, hash, at, buf, sizeof (buf)) > 0);
+    ZG_CHECK (s_headers_text (first, hash, at, buf, sizeof (buf)) > 0);
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 5\r\n"));
 
     //  The first admits up to the shared limit, then refuses till the
@@ -1438,10 +1436,10 @@ s_test_shared (int64_t now)
     ZG_CHECK (s_test_sync (first, &store, at + 2, true) == 1);
     ZG_CHECK (s_test_sync (second, &store, at + 2, true) == 1);
     ZG_CHECK (store.tokens == 900);
-    ZG_CHECK (zg_keys_headers (second, hash, at + 2, buf, sizeof (buf)) > 0);
+    ZG_CHECK (s_headers_text (second, hash, at + 2, buf, sizeof (buf)) > 0);
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-tokens: 100\r\n"));
     ZG_CHECK (zg_keys_record_usage (second, hash, 100, 0, at + 2) == 0);
-    ZG_CHECK (zg_keys_headers (second, hash, at + 2, buf, sizeof (buf)) > 0);
+    ZG_CHECK (s_headers_text (second, hash, at + 2, buf, sizeof (buf)) > 0);
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-tokens: 0\r\n"));
 
     //  The next minute starts from zero everywhere, whatever was pushed;
@@ -1453,7 +1451,7 @@ s_test_shared (int64_t now)
     stale [0].known = true;
     stale [0].total_requests = stale [0].total_tokens = 1000000;
     ZG_CHECK (zg_keys_sync_learn (first, &stale [0]) == -1);
-    ZG_CHECK (zg_keys_headers (first, hash, at, buf, sizeof (buf)) > 0);
+    ZG_CHECK (s_headers_text (first, hash, at, buf, sizeof (buf)) > 0);
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 9\r\n"));
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-tokens: 1000\r\n"));
     //  The second's window is over: it is no longer synced
@@ -1790,7 +1788,7 @@ zg_keys_test (bool verbose)
     ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start + 60, &verdict, &ticket) == 0);
     zg_keys_finish (keys, &ticket);
     //  Headers after one request of the new window
-    int length = zg_keys_headers (keys, hash, start + 61, buf, sizeof (buf));
+    int length = s_headers_text (keys, hash, start + 61, buf, sizeof (buf));
     ZG_CHECK (length > 0 && (size_t) length == strlen (buf));
     ZG_CHECK (streq (buf, "x-ratelimit-remaining-requests: 2\r\n"
                          "x-ratelimit-limit-requests: 3\r\n"
@@ -1868,15 +1866,15 @@ zg_keys_test (bool verbose)
     ZG_CHECK (zg_keys_admit (keys, hash, NULL, "gpt-4o", start, &verdict, &ticket) == 0);
     ZG_CHECK (zg_keys_record_usage (keys, hash, 250, 0.0125, start) == 0);
     zg_keys_finish (keys, &ticket);
-    length = zg_keys_headers (keys, hash, start, buf, sizeof (buf));
+    length = s_headers_text (keys, hash, start, buf, sizeof (buf));
     ZG_CHECK (streq (buf, "x-ratelimit-remaining-requests: 9\r\n"
                          "x-ratelimit-limit-requests: 10\r\n"
                          "x-ratelimit-remaining-tokens: 750\r\n"
                          "x-ratelimit-limit-tokens: 1000\r\n"
                          "x-litellm-key-spend: 0.0125\r\n"
                          "x-litellm-key-max-budget: 5.0\r\n"));
-    ZG_CHECK (zg_keys_headers (keys, hash, start, buf, 40) == -1 && buf [0] == 0);
-    ZG_CHECK (zg_keys_headers (keys, "unknown", start, buf, sizeof (buf)) == 0);
+    ZG_CHECK (s_headers_text (keys, hash, start, buf, 40) == -1 && buf [0] == 0);
+    ZG_CHECK (s_headers_text (keys, "unknown", start, buf, sizeof (buf)) == 0);
     //  One by one: the same names and values, in the same order
     s_header_text_t text = { buf, sizeof (buf), 0, true };
     ZG_CHECK (zg_keys_each_header (keys, hash, start, s_header_text_add, &text) == 6);
@@ -1888,7 +1886,7 @@ zg_keys_test (bool verbose)
                                        "x-litellm-key-max-budget: 5.0\r\n"));
     ZG_CHECK (zg_keys_each_header (keys, "unknown", start, s_header_text_add, &text) == 0);
     //  A closed window shows the whole limit again
-    zg_keys_headers (keys, hash, start + 60, buf, sizeof (buf));
+    s_headers_text (keys, hash, start + 60, buf, sizeof (buf));
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-requests: 10\r\n"));
     ZG_CHECK (strstr (buf, "x-ratelimit-remaining-tokens: 1000\r\n"));
     record.rpm_limit = -1;

@@ -201,15 +201,10 @@ size_t zg_keys_double_finishes (zg_keys_t *self);
 int zg_keys_record_usage (zg_keys_t *self, const char *hash, int64_t tokens, double cost,
                           int64_t now);
 
-//  The key's x-ratelimit-* and x-litellm-key-* response headers, as
-//  "name: value\r\n" lines, only those that apply. Returns the length,
-//  0 for an unknown key, -1 when buf is too small.
-int zg_keys_headers (zg_keys_t *self, const char *hash, int64_t now, char *buf, size_t size);
-
-//  The same headers handed one by one to header (arg, name, value), in the
-//  same order; value is valid during the call only. Returns how many, 0
-//  for an unknown key. For callers that set headers one at a time, so the
-//  text need not be made and parsed again.
+//  The key's x-ratelimit-* and x-litellm-key-* response headers, only
+//  those that apply, handed one by one to header (arg, name, value);
+//  value is valid during the call only. Returns how many, 0 for an
+//  unknown key.
 typedef void (zg_keys_header_fn) (void *arg, const char *name, const char *value);
 int zg_keys_each_header (zg_keys_t *self, const char *hash, int64_t now,
                          zg_keys_header_fn *header, void *arg);

@@ -173,32 +173,16 @@ s_put_text (char *out, size_t size, size_t *used, const char *text, size_t lengt
 #define S_KEY(name) ",\"" name "\":", sizeof (",\"" name "\":") - 1
 
 //  Appends the key (S_KEY) and <decimal>. A record is rendered for every
-//  call, so its numbers are spelled here rather than by printf, two
-//  digits at a time.
+//  call, so its numbers are spelled here rather than by printf.
 static bool
 s_put_number (char *out, size_t size, size_t *used,
               const char *key, size_t key_length, uint64_t value)
 {
-    static const char pairs [] =
-        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
-        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
-        "8081828384858687888990919293949596979899";
-    char digits [24];
-    char *cursor = digits + sizeof (digits);
-    while (value >= 100) {
-        const char *pair = pairs + 2 * (value % 100);
-        value /= 100;
-        *--cursor = pair [1];
-        *--cursor = pair [0];
-    }
-    if (value >= 10) {
-        *--cursor = pairs [2 * value + 1];
-        *--cursor = pairs [2 * value];
-    }
-    else
-        *--cursor = (char) ('0' + value);
+    char digits [ZG_NUMBER_UINT_MAX];
+    char *end = digits + sizeof (digits);
+    char *start = zg_number_uint_text (value, end);
     return s_put_text (out, size, used, key, key_length)
-        && s_put_text (out, size, used, cursor, (size_t) (digits + sizeof (digits) - cursor));
+        && s_put_text (out, size, used, start, (size_t) (end - start));
 }
 
 //  Appends the key (S_KEY) and <quoted value>
@@ -215,7 +199,6 @@ s_put_string (char *out, size_t size, size_t *used,
     return true;
 }
 
-//  A literal as a zg_msg_text_t
 int
 zg_spend_render (const zg_msg_spend_t *record, char *out, size_t size)
 {
