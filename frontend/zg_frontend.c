@@ -1213,6 +1213,24 @@ s_check_forget_list (s_check_t *check)
     check->listed = 0;
 }
 
+//  A call of the frontend's own for a check (a deployment's probe, the
+//  router's deployment list), routed under a fresh id (a second one in
+//  the unlikely case the first is taken)
+static zg_call_t *
+s_check_call (s_frontend_t *self, s_check_t *check)
+{
+    zg_call_t *call = zg_calls_acquire (self->calls);
+    call->owner = self;
+    call->check = check;
+    call->started_us = zclock_usecs ();
+    zg_calls_new_id (self->calls, call->call_id);
+    if (zg_calls_route (self->calls, call) != 0) {
+        zg_calls_new_id (self->calls, call->call_id);
+        zg_calls_route (self->calls, call);
+    }
+    return call;
+}
+
 static void
 s_check_destroy (s_check_t **check_p)
 {
@@ -1360,16 +1378,8 @@ s_check_probe_all (s_frontend_t *self, s_check_t *check)
             check->errors [index] = strdup ("the deployment has no id");
             continue;
         }
-        zg_call_t *probe = zg_calls_acquire (self->calls);
-        probe->owner = self;
-        probe->check = check;
+        zg_call_t *probe = s_check_call (self, check);
         probe->check_index = index;
-        probe->started_us = zclock_usecs ();
-        zg_calls_new_id (self->calls, probe->call_id);
-        if (zg_calls_route (self->calls, probe) != 0) {
-            zg_calls_new_id (self->calls, probe->call_id);
-            zg_calls_route (self->calls, probe);
-        }
         const char *mode = zg_reply_mode (deployment);
         char body [ZG_NAME_MAX * 2 + 128];
         char quoted_id [ZG_NAME_MAX * 2 + 8];
@@ -1519,15 +1529,7 @@ s_start_check (s_frontend_t *self, zg_call_t *call, bool names_only)
         s_check_destroy (&check);
         return result;
     }
-    zg_call_t *lister = zg_calls_acquire (self->calls);
-    lister->owner = self;
-    lister->check = check;
-    lister->started_us = zclock_usecs ();
-    zg_calls_new_id (self->calls, lister->call_id);
-    if (zg_calls_route (self->calls, lister) != 0) {
-        zg_calls_new_id (self->calls, lister->call_id);
-        zg_calls_route (self->calls, lister);
-    }
+    zg_call_t *lister = s_check_call (self, check);
     check->lister = lister;
     zg_msg_reset (&self->out, ZG_MSG_LIST);
     ZG_MSG_SET (self->out.call_id, lister->call_id);
