@@ -46,6 +46,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,7 +62,8 @@
 //  Messages queued per peer before sends fail: enough for hundreds of
 //  streams in flight, small enough to bound memory
 #define SOCKET_HWM          100000
-//  Messages read from one socket before the other gets its turn
+//  Messages read from one socket before the others get their turn; also
+//  how many the loop handles at most before it looks for new ones elsewhere
 #define DRAIN_BATCH         256
 //  Call records are allocated this many at a time and never freed before
 //  the router stops
@@ -181,6 +183,16 @@ struct _frontend_t {
     frontend_t *next;
 };
 
+//  The sockets the loop reads, as bits of router_t's ready and sent; a turn
+//  reads them in this order (workers first: their replies free credit)
+enum {
+    SOCKET_BACKEND  = 1,
+    SOCKET_FRONTEND = 2,
+    SOCKET_SPEND    = 4,
+    SOCKET_LOADER   = 8,
+    SOCKET_PIPE     = 16
+};
+
 //  The frames of one message as they arrived
 typedef struct {
     zmq_msg_t identity;
@@ -244,6 +256,18 @@ typedef struct {
     int         slot;
     char        key_hash [ZG_KEY_HASH_MAX + 1];
     zg_msg_t    record;
+
+    //  The loop's wait: every socket's ZMQ_FD in one epoll set. ZMQ_FD
+    //  signals only the commands that make a socket readable again after it
+    //  was read dry, and a send may take that signal in passing, so the
+    //  loop keeps, per socket, whether it may hold messages without a
+    //  signal to come (ready: not read dry since it was signalled or sent
+    //  on) and reads those without asking the kernel first.
+    int         epoll_fd;
+    unsigned    ready;              //  SOCKET_* to read before any wait
+    unsigned    sent;               //  SOCKET_* sent on since read dry
+    size_t      handled;            //  messages since the loop last looked
+    bool        terminated;         //  the ZeroMQ context is ending
 } router_t;
 
 static const char *
@@ -695,6 +719,7 @@ s_send (router_t *self, void *handle, zframe_t *identity, zg_msg_t *msg, zmq_msg
                   msg->call_id);
         return -1;
     }
+    self->sent |= handle == self->backend_handle? SOCKET_BACKEND: SOCKET_FRONTEND;
     if (zmq_send (handle, zframe_data (identity), zframe_size (identity),
                   ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return -1;
@@ -796,11 +821,13 @@ s_spend_flush (router_t *self)
     const uint8_t *data;
     size_t size, count, in_flight;
     while ((in_flight = zg_outbox_in_flight (self->outbox)) < SPEND_WINDOW
-       &&  zg_outbox_next_run (self->outbox, SPEND_WINDOW - in_flight, &data, &size, &count))
+       &&  zg_outbox_next_run (self->outbox, SPEND_WINDOW - in_flight, &data, &size, &count)) {
+        self->sent |= SOCKET_SPEND;
         if (zmq_send (self->spend_handle, data, size, ZMQ_DONTWAIT) < 0) {
             zg_outbox_rewind (self->outbox);
             return;
         }
+    }
 }
 
 //  A HEARTBEAT first tells the spend actor that what follows starts again
@@ -812,6 +839,7 @@ s_spend_resend (router_t *self, int64_t now)
     zg_msg_reset (out, ZG_MSG_HEARTBEAT);
     ZG_MSG_SET (out->name, "router");
     out->pid = self->pid;
+    self->sent |= SOCKET_SPEND;
     if (zg_msg_send (out, self->spend_handle))
         zg_debug ("router: cannot reach the spend actor: %s", zmq_strerror (zmq_errno ()));
     zg_outbox_rewind (self->outbox);
@@ -902,13 +930,18 @@ s_spend_record (router_t *self, const call_t *call, const char *call_id, const z
         self->spend_send_at = zclock_mono () + SPEND_SEND_MS;
 }
 
-static void
+//  Returns true when the socket was read dry
+static bool
 s_on_spend_message (router_t *self, int64_t now)
 {
     zg_msg_t *in = &self->record;
+    bool dry = false;
     for (int count = 0; count < DRAIN_BATCH; count++) {
-        if (!(zsock_events (self->spend) & ZMQ_POLLIN))
+        if (!(zsock_events (self->spend) & ZMQ_POLLIN)) {
+            self->sent &= ~SOCKET_SPEND;
+            dry = true;
             break;
+        }
         int rc = zg_msg_recv (in, self->spend_handle);
         if (rc == ZG_MSG_ERR_IO)
             break;
@@ -925,8 +958,10 @@ s_on_spend_message (router_t *self, int64_t now)
             s_spend_resend (self, now);
         }
         zg_msg_reset (in, 0);
+        self->handled++;
     }
     s_spend_flush (self);
+    return dry;
 }
 
 static void
@@ -1481,6 +1516,7 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
                                   zmq_msg_size (&raw->header)) == ZG_MSG_OK
                 && self->in.type == type;
     void *handle = self->frontend_handle;
+    self->sent |= SOCKET_FRONTEND;
     bool delivered =
         zmq_send (handle, zframe_data (call->frontend->identity),
                   zframe_size (call->frontend->identity), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0
@@ -1630,14 +1666,21 @@ s_on_worker_message (router_t *self, int64_t now)
     }
 }
 
-//  Handles what is waiting on one socket, at most DRAIN_BATCH messages
-static void
+//  Handles what is waiting on one socket, at most DRAIN_BATCH messages.
+//  Returns true when the socket was read dry: its ZMQ_FD signals the next
+//  message then, unless a send takes the signal first.
+static bool
 s_drain (router_t *self, void *handle, bool from_workers)
 {
     for (int count = 0; count < DRAIN_BATCH; count++) {
         int rc = s_recv_raw (handle, &self->raw);
-        if (rc == ZG_MSG_ERR_IO)
-            break;
+        if (rc == ZG_MSG_ERR_IO) {
+            if (zmq_errno () == ETERM)
+                self->terminated = true;
+            self->sent &= from_workers? ~SOCKET_BACKEND: ~SOCKET_FRONTEND;
+            return true;
+        }
+        self->handled++;
         int64_t now = zclock_mono ();
         if (rc == ZG_MSG_ERR_MALFORMED) {
             zg_warning ("router: malformed frames from a %s: dropped",
@@ -1649,6 +1692,7 @@ s_drain (router_t *self, void *handle, bool from_workers)
         else
             s_on_frontend_message (self, now);
     }
+    return false;
 }
 
 //  ---------------------------------------------------------------------
@@ -1878,6 +1922,29 @@ s_router_destroy (router_t *self)
     zg_msg_reset (&self->out, 0);
     zsock_destroy (&self->frontend);
     zsock_destroy (&self->backend);
+    if (self->epoll_fd >= 0)
+        close (self->epoll_fd);
+    self->epoll_fd = -1;
+}
+
+//  Puts a socket's ZMQ_FD in the loop's epoll set. The socket is ready at
+//  first: whatever came before it was watched has not been signalled.
+static int
+s_watch (router_t *self, void *handle, unsigned socket)
+{
+    int fd;
+    size_t size = sizeof (fd);
+    if (zmq_getsockopt (handle, ZMQ_FD, &fd, &size)) {
+        zg_error ("router: cannot watch its sockets: %s", zmq_strerror (zmq_errno ()));
+        return -1;
+    }
+    struct epoll_event event = { .events = EPOLLIN, .data.u32 = socket };
+    if (epoll_ctl (self->epoll_fd, EPOLL_CTL_ADD, fd, &event)) {
+        zg_error ("router: cannot watch its sockets: %s", strerror (errno));
+        return -1;
+    }
+    self->ready |= socket;
+    return 0;
 }
 
 //  Binds each endpoint of a comma-separated list on one ROUTER socket
@@ -1916,6 +1983,7 @@ s_router_start (router_t *self, const zg_config_t *config, const char *frontend_
                 const char *worker_endpoint)
 {
     memset (self, 0, sizeof (*self));
+    self->epoll_fd = -1;
     self->config = config;
     self->pid = (uint32_t) getpid ();
     self->heartbeat_ms = config->heartbeat_ms > 0? config->heartbeat_ms: 1000;
@@ -1961,74 +2029,106 @@ s_router_start (router_t *self, const zg_config_t *config, const char *frontend_
         return -1;
     //  NULL unless store_model_in_db asks for the database's deployments
     self->loader = zg_model_loader_new (config);
+    self->epoll_fd = epoll_create1 (EPOLL_CLOEXEC);
+    if (self->epoll_fd < 0) {
+        zg_error ("router: cannot watch its sockets: %s", strerror (errno));
+        return -1;
+    }
+    if (s_watch (self, self->backend_handle, SOCKET_BACKEND)
+    ||  s_watch (self, self->frontend_handle, SOCKET_FRONTEND)
+    ||  (self->spend_handle && s_watch (self, self->spend_handle, SOCKET_SPEND))
+    ||  (self->loader
+         && s_watch (self, zsock_resolve (zg_model_loader_socket (self->loader)), SOCKET_LOADER)))
+        return -1;
     zg_info ("router: serving %zu model group(s); frontends on %s, workers on %s",
              zhashx_size (self->models->groups), frontend_endpoints, worker_endpoint);
     return 0;
 }
 
+//  Reads the actor's pipe: 1 when $TERM came (or the pipe broke), 0 when it
+//  was read dry, -1 when a signal interrupted the read
+static int
+s_on_pipe (void *pipe_handle)
+{
+    char command [16];
+    while (true) {
+        int size = zmq_recv (pipe_handle, command, sizeof (command), ZMQ_DONTWAIT);
+        if (size == 5 && memcmp (command, "$TERM", 5) == 0)
+            return 1;
+        if (size >= 0)
+            continue;           //  nothing else is a command to us
+        if (zmq_errno () == EAGAIN)
+            return 0;
+        return zmq_errno () == EINTR? -1: 1;
+    }
+}
+
+//  How long the loop may sleep: until the next heartbeat, deadline or
+//  spend flush
+static int
+s_timeout (router_t *self, int64_t now)
+{
+    int64_t wake = self->next_heartbeat;
+    if (self->deadline_count && self->deadlines [0]->deadline < wake)
+        wake = self->deadlines [0]->deadline;
+    if (self->spend_send_at && self->spend_send_at < wake)
+        wake = self->spend_send_at;
+    return wake > now? (int) (wake - now): 0;
+}
+
 //  Serves until SIGTERM/SIGINT (zsys_interrupted) when pipe is NULL, else
-//  until $TERM arrives on the actor's pipe
+//  until $TERM arrives on the actor's pipe.
+//
+//  A turn reads the sockets that are ready, each until it is dry or for
+//  DRAIN_BATCH messages, then fires the timers. A socket sent on after it
+//  was read dry is ready in the next turn: the send may have taken the
+//  signal of a message that came meanwhile. The loop asks the epoll set
+//  which sockets were signalled only when none is ready (and then sleeps
+//  until the next timer at most), or once DRAIN_BATCH messages were handled
+//  since it last asked, so that sockets kept busy cannot starve the others.
+//  So while there is work, the only system calls are libzmq's own, in the
+//  receive that finds a socket dry.
 static void
 s_router_loop (router_t *self, zsock_t *pipe)
 {
     void *backend = self->backend_handle;
     void *frontend = self->frontend_handle;
     void *pipe_handle = pipe? zsock_resolve (pipe): NULL;
-    zmq_pollitem_t items [5] = {
-        { backend, 0, ZMQ_POLLIN, 0 },
-        { frontend, 0, ZMQ_POLLIN, 0 }
-    };
-    //  The optional ones follow, each only when it exists
-    int item_count = 2;
-    zmq_pollitem_t *spend_item = NULL, *loader_item = NULL, *pipe_item = NULL;
-    if (self->spend_handle) {
-        items [item_count] = (zmq_pollitem_t) { self->spend_handle, 0, ZMQ_POLLIN, 0 };
-        spend_item = &items [item_count++];
-    }
-    if (self->loader) {
-        items [item_count] = (zmq_pollitem_t) {
-            zsock_resolve (zg_model_loader_socket (self->loader)), 0, ZMQ_POLLIN, 0 };
-        loader_item = &items [item_count++];
-    }
-    if (pipe) {
-        items [item_count] = (zmq_pollitem_t) { pipe_handle, 0, ZMQ_POLLIN, 0 };
-        pipe_item = &items [item_count++];
-    }
+    struct epoll_event events [8];
     self->next_heartbeat = zclock_mono () + self->heartbeat_ms;
-    while (pipe || !zsys_interrupted) {
+    while ((pipe || !zsys_interrupted) && !self->terminated) {
+        if (!self->ready || self->handled >= DRAIN_BATCH) {
+            int timeout = self->ready? 0: s_timeout (self, zclock_mono ());
+            int count = epoll_wait (self->epoll_fd, events, 8, timeout);
+            if (count < 0) {
+                if (errno == EINTR)
+                    continue;
+                zg_error ("router: epoll_wait failed: %s", strerror (errno));
+                break;
+            }
+            for (int index = 0; index < count; index++)
+                self->ready |= events [index].data.u32;
+            self->handled = 0;
+        }
+        //  Each socket read here stays ready only if it is not read dry
+        unsigned ready = self->ready;
+        self->ready = 0;
+        if (ready & SOCKET_PIPE) {
+            int rc = s_on_pipe (pipe_handle);
+            if (rc == 1)
+                break;
+            if (rc == -1)
+                self->ready |= SOCKET_PIPE;
+        }
+        if ((ready & SOCKET_BACKEND) && !s_drain (self, backend, true))
+            self->ready |= SOCKET_BACKEND;
+        if ((ready & SOCKET_FRONTEND) && !s_drain (self, frontend, false))
+            self->ready |= SOCKET_FRONTEND;
         int64_t now = zclock_mono ();
-        int64_t wake = self->next_heartbeat;
-        if (self->deadline_count && self->deadlines [0]->deadline < wake)
-            wake = self->deadlines [0]->deadline;
-        if (self->spend_send_at && self->spend_send_at < wake)
-            wake = self->spend_send_at;
-        int timeout = wake > now? (int) (wake - now): 0;
-        int rc = zmq_poll (items, item_count, timeout);
-        if (rc < 0) {
-            if (zmq_errno () == EINTR)
-                continue;
-            if (zmq_errno () == ETERM)
-                break;
-            zg_error ("router: poll failed: %s", zmq_strerror (zmq_errno ()));
-            break;
-        }
-        if (pipe_item && (pipe_item->revents & ZMQ_POLLIN)) {
-            char *command = zstr_recv (pipe);
-            bool term = !command || streq (command, "$TERM");
-            zstr_free (&command);
-            if (term)
-                break;
-        }
-        //  Workers first: their replies free credit
-        if (items [0].revents & ZMQ_POLLIN)
-            s_drain (self, backend, true);
-        if (items [1].revents & ZMQ_POLLIN)
-            s_drain (self, frontend, false);
-        now = zclock_mono ();
-        if (spend_item && (spend_item->revents & ZMQ_POLLIN))
-            s_on_spend_message (self, now);
-        if (loader_item && (loader_item->revents & ZMQ_POLLIN))
-            s_on_models (self);
+        if ((ready & SOCKET_SPEND) && !s_on_spend_message (self, now))
+            self->ready |= SOCKET_SPEND;
+        if (ready & SOCKET_LOADER)
+            s_on_models (self);         //  reads it dry
         s_check_deadlines (self, now);
         if (self->spend_send_at && now >= self->spend_send_at)
             s_spend_flush (self);
@@ -2036,6 +2136,8 @@ s_router_loop (router_t *self, zsock_t *pipe)
             s_tick (self, now);
             self->next_heartbeat = now + self->heartbeat_ms;
         }
+        self->ready |= self->sent;
+        self->sent = 0;
         zg_scoreboard_beat (self->board, self->slot);
         zg_scoreboard_gauge (self->board, self->slot, ZG_SB_QUEUE_DEPTH,
                              (int64_t) self->queue.size);
@@ -2078,6 +2180,8 @@ s_router_actor (zsock_t *pipe, void *args)
     router_t router;
     int rc = s_router_start (&router, actor_args->config, actor_args->frontend_endpoints,
                              actor_args->worker_endpoint);
+    if (rc == 0)
+        rc = s_watch (&router, zsock_resolve (pipe), SOCKET_PIPE);
     zsock_signal (pipe, 0);
     zsock_signal (pipe, rc == 0? 0: 1);
     if (rc == 0)

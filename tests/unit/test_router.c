@@ -728,6 +728,47 @@ s_test_actor (const zg_config_t *config, const char *dir)
     CHECK (router == NULL);
 }
 
+//  Bursts of several times what the router reads from one socket in a
+//  turn, of messages it answers with nothing, then one it answers: what a
+//  turn leaves must be read without a new signal (ZeroMQ signals a socket
+//  only once it was read dry). The router's own heartbeats, which would
+//  hide a miss, are an hour apart here.
+static void
+s_test_burst (zg_config_t *config, const char *dir)
+{
+    char worker_ep [PATH_MAX + 16];
+    snprintf (worker_ep, sizeof (worker_ep), "ipc://%s/burst-worker.ipc", dir);
+    int heartbeat_ms = config->heartbeat_ms;
+    config->heartbeat_ms = 3600 * 1000;
+    zactor_t *router = zg_router_start (config, "inproc://zg-router-burst", worker_ep);
+    config->heartbeat_ms = heartbeat_ms;
+    if (!CHECK (router))
+        return;
+    zg_msg_t msg;
+    zg_msg_init (&msg, 0);
+    size_t first_peer = s_peer_count;
+    peer_t *frontend = s_peer_new ("frontend-burst", "inproc://zg-router-burst", false);
+    peer_t *worker = s_peer_new ("worker-burst", worker_ep, false);
+    CHECK (s_join (worker, 1, &msg));
+    for (int index = 0; index < 800; index++) {
+        char call_id [16];
+        snprintf (call_id, sizeof (call_id), "gone-%d", index);
+        s_send_simple (frontend, ZG_MSG_CANCEL, call_id, 0);
+        s_send_simple (worker, ZG_MSG_CREDIT, NULL, 1);
+    }
+    s_heartbeat (frontend);
+    CHECK (s_expect (frontend, &msg, ZG_MSG_HEARTBEAT, NULL, SAFETY_MS));
+    s_send_simple (worker, ZG_MSG_RETIRE, NULL, 0);
+    CHECK (s_expect (worker, &msg, ZG_MSG_RETIRE, NULL, SAFETY_MS));
+    zg_msg_reset (&msg, 0);
+    for (size_t index = first_peer; index < s_peer_count; index++) {
+        zsock_destroy (&s_peers [index]->sock);
+        free (s_peers [index]);
+    }
+    s_peer_count = first_peer;
+    zactor_destroy (&router);
+}
+
 static void
 s_remove_tree (const char *path)
 {
@@ -828,6 +869,7 @@ main (int argc, char *argv [])
         CHECK (zg_router_run (config, "ipc:///nonexistent-zg-dir/frontend.ipc",
                               "ipc:///nonexistent-zg-dir/worker.ipc") == 1);
         s_test_actor (config, dir);
+        s_test_burst (config, dir);
         for (size_t index = 0; index < s_peer_count; index++) {
             zsock_destroy (&s_peers [index]->sock);
             free (s_peers [index]);
