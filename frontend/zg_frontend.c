@@ -2111,6 +2111,31 @@ s_on_upload (s_frontend_t *self, zg_call_t *call, const char *data, size_t size)
     call->body_size += size;
 }
 
+//  Where a worker splices, from what the validation found (model, stream,
+//  stream_options), sent with the body so that the worker does not scan
+//  it again. Not located (the worker then scans) for the shapes it has no
+//  spans for: a top-level value that is not an object, a model that is
+//  not a string, stream_options that are not an object.
+static void
+s_locate_body (const char *body, size_t size, const zg_json_span_t *found, zg_msg_t *out)
+{
+    out->model_span = out->options_span = 0;
+    size_t start = 0;
+    while (start < size && (body [start] == ' ' || body [start] == '\t'
+                        ||  body [start] == '\n' || body [start] == '\r'))
+        start++;
+    if (size > UINT32_MAX || start >= size || body [start] != '{'
+    ||  (found [0].type != ZG_JSON_NONE && found [0].type != ZG_JSON_STRING)
+    ||  (found [2].type != ZG_JSON_NONE && found [2].type != ZG_JSON_OBJECT))
+        return;
+    out->flags |= ZG_FLAG_BODY_LOCATED;
+    if (found [0].type == ZG_JSON_STRING)
+        out->model_span = zg_msg_span ((uint32_t) found [0].offset, (uint32_t) found [0].length);
+    if (found [2].type == ZG_JSON_OBJECT)
+        out->options_span = zg_msg_span ((uint32_t) found [2].offset,
+                                         (uint32_t) found [2].length);
+}
+
 //  The whole body is in: check it, send the REQUEST, suspend
 static enum MHD_Result
 s_on_body_complete (s_frontend_t *self, zg_call_t *call)
@@ -2181,6 +2206,7 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
     self->out.route = call->route;
     self->out.flags = call->flags;
     self->out.timeout_ms = self->timeout_ms;
+    s_locate_body (body, size, found, &self->out);
     //  Whose spend it is: the master key's calls go without, as before
     if (call->caller == ZG_CALLER_VIRTUAL || call->caller == ZG_CALLER_UNPRIVILEGED) {
         ZG_MSG_SET (self->out.key_hash, call->key_hash);

@@ -21,9 +21,11 @@
     The conversation (see also DESIGN.md):
 
         frontend -> router   REQUEST   call_id route model flags timeout_ms
-                                       key_hash user_id team_id              + body
+                                       key_hash user_id team_id model_span
+                                       options_span                          + body
         router   -> worker   DISPATCH  call_id route model flags timeout_ms
-                                       attempt deployment...                 + body
+                                       attempt deployment... model_span
+                                       options_span                          + body
         worker   -> router -> frontend
                              HEAD      call_id status flags content_type
                                        headers deployment_id api_base
@@ -107,6 +109,7 @@
 
     Version 2: HEAD carries the usage, cost and ttfb_us after duration_us
     (version 1 had none of them and followed a final HEAD with END).
+    Version 3: REQUEST and DISPATCH carry model_span and options_span last.
 
     Encoding of the fields. DISPATCH's "deployment..." is one field, a
     nested array of the deployment's 9 fields in this order:
@@ -114,6 +117,14 @@
         [ id, provider, upstream_model, api_base, api_key,
           timeout_ms, stream_timeout_ms,
           input_cost_per_token, output_cost_per_token ]
+
+    REQUEST's and DISPATCH's model_span and options_span are unsigned
+    integers, each a span of the payload as offset * 2^32 + length (0:
+    none), set only with ZG_FLAG_BODY_LOCATED (0 without it). Set, they
+    lie inside the payload (offset >= 1, length >= 1) and apart from each
+    other. zg_msg_recv and zg_msg_send check that against the payload
+    (zg_msg_payload_check); zg_msg_encode and zg_msg_decode, which see no
+    payload, do not.
 
     Strings are msgpack str, at most the ZG_*_MAX bytes of their field,
     without NUL bytes; ERROR.param and HEAD.headers travel as nil when empty
@@ -139,7 +150,7 @@
 extern "C" {
 #endif
 
-#define ZG_PROTO_VERSION 2
+#define ZG_PROTO_VERSION 3
 
 //  Message types
 typedef enum {
@@ -177,6 +188,11 @@ typedef enum {
 #define ZG_FLAG_PIN_DEPLOYMENT 0x10  //  REQUEST: model is a deployment id (model_info.id), not a
                                      //  group: the router sends the call to exactly that
                                      //  deployment (GET /health checks each one this way)
+#define ZG_FLAG_BODY_LOCATED  0x20   //  REQUEST/DISPATCH: the sender validated the body, whose
+                                     //  top-level value is an object; model_span and
+                                     //  options_span say where its "model" (a string) and
+                                     //  "stream_options" (an object) values are, 0 when it has
+                                     //  none. A worker splices there without scanning the body.
 
 //  Limits: a decoder rejects a message whose field is longer
 #define ZG_CALL_ID_MAX     64
@@ -206,6 +222,26 @@ typedef struct {
     double   output_cost_per_token;            //  < 0 when not configured
 } zg_deployment_wire_t;
 
+//  A span of a payload as REQUEST and DISPATCH carry it: offset * 2^32 +
+//  length, 0 for none
+static inline uint64_t
+zg_msg_span (uint32_t offset, uint32_t length)
+{
+    return (uint64_t) offset << 32 | length;
+}
+
+static inline uint32_t
+zg_msg_span_offset (uint64_t span)
+{
+    return (uint32_t) (span >> 32);
+}
+
+static inline uint32_t
+zg_msg_span_length (uint64_t span)
+{
+    return (uint32_t) span;
+}
+
 //  One message. The struct is public so that actors can keep one on the
 //  stack and reuse it: zg_msg_recv overwrites every field of the type it
 //  reads. Strings are always NUL-terminated. Fields that a type does not
@@ -219,6 +255,9 @@ typedef struct {
     char      model [ZG_NAME_MAX + 1];     //  client-facing model group
     uint32_t  flags;            //  ZG_FLAG_*
     uint32_t  timeout_ms;       //  REQUEST/DISPATCH: deadline for the whole request
+    uint64_t  model_span;       //  REQUEST/DISPATCH with ZG_FLAG_BODY_LOCATED: the "model"
+                                //  value in payload, quotes included (zg_msg_span); 0 = none
+    uint64_t  options_span;     //  the same for "stream_options", braces included
     uint8_t   attempt;          //  DISPATCH: 0 for the first, 1.. for re-dispatches
 
     zg_deployment_wire_t deployment;       //  DISPATCH
@@ -292,6 +331,14 @@ int zg_msg_recv (zg_msg_t *self, void *socket);
 //  becomes NULL); routing_id is kept so the same struct can answer again.
 //  Returns 0 on success, -1 on failure (the payload is destroyed anyway).
 int zg_msg_send (zg_msg_t *self, void *socket);
+
+//  Whether a payload may travel with a decoded message: ZG_MSG_OK, or
+//  ZG_MSG_ERR_MALFORMED for a payload on a type that carries none, or
+//  REQUEST or DISPATCH spans that do not lie inside the payload of
+//  payload_size bytes (with_payload false: none came) or that are set
+//  without ZG_FLAG_BODY_LOCATED. zg_msg_recv and zg_msg_send call it; a
+//  broker that reads the frames itself calls it after zg_msg_decode.
+int zg_msg_payload_check (const zg_msg_t *self, bool with_payload, size_t payload_size);
 
 //  Pure codec, for tests and for code that does not use a socket:
 //  encode the header frame of self into buf (at most size bytes). Returns

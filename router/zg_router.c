@@ -141,6 +141,8 @@ struct _call_t {
     uint8_t       route;
     uint32_t      flags;
     uint32_t      timeout_ms;
+    uint64_t      model_span;       //  the frontend's spans, passed on to every dispatch
+    uint64_t      options_span;
     uint8_t       attempt;
     size_t        member;           //  the deployment, as an index in group->members
     frontend_t   *frontend;
@@ -1092,6 +1094,8 @@ s_dispatch (router_t *self, call_t *call, worker_t *worker, int64_t now)
     out->timeout_ms = call->timeout_ms;
     out->attempt = call->attempt;
     out->deployment = group->models->wire [deployment];
+    out->model_span = call->model_span;
+    out->options_span = call->options_span;
     if (s_send (self, self->backend_handle, worker->identity, out,
                 call->has_body? &call->body: NULL))
         return -1;
@@ -1323,18 +1327,12 @@ s_decode (router_t *self)
 {
     int rc = zg_msg_decode (&self->in, (const uint8_t *) zmq_msg_data (&self->raw.header),
                             zmq_msg_size (&self->raw.header));
-    if (rc != ZG_MSG_OK || !self->raw.has_payload)
+    if (rc != ZG_MSG_OK)
         return rc;
-    //  As zg_msg_recv does: a payload only where the protocol has one
-    switch (self->in.type) {
-        case ZG_MSG_REQUEST:
-        case ZG_MSG_DISPATCH:
-        case ZG_MSG_HEAD:
-        case ZG_MSG_CHUNK:
-            return ZG_MSG_OK;
-        default:
-            return ZG_MSG_ERR_MALFORMED;
-    }
+    //  As zg_msg_recv does: a payload only where the protocol has one, and
+    //  a request's spans inside it
+    return zg_msg_payload_check (&self->in, self->raw.has_payload,
+                                 self->raw.has_payload? zmq_msg_size (&self->raw.payload): 0);
 }
 
 static void
@@ -1393,6 +1391,8 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
     call->route = in->route;
     call->flags = in->flags & ~(uint32_t) ZG_FLAG_PIN_DEPLOYMENT;
     call->timeout_ms = in->timeout_ms;
+    call->model_span = in->model_span;
+    call->options_span = in->options_span;
     ZG_MSG_SET (call->key_hash, in->key_hash);
     ZG_MSG_SET (call->user_id, in->user_id);
     ZG_MSG_SET (call->team_id, in->team_id);

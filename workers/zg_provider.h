@@ -70,11 +70,15 @@ struct _zg_provider_t {
     struct curl_slist *(*request_headers) (const zg_deployment_wire_t *deployment);
 
     //  Rewrite a request body for the deployment: flags are the DISPATCH
-    //  flags (ZG_FLAG_STREAM, ZG_FLAG_CLIENT_USAGE). Returns 1 with the new
-    //  body in out, 0 if the body goes as it is (out untouched), -1 when
-    //  out of memory.
+    //  flags (ZG_FLAG_STREAM, ZG_FLAG_CLIENT_USAGE), and with
+    //  ZG_FLAG_BODY_LOCATED model_span and options_span say where the
+    //  body's "model" and "stream_options" are (zg_msg_span); without it,
+    //  or if they do not point where they say, the provider scans the
+    //  body. Returns 1 with the new body in out, 0 if the body goes as it
+    //  is (out untouched), -1 when out of memory.
     int (*rewrite_body) (const zg_deployment_wire_t *deployment, uint32_t flags,
-                         const char *body, size_t size, zg_buffer_t *out);
+                         const char *body, size_t size, uint64_t model_span,
+                         uint64_t options_span, zg_buffer_t *out);
 
     //  Read usage from a whole reply body. True if found.
     bool (*usage_from_json) (const char *body, size_t size, zg_usage_t *usage);

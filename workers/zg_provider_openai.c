@@ -94,24 +94,104 @@ s_container_empty (const char *data, size_t size, const zg_json_span_t *span)
     return inside < size && (data [inside] == '}' || data [inside] == ']');
 }
 
+static bool
+s_is_space (char byte)
+{
+    return byte == ' ' || byte == '\t' || byte == '\n' || byte == '\r';
+}
+
+//  True if span (zg_msg_span) lies inside the object (open, close) and
+//  holds a member's value bracketed by first and last (a closing quote
+//  not escaped) that follows its ':'
+static bool
+s_member_value_at (const char *body, size_t open, size_t close, uint64_t span,
+                   char first, char last)
+{
+    uint64_t offset = zg_msg_span_offset (span), length = zg_msg_span_length (span);
+    if (offset <= open || length < 2 || offset + length > close
+    ||  body [offset] != first || body [offset + length - 1] != last)
+        return false;
+    if (last == '"') {
+        size_t escapes = 0;
+        while (escapes < length - 2 && body [offset + length - 2 - escapes] == '\\')
+            escapes++;
+        if (escapes % 2)
+            return false;
+    }
+    size_t before = offset;
+    while (before > open + 1 && s_is_space (body [before - 1]))
+        before--;
+    return body [before - 1] == ':';
+}
+
+//  With ZG_FLAG_BODY_LOCATED, the frontend validated the body and sent
+//  where its model and stream_options lie. Used if they point where they
+//  say: the object's braces with only white space around them, a string
+//  model and an object stream_options inside it after their ':', apart
+//  from each other. The decoder checked the bounds against the payload;
+//  they are checked again, cheaply, since a provider is handed spans by
+//  whoever calls it.
+static bool
+s_spans_usable (const char *body, size_t size, uint32_t flags, uint64_t model_span,
+                uint64_t options_span, size_t *open, size_t *close)
+{
+    if (!(flags & ZG_FLAG_BODY_LOCATED))
+        return false;
+    size_t start = s_skip_space (body, size, 0), end = size;
+    while (end > start && s_is_space (body [end - 1]))
+        end--;
+    if (end - start < 2 || body [start] != '{' || body [end - 1] != '}')
+        return false;
+    *open = start;
+    *close = end - 1;
+    if (model_span && !s_member_value_at (body, *open, *close, model_span, '"', '"'))
+        return false;
+    if (options_span && !s_member_value_at (body, *open, *close, options_span, '{', '}'))
+        return false;
+    if (model_span && options_span) {
+        uint64_t model = zg_msg_span_offset (model_span);
+        uint64_t options = zg_msg_span_offset (options_span);
+        if (model + zg_msg_span_length (model_span) > options
+        &&  options + zg_msg_span_length (options_span) > model)
+            return false;
+    }
+    return true;
+}
+
 static int
 s_rewrite_body (const zg_deployment_wire_t *deployment, uint32_t flags,
-                const char *body, size_t size, zg_buffer_t *out)
+                const char *body, size_t size, uint64_t model_span, uint64_t options_span,
+                zg_buffer_t *out)
 {
-    //  A body that is not a JSON object goes upstream as it is: the
-    //  upstream answers it with its own 400, which the client then sees
-    static const char *const keys [] = { "model", "stream_options" };
+    if (!body || size == 0)
+        return 0;
     zg_json_span_t found [2];
-    if (!body || size == 0 || !zg_json_valid_find (body, size, NULL, keys, found, 2))
-        return 0;
-    zg_json_span_t top = { .type = ZG_JSON_NONE };
-    top.offset = s_skip_space (body, size, 0);
-    if (top.offset >= size || body [top.offset] != '{')
-        return 0;
-    size_t closing = size;
-    while (closing > top.offset && body [closing - 1] != '}')
+    zg_json_span_t top = { .type = ZG_JSON_OBJECT };
+    size_t closing;                     //  the top-level object's '}'
+    if (s_spans_usable (body, size, flags, model_span, options_span, &top.offset, &closing)) {
+        found [0] = (zg_json_span_t) {
+            .type = model_span? ZG_JSON_STRING: ZG_JSON_NONE,
+            .offset = zg_msg_span_offset (model_span),
+            .length = zg_msg_span_length (model_span) };
+        found [1] = (zg_json_span_t) {
+            .type = options_span? ZG_JSON_OBJECT: ZG_JSON_NONE,
+            .offset = zg_msg_span_offset (options_span),
+            .length = zg_msg_span_length (options_span) };
+    }
+    else {
+        //  A body that is not a JSON object goes upstream as it is: the
+        //  upstream answers it with its own 400, which the client then sees
+        static const char *const keys [] = { "model", "stream_options" };
+        if (!zg_json_valid_find (body, size, NULL, keys, found, 2))
+            return 0;
+        top.offset = s_skip_space (body, size, 0);
+        if (top.offset >= size || body [top.offset] != '{')
+            return 0;
+        closing = size;
+        while (closing > top.offset && body [closing - 1] != '}')
+            closing--;
         closing--;
-    closing--;                          //  the top-level object's '}'
+    }
     bool members = !s_container_empty (body, size, &top);
 
     splice_t splices [3];

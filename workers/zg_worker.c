@@ -978,8 +978,9 @@ s_on_dispatch (worker_t *self, zg_msg_t *msg)
         body = (const char *) zframe_data (slot->request);
         body_size = zframe_size (slot->request);
     }
-    int rewritten = provider->rewrite_body (&slot->deployment, slot->flags,
-                                            body, body_size, &slot->request_body);
+    int rewritten = provider->rewrite_body (&slot->deployment, slot->flags, body, body_size,
+                                            msg->model_span, msg->options_span,
+                                            &slot->request_body);
     if (rewritten < 0) {
         s_refuse (self, slot, 500, "internal_server_error",
                   "litellm.InternalServerError: out of memory");

@@ -304,6 +304,49 @@ class GatewayRoutesTest(zgtest.GatewayTestCase):
         last = self.assertForwarded("/v1/chat/completions")
         self.assertEqual(last["body"], sent.decode().replace('"gpt-4o"', '"fake-model"'))
 
+    def test_body_spliced_at_the_frontends_spans(self):
+        #  The frontend sends where the model and stream_options are; the
+        #  worker splices there. Bodies it locates nothing in (a model or
+        #  stream_options of another type) are scanned by the worker: the
+        #  upstream gets the same bytes either way.
+        messages = '"messages":[{"role":"user","content":"say \\"model\\": \\"x\\""}]'
+        usage = '"stream_options":{"include_usage":true}'
+        cases = [
+            ("/chat/completions",
+             ' { %s ,\n\t"model"  :  "gpt-4o" , "n":1 }\n' % messages,
+             ' { %s ,\n\t"model"  :  "fake-model" , "n":1 }\n' % messages),
+            ("/chat/completions",
+             '{"model":"gpt-4o",%s,"stream":true}' % messages,
+             '{"model":"fake-model",%s,"stream":true,%s}' % (messages, usage)),
+            ("/chat/completions",
+             '{"stream_options": {"include_usage": false}, "model":"gpt-4o",%s,"stream":true}'
+             % messages,
+             '{"stream_options": {"include_usage": true}, "model":"fake-model",%s,"stream":true}'
+             % messages),
+            ("/chat/completions",
+             '{"model":"gpt-4o",%s,"stream":true,"stream_options":{ }}' % messages,
+             '{"model":"fake-model",%s,"stream":true,"stream_options":{"include_usage":true }}'
+             % messages),
+            ("/chat/completions",
+             '{"model":"gpt-4o",%s,"stream":true,%s}' % (messages, usage),
+             '{"model":"fake-model",%s,"stream":true,%s}' % (messages, usage)),
+            ("/openai/deployments/gpt-4o/chat/completions",
+             '{%s}' % messages, '{"model":"fake-model",%s}' % messages),
+            #  Not located: scanned by the worker
+            ("/chat/completions",
+             '{"model":"gpt-4o",%s,"stream":true,"stream_options":null}' % messages,
+             '{"model":"fake-model",%s,"stream":true,%s}' % (messages, usage)),
+            ("/openai/deployments/gpt-4o/chat/completions",
+             '{"model":7,%s}' % messages, '{"model":"fake-model",%s}' % messages),
+        ]
+        for path, sent, expected in cases:
+            with self.subTest(sent=sent):
+                json.loads(sent)
+                resp = self.gw.post(path, sent)
+                self.assertEqual(resp.status, 200, resp)
+                last = self.assertForwarded("/v1/chat/completions")
+                self.assertEqual(last["body"], expected)
+
     def test_large_body_forwarded_intact(self):
         #  Well above any single read or message buffer, below the 32 MB default.
         content = "".join("line %06d of a long prompt\n" % i for i in range(20000))

@@ -250,8 +250,9 @@ s_fake_router (zsock_t *pipe, void *args)
             else
             if (streq (command, "LAST")) {
                 zframe_t *body = last.payload ? zframe_dup (last.payload) : zframe_new_empty ();
-                zsock_send (pipe, "ss444f", last.call_id, last.model, (uint32_t) last.route,
-                            last.flags, last.timeout_ms, body);
+                zsock_send (pipe, "ss444f88", last.call_id, last.model, (uint32_t) last.route,
+                            last.flags, last.timeout_ms, body, last.model_span,
+                            last.options_span);
                 zframe_destroy (&body);
             }
             else
@@ -304,6 +305,8 @@ s_fake_router (zsock_t *pipe, void *args)
             last.route = msg.route;
             last.flags = msg.flags;
             last.timeout_ms = msg.timeout_ms;
+            last.model_span = msg.model_span;
+            last.options_span = msg.options_span;
             last.payload = msg.payload;
             msg.payload = NULL;
 
@@ -384,6 +387,8 @@ typedef struct {
     uint32_t timeout_ms;
     char    *body;
     size_t   body_size;
+    uint64_t model_span;
+    uint64_t options_span;
 } s_last_t;
 
 static void
@@ -392,8 +397,8 @@ s_last (zactor_t *fake, s_last_t *last)
     char *call_id = NULL, *model = NULL;
     zframe_t *body = NULL;
     zstr_send (fake, "LAST");
-    zsock_recv (fake, "ss444f", &call_id, &model, &last->route, &last->flags,
-                &last->timeout_ms, &body);
+    zsock_recv (fake, "ss444f88", &call_id, &model, &last->route, &last->flags,
+                &last->timeout_ms, &body, &last->model_span, &last->options_span);
     snprintf (last->call_id, sizeof (last->call_id), "%s", call_id ? call_id : "");
     snprintf (last->model, sizeof (last->model), "%s", model ? model : "");
     free (last->body);
@@ -1098,7 +1103,7 @@ s_test_bad_requests (int port, zactor_t *fake)
     CHECK (s_http (port, upload.data, upload.size, &resp) == 200);
     s_resp_free (&resp);
     free (upload.data);
-    s_last_t last = { "", "", 0, 0, 0, NULL, 0 };
+    s_last_t last = { .body = NULL };
     s_last (fake, &last);
     CHECK (strcmp (last.body, "{\"model\":\"json\"}") == 0);
     free (last.body);
@@ -1111,7 +1116,7 @@ static void
 s_test_forwarding (int port, zactor_t *fake)
 {
     s_resp_t resp;
-    s_last_t last = { "", "", 0, 0, 0, NULL, 0 };
+    s_last_t last = { .body = NULL };
 
     //  The body reaches the router byte for byte, with the fields read from it
     const char *body = "{ \"messages\":[{\"role\":\"user\",\"content\":\"hi \\u00e9 there\"}],\n"
@@ -1122,8 +1127,11 @@ s_test_forwarding (int port, zactor_t *fake)
     CHECK (last.body_size == strlen (body));
     CHECK (strcmp (last.model, "json") == 0);
     CHECK (last.route == ZG_ROUTE_CHAT);
-    CHECK (last.flags == 0);
+    //  validated, and where the worker will splice: the model's value
+    CHECK (last.flags == ZG_FLAG_BODY_LOCATED);
     CHECK (last.timeout_ms == 30000);
+    CHECK (last.model_span == zg_msg_span ((uint32_t) (strstr (body, "\"json\"") - body), 6)
+        && last.options_span == 0);
     //  A new call id, a UUID v4, echoed to the client
     CHECK (s_is_uuid (last.call_id));
     CHECK (s_header_is (&resp, "x-litellm-call-id", last.call_id));
@@ -1148,14 +1156,15 @@ s_test_forwarding (int port, zactor_t *fake)
     s_resp_free (&resp);
     s_last (fake, &last);
     CHECK (last.route == ZG_ROUTE_COMPLETIONS);
-    CHECK (last.flags == (ZG_FLAG_STREAM | ZG_FLAG_CLIENT_USAGE));
+    CHECK (last.flags == (ZG_FLAG_STREAM | ZG_FLAG_CLIENT_USAGE | ZG_FLAG_BODY_LOCATED));
+    CHECK (last.model_span == zg_msg_span (9, 6) && last.options_span == zg_msg_span (47, 22));
     CHECK (s_call (port, "POST", "/embeddings", AUTH,
                    "{\"model\":\"json\",\"stream_options\":{\"include_usage\":false},\"stream\":1}",
                    &resp) == 200);
     s_resp_free (&resp);
     s_last (fake, &last);
     CHECK (last.route == ZG_ROUTE_EMBEDDINGS);
-    CHECK (last.flags == 0);
+    CHECK (last.flags == ZG_FLAG_BODY_LOCATED);
     CHECK (s_call (port, "POST", "/engines/json/chat/completions", AUTH, "{\"messages\":[]}",
                    &resp) == 200);
     CHECK (s_header_is (&resp, "x-litellm-model-group", "json"));
@@ -1163,12 +1172,27 @@ s_test_forwarding (int port, zactor_t *fake)
     s_last (fake, &last);
     CHECK (strcmp (last.model, "json") == 0);
     CHECK (last.route == ZG_ROUTE_CHAT);
+    CHECK (last.flags == ZG_FLAG_BODY_LOCATED && last.model_span == 0 && last.options_span == 0);
     CHECK (s_call (port, "POST", "/openai/deployments/json/embeddings", AUTH,
-                   "{\"model\":\"other\"}", &resp) == 200);
+                   " \n{\"model\":\"other\"}\r\n", &resp) == 200);
     s_resp_free (&resp);
     s_last (fake, &last);
     CHECK (strcmp (last.model, "json") == 0);
     CHECK (last.route == ZG_ROUTE_EMBEDDINGS);
+    CHECK (last.flags == ZG_FLAG_BODY_LOCATED && last.model_span == zg_msg_span (11, 7));
+    //  Shapes a worker has no spans for: none sent, it scans
+    static const char *const unlocated [] = {
+        "{\"model\":7}", "{\"model\":null,\"stream_options\":{}}", "[{\"model\":\"x\"}]",
+        "{\"model\":\"json\",\"stream_options\":null}", "\"json\""
+    };
+    for (size_t index = 0; index < sizeof unlocated / sizeof unlocated [0]; index++) {
+        CHECK (s_call (port, "POST", "/openai/deployments/json/chat/completions", AUTH,
+                       unlocated [index], &resp) == 200);
+        s_resp_free (&resp);
+        s_last (fake, &last);
+        CHECK (strcmp (last.body, unlocated [index]) == 0);
+        CHECK (last.flags == 0 && last.model_span == 0 && last.options_span == 0);
+    }
 
     //  The client's own call id is used and echoed; an insane one is not
     CHECK (s_call (port, "POST", "/chat/completions", AUTH "x-litellm-call-id: my-call.id:42\r\n",

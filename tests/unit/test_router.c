@@ -280,9 +280,12 @@ s_payload_is (const zg_msg_t *msg, const char *text)
         && memcmp (zframe_data (msg->payload), text, strlen (text)) == 0;
 }
 
+//  A REQUEST; model_span and options_span, if not both 0, as a frontend
+//  located them in body
 static void
-s_send_request (peer_t *peer, const char *call_id, const char *model, int route,
-                uint32_t timeout_ms, const char *body)
+s_send_request_spans (peer_t *peer, const char *call_id, const char *model, int route,
+                      uint32_t timeout_ms, const char *body, uint64_t model_span,
+                      uint64_t options_span)
 {
     zg_msg_t msg;
     zg_msg_init (&msg, ZG_MSG_REQUEST);
@@ -291,9 +294,21 @@ s_send_request (peer_t *peer, const char *call_id, const char *model, int route,
     msg.route = (uint8_t) route;
     msg.flags = ZG_FLAG_STREAM;
     msg.timeout_ms = timeout_ms;
+    if (model_span || options_span) {
+        msg.flags |= ZG_FLAG_BODY_LOCATED;
+        msg.model_span = model_span;
+        msg.options_span = options_span;
+    }
     msg.payload = zframe_new (body, strlen (body));
     CHECK (zg_msg_send (&msg, zsock_resolve (peer->sock)) == 0);
     zg_msg_reset (&msg, 0);
+}
+
+static void
+s_send_request (peer_t *peer, const char *call_id, const char *model, int route,
+                uint32_t timeout_ms, const char *body)
+{
+    s_send_request_spans (peer, call_id, model, route, timeout_ms, body, 0, 0);
 }
 
 static void
@@ -428,12 +443,15 @@ s_test_broker (const char *frontend_ep, const char *worker_ep)
     //  A worker joins; a request goes to it and the answer comes back
     peer_t *worker_a = s_peer_new ("worker-a", worker_ep, true);
     CHECK (s_join (worker_a, 2, &msg));
-    s_send_request (frontend, "c1", "gpt-4o", ZG_ROUTE_CHAT, 1234, "{\"model\":\"gpt-4o\"}");
+    //  with the spans the frontend located in the body, as they came
+    s_send_request_spans (frontend, "c1", "gpt-4o", ZG_ROUTE_CHAT, 1234, "{\"model\":\"gpt-4o\"}",
+                          zg_msg_span (9, 8), 0);
     if (CHECK (s_expect (worker_a, &msg, ZG_MSG_DISPATCH, "c1", SAFETY_MS))) {
         CHECK (s_payload_is (&msg, "{\"model\":\"gpt-4o\"}"));
+        CHECK (msg.model_span == zg_msg_span (9, 8) && msg.options_span == 0);
         CHECK (streq (msg.model, "gpt-4o"));
         CHECK (msg.route == ZG_ROUTE_CHAT);
-        CHECK (msg.flags == ZG_FLAG_STREAM);
+        CHECK (msg.flags == (ZG_FLAG_STREAM | ZG_FLAG_BODY_LOCATED));
         CHECK (msg.timeout_ms == 1234);
         CHECK (msg.attempt == 0);
         CHECK (streq (msg.deployment.provider, "openai"));
@@ -529,7 +547,9 @@ s_test_broker (const char *frontend_ep, const char *worker_ep)
     int second = s_expect_any (workers, 2, &msg, false, SAFETY_MS);
     CHECK (second >= 0 && second != first && msg.type == ZG_MSG_DISPATCH
            && streq (msg.call_id, "d2"));
-    s_send_request (frontend, "d3", "gpt-4o", ZG_ROUTE_CHAT, 0, "d3 body");
+    const char *d3_body = "{\"x\":\"d3\",\"stream_options\":{},\"model\":\"gpt-4o\"}";
+    s_send_request_spans (frontend, "d3", "gpt-4o", ZG_ROUTE_CHAT, 0, d3_body,
+                          zg_msg_span (38, 8), zg_msg_span (27, 2));
     int third = s_expect_any (workers, 2, &msg, false, SAFETY_MS);
     CHECK (third == first && msg.type == ZG_MSG_DISPATCH && streq (msg.call_id, "d3"));
     if (first < 0 || second < 0 || first == second) {
@@ -558,7 +578,9 @@ s_test_broker (const char *frontend_ep, const char *worker_ep)
     }
     if (CHECK (s_expect (survivor, &msg, ZG_MSG_DISPATCH, "d3", SAFETY_MS))) {
         CHECK (msg.attempt == 1);
-        CHECK (s_payload_is (&msg, "d3 body"));
+        CHECK (s_payload_is (&msg, d3_body));
+        CHECK (msg.flags & ZG_FLAG_BODY_LOCATED);
+        CHECK (msg.model_span == zg_msg_span (38, 8) && msg.options_span == zg_msg_span (27, 2));
     }
     //  The expired worker is a stranger now
     s_heartbeat (dying);
@@ -591,6 +613,20 @@ s_test_broker (const char *frontend_ep, const char *worker_ep)
         zmq_send (zsock_resolve (frontend->sock), "no payload here", 15, 0);
         zg_msg_reset (&cancel, 0);
         zmq_send (zsock_resolve (frontend->sock), header, 3, 0);
+        //  A REQUEST whose spans lie past its body: not dispatched, and
+        //  no answer either, as for any malformed message
+        zg_msg_t request;
+        zg_msg_init (&request, ZG_MSG_REQUEST);
+        ZG_MSG_SET (request.call_id, "m0");
+        ZG_MSG_SET (request.model, "gpt-4o");
+        request.route = ZG_ROUTE_CHAT;
+        request.flags = ZG_FLAG_BODY_LOCATED;
+        request.model_span = zg_msg_span (9, 8);
+        size = zg_msg_encode (&request, header, sizeof (header));
+        CHECK (size > 0);
+        zmq_send (zsock_resolve (frontend->sock), header, (size_t) size, ZMQ_SNDMORE);
+        zmq_send (zsock_resolve (frontend->sock), "{\"model\":\"gpt\"}", 15, 0);
+        zg_msg_reset (&request, 0);
     }
     zstr_send (survivor->sock, "junk");
     zsock_send (survivor->sock, "b", "\x92\xa2ZG", (size_t) 4);

@@ -61,13 +61,16 @@ s_deployment (const char *upstream_model)
     return deployment;
 }
 
-//  The body as the upstream would get it; "=" when unchanged
+//  The body as the upstream would get it, with the given spans (with
+//  ZG_FLAG_BODY_LOCATED in flags); "=" when unchanged
 static char *
-s_rewrite (uint32_t flags, const char *upstream_model, const char *body)
+s_rewrite_spans (uint32_t flags, const char *upstream_model, const char *body,
+                 uint64_t model_span, uint64_t options_span)
 {
     zg_deployment_wire_t deployment = s_deployment (upstream_model);
     zg_buffer_t out = { NULL, 0, 0 };
-    int rc = zg_provider_openai.rewrite_body (&deployment, flags, body, strlen (body), &out);
+    int rc = zg_provider_openai.rewrite_body (&deployment, flags, body, strlen (body),
+                                              model_span, options_span, &out);
     char *result;
     if (rc == 0)
         result = strdup ("=");
@@ -81,6 +84,73 @@ s_rewrite (uint32_t flags, const char *upstream_model, const char *body)
     }
     zg_buffer_release (&out);
     return result;
+}
+
+//  The spans as the frontend locates them (frontend/zg_frontend.c,
+//  s_locate_body): false when it would send none
+static bool
+s_locate (const char *body, uint64_t *model_span, uint64_t *options_span)
+{
+    static const char *const keys [] = { "model", "stream", "stream_options" };
+    zg_json_span_t found [3];
+    size_t size = strlen (body);
+    *model_span = *options_span = 0;
+    if (!zg_json_valid_find (body, size, NULL, keys, found, 3)
+    ||  body [strspn (body, " \t\r\n")] != '{'
+    ||  (found [0].type != ZG_JSON_NONE && found [0].type != ZG_JSON_STRING)
+    ||  (found [2].type != ZG_JSON_NONE && found [2].type != ZG_JSON_OBJECT))
+        return false;
+    if (found [0].type == ZG_JSON_STRING)
+        *model_span = zg_msg_span ((uint32_t) found [0].offset, (uint32_t) found [0].length);
+    if (found [2].type == ZG_JSON_OBJECT)
+        *options_span = zg_msg_span ((uint32_t) found [2].offset, (uint32_t) found [2].length);
+    return true;
+}
+
+static int s_located_bodies;
+
+//  The body as the upstream would get it; "=" when unchanged. The same
+//  with no spans (the scan), with the frontend's spans, and with spans
+//  that do not point where they say (the scan again).
+static char *
+s_rewrite (uint32_t flags, const char *upstream_model, const char *body)
+{
+    char *scanned = s_rewrite_spans (flags, upstream_model, body, 0, 0);
+    uint64_t model, options;
+    if (!s_locate (body, &model, &options))
+        return scanned;
+    s_located_bodies++;
+    const uint32_t located = flags | ZG_FLAG_BODY_LOCATED;
+    char *with_spans = s_rewrite_spans (located, upstream_model, body, model, options);
+    CHECK_STR (with_spans, scanned);
+    free (with_spans);
+    const uint64_t one_on = UINT64_C (1) << 32, one_more = 1;
+    for (int wrong = 0; wrong < 10; wrong++) {
+        uint64_t model_span = model, options_span = options;
+        uint32_t used_flags = located;
+        switch (wrong) {
+            case 0:  used_flags = flags; break;                  //  said not located
+            case 1:  if (!model) continue; model_span -= one_on; break;
+            case 2:  if (!model) continue; model_span += one_on; break;
+            case 3:  if (!model) continue; model_span += one_more; break;
+            case 4:  if (!model) continue; model_span -= one_more; break;
+            case 5:  if (!model) continue; model_span = zg_msg_span (0, 3); break;
+            case 6:  if (!options) continue; options_span -= one_on; break;
+            case 7:  if (!options) continue; options_span += one_on; break;
+            case 8:  if (!options) continue; options_span += one_more; break;
+            default:
+                if (!model || !options) continue;
+                options_span = model_span;
+                break;
+        }
+        char *wrong_spans = s_rewrite_spans (used_flags, upstream_model, body, model_span,
+                                             options_span);
+        if (strcmp (wrong_spans, scanned) != 0)
+            fprintf (stderr, "wrong spans %d used on %s\n", wrong, body);
+        CHECK_STR (wrong_spans, scanned);
+        free (wrong_spans);
+    }
+    return scanned;
 }
 
 #define CHECK_REWRITE(flags, model, body, expected) do { \
@@ -141,6 +211,44 @@ s_test_provider (void)
     CHECK_REWRITE (stream_usage, "up",
                    "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
                    "{\"model\":\"up\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}");
+    CHECK_REWRITE (0, "up", " {\"model\" : \"a\\\"\"}  ", " {\"model\" : \"up\"}  ");
+    CHECK_REWRITE (stream, "up", "\r\n{\"stream_options\":{\"x\":{}},\"model\":\"\"}\t",
+                   "\r\n{\"stream_options\":{\"include_usage\":true,\"x\":{}},\"model\":\"up\"}\t");
+    //  All but the five that are invalid or hold a model or stream_options
+    //  of another type were located as the frontend would
+    CHECK (s_located_bodies == 18);
+
+    //  The spans are used as they are, not looked for again: a model span
+    //  that points at another string value of the body is believed
+    {
+        const char *body = "{\"metadata\":{\"model\":\"inner\"},\"model\":\"a\"}";
+        const char *spliced = "{\"metadata\":{\"model\":\"up\"},\"model\":\"a\"}";
+        const char *scanned = "{\"metadata\":{\"model\":\"inner\"},\"model\":\"up\"}";
+        char *rewritten = s_rewrite_spans (ZG_FLAG_BODY_LOCATED, "up", body,
+                                           zg_msg_span (21, 7), 0);
+        CHECK_STR (rewritten, spliced);
+        free (rewritten);
+        //  Not located, or located outside the body or the object: scanned
+        rewritten = s_rewrite_spans (0, "up", body, zg_msg_span (21, 7), 0);
+        CHECK_STR (rewritten, scanned);
+        free (rewritten);
+        rewritten = s_rewrite_spans (ZG_FLAG_BODY_LOCATED, "up", body,
+                                     zg_msg_span (UINT32_MAX - 2, 2), 0);
+        CHECK_STR (rewritten, scanned);
+        free (rewritten);
+        rewritten = s_rewrite_spans (ZG_FLAG_BODY_LOCATED, "up", body, UINT64_MAX, 0);
+        CHECK_STR (rewritten, scanned);
+        free (rewritten);
+        rewritten = s_rewrite_spans (ZG_FLAG_BODY_LOCATED, "up", body, zg_msg_span (21, 7),
+                                     zg_msg_span (40, 3));
+        CHECK_STR (rewritten, scanned);
+        free (rewritten);
+        //  A body that is not an object, even said located: as it is
+        rewritten = s_rewrite_spans (ZG_FLAG_BODY_LOCATED, "up", "[\"model\",\"x\"]",
+                                     zg_msg_span (9, 3), 0);
+        CHECK_STR (rewritten, "=");
+        free (rewritten);
+    }
 
     //  URLs
     zg_deployment_wire_t deployment = s_deployment ("up");
