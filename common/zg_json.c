@@ -980,6 +980,41 @@ zg_json_quote_n (const char *s, size_t length, char *out, size_t size)
     return (int) written;
 }
 
+int
+zg_json_utf8_copy (const char *s, size_t length, char *out, size_t size)
+{
+    if ((!s && length) || (!out && size))
+        return -1;
+    const unsigned char *text = (const unsigned char *) s;
+    //  Mostly ASCII from end to end (ids, hashes, URLs): one copy
+    size_t pos = 0;
+    while (length - pos >= 8 && (s_word (text + pos) & S_HIGHS) == 0)
+        pos += 8;
+    while (pos < length && text [pos] < 0x80)
+        pos++;
+    if (pos == length) {
+        if (length > size || length > INT32_MAX)
+            return -1;
+        if (length)
+            memcpy (out, text, length);
+        return (int) length;
+    }
+    size_t written = 0;
+    for (pos = 0; pos < length; ) {
+        size_t sequence = s_utf8_sequence (text, length, pos);
+        const unsigned char *bytes = sequence? text + pos: (const unsigned char *) "\xEF\xBF\xBD";
+        size_t count = sequence? sequence: 3;
+        if (written + count > size)
+            return -1;
+        memcpy (out + written, bytes, count);
+        written += count;
+        pos += sequence? sequence: 1;
+    }
+    if (written > INT32_MAX)
+        return -1;
+    return (int) written;
+}
+
 
 //  --------------------------------------------------------------------------
 //  Self test. Checks stay on in release builds (NDEBUG): a failure prints
@@ -1400,6 +1435,48 @@ zg_json_test (bool verbose)
         ZG_CHECK (zg_json_find (wrapped, strlen (wrapped), "k", &span));
         ZG_CHECK (zg_json_string (wrapped, &span, decoded, sizeof (decoded)) == (int) strlen (original));
         ZG_CHECK (strcmp (decoded, original) == 0);
+    }
+    {
+        //  zg_json_utf8_copy gives what quote_n's literal reads back as:
+        //  ASCII, valid sequences of every length, every kind of invalid
+        //  byte (stray continuation, overlong, surrogate, beyond U+10FFFF,
+        //  cut short), then random bytes, each at every length
+        char copy [64];
+        ZG_CHECK (zg_json_utf8_copy ("plain ascii, long enough", 24, copy, sizeof (copy)) == 24
+               && memcmp (copy, "plain ascii, long enough", 24) == 0);
+        ZG_CHECK (zg_json_utf8_copy ("abc", 3, copy, 2) == -1);
+        ZG_CHECK (zg_json_utf8_copy ("abc", 3, copy, 3) == 3);
+        ZG_CHECK (zg_json_utf8_copy ("", 0, copy, 0) == 0);
+        ZG_CHECK (zg_json_utf8_copy ("a\xff", 2, copy, 3) == -1);
+        ZG_CHECK (zg_json_utf8_copy ("a\xff", 2, copy, 4) == 4
+               && memcmp (copy, "a\xef\xbf\xbd", 4) == 0);
+        const char *samples [] = {
+            "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 ok", "\x80 stray", "\xc0\xaf overlong",
+            "\xe0\x80\xaf overlong", "\xed\xa0\x80 surrogate", "\xf4\x90\x80\x80 too high",
+            "cut \xe2\x82", "cut \xf0\x9f\x98", "\xc3", "mixed \xc3\xa9\xff\xfe\xc3\xa9 end"
+        };
+        unsigned int seed = 12345;
+        char random [40];
+        for (size_t sample = 0; sample < sizeof (samples) / sizeof (samples [0]) + 200; sample++) {
+            const char *text = sample < sizeof (samples) / sizeof (samples [0])? samples [sample]: random;
+            size_t full = text == random? sizeof (random): strlen (text);
+            if (text == random)
+                for (size_t index = 0; index < full; index++) {
+                    seed = seed * 1103515245 + 12345;
+                    random [index] = (char) ((seed >> 16) & 0xff? (seed >> 16) & 0xff: 'z');
+                }
+            for (size_t cut = 0; cut <= full; cut++) {
+                char literal [300], wrapped [320], decoded [160], exact [160];
+                ZG_CHECK (zg_json_quote_n (text, cut, literal, sizeof (literal)) > 0);
+                snprintf (wrapped, sizeof (wrapped), "{\"k\":%s}", literal);
+                ZG_CHECK (zg_json_find (wrapped, strlen (wrapped), "k", &span));
+                int decoded_length = zg_json_string (wrapped, &span, decoded, sizeof (decoded));
+                int copied = zg_json_utf8_copy (text, cut, exact, sizeof (exact));
+                ZG_CHECK (copied == decoded_length && memcmp (exact, decoded, (size_t) copied) == 0);
+                ZG_CHECK (zg_json_utf8_copy (text, cut, exact, (size_t) copied) == copied);
+                ZG_CHECK (copied == 0 || zg_json_utf8_copy (text, cut, exact, (size_t) copied - 1) == -1);
+            }
+        }
     }
 
     {

@@ -103,6 +103,13 @@ int zg_json_quote (const char *s, char *out, size_t size);
 //  among them is written \u0000)
 int zg_json_quote_n (const char *s, size_t length, char *out, size_t size);
 
+//  Copy the length bytes at s into out as the text that zg_json_quote_n's
+//  literal reads back as: valid UTF-8, each byte that begins no valid
+//  sequence replaced by U+FFFD (its three bytes), nothing escaped, no NUL
+//  after them. Returns the number of bytes written, or -1 if they do not
+//  fit in size.
+int zg_json_utf8_copy (const char *s, size_t length, char *out, size_t size);
+
 //  Self test
 void zg_json_test (bool verbose);
 

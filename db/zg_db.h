@@ -64,6 +64,15 @@ bool zg_db_ready (zg_db_t *self);
 PGresult *zg_db_exec (zg_db_t *self, const char *sql, int param_count,
                       const char *const *params, char *errbuf, size_t errsize);
 
+//  Same, with every parameter in PostgreSQL's binary format: lengths[i]
+//  bytes at values[i] (NULL: SQL NULL), of the type the statement casts it
+//  to ($1::int8[]); at most ZG_DB_BINARY_PARAMS_MAX of them. No text is
+//  formatted or parsed on either side: for many values at once (arrays).
+#define ZG_DB_BINARY_PARAMS_MAX 32
+PGresult *zg_db_exec_binary (zg_db_t *self, const char *sql, int param_count,
+                             const char *const *values, const int *lengths,
+                             char *errbuf, size_t errsize);
+
 //  Same, for statements whose rows do not matter: 0 or -1
 int zg_db_command (zg_db_t *self, const char *sql, int param_count,
                    const char *const *params, char *errbuf, size_t errsize);

@@ -1,16 +1,20 @@
 /*  =========================================================================
     zg_spend - writes the routers' spend records to the database
 
-    A batch is one JSON array handed to PostgreSQL as a single parameter
-    and unpacked there with json_to_recordset: one statement, so one
-    transaction, whatever the number of rows, with no per-row round trip
-    and no parameter limit. The statement's CTEs insert the rows (ON
-    CONFLICT DO NOTHING on the call id), then add to the key, user and
-    team totals the spend of what RETURNING reports as inserted: a record
-    that was already written adds nothing. What PostgreSQL does per row is
-    kept cheap: json (parsed once, never built into jsonb), times as whole
-    microseconds added to the epoch (exact, where to_timestamp of a
-    numeric division is not and costs more).
+    A batch is one statement whose parameters are its columns, each one
+    array in PostgreSQL's binary format (as array_send writes it), made
+    rows again by unnest: one statement, so one transaction and one round
+    trip whatever the number of rows, with no per-row round trip and no
+    parameter limit. Binary columns cost least on both sides: numbers as
+    their bytes (the spend the very double the worker computed), strings
+    as they came (made valid UTF-8, as PostgreSQL wants them), nothing
+    named, quoted or parsed, and about half the bytes of the same rows as
+    JSON objects. The statement's CTEs insert the rows (ON CONFLICT DO
+    NOTHING on the call id), then add to the key, user and team totals the
+    spend of what RETURNING reports as inserted: a record that was already
+    written adds nothing. Times are whole microseconds added to the epoch
+    (exact, where to_timestamp of a numeric division is not and costs
+    more).
 
     Cumulative acks need the records of one router to arrive without a
     gap. A router is "synced" once it has sent a HEARTBEAT: it promises to
@@ -37,8 +41,12 @@
 #include <string.h>
 #include <unistd.h>
 
-//  Records per write when they come fast
-#define BATCH_RECORDS       500
+//  Records per write when they come fast. Each write costs the same
+//  round trip and wake-ups whatever its size, so it carries many; it stays
+//  below the routers' window of records sent and not yet acked (the
+//  router's SPEND_WINDOW, 2000), so that it fills without waiting for
+//  proxy_batch_write_at and the router sends the next records meanwhile.
+#define BATCH_RECORDS       1500
 //  Records held while the database is away; beyond, routers keep them
 #define HELD_RECORDS_MAX    50000
 #define RETRY_FIRST_MS      500
@@ -48,8 +56,47 @@
 #define STOP_WAIT_MS        15000
 //  A router silent this long with nothing held is forgotten
 #define PEER_FORGET_MS      60000
-//  One rendered record is at most the sum of its fields, escaped
-#define RECORD_MAX          (8 * ZG_MESSAGE_MAX + 4 * ZG_URL_MAX + 4096)
+
+//  The columns of a batch, in the order of the statement's parameters
+typedef enum {
+    S_SPEND, S_PROMPT_TOKENS, S_COMPLETION_TOKENS, S_TOTAL_TOKENS,
+    S_START_US, S_DURATION_US, S_TTFB_US, S_STATUS,
+    S_REQUEST_ID, S_CALL_TYPE, S_API_KEY, S_MODEL_GROUP, S_MODEL_ID,
+    S_API_BASE, S_USER_ID, S_TEAM_ID, S_ERR_TYPE, S_MESSAGE,
+    S_COLUMNS
+} s_column_id_t;
+
+//  Element types (pg_type's oids, fixed since PostgreSQL 7)
+#define S_FLOAT8_OID    701
+#define S_INT8_OID      20
+#define S_INT4_OID      23
+#define S_TEXT_OID      25
+static const uint32_t s_column_type [S_COLUMNS] = {
+    S_FLOAT8_OID, S_INT8_OID, S_INT8_OID, S_INT8_OID, S_INT8_OID, S_INT8_OID, S_INT8_OID,
+    S_INT4_OID, S_TEXT_OID, S_TEXT_OID, S_TEXT_OID, S_TEXT_OID, S_TEXT_OID, S_TEXT_OID,
+    S_TEXT_OID, S_TEXT_OID, S_TEXT_OID, S_TEXT_OID
+};
+
+//  An array's header: dimensions (1), flags (no NULL), element type, then
+//  the one dimension's length and lower bound, each 4 bytes
+#define S_ARRAY_HEADER  20
+
+//  One column: its array, the header filled in only when it is written
+typedef struct {
+    char   *data;
+    size_t  used;
+    size_t  size;
+} column_t;
+
+typedef struct {
+    column_t columns [S_COLUMNS];
+} batch_t;
+
+//  A text column's element is at most its string's bytes three times (each
+//  byte that is not UTF-8 becomes U+FFFD): the largest column of the most
+//  records ever held stays within what libpq takes as a length
+_Static_assert ((uint64_t) HELD_RECORDS_MAX * (4 + 3 * ZG_MESSAGE_MAX) + S_ARRAY_HEADER
+                < INT32_MAX, "a batch's message column fits in a parameter");
 
 typedef struct {
     zframe_t *identity;
@@ -70,10 +117,7 @@ typedef struct {
     peer_t   *last_peer;        //  the one heard last: records come in runs
     zg_msg_t  msg;
 
-    char     *batch;            //  "[{...},{...}": the closing bracket goes on
-                                //  only while it is written
-    size_t    batch_used;
-    size_t    batch_size;
+    batch_t   batch;
     size_t    held;             //  records in batch
     int64_t   first_held_at;    //  when the oldest held record arrived
 
@@ -88,13 +132,17 @@ typedef struct {
     int64_t   next_heartbeat;
 } spend_t;
 
+//  $1 to $18: the columns of the batch (s_column_id_t); $19: whether error
+//  logs are off (general_settings.disable_error_logs)
 static const char *s_write_sql =
     "WITH rows AS ("
-    "  SELECT DISTINCT ON (request_id) * FROM json_to_recordset ($1::json) AS r ("
-    "    request_id text, call_type text, api_key text, spend float8, prompt_tokens int,"
-    "    completion_tokens int, total_tokens int, start_us bigint, duration_us bigint,"
-    "    ttfb_us bigint, model_group text, model_id text, api_base text, user_id text,"
-    "    team_id text, status int, err_type text, message text)"
+    "  SELECT DISTINCT ON (request_id) * FROM unnest ($1::float8[], $2::int8[], $3::int8[],"
+    "    $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int4[], $9::text[], $10::text[],"
+    "    $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],"
+    "    $17::text[], $18::text[])"
+    "  AS r (spend, prompt_tokens, completion_tokens, total_tokens, start_us, duration_us,"
+    "    ttfb_us, status, request_id, call_type, api_key, model_group, model_id, api_base,"
+    "    user_id, team_id, err_type, message)"
     "), ins AS ("
     "  INSERT INTO \"LiteLLM_SpendLogs\" (request_id, call_type, api_key, spend,"
     "    total_tokens, prompt_tokens, completion_tokens, \"startTime\", \"endTime\","
@@ -133,7 +181,7 @@ static const char *s_write_sql =
     "    r.api_base, r.model_group, r.model_group, r.model_id, r.err_type, r.message,"
     "    r.status::text"
     "  FROM rows r JOIN ins USING (request_id)"
-    "  WHERE r.status >= 400 AND NOT $2::boolean"
+    "  WHERE r.status >= 400 AND NOT $19::boolean"
     "  ON CONFLICT (request_id) DO NOTHING RETURNING 1"
     "), counted AS (SELECT count (*) AS n FROM ins)"
     //  Frontends reload spend when this commits (zg_keystore.h); a batch
@@ -156,83 +204,134 @@ s_call_type (int route)
     }
 }
 
-//  Appends text to out; false if it does not fit with a NUL after it (the
-//  NUL itself is written once, at the end of the record)
-static inline bool
-s_put_text (char *out, size_t size, size_t *used, const char *text, size_t length)
+//  Network byte order, as the binary format has every integer
+static inline void
+s_put_be (char *out, uint64_t value, int bytes)
 {
-    if (*used + length + 1 > size)
-        return false;
-    memcpy (out + *used, text, length);
-    *used += length;
-    return true;
+    for (int index = bytes - 1; index >= 0; index--) {
+        out [index] = (char) (value & 0xff);
+        value >>= 8;
+    }
 }
 
-//  The ,"name": that leads a field, as a literal and its length, so that
-//  a record's keys cost a copy each rather than a strlen and three copies
-#define S_KEY(name) ",\"" name "\":", sizeof (",\"" name "\":") - 1
-
-//  Appends the key (S_KEY) and <decimal>. A record is rendered for every
-//  call, so its numbers are spelled here rather than by printf.
-static bool
-s_put_number (char *out, size_t size, size_t *used,
-              const char *key, size_t key_length, uint64_t value)
+//  Room for more bytes at the end of a column, whose first bytes are
+//  kept for its header
+static int
+s_column_room (column_t *column, size_t more)
 {
-    char digits [ZG_NUMBER_UINT_MAX];
-    char *end = digits + sizeof (digits);
-    char *start = zg_number_uint_text (value, end);
-    return s_put_text (out, size, used, key, key_length)
-        && s_put_text (out, size, used, start, (size_t) (end - start));
-}
-
-//  Appends the key (S_KEY) and <quoted value>
-static bool
-s_put_string (char *out, size_t size, size_t *used,
-              const char *key, size_t key_length, zg_msg_text_t value)
-{
-    if (!s_put_text (out, size, used, key, key_length))
-        return false;
-    int written = zg_json_quote_n (value.text, value.length, out + *used, size - *used);
-    if (written < 0)
-        return false;
-    *used += (size_t) written;
-    return true;
-}
-
-int
-zg_spend_render (const zg_msg_spend_t *record, char *out, size_t size)
-{
-    assert (record && out);
-    double cost = isfinite (record->cost) && record->cost > 0? record->cost: 0;
-    //  Digits that read back: PostgreSQL's float8 is the same double (17 of
-    //  them, found in integer arithmetic, rather than the shortest)
-    char spend [ZG_NUMBER_TEXT_MAX];
-    int spend_length = zg_number_json_quick (cost, spend, sizeof (spend));
-    size_t used = 0;
-    if (spend_length < 0
-    ||  !s_put_text (out, size, &used, "{\"spend\":", 9)
-    ||  !s_put_text (out, size, &used, spend, (size_t) spend_length)
-    ||  !s_put_number (out, size, &used, S_KEY ("prompt_tokens"), record->prompt_tokens)
-    ||  !s_put_number (out, size, &used, S_KEY ("completion_tokens"), record->completion_tokens)
-    ||  !s_put_number (out, size, &used, S_KEY ("total_tokens"), record->total_tokens)
-    ||  !s_put_number (out, size, &used, S_KEY ("start_us"), record->start_us)
-    ||  !s_put_number (out, size, &used, S_KEY ("duration_us"), record->duration_us)
-    ||  !s_put_number (out, size, &used, S_KEY ("ttfb_us"), record->ttfb_us)
-    ||  !s_put_number (out, size, &used, S_KEY ("status"), record->status)
-    ||  !s_put_string (out, size, &used, S_KEY ("request_id"), record->call_id)
-    ||  !s_put_string (out, size, &used, S_KEY ("call_type"), s_call_type (record->route))
-    ||  !s_put_string (out, size, &used, S_KEY ("api_key"), record->key_hash)
-    ||  !s_put_string (out, size, &used, S_KEY ("model_group"), record->model)
-    ||  !s_put_string (out, size, &used, S_KEY ("model_id"), record->deployment_id)
-    ||  !s_put_string (out, size, &used, S_KEY ("api_base"), record->api_base)
-    ||  !s_put_string (out, size, &used, S_KEY ("user_id"), record->user_id)
-    ||  !s_put_string (out, size, &used, S_KEY ("team_id"), record->team_id)
-    ||  !s_put_string (out, size, &used, S_KEY ("err_type"), record->err_type)
-    ||  !s_put_string (out, size, &used, S_KEY ("message"), record->message)
-    ||  !s_put_text (out, size, &used, "}", 1))
+    if (column->data && column->size - column->used >= more)
+        return 0;
+    size_t used = column->data? column->used: S_ARRAY_HEADER;
+    size_t grown = column->size? column->size * 2: 16384;
+    while (grown - used < more)
+        grown *= 2;
+    char *data = (char *) realloc (column->data, grown);
+    if (!data)
         return -1;
-    out [used] = 0;
-    return (int) used;
+    column->data = data;
+    column->used = used;
+    column->size = grown;
+    return 0;
+}
+
+//  An element: its length, then its bytes
+static inline void
+s_column_number (column_t *column, uint64_t value, int bytes)
+{
+    s_put_be (column->data + column->used, (uint64_t) bytes, 4);
+    s_put_be (column->data + column->used + 4, value, bytes);
+    column->used += 4 + (size_t) bytes;
+}
+
+//  int8 columns hold what fits; what would not is clamped, and still
+//  refused by the statement's range checks, as its JSON text was
+static inline uint64_t
+s_int8 (uint64_t value)
+{
+    return value > INT64_MAX? INT64_MAX: value;
+}
+
+//  A string, its bytes made valid UTF-8 as a JSON literal's read back
+//  (PostgreSQL refuses anything else); the column has room for three
+//  times its bytes
+static inline void
+s_column_text (column_t *column, zg_msg_text_t value)
+{
+    int length = zg_json_utf8_copy (value.text, value.length, column->data + column->used + 4,
+                                    3 * value.length);
+    assert (length >= 0);
+    s_put_be (column->data + column->used, (uint64_t) length, 4);
+    column->used += 4 + (size_t) length;
+}
+
+//  Adds the record as a row, a value at the end of each column: 0, or -1
+//  (out of memory) with the rows the batch had
+static int
+s_batch_add (batch_t *self, const zg_msg_spend_t *record)
+{
+    zg_msg_text_t texts [S_COLUMNS - S_REQUEST_ID] = {
+        record->call_id, s_call_type (record->route), record->key_hash, record->model,
+        record->deployment_id, record->api_base, record->user_id, record->team_id,
+        record->err_type, record->message
+    };
+    column_t *columns = self->columns;
+    for (int index = 0; index < S_REQUEST_ID; index++)
+        if (s_column_room (&columns [index], 4 + 8))
+            return -1;
+    for (int index = S_REQUEST_ID; index < S_COLUMNS; index++)
+        if (s_column_room (&columns [index], 4 + 3 * texts [index - S_REQUEST_ID].length))
+            return -1;
+    double cost = isfinite (record->cost) && record->cost > 0? record->cost: 0;
+    uint64_t cost_bits;
+    memcpy (&cost_bits, &cost, sizeof (cost_bits));
+    s_column_number (&columns [S_SPEND], cost_bits, 8);
+    s_column_number (&columns [S_PROMPT_TOKENS], record->prompt_tokens, 8);
+    s_column_number (&columns [S_COMPLETION_TOKENS], record->completion_tokens, 8);
+    s_column_number (&columns [S_TOTAL_TOKENS], record->total_tokens, 8);
+    s_column_number (&columns [S_START_US], s_int8 (record->start_us), 8);
+    s_column_number (&columns [S_DURATION_US], s_int8 (record->duration_us), 8);
+    s_column_number (&columns [S_TTFB_US], s_int8 (record->ttfb_us), 8);
+    s_column_number (&columns [S_STATUS], record->status, 4);
+    for (int index = S_REQUEST_ID; index < S_COLUMNS; index++)
+        s_column_text (&columns [index], texts [index - S_REQUEST_ID]);
+    return 0;
+}
+
+//  The columns, rows long each (at least one), as the statement's
+//  parameters: values[S_COLUMNS] and lengths[S_COLUMNS]
+static void
+s_batch_params (batch_t *self, size_t rows, const char **values, int *lengths)
+{
+    assert (rows > 0);
+    for (int index = 0; index < S_COLUMNS; index++) {
+        column_t *column = &self->columns [index];
+        assert (column->data);
+        s_put_be (column->data, 1, 4);
+        s_put_be (column->data + 4, 0, 4);
+        s_put_be (column->data + 8, s_column_type [index], 4);
+        s_put_be (column->data + 12, rows, 4);
+        s_put_be (column->data + 16, 1, 4);
+        values [index] = column->data;
+        lengths [index] = (int) column->used;
+    }
+}
+
+//  Empty again, memory kept for the next rows
+static void
+s_batch_clear (batch_t *self)
+{
+    for (int index = 0; index < S_COLUMNS; index++)
+        if (self->columns [index].data)
+            self->columns [index].used = S_ARRAY_HEADER;
+}
+
+static void
+s_batch_free (batch_t *self)
+{
+    for (int index = 0; index < S_COLUMNS; index++) {
+        free (self->columns [index].data);
+        self->columns [index] = (column_t) { NULL, 0, 0 };
+    }
 }
 
 void
@@ -311,36 +410,12 @@ s_send_to (spend_t *self, peer_t *peer, int type, uint64_t seq)
     zg_msg_reset (out, 0);
 }
 
-//  Renders the record at the end of the batch, which keeps room for the
-//  largest one
+//  Adds the record to the batch
 static int
 s_hold (spend_t *self, const zg_msg_spend_t *record)
 {
-    //  The record (and the closing bracket and NUL) always fit
-    size_t need = self->batch_used + 1 + RECORD_MAX + 2;
-    if (need > self->batch_size) {
-        size_t grown = self->batch_size? self->batch_size * 2: 65536;
-        while (grown < need)
-            grown *= 2;
-        char *batch = (char *) realloc (self->batch, grown);
-        if (!batch)
-            return -1;
-        if (!self->batch) {
-            batch [0] = '[';
-            self->batch_used = 1;
-        }
-        self->batch = batch;
-        self->batch_size = grown;
-    }
-    size_t start = self->batch_used + (self->held? 1: 0);
-    int size = zg_spend_render (record, self->batch + start, RECORD_MAX);
-    if (size < 0) {
-        self->batch [self->batch_used] = 0;
+    if (s_batch_add (&self->batch, record))
         return -1;
-    }
-    if (self->held)
-        self->batch [self->batch_used] = ',';
-    self->batch_used = start + (size_t) size;
     self->held++;
     return 0;
 }
@@ -546,13 +621,13 @@ s_write (spend_t *self, int64_t now)
         s_succeeded (self);
         return 0;
     }
-    //  The batch is the parameter itself, closed for the call, so that its
-    //  bytes are not copied once more before libpq copies them
-    self->batch [self->batch_used] = ']';
-    self->batch [self->batch_used + 1] = 0;
-    const char *params [] = { self->batch, self->config->disable_error_logs? "true": "false" };
-    PGresult *result = zg_db_exec (self->db, s_write_sql, 2, params, errbuf, sizeof errbuf);
-    self->batch [self->batch_used] = 0;
+    const char *values [S_COLUMNS + 1];
+    int lengths [S_COLUMNS + 1];
+    s_batch_params (&self->batch, self->held, values, lengths);
+    values [S_COLUMNS] = self->config->disable_error_logs? "\1": "\0";
+    lengths [S_COLUMNS] = 1;
+    PGresult *result = zg_db_exec_binary (self->db, s_write_sql, S_COLUMNS + 1, values, lengths,
+                                          errbuf, sizeof errbuf);
     if (!result) {
         s_failed (self, errbuf, now);
         return -1;
@@ -560,8 +635,7 @@ s_write (spend_t *self, int64_t now)
     zg_debug ("spend: wrote %s new of %zu records", PQgetvalue (result, 0, 0), self->held);
     PQclear (result);
     s_succeeded (self);
-    self->batch_used = 1;
-    self->batch [1] = 0;
+    s_batch_clear (&self->batch);
     self->held = 0;
     for (peer_t *peer = (peer_t *) zhashx_first (self->peers); peer;
          peer = (peer_t *) zhashx_next (self->peers))
@@ -704,7 +778,7 @@ zg_spend_run (const zg_config_t *config, const char *endpoint)
     zg_msg_reset (&self.msg, 0);
     zhashx_destroy (&self.peers);
     zsock_destroy (&self.socket);
-    free (self.batch);
+    s_batch_free (&self.batch);
     return rc;
 }
 
@@ -712,9 +786,9 @@ zg_spend_run (const zg_config_t *config, const char *endpoint)
 //  --------------------------------------------------------------------------
 //  Self test
 
-//  Renders the record as the spend actor does: encoded, read in place
+//  Adds the record as the spend actor does: encoded, read in place
 static int
-s_test_render (const zg_msg_t *record, char *out, size_t size)
+s_test_add (batch_t *batch, const zg_msg_t *record)
 {
     static uint8_t frame [ZG_HEADER_MAX_BYTES];
     int length = zg_msg_encode (record, frame, sizeof frame);
@@ -724,7 +798,79 @@ s_test_render (const zg_msg_t *record, char *out, size_t size)
     ||  zg_msg_read_spend (&spend, frame, (size_t) length, &used) != ZG_MSG_OK
     ||  used != (size_t) length)
         return -2;
-    return zg_spend_render (&spend, out, size);
+    return s_batch_add (batch, &spend);
+}
+
+static uint64_t
+s_test_be (const uint8_t *data, int bytes)
+{
+    uint64_t value = 0;
+    for (int index = 0; index < bytes; index++)
+        value = (value << 8) | data [index];
+    return value;
+}
+
+//  The element at row of a column as s_batch_params hands it out, after
+//  every check of its header and of every element's length up to the end
+typedef struct {
+    const uint8_t *data;
+    size_t         length;
+} s_test_element_t;
+
+static bool
+s_test_element (const char *value, int length, int column, size_t rows, size_t row,
+                s_test_element_t *element)
+{
+    const uint8_t *data = (const uint8_t *) value;
+    if (length < S_ARRAY_HEADER
+    ||  s_test_be (data, 4) != 1 || s_test_be (data + 4, 4) != 0
+    ||  s_test_be (data + 8, 4) != s_column_type [column]
+    ||  s_test_be (data + 12, 4) != rows || s_test_be (data + 16, 4) != 1)
+        return false;
+    size_t used = S_ARRAY_HEADER;
+    for (size_t index = 0; index < rows; index++) {
+        if ((size_t) length - used < 4)
+            return false;
+        size_t size = (size_t) s_test_be (data + used, 4);
+        used += 4;
+        if ((size_t) length - used < size)
+            return false;
+        if (index == row)
+            *element = (s_test_element_t) { data + used, size };
+        used += size;
+    }
+    return used == (size_t) length;
+}
+
+static bool
+s_test_text_is (batch_t *batch, size_t rows, size_t row, int column, const char *text)
+{
+    const char *values [S_COLUMNS];
+    int lengths [S_COLUMNS];
+    s_batch_params (batch, rows, values, lengths);
+    s_test_element_t element = { NULL, 0 };
+    return s_test_element (values [column], lengths [column], column, rows, row, &element)
+        && element.length == strlen (text) && memcmp (element.data, text, element.length) == 0;
+}
+
+static bool
+s_test_number_is (batch_t *batch, size_t rows, size_t row, int column, uint64_t value)
+{
+    const char *values [S_COLUMNS];
+    int lengths [S_COLUMNS];
+    s_batch_params (batch, rows, values, lengths);
+    s_test_element_t element = { NULL, 0 };
+    size_t width = s_column_type [column] == S_INT4_OID? 4: 8;
+    return s_test_element (values [column], lengths [column], column, rows, row, &element)
+        && element.length == width && s_test_be (element.data, (int) width) == value;
+}
+
+static bool
+s_test_spend_is (batch_t *batch, size_t rows, size_t row, double cost)
+{
+    uint64_t bits;
+    memcpy (&bits, &cost, sizeof (bits));
+    return s_test_number_is (batch, rows, row, S_SPEND, bits);
 }
 
 void
@@ -737,65 +883,120 @@ zg_spend_test (bool verbose)
 #define S_CHECK(condition) ZG_TALLY (tally, condition)
 
     zg_msg_t *record = (zg_msg_t *) malloc (sizeof (zg_msg_t));
-    char *out = (char *) malloc (RECORD_MAX);
-    if (!record || !out)
+    if (!record)
         abort ();
+    batch_t batch = { 0 };
     zg_msg_init (record, ZG_MSG_SPEND);
     ZG_MSG_SET (record->call_id, "call-1");
+    ZG_MSG_SET (record->key_hash, "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b");
     ZG_MSG_SET (record->model, "gpt \"quoted\"");
-    ZG_MSG_SET (record->message, "line\nbreak");
+    ZG_MSG_SET (record->deployment_id, "d-1");
+    ZG_MSG_SET (record->api_base, "http://127.0.0.1:8080/v1");
+    ZG_MSG_SET (record->user_id, "u-1");
+    ZG_MSG_SET (record->err_type, "RateLimitError");
+    ZG_MSG_SET (record->message, "line\nbreak\ttab \\ caf\xc3\xa9");
     record->route = ZG_ROUTE_EMBEDDINGS;
     record->status = 429;
+    record->prompt_tokens = 13;
+    record->completion_tokens = 9;
+    record->total_tokens = 22;
     record->cost = 0.1 + 0.2;
     record->start_us = 1700000000000000ULL;
-    int size = s_test_render (record, out, RECORD_MAX);
-    S_CHECK (size > 0);
-    S_CHECK (zg_json_valid (out, (size_t) size, NULL));
-    zg_json_span_t span;
-    char text [64];
-    S_CHECK (zg_json_find (out, (size_t) size, "model_group", &span)
-          && zg_json_string (out, &span, text, sizeof text) >= 0 && streq (text, "gpt \"quoted\""));
-    double cost = 0;
-    S_CHECK (zg_json_find (out, (size_t) size, "spend", &span)
-          && zg_json_double (out, &span, &cost) && cost == 0.1 + 0.2);
-    //  Digits that read back, as an integer and an exponent
-    S_CHECK (strncmp (out, "{\"spend\":30000000000000004e-17,", 31) == 0);
+    record->duration_us = 1234;
+    record->ttfb_us = 567;
+    //  Two rows: every column an array of two, numbers as their bytes (the
+    //  spend the very double), strings as they came
+    S_CHECK (s_test_add (&batch, record) == 0);
+    ZG_MSG_SET (record->call_id, "call-2");
+    record->route = ZG_ROUTE_CHAT;
+    record->status = 200;
     record->cost = 13 * 2.5e-06 + 9 * 1e-05;
-    S_CHECK (s_test_render (record, out, RECORD_MAX) > 0
-          && zg_json_find (out, strlen (out), "spend", &span)
-          && zg_json_double (out, &span, &cost) && cost == 13 * 2.5e-06 + 9 * 1e-05);
-    record->cost = 0.1 + 0.2;
-    S_CHECK (zg_json_find (out, (size_t) size, "call_type", &span)
-          && zg_json_string (out, &span, text, sizeof text) >= 0 && streq (text, "aembedding"));
-    int64_t start = 0;
-    S_CHECK (zg_json_find (out, (size_t) size, "start_us", &span)
-          && zg_json_int64 (out, &span, &start) && start == 1700000000000000LL);
-    int64_t number = -1;
-    S_CHECK (zg_json_find (out, (size_t) size, "status", &span)
-          && zg_json_int64 (out, &span, &number) && number == 429);
-    S_CHECK (zg_json_find (out, (size_t) size, "ttfb_us", &span)
-          && zg_json_int64 (out, &span, &number) && number == 0);
+    ZG_MSG_SET (record->err_type, "");
+    ZG_MSG_SET (record->message, "");
+    S_CHECK (s_test_add (&batch, record) == 0);
+    S_CHECK (s_test_spend_is (&batch, 2, 0, 0.1 + 0.2));
+    S_CHECK (s_test_number_is (&batch, 2, 0, S_PROMPT_TOKENS, 13));
+    S_CHECK (s_test_number_is (&batch, 2, 0, S_COMPLETION_TOKENS, 9));
+    S_CHECK (s_test_number_is (&batch, 2, 0, S_TOTAL_TOKENS, 22));
+    S_CHECK (s_test_number_is (&batch, 2, 0, S_START_US, 1700000000000000ULL));
+    S_CHECK (s_test_number_is (&batch, 2, 0, S_DURATION_US, 1234));
+    S_CHECK (s_test_number_is (&batch, 2, 0, S_TTFB_US, 567));
+    S_CHECK (s_test_number_is (&batch, 2, 0, S_STATUS, 429));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_REQUEST_ID, "call-1"));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_CALL_TYPE, "aembedding"));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_API_KEY, record->key_hash));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_MODEL_GROUP, "gpt \"quoted\""));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_MODEL_ID, "d-1"));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_API_BASE, "http://127.0.0.1:8080/v1"));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_USER_ID, "u-1"));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_TEAM_ID, ""));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_ERR_TYPE, "RateLimitError"));
+    S_CHECK (s_test_text_is (&batch, 2, 0, S_MESSAGE, "line\nbreak\ttab \\ caf\xc3\xa9"));
+    S_CHECK (s_test_spend_is (&batch, 2, 1, 13 * 2.5e-06 + 9 * 1e-05));
+    S_CHECK (s_test_number_is (&batch, 2, 1, S_STATUS, 200));
+    S_CHECK (s_test_text_is (&batch, 2, 1, S_REQUEST_ID, "call-2"));
+    S_CHECK (s_test_text_is (&batch, 2, 1, S_CALL_TYPE, "acompletion"));
+    S_CHECK (s_test_text_is (&batch, 2, 1, S_MESSAGE, ""));
+    //  The statement takes each column as an array of its type, in order
+    for (int column = 0; column < S_COLUMNS; column++) {
+        char cast [32];
+        uint32_t type = s_column_type [column];
+        snprintf (cast, sizeof cast, "$%d::%s[]", column + 1,
+                  type == S_FLOAT8_OID? "float8": type == S_INT8_OID? "int8":
+                  type == S_INT4_OID? "int4": "text");
+        S_CHECK (strstr (s_write_sql, cast));
+    }
+    S_CHECK (strstr (s_write_sql, "$19::boolean") && !strstr (s_write_sql, "$20"));
+    //  Emptied, the next rows start again from the first
+    s_batch_clear (&batch);
+    ZG_MSG_SET (record->call_id, "call-3");
+    record->route = ZG_ROUTE_COMPLETIONS;
+    S_CHECK (s_test_add (&batch, record) == 0);
+    S_CHECK (s_test_text_is (&batch, 1, 0, S_REQUEST_ID, "call-3"));
+    S_CHECK (s_test_text_is (&batch, 1, 0, S_CALL_TYPE, "atext_completion"));
+    //  A cost that is no spend is 0 (the codec refuses NaN: never sent)
+    s_batch_clear (&batch);
+    zg_msg_spend_t direct = { .cost = NAN };
+    S_CHECK (s_batch_add (&batch, &direct) == 0);
+    S_CHECK (s_test_spend_is (&batch, 1, 0, 0) && s_test_text_is (&batch, 1, 0, S_REQUEST_ID, ""));
+    record->cost = -1;
+    S_CHECK (s_test_add (&batch, record) == 0 && s_test_spend_is (&batch, 2, 1, 0));
+    //  Bytes that are not UTF-8 read as U+FFFD, as in a JSON literal
+    ZG_MSG_SET (record->message, "bad \xff end \xc3");
+    S_CHECK (s_test_add (&batch, record) == 0
+          && s_test_text_is (&batch, 3, 2, S_MESSAGE, "bad \xef\xbf\xbd" " end \xef\xbf\xbd"));
+    //  Numbers at their maximum: an int8 column takes the largest it holds
     record->prompt_tokens = UINT32_MAX;
     record->duration_us = UINT64_MAX;
-    size = s_test_render (record, out, RECORD_MAX);
-    S_CHECK (size > 0 && strstr (out, ",\"prompt_tokens\":4294967295,")
-          && strstr (out, ",\"duration_us\":18446744073709551615,"));
-    S_CHECK (s_test_render (record, out, (size_t) size + 1) == size);
-    S_CHECK (s_test_render (record, out, (size_t) size) == -1);
-    //  Too small a buffer is refused, never overrun
-    S_CHECK (s_test_render (record, out, 16) == -1);
-    //  A record at every maximum still fits
-    memset (record->message, 'x', ZG_MESSAGE_MAX);
+    record->status = 999;
+    S_CHECK (s_test_add (&batch, record) == 0
+          && s_test_number_is (&batch, 4, 3, S_PROMPT_TOKENS, UINT32_MAX)
+          && s_test_number_is (&batch, 4, 3, S_DURATION_US, INT64_MAX)
+          && s_test_number_is (&batch, 4, 3, S_STATUS, 999));
+    //  A record at every maximum, every byte not UTF-8, many times over:
+    //  the columns grow, and every row is whole
+    memset (record->message, '\xff', ZG_MESSAGE_MAX);
     record->message [ZG_MESSAGE_MAX] = 0;
-    memset (record->api_base, '"', ZG_URL_MAX);
+    memset (record->api_base, '\x80', ZG_URL_MAX);
     record->api_base [ZG_URL_MAX] = 0;
-    S_CHECK (s_test_render (record, out, RECORD_MAX) > 0);
+    size_t rows = 4;
+    for (; rows < 40; rows++)
+        S_CHECK (s_test_add (&batch, record) == 0);
+    const char *values [S_COLUMNS];
+    int lengths [S_COLUMNS];
+    s_batch_params (&batch, rows, values, lengths);
+    s_test_element_t element = { NULL, 0 };
+    S_CHECK (s_test_element (values [S_MESSAGE], lengths [S_MESSAGE], S_MESSAGE, rows, rows - 1,
+                             &element) && element.length == 3 * ZG_MESSAGE_MAX);
+    S_CHECK (s_test_element (values [S_API_BASE], lengths [S_API_BASE], S_API_BASE, rows, rows - 1,
+                             &element) && element.length == 3 * ZG_URL_MAX);
+    S_CHECK (s_test_text_is (&batch, rows, 2, S_MESSAGE, "bad \xef\xbf\xbd" " end \xef\xbf\xbd"));
     char endpoint [64];
     zg_spend_endpoint ("/run", endpoint, sizeof endpoint);
     S_CHECK (streq (endpoint, "ipc:///run/spend.ipc"));
 
+    s_batch_free (&batch);
     zg_msg_reset (record, 0);
     free (record);
-    free (out);
     zg_tally_finish (&tally);
 }

@@ -3,7 +3,7 @@
 
     Binds a ROUTER socket for routers (DEALER). Each router sends SPEND
     records numbered by its own sequence; the spend actor writes them in
-    batches (every general_settings.proxy_batch_write_at seconds, or at 500
+    batches (every general_settings.proxy_batch_write_at seconds, or at 1500
     records), each batch in one statement: the rows of "LiteLLM_SpendLogs"
     keyed by call id, and the spend of the rows actually inserted added to
     the key's (and user's, team's) total, so that a record sent twice is
@@ -34,10 +34,6 @@ int zg_spend_run (const zg_config_t *config, const char *endpoint);
 
 //  The default endpoint under a run directory: ipc://<run_dir>/spend.ipc
 void zg_spend_endpoint (const char *run_dir, char *endpoint, size_t size);
-
-//  Render one SPEND record as the JSON object a batch is made of. Returns
-//  its length, or -1 if it does not fit in size. Exposed for the self test.
-int zg_spend_render (const zg_msg_spend_t *record, char *out, size_t size);
 
 //  Self test
 void zg_spend_test (bool verbose);
