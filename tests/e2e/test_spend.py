@@ -191,6 +191,24 @@ class SpendTest(zgtest.GatewayTestCase):
             'SELECT request_id, status_code FROM "LiteLLM_ErrorLogs"', db=self.db)}
         self.assertEqual(errors, {call_id: "400" for call_id in failed})
 
+    def test_text_is_written_as_sent(self):
+        #  Strings reach PostgreSQL as their bytes (binary parameters):
+        #  quotes, a backslash, control and non-ASCII characters come back
+        #  as they were sent
+        model = 'caf\u00e9 "q" \\ \t\u20ac\U0001f600'
+        resp = self.gw.post("/chat/completions", chat_body(model=model))
+        self.assertEqual(resp.status, 400, resp)
+        call_id = resp.headers.get("x-litellm-call-id")
+        self.assertTrue(call_id)
+        zgtest.wait_until(lambda: self.row_count() >= 1, ROWS_TIMEOUT, interval=0.2,
+                          message="the row of the call")
+        rows = self.pg.query('SELECT request_id, model_group, status, spend'
+                             ' FROM "LiteLLM_SpendLogs"', db=self.db)
+        self.assertEqual(rows, [[call_id, model, "failure", "0"]])
+        errors = self.pg.query('SELECT model_group, status_code FROM "LiteLLM_ErrorLogs"',
+                               db=self.db)
+        self.assertEqual(errors, [[model, "400"]])
+
     def test_spend_actor_killed(self):
         zgtest.wait_until(lambda: self.spend_pid() is not None, 30, message="a spend actor")
         first = self.spend_pid()
