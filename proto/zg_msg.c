@@ -613,6 +613,35 @@ s_read_nil (const uint8_t *data, size_t size, size_t *position)
     return false;
 }
 
+//  Reads a msgpack float64, or a float32; only a finite number
+static bool
+s_peek_double (const uint8_t *data, size_t size, size_t *position, double *value)
+{
+    if (*position >= size)
+        return false;
+    uint8_t tag = data [(*position)++];
+    size_t width = tag == 0xcb? 8: tag == 0xca? 4: 0;
+    if (width == 0 || width > size - *position)
+        return false;
+    uint64_t bits = 0;
+    for (size_t index = 0; index < width; index++)
+        bits = (bits << 8) | data [*position + index];
+    *position += width;
+    double number;
+    if (width == 8)
+        memcpy (&number, &bits, sizeof (number));
+    else {
+        uint32_t half = (uint32_t) bits;
+        float single;
+        memcpy (&single, &half, sizeof (single));
+        number = single;
+    }
+    if (!isfinite (number))
+        return false;
+    *value = number;
+    return true;
+}
+
 static int s_read_fields (const s_field_t *fields, size_t count, const uint8_t *data,
                           size_t size, size_t *position, char *base);
 
@@ -665,26 +694,8 @@ s_read_field (const s_field_t *field, const uint8_t *data, size_t size, size_t *
             return 0;
         }
         case S_DOUBLE: {
-            if (*position >= size)
-                return -1;
-            uint8_t tag = data [(*position)++];
-            size_t width = tag == 0xcb? 8: tag == 0xca? 4: 0;
-            if (width == 0 || width > size - *position)
-                return -1;
-            uint64_t bits = 0;
-            for (size_t index = 0; index < width; index++)
-                bits = (bits << 8) | data [*position + index];
-            *position += width;
             double number;
-            if (width == 8)
-                memcpy (&number, &bits, sizeof (number));
-            else {
-                uint32_t half = (uint32_t) bits;
-                float single;
-                memcpy (&single, &half, sizeof (single));
-                number = single;
-            }
-            if (!isfinite (number))
+            if (!s_peek_double (data, size, position, &number))
                 return -1;
             *(double *) (base + field->offset) = number;
             return 0;
@@ -771,9 +782,32 @@ zg_msg_decode_first (zg_msg_t *self, const uint8_t *data, size_t size, size_t *u
 }
 
 
+//  --------------------------------------------------------------------------
+//  Reading in place, and encoding from views. zg_msg_read_spend walks
+//  SPEND's table, each field placed at its own offset in zg_msg_spend_t
+//  instead of in zg_msg_t (numbers have the same width there, checked
+//  below). zg_msg_read_reply and zg_msg_encode_spend, on every call's
+//  path through the router, go field after field without the table; the
+//  self test holds them to the table-driven codec on every message it
+//  makes, mutates and fuzzes.
+
+#define S_SAME_WIDTH(view_type, member) \
+    _Static_assert (S_MEMBER_SIZE (zg_msg_t, member) == S_MEMBER_SIZE (view_type, member), \
+                    #member " has the same width in zg_msg_t and " #view_type)
+
+S_SAME_WIDTH (zg_msg_spend_t, seq);
+S_SAME_WIDTH (zg_msg_spend_t, route);
+S_SAME_WIDTH (zg_msg_spend_t, status);
+S_SAME_WIDTH (zg_msg_spend_t, prompt_tokens);
+S_SAME_WIDTH (zg_msg_spend_t, completion_tokens);
+S_SAME_WIDTH (zg_msg_spend_t, total_tokens);
+S_SAME_WIDTH (zg_msg_spend_t, cost);
+S_SAME_WIDTH (zg_msg_spend_t, start_us);
+S_SAME_WIDTH (zg_msg_spend_t, duration_us);
+S_SAME_WIDTH (zg_msg_spend_t, ttfb_us);
+
 //  Where each field of s_spend_fields goes in zg_msg_spend_t, in the same
-//  order: numbers are read by s_read_field at these offsets, strings kept
-//  as views
+//  order
 static const size_t s_spend_view [] = {
     offsetof (zg_msg_spend_t, seq), offsetof (zg_msg_spend_t, call_id),
     offsetof (zg_msg_spend_t, key_hash), offsetof (zg_msg_spend_t, user_id),
@@ -789,6 +823,94 @@ static const size_t s_spend_view [] = {
 _Static_assert (S_COUNT (s_spend_view) == S_COUNT (s_spend_fields),
                 "every field of SPEND has its place in zg_msg_spend_t");
 
+//  Reads the preamble: the field count and the type, both still to be
+//  checked against the type's table
+static bool
+s_read_preamble (const uint8_t *data, size_t size, size_t *position, size_t *count,
+                 uint64_t *type)
+{
+    size_t start, length;
+    uint64_t version;
+    return s_read_array (data, size, position, count)
+        && s_peek_str (data, size, position, &start, &length)
+        && length == S_MAGIC_SIZE && memcmp (data + start, S_MAGIC, S_MAGIC_SIZE) == 0
+        && s_peek_uint (data, size, position, &version) && version == ZG_PROTO_VERSION
+        && s_peek_uint (data, size, position, type);
+}
+
+//  True if any of length bytes is NUL: eight at a time (a word has a zero
+//  byte exactly when the classic test's high bits say so), the last word
+//  overlapping the one before; a call of memchr costs more than that on
+//  the short strings of a message
+static inline bool
+s_has_nul (const uint8_t *bytes, size_t length)
+{
+    const uint64_t ones = UINT64_C (0x0101010101010101);
+    const uint64_t highs = UINT64_C (0x8080808080808080);
+    if (length < 8) {
+        for (size_t at = 0; at < length; at++)
+            if (bytes [at] == 0)
+                return true;
+        return false;
+    }
+    uint64_t word, zeros = 0;
+    for (size_t at = 0; at + 8 < length; at += 8) {
+        memcpy (&word, bytes + at, 8);
+        zeros |= (word - ones) & ~word & highs;
+    }
+    memcpy (&word, bytes + length - 8, 8);
+    zeros |= (word - ones) & ~word & highs;
+    return zeros != 0;
+}
+
+//  Reads the fields of a table with the checks s_read_fields makes, but
+//  each at view [index] in base, and strings as views of data
+static int
+s_read_view (const s_field_t *fields, const size_t *view, size_t count,
+             const uint8_t *data, size_t size, size_t *position, char *base)
+{
+    for (size_t index = 0; index < count; index++) {
+        const s_field_t *field = &fields [index];
+        char *at = base + view [index];
+        size_t start, length;
+        switch (field->kind) {
+            case S_STRING_OR_NIL:
+            case S_HEADERS:
+                if (s_read_nil (data, size, position))
+                    break;      //  the view stays empty
+                //  Fall through
+            case S_STRING:
+                if (!s_peek_str (data, size, position, &start, &length)
+                ||  length > (field->kind == S_HEADERS? field->max: field->size - 1)
+                ||  s_has_nul (data + start, length))
+                    return -1;
+                ((zg_msg_text_t *) at)->text = (const char *) data + start;
+                ((zg_msg_text_t *) at)->length = length;
+                break;
+            case S_UINT: {
+                uint64_t number;
+                if (!s_peek_uint (data, size, position, &number)
+                ||  number < field->min || number > s_uint_max (field))
+                    return -1;
+                switch (field->size) {
+                    case 1: *(uint8_t *) at = (uint8_t) number; break;
+                    case 2: *(uint16_t *) at = (uint16_t) number; break;
+                    case 4: *(uint32_t *) at = (uint32_t) number; break;
+                    default: *(uint64_t *) at = number; break;
+                }
+                break;
+            }
+            case S_DOUBLE:
+                if (!s_peek_double (data, size, position, (double *) at))
+                    return -1;
+                break;
+            case S_NESTED:
+                return -1;      //  no view has one
+        }
+    }
+    return 0;
+}
+
 int
 zg_msg_read_spend (zg_msg_spend_t *spend, const uint8_t *data, size_t size, size_t *used)
 {
@@ -800,38 +922,279 @@ zg_msg_read_spend (zg_msg_spend_t *spend, const uint8_t *data, size_t size, size
         return ZG_MSG_ERR_MALFORMED;
     if (size > ZG_HEADER_MAX_BYTES)
         size = ZG_HEADER_MAX_BYTES;
-    size_t position = 0, count, start, length;
-    uint64_t version, type;
-    if (!s_read_array (data, size, &position, &count)
-    ||  count != S_PREAMBLE + S_COUNT (s_spend_fields)
-    ||  !s_peek_str (data, size, &position, &start, &length)
-    ||  length != S_MAGIC_SIZE || memcmp (data + start, S_MAGIC, S_MAGIC_SIZE) != 0
-    ||  !s_peek_uint (data, size, &position, &version) || version != ZG_PROTO_VERSION
-    ||  !s_peek_uint (data, size, &position, &type) || type != ZG_MSG_SPEND)
+    size_t position = 0, count;
+    uint64_t type;
+    if (!s_read_preamble (data, size, &position, &count, &type)
+    ||  type != ZG_MSG_SPEND || count != S_PREAMBLE + S_COUNT (s_spend_fields)
+    ||  s_read_view (s_spend_fields, s_spend_view, S_COUNT (s_spend_fields),
+                     data, size, &position, (char *) spend)) {
+        memset (spend, 0, sizeof (*spend));
         return ZG_MSG_ERR_MALFORMED;
-    char *base = (char *) spend;
-    for (size_t index = 0; index < S_COUNT (s_spend_fields); index++) {
-        s_field_t field = s_spend_fields [index];
-        field.offset = s_spend_view [index];
-        if (field.kind == S_STRING) {
-            if (!s_peek_str (data, size, &position, &start, &length)
-            ||  length > field.size - 1
-            ||  memchr (data + start, 0, length))
-                break;
-            zg_msg_text_t *text = (zg_msg_text_t *) (base + field.offset);
-            text->text = (const char *) data + start;
-            text->length = length;
-        }
-        else
-        if (s_read_field (&field, data, size, &position, base))
-            break;
-        if (index + 1 == S_COUNT (s_spend_fields)) {
-            *used = position;
-            return ZG_MSG_OK;
-        }
     }
-    memset (spend, 0, sizeof (*spend));
-    return ZG_MSG_ERR_MALFORMED;
+    *used = position;
+    return ZG_MSG_OK;
+}
+
+//  A reader of fields one after the other that stops at the first wrong
+//  one: every later read is then a no-op, and ok says so at the end
+typedef struct {
+    const uint8_t *data;
+    size_t size;
+    size_t position;
+    bool   ok;
+} s_reader_t;
+
+//  A str of at most max bytes without a NUL, or with nil_ok a nil (empty)
+static inline void
+s_get_text (s_reader_t *reader, size_t max, bool nil_ok, zg_msg_text_t *text)
+{
+    size_t start, length;
+    if (!reader->ok)
+        return;
+    if (nil_ok && s_read_nil (reader->data, reader->size, &reader->position))
+        return;
+    if (!s_peek_str (reader->data, reader->size, &reader->position, &start, &length)
+    ||  length > max || s_has_nul (reader->data + start, length)) {
+        reader->ok = false;
+        return;
+    }
+    text->text = (const char *) reader->data + start;
+    text->length = length;
+}
+
+static inline uint64_t
+s_get_uint (s_reader_t *reader, uint64_t max)
+{
+    uint64_t number;
+    if (!reader->ok)
+        return 0;
+    if (!s_peek_uint (reader->data, reader->size, &reader->position, &number) || number > max) {
+        reader->ok = false;
+        return 0;
+    }
+    return number;
+}
+
+static inline double
+s_get_double (s_reader_t *reader)
+{
+    double number;
+    if (!reader->ok)
+        return 0;
+    if (!s_peek_double (reader->data, reader->size, &reader->position, &number)) {
+        reader->ok = false;
+        return 0;
+    }
+    return number;
+}
+
+//  Each type's fields in the order of its table (s_head_fields,
+//  s_end_fields, s_error_fields), with the table's limits: the self test
+//  holds the answer to zg_msg_decode's on every message it makes, mutates
+//  and fuzzes, so the two cannot drift apart
+_Static_assert (S_COUNT (s_head_fields) == 13 && S_COUNT (s_end_fields) == 9
+             && S_COUNT (s_error_fields) == 8,
+                "zg_msg_read_reply reads every field of HEAD, END and ERROR");
+int
+zg_msg_read_reply (zg_msg_reply_t *reply, const uint8_t *data, size_t size)
+{
+    assert (reply);
+    memset (reply, 0, sizeof (*reply));
+    if (!data || size == 0 || size > ZG_HEADER_MAX_BYTES)
+        return ZG_MSG_ERR_MALFORMED;
+    s_reader_t reader = { data, size, 0, true };
+    size_t count;
+    uint64_t type;
+    if (!s_read_preamble (data, size, &reader.position, &count, &type)
+    ||  (type != ZG_MSG_HEAD && type != ZG_MSG_END && type != ZG_MSG_ERROR)
+    ||  count != S_PREAMBLE + s_specs [type].field_count)
+        return ZG_MSG_ERR_MALFORMED;
+    s_get_text (&reader, ZG_CALL_ID_MAX, false, &reply->call_id);
+    reply->status = (uint16_t) s_get_uint (&reader, 999);
+    if (type == ZG_MSG_HEAD) {
+        reply->flags = (uint32_t) s_get_uint (&reader, UINT32_MAX);
+        s_get_text (&reader, ZG_NAME_MAX, false, &reply->content_type);
+        s_get_text (&reader, ZG_HEADERS_MAX, true, &reply->headers);
+        s_get_text (&reader, ZG_NAME_MAX, false, &reply->deployment_id);
+        s_get_text (&reader, ZG_URL_MAX, false, &reply->api_base);
+        reply->duration_us = s_get_uint (&reader, UINT64_MAX);
+        reply->prompt_tokens = (uint32_t) s_get_uint (&reader, UINT32_MAX);
+        reply->completion_tokens = (uint32_t) s_get_uint (&reader, UINT32_MAX);
+        reply->total_tokens = (uint32_t) s_get_uint (&reader, UINT32_MAX);
+        reply->cost = s_get_double (&reader);
+        reply->ttfb_us = s_get_uint (&reader, UINT64_MAX);
+    }
+    else
+    if (type == ZG_MSG_END) {
+        reply->prompt_tokens = (uint32_t) s_get_uint (&reader, UINT32_MAX);
+        reply->completion_tokens = (uint32_t) s_get_uint (&reader, UINT32_MAX);
+        reply->total_tokens = (uint32_t) s_get_uint (&reader, UINT32_MAX);
+        reply->cost = s_get_double (&reader);
+        reply->ttfb_us = s_get_uint (&reader, UINT64_MAX);
+        reply->duration_us = s_get_uint (&reader, UINT64_MAX);
+        s_get_text (&reader, ZG_NAME_MAX, false, &reply->deployment_id);
+    }
+    else {
+        reply->flags = (uint32_t) s_get_uint (&reader, UINT32_MAX);
+        s_get_text (&reader, ZG_NAME_MAX, false, &reply->err_type);
+        s_get_text (&reader, ZG_MESSAGE_MAX, false, &reply->message);
+        s_get_text (&reader, ZG_NAME_MAX, true, &reply->param);
+        s_get_text (&reader, ZG_NAME_MAX, false, &reply->deployment_id);
+        s_get_text (&reader, ZG_URL_MAX, false, &reply->api_base);
+    }
+    if (!reader.ok || reader.position != size) {
+        memset (reply, 0, sizeof (*reply));
+        return ZG_MSG_ERR_MALFORMED;
+    }
+    reply->type = (int) type;
+    return ZG_MSG_OK;
+}
+
+//  Writers without a bound: the caller has made room. The same bytes as
+//  s_pack_uint and s_pack_str write.
+static inline uint8_t *
+s_emit_uint (uint8_t *out, uint64_t value)
+{
+    size_t width;
+    if (value < 128) {
+        *out = (uint8_t) value;
+        return out + 1;
+    }
+    if (value <= UINT8_MAX) {
+        *out = 0xcc;
+        width = 1;
+    }
+    else
+    if (value <= UINT16_MAX) {
+        *out = 0xcd;
+        width = 2;
+    }
+    else
+    if (value <= UINT32_MAX) {
+        *out = 0xce;
+        width = 4;
+    }
+    else {
+        *out = 0xcf;
+        width = 8;
+    }
+    for (size_t index = 0; index < width; index++)
+        out [1 + index] = (uint8_t) (value >> (8 * (width - 1 - index)));
+    return out + 1 + width;
+}
+
+static inline size_t
+s_uint_bytes (uint64_t value)
+{
+    return value < 128? 1: value <= UINT8_MAX? 2: value <= UINT16_MAX? 3: value <= UINT32_MAX? 5: 9;
+}
+
+static inline uint8_t *
+s_emit_str (uint8_t *out, const zg_msg_text_t *text)
+{
+    size_t length = text->length;
+    if (length < 32)
+        *out++ = (uint8_t) (0xa0 | length);
+    else
+    if (length <= UINT8_MAX) {
+        *out++ = 0xd9;
+        *out++ = (uint8_t) length;
+    }
+    else {
+        //  Every string of a SPEND is under 64 KB
+        *out++ = 0xda;
+        *out++ = (uint8_t) (length >> 8);
+        *out++ = (uint8_t) length;
+    }
+    if (length)
+        memcpy (out, text->text, length);
+    return out + length;
+}
+
+//  SPEND's fields in the order of s_spend_fields, written one after the
+//  other: the self test holds the bytes to zg_msg_encode's on every
+//  message it makes, so the two cannot drift apart
+_Static_assert (S_COUNT (s_spend_fields) == 19
+             && S_PREAMBLE + S_COUNT (s_spend_fields) >= 16
+             && ZG_PROTO_VERSION < 128 && ZG_MSG_SPEND < 128,
+                "zg_msg_encode_spend writes SPEND's 19 fields after a 16-bit array count");
+int
+zg_msg_encode_spend (const zg_msg_spend_t *spend, uint8_t *buf, size_t size)
+{
+    assert (spend);
+    if (!buf)
+        return -1;
+    const zg_msg_text_t *strings [] = {
+        &spend->call_id, &spend->key_hash, &spend->user_id, &spend->team_id, &spend->model,
+        &spend->deployment_id, &spend->api_base, &spend->err_type, &spend->message
+    };
+    static const size_t limits [] = {
+        ZG_CALL_ID_MAX, ZG_KEY_HASH_MAX, ZG_NAME_MAX, ZG_NAME_MAX, ZG_NAME_MAX,
+        ZG_NAME_MAX, ZG_URL_MAX, ZG_NAME_MAX, ZG_MESSAGE_MAX
+    };
+    //  The preamble (a 22-element array, "ZG", the version, the type), the
+    //  cost (a float64), the numbers, then each string and its tag
+    size_t need = 3 + 3 + 1 + 1 + 9
+                + s_uint_bytes (spend->seq) + s_uint_bytes (spend->route)
+                + s_uint_bytes (spend->status) + s_uint_bytes (spend->prompt_tokens)
+                + s_uint_bytes (spend->completion_tokens) + s_uint_bytes (spend->total_tokens)
+                + s_uint_bytes (spend->start_us) + s_uint_bytes (spend->duration_us)
+                + s_uint_bytes (spend->ttfb_us);
+    for (size_t index = 0; index < sizeof strings / sizeof strings [0]; index++) {
+        size_t length = strings [index]->length;
+        if (length > limits [index]
+        ||  (length && (!strings [index]->text
+                        || s_has_nul ((const uint8_t *) strings [index]->text, length))))
+            return -1;
+        need += (length < 32? 1: length <= UINT8_MAX? 2: 3) + length;
+    }
+    if (spend->route < ZG_ROUTE_CHAT || spend->route > ZG_ROUTE_EMBEDDINGS
+    ||  spend->status > 999 || !isfinite (spend->cost)
+    ||  need > size || need > ZG_HEADER_MAX_BYTES)
+        return -1;
+
+    uint8_t *out = buf;
+    *out++ = 0xdc;
+    *out++ = 0;
+    *out++ = (uint8_t) (S_PREAMBLE + S_COUNT (s_spend_fields));
+    *out++ = 0xa0 | S_MAGIC_SIZE;
+    memcpy (out, S_MAGIC, S_MAGIC_SIZE);
+    out += S_MAGIC_SIZE;
+    *out++ = ZG_PROTO_VERSION;
+    *out++ = ZG_MSG_SPEND;
+    out = s_emit_uint (out, spend->seq);
+    for (size_t index = 0; index < 7; index++)
+        out = s_emit_str (out, strings [index]);
+    out = s_emit_uint (out, spend->route);
+    out = s_emit_uint (out, spend->status);
+    out = s_emit_uint (out, spend->prompt_tokens);
+    out = s_emit_uint (out, spend->completion_tokens);
+    out = s_emit_uint (out, spend->total_tokens);
+    uint64_t bits;
+    memcpy (&bits, &spend->cost, sizeof bits);
+    *out++ = 0xcb;
+    for (size_t index = 0; index < 8; index++)
+        *out++ = (uint8_t) (bits >> (8 * (7 - index)));
+    out = s_emit_uint (out, spend->start_us);
+    out = s_emit_uint (out, spend->duration_us);
+    out = s_emit_uint (out, spend->ttfb_us);
+    out = s_emit_str (out, strings [7]);
+    out = s_emit_str (out, strings [8]);
+    assert ((size_t) (out - buf) == need);
+    return (int) need;
+}
+
+zg_msg_text_t
+zg_msg_text (const char *value, size_t size)
+{
+    assert (size > 0);
+    size_t length = value? strnlen (value, size): 0;
+    if (length == size) {
+        length = size - 1;
+        while (length > 0 && ((unsigned char) value [length] & 0xc0) == 0x80)
+            length--;
+    }
+    return (zg_msg_text_t) { value, length };
 }
 
 //  --------------------------------------------------------------------------
@@ -1162,16 +1525,10 @@ void
 zg_msg_strset (char *field, size_t size, const char *value)
 {
     assert (field);
-    assert (size > 0);
-    size_t length = value? strnlen (value, size): 0;
-    if (length == size) {
-        length = size - 1;
-        while (length > 0 && ((unsigned char) value [length] & 0xc0) == 0x80)
-            length--;
-    }
-    if (length)
-        memmove (field, value, length);
-    field [length] = 0;
+    zg_msg_text_t text = zg_msg_text (value, size);
+    if (text.length)
+        memmove (field, text.text, text.length);
+    field [text.length] = 0;
 }
 
 const char *
@@ -1382,7 +1739,8 @@ s_test_sane (const zg_msg_t *msg)
 static bool
 s_test_text_is (const zg_msg_text_t *text, const char *string)
 {
-    return text->length == strlen (string) && memcmp (text->text, string, text->length) == 0;
+    return text->length == strlen (string)
+        && (text->length == 0 || memcmp (text->text, string, text->length) == 0);
 }
 
 //  zg_msg_read_spend takes what zg_msg_decode_first takes as a SPEND, and
@@ -1416,6 +1774,50 @@ s_test_spend_agrees (zg_msg_t *msg, const uint8_t *data, size_t size)
           && s_test_text_is (&spend.api_base, msg->api_base)
           && s_test_text_is (&spend.err_type, msg->err_type)
           && s_test_text_is (&spend.message, msg->message));
+    //  Encoded again from the views, it is what zg_msg_encode makes of the
+    //  decoded message, byte for byte
+    uint8_t *mine = (uint8_t *) malloc (ZG_HEADER_MAX_BYTES);
+    uint8_t *theirs = (uint8_t *) malloc (ZG_HEADER_MAX_BYTES);
+    assert (mine && theirs);
+    int size_mine = zg_msg_encode_spend (&spend, mine, ZG_HEADER_MAX_BYTES);
+    int size_theirs = zg_msg_encode (msg, theirs, ZG_HEADER_MAX_BYTES);
+    S_CHECK (size_mine > 0 && size_mine == size_theirs
+          && memcmp (mine, theirs, (size_t) size_mine) == 0);
+    free (mine);
+    free (theirs);
+}
+
+//  zg_msg_read_reply takes what zg_msg_decode takes as a HEAD, END or
+//  ERROR, and reads the same from it
+static void
+s_test_reply_agrees (zg_msg_t *msg, const uint8_t *data, size_t size)
+{
+    zg_msg_reply_t reply;
+    int rc_reply = zg_msg_read_reply (&reply, data, size);
+    int rc_msg = zg_msg_decode (msg, data, size);
+    bool is_reply = rc_msg == ZG_MSG_OK
+                 && (msg->type == ZG_MSG_HEAD || msg->type == ZG_MSG_END
+                  || msg->type == ZG_MSG_ERROR);
+    S_CHECK ((rc_reply == ZG_MSG_OK) == is_reply);
+    if (!is_reply) {
+        zg_msg_reply_t empty;
+        memset (&empty, 0, sizeof empty);
+        S_CHECK (rc_reply == ZG_MSG_ERR_MALFORMED && memcmp (&reply, &empty, sizeof empty) == 0);
+        return;
+    }
+    S_CHECK (reply.type == msg->type && reply.status == msg->status && reply.flags == msg->flags
+          && reply.duration_us == msg->duration_us && reply.prompt_tokens == msg->prompt_tokens
+          && reply.completion_tokens == msg->completion_tokens
+          && reply.total_tokens == msg->total_tokens && reply.cost == msg->cost
+          && reply.ttfb_us == msg->ttfb_us);
+    S_CHECK (s_test_text_is (&reply.call_id, msg->call_id)
+          && s_test_text_is (&reply.content_type, msg->content_type)
+          && s_test_text_is (&reply.headers, msg->headers? msg->headers: "")
+          && s_test_text_is (&reply.deployment_id, msg->deployment_id)
+          && s_test_text_is (&reply.api_base, msg->api_base)
+          && s_test_text_is (&reply.err_type, msg->err_type)
+          && s_test_text_is (&reply.message, msg->message)
+          && s_test_text_is (&reply.param, msg->param));
 }
 
 static void
@@ -1427,6 +1829,7 @@ s_test_survives (zg_msg_t *msg, const uint8_t *data, size_t size)
     else
         S_CHECK (rc == ZG_MSG_ERR_MALFORMED && msg->type == 0 && msg->headers == NULL);
     s_test_spend_agrees (msg, data, size);
+    s_test_reply_agrees (msg, data, size);
 }
 
 static void
@@ -1437,6 +1840,7 @@ s_test_malformed (zg_msg_t *msg, const uint8_t *data, size_t size, const char *w
         fprintf (stderr, "zg_msg: accepted %s (%zu bytes)\n", what, size);
     S_CHECK (msg->type == 0 && msg->headers == NULL && msg->call_id [0] == 0);
     s_test_spend_agrees (msg, data, size);
+    s_test_reply_agrees (msg, data, size);
     zg_msg_reset (msg, 0);
 }
 
@@ -1631,6 +2035,58 @@ s_random (void)
     return s_random_state * UINT64_C (2685821657736338717);
 }
 
+//  The views of a SPEND's fields, as the router holds them
+static void
+s_test_spend_views (zg_msg_spend_t *spend, const zg_msg_t *msg)
+{
+    memset (spend, 0, sizeof (*spend));
+    spend->seq = msg->seq;
+    spend->call_id = zg_msg_text (msg->call_id, sizeof msg->call_id);
+    spend->key_hash = zg_msg_text (msg->key_hash, sizeof msg->key_hash);
+    spend->user_id = zg_msg_text (msg->user_id, sizeof msg->user_id);
+    spend->team_id = zg_msg_text (msg->team_id, sizeof msg->team_id);
+    spend->model = zg_msg_text (msg->model, sizeof msg->model);
+    spend->deployment_id = zg_msg_text (msg->deployment_id, sizeof msg->deployment_id);
+    spend->api_base = zg_msg_text (msg->api_base, sizeof msg->api_base);
+    spend->route = msg->route;
+    spend->status = msg->status;
+    spend->prompt_tokens = msg->prompt_tokens;
+    spend->completion_tokens = msg->completion_tokens;
+    spend->total_tokens = msg->total_tokens;
+    spend->cost = msg->cost;
+    spend->start_us = msg->start_us;
+    spend->duration_us = msg->duration_us;
+    spend->ttfb_us = msg->ttfb_us;
+    spend->err_type = zg_msg_text (msg->err_type, sizeof msg->err_type);
+    spend->message = zg_msg_text (msg->message, sizeof msg->message);
+}
+
+//  A SPEND encoded from views (msg's fields, encoded by zg_msg_encode as
+//  size bytes of buffer): the same bytes; back through the full decoder
+//  and zg_msg_read_spend to the same fields; one byte short refused
+static void
+s_test_spend_from_views (const zg_msg_t *msg, zg_msg_t *back, const uint8_t *buffer, int size)
+{
+    zg_msg_spend_t spend, again;
+    s_test_spend_views (&spend, msg);
+    uint8_t *mine = (uint8_t *) malloc ((size_t) size);
+    assert (mine);
+    S_CHECK (zg_msg_encode_spend (&spend, mine, (size_t) size) == size
+          && memcmp (mine, buffer, (size_t) size) == 0);
+    S_CHECK (zg_msg_decode (back, mine, (size_t) size) == ZG_MSG_OK && s_test_equal (msg, back));
+    size_t used = 0;
+    S_CHECK (zg_msg_read_spend (&again, mine, (size_t) size, &used) == ZG_MSG_OK
+          && used == (size_t) size);
+    S_CHECK (again.seq == msg->seq && again.cost == msg->cost
+          && again.duration_us == msg->duration_us
+          && s_test_text_is (&again.call_id, msg->call_id)
+          && s_test_text_is (&again.message, msg->message));
+    for (int shorter = 0; shorter < size; shorter++)
+        if (zg_msg_encode_spend (&spend, mine, (size_t) shorter) != -1)
+            S_CHECK (false);
+    free (mine);
+}
+
 static void
 s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
 {
@@ -1652,6 +2108,9 @@ s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
             S_CHECK (s_test_equal (msg, back));
             S_CHECK (s_test_rest_is_empty (back));
             s_test_spend_agrees (back, buffer, (size_t) size);
+            s_test_reply_agrees (back, buffer, (size_t) size);
+            if (type == ZG_MSG_SPEND)
+                s_test_spend_from_views (msg, back, buffer, size);
 
             //  Exactly the right buffer size is enough; anything less is not
             uint8_t *exact = (uint8_t *) malloc ((size_t) size);
@@ -1896,7 +2355,77 @@ s_test_encode_refusals (zg_msg_t *msg, uint8_t *buffer)
     too_long [ZG_HEADERS_MAX + 1] = 0;
     zg_msg_set_headers (msg, too_long);
     S_CHECK (zg_msg_encode (msg, buffer, ZG_HEADER_MAX_BYTES) == -1);
+
+    //  From views: what zg_msg_encode refuses, and what a view can say
+    //  that a C string cannot (a NUL inside, bytes beyond the field)
+    s_test_make (msg, ZG_MSG_SPEND, 1);
+    zg_msg_spend_t spend;
+    s_test_spend_views (&spend, msg);
+    S_CHECK (zg_msg_encode_spend (&spend, buffer, ZG_HEADER_MAX_BYTES) > 0);
+    S_CHECK (zg_msg_encode_spend (&spend, NULL, ZG_HEADER_MAX_BYTES) == -1);
+    zg_msg_spend_t wrong = spend;
+    wrong.route = 0;
+    S_CHECK (zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES) == -1);
+    wrong.route = ZG_ROUTE_EMBEDDINGS + 1;
+    S_CHECK (zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES) == -1);
+    wrong = spend;
+    wrong.status = 1000;
+    S_CHECK (zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES) == -1);
+    wrong = spend;
+    wrong.cost = NAN;
+    S_CHECK (zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES) == -1);
+    wrong.cost = -INFINITY;
+    S_CHECK (zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES) == -1);
+    wrong = spend;
+    wrong.model = (zg_msg_text_t) { "a\0b", 3 };
+    S_CHECK (zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES) == -1);
+    wrong = spend;
+    wrong.call_id = (zg_msg_text_t) { NULL, 1 };
+    S_CHECK (zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES) == -1);
+    wrong = spend;
+    wrong.call_id = (zg_msg_text_t) { NULL, 0 };     //  empty: fine without bytes
+    S_CHECK (zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES) > 0);
+    memset (too_long, 'x', ZG_MESSAGE_MAX + 1);
+    const struct { size_t offset; size_t limit; } limits [] = {
+        { offsetof (zg_msg_spend_t, call_id), ZG_CALL_ID_MAX },
+        { offsetof (zg_msg_spend_t, key_hash), ZG_KEY_HASH_MAX },
+        { offsetof (zg_msg_spend_t, user_id), ZG_NAME_MAX },
+        { offsetof (zg_msg_spend_t, team_id), ZG_NAME_MAX },
+        { offsetof (zg_msg_spend_t, model), ZG_NAME_MAX },
+        { offsetof (zg_msg_spend_t, deployment_id), ZG_NAME_MAX },
+        { offsetof (zg_msg_spend_t, api_base), ZG_URL_MAX },
+        { offsetof (zg_msg_spend_t, err_type), ZG_NAME_MAX },
+        { offsetof (zg_msg_spend_t, message), ZG_MESSAGE_MAX }
+    };
+    for (size_t index = 0; index < sizeof limits / sizeof limits [0]; index++) {
+        wrong = spend;
+        zg_msg_text_t *text = (zg_msg_text_t *) ((char *) &wrong + limits [index].offset);
+        *text = (zg_msg_text_t) { too_long, limits [index].limit };
+        int size = zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES);
+        S_CHECK (size > 0);
+        zg_msg_t *back = (zg_msg_t *) malloc (sizeof (zg_msg_t));
+        assert (back);
+        zg_msg_init (back, 0);
+        S_CHECK (size > 0 && zg_msg_decode (back, buffer, (size_t) size) == ZG_MSG_OK
+              && back->type == ZG_MSG_SPEND);
+        zg_msg_reset (back, 0);
+        free (back);
+        text->length++;
+        S_CHECK (zg_msg_encode_spend (&wrong, buffer, ZG_HEADER_MAX_BYTES) == -1);
+    }
     free (too_long);
+
+    //  A view of a string cuts it as ZG_MSG_SET does
+    const char *samples [] = { "", "abc", "abcdef", "ab\xc3\xa9", "a\xc3\xa9", "\xc3\xa9\xc3\xa9" };
+    for (size_t index = 0; index < sizeof samples / sizeof samples [0]; index++)
+        for (size_t size = 1; size <= 8; size++) {
+            char field [8];
+            zg_msg_strset (field, size, samples [index]);
+            zg_msg_text_t text = zg_msg_text (samples [index], size);
+            S_CHECK (text.text == samples [index] && s_test_text_is (&text, field));
+        }
+    zg_msg_text_t nothing = zg_msg_text (NULL, 4);
+    S_CHECK (nothing.length == 0);
 }
 
 static void

@@ -395,6 +395,53 @@ typedef struct {
 //  another type (which zg_msg_decode_first may then read).
 int zg_msg_read_spend (zg_msg_spend_t *spend, const uint8_t *data, size_t size, size_t *used);
 
+//  Encode a SPEND from its fields as zg_msg_read_spend gives them, the
+//  strings as views (text may be NULL where length is 0), into buf: the
+//  very bytes zg_msg_encode writes for a zg_msg_t holding the same fields.
+//  For the router, which holds every string of a record already and would
+//  only copy them into a zg_msg_t to have them measured and copied again.
+//  Refuses what zg_msg_encode refuses: a string longer than its field's
+//  limit or holding a NUL byte, a route or status out of range, a cost
+//  that is not finite. Returns the number of bytes written, or -1 (also
+//  when it does not fit in size bytes).
+int zg_msg_encode_spend (const zg_msg_spend_t *spend, uint8_t *buf, size_t size);
+
+//  A view of value as ZG_MSG_SET would keep it in a field of size bytes:
+//  cut on a character boundary when it is longer; value may be NULL
+zg_msg_text_t zg_msg_text (const char *value, size_t size);
+
+//  A HEAD, END or ERROR read in place: the fields of zg_msg_t these types
+//  carry, strings as views of the frame, valid while the frame is; fields
+//  the type does not carry are zero or empty. For a broker that relays the
+//  frame as it came and keeps only how the call ended (status, usage,
+//  cost, deployment, error): no message cleared, no string or header
+//  copied.
+typedef struct {
+    int           type;             //  ZG_MSG_HEAD, ZG_MSG_END or ZG_MSG_ERROR
+    zg_msg_text_t call_id;
+    uint16_t      status;
+    uint32_t      flags;            //  HEAD, ERROR
+    zg_msg_text_t content_type;     //  HEAD
+    zg_msg_text_t headers;          //  HEAD; nil reads as empty
+    zg_msg_text_t deployment_id;
+    zg_msg_text_t api_base;         //  HEAD, ERROR
+    uint64_t      duration_us;      //  HEAD, END
+    uint32_t      prompt_tokens;    //  END, HEAD
+    uint32_t      completion_tokens;
+    uint32_t      total_tokens;
+    double        cost;
+    uint64_t      ttfb_us;
+    zg_msg_text_t err_type;         //  ERROR
+    zg_msg_text_t message;
+    zg_msg_text_t param;            //  nil reads as empty
+} zg_msg_reply_t;
+
+//  Read a header frame as a HEAD, END or ERROR, in place, with every check
+//  zg_msg_decode makes (the whole frame, nothing after the message):
+//  ZG_MSG_OK, or ZG_MSG_ERR_MALFORMED (reply all zero) for what
+//  zg_msg_decode refuses and for a message of another type.
+int zg_msg_read_reply (zg_msg_reply_t *reply, const uint8_t *data, size_t size);
+
 //  Read only what a broker needs to relay a message without decoding it:
 //  the type, the call id (into call_id, ZG_CALL_ID_MAX + 1 bytes), for
 //  HEAD, END and ERROR the status, and for HEAD and ERROR the flags (a

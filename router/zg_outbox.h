@@ -38,10 +38,12 @@ zg_outbox_t *zg_outbox_new (size_t ring_limit, const char *spill_path);
 //  Free the outbox without saving anything (see zg_outbox_save)
 void zg_outbox_destroy (zg_outbox_t **self_p);
 
-//  Add a record of type ZG_MSG_SPEND; its seq is given by the outbox (the
-//  one in record is overwritten). 0, or -1 when it can be neither kept in
-//  memory nor spilled (the record is lost; logged by the caller).
-int zg_outbox_push (zg_outbox_t *self, zg_msg_t *record);
+//  Add a SPEND record, its strings as views (zg_msg_encode_spend encodes
+//  it straight into the memory it is kept in); its seq is given by the
+//  outbox (the one in record is overwritten). 0, or -1 when it can be
+//  neither kept in memory nor spilled (the record is lost; logged by the
+//  caller).
+int zg_outbox_push (zg_outbox_t *self, zg_msg_spend_t *record);
 
 //  Records lie back to back in memory, in blocks of this many bytes: a
 //  run never holds more (and always holds a whole record)

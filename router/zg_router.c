@@ -741,7 +741,7 @@ s_send (router_t *self, void *handle, zframe_t *identity, zg_msg_t *msg, zmq_msg
 }
 
 static void s_spend_record (router_t *self, const call_t *call, const char *call_id,
-                            const zg_msg_t *end);
+                            const zg_msg_reply_t *end);
 
 static void
 s_send_error (router_t *self, frontend_t *frontend, const char *call_id, int status,
@@ -764,8 +764,15 @@ s_send_error (router_t *self, frontend_t *frontend, const char *call_id, int sta
     vsnprintf (out->message, sizeof (out->message), format, args);
     va_end (args);
     zg_debug ("router: call %s: ERROR %d %s: %s", call_id, status, err_type, out->message);
-    if (!self->spend_skip)
-        s_spend_record (self, s_call_lookup (self, call_id), call_id, out);
+    if (!self->spend_skip) {
+        zg_msg_reply_t end = {
+            .type = ZG_MSG_ERROR,
+            .status = out->status,
+            .err_type = zg_msg_text (out->err_type, sizeof out->err_type),
+            .message = zg_msg_text (out->message, sizeof out->message)
+        };
+        s_spend_record (self, s_call_lookup (self, call_id), call_id, &end);
+    }
     if (s_send (self, self->frontend_handle, frontend->identity, out, NULL))
         zg_debug ("router: call %s: cannot reach its frontend: %s", call_id,
                   zmq_strerror (zmq_errno ()));
@@ -849,73 +856,79 @@ s_spend_resend (router_t *self, int64_t now)
     s_spend_flush (self);
 }
 
-//  end: the END or ERROR that ended the call (from the worker, or made
-//  here), or NULL for a cancelled call
+//  end: the END, final HEAD or ERROR that ended the call (from the
+//  worker, or made here), or NULL for a cancelled call. The record is
+//  encoded straight from the strings where they are (the call, its
+//  deployment, the reply's frame) into the outbox; each is cut as
+//  ZG_MSG_SET would cut it into a zg_msg_t's field, so the bytes are those
+//  of the zg_msg_t the record once was.
 static void
-s_spend_record (router_t *self, const call_t *call, const char *call_id, const zg_msg_t *end)
+s_spend_record (router_t *self, const call_t *call, const char *call_id,
+                const zg_msg_reply_t *end)
 {
     if (!self->outbox)
         return;
-    zg_msg_t *record = &self->record;
-    zg_msg_reset (record, ZG_MSG_SPEND);
-    ZG_MSG_SET (record->call_id, call_id);
+    zg_msg_spend_t record;
+    memset (&record, 0, sizeof record);
+    record.call_id = zg_msg_text (call_id, ZG_CALL_ID_MAX + 1);
     uint64_t now_us = s_wall_us ();
     //  A virtual key's calls are its own; the master key's (and an open
     //  gateway's) go to the master key's row, as they always have
     const char *key_hash = call ? call->key_hash : self->in.key_hash;
     if (key_hash [0]) {
-        ZG_MSG_SET (record->key_hash, key_hash);
-        ZG_MSG_SET (record->user_id, call ? call->user_id : self->in.user_id);
-        ZG_MSG_SET (record->team_id, call ? call->team_id : self->in.team_id);
+        record.key_hash = zg_msg_text (key_hash, ZG_KEY_HASH_MAX + 1);
+        record.user_id = zg_msg_text (call ? call->user_id : self->in.user_id, ZG_NAME_MAX + 1);
+        record.team_id = zg_msg_text (call ? call->team_id : self->in.team_id, ZG_NAME_MAX + 1);
     }
     else
-        ZG_MSG_SET (record->key_hash, self->key_hash);
+        record.key_hash = zg_msg_text (self->key_hash, ZG_KEY_HASH_MAX + 1);
     if (call) {
-        ZG_MSG_SET (record->model, call->group->name);
-        record->route = call->route;
-        record->start_us = call->started_us;
+        record.model = zg_msg_text (call->group->name, ZG_NAME_MAX + 1);
+        record.route = call->route;
+        record.start_us = call->started_us;
         if (call->dispatched_at) {
             const zg_deployment_wire_t *wire =
                 &call->group->models->wire [call->group->indexes [call->member]];
-            ZG_MSG_SET (record->deployment_id, wire->id);
-            ZG_MSG_SET (record->api_base, wire->api_base);
+            record.deployment_id = zg_msg_text (wire->id, ZG_NAME_MAX + 1);
+            record.api_base = zg_msg_text (wire->api_base, ZG_URL_MAX + 1);
         }
     }
     else {
         //  Refused before it became a call: the REQUEST being handled
-        ZG_MSG_SET (record->model, self->in.model);
-        record->route = self->in.route;
-        record->start_us = now_us;
+        record.model = zg_msg_text (self->in.model, ZG_NAME_MAX + 1);
+        record.route = self->in.route;
+        record.start_us = now_us;
     }
-    if (record->route < ZG_ROUTE_CHAT || record->route > ZG_ROUTE_EMBEDDINGS)
-        record->route = ZG_ROUTE_CHAT;
+    if (record.route < ZG_ROUTE_CHAT || record.route > ZG_ROUTE_EMBEDDINGS)
+        record.route = ZG_ROUTE_CHAT;
     if (end && (end->type == ZG_MSG_END || end->type == ZG_MSG_HEAD)) {
-        record->status = end->status;
-        record->prompt_tokens = end->prompt_tokens;
-        record->completion_tokens = end->completion_tokens;
-        record->total_tokens = end->total_tokens;
-        record->cost = isfinite (end->cost) && end->cost > 0? end->cost: 0;
-        record->ttfb_us = end->ttfb_us;
-        if (end->deployment_id [0])
-            ZG_MSG_SET (record->deployment_id, end->deployment_id);
+        record.status = end->status;
+        record.prompt_tokens = end->prompt_tokens;
+        record.completion_tokens = end->completion_tokens;
+        record.total_tokens = end->total_tokens;
+        record.cost = isfinite (end->cost) && end->cost > 0? end->cost: 0;
+        record.ttfb_us = end->ttfb_us;
+        if (end->deployment_id.length)
+            record.deployment_id = end->deployment_id;
     }
     else
     if (end) {
-        record->status = end->status;
-        ZG_MSG_SET (record->err_type, end->err_type);
-        ZG_MSG_SET (record->message, end->message);
-        if (end->deployment_id [0])
-            ZG_MSG_SET (record->deployment_id, end->deployment_id);
-        if (end->api_base [0])
-            ZG_MSG_SET (record->api_base, end->api_base);
+        record.status = end->status;
+        record.err_type = end->err_type;
+        record.message = end->message;
+        if (end->deployment_id.length)
+            record.deployment_id = end->deployment_id;
+        if (end->api_base.length)
+            record.api_base = end->api_base;
     }
     else {
-        record->status = 499;
-        ZG_MSG_SET (record->err_type, "cancelled");
-        ZG_MSG_SET (record->message, "the client went away before the answer ended");
+        record.status = 499;
+        record.err_type = zg_msg_text ("cancelled", ZG_NAME_MAX + 1);
+        record.message = zg_msg_text ("the client went away before the answer ended",
+                                      ZG_MESSAGE_MAX + 1);
     }
-    record->duration_us = now_us > record->start_us? now_us - record->start_us: 0;
-    if (zg_outbox_push (self->outbox, record)) {
+    record.duration_us = now_us > record.start_us? now_us - record.start_us: 0;
+    if (zg_outbox_push (self->outbox, &record)) {
         if (!self->spend_push_failed)
             zg_error ("router: cannot keep the spend record of call %s: it is lost (%s)",
                       call_id, strerror (errno));
@@ -923,8 +936,6 @@ s_spend_record (router_t *self, const call_t *call, const char *call_id, const z
     }
     else
         self->spend_push_failed = false;
-    //  Owns nothing (no routing id, headers or payload): the next record's
-    //  reset clears it
     if (++self->spend_waiting >= SPEND_SEND_RECORDS)
         s_spend_flush (self);
     else
@@ -1507,14 +1518,29 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
         return;
     }
     raw_t *raw = &self->raw;
-    //  The spend record needs the usage: decoded before the frames go. A
-    //  final HEAD (the whole answer) ends the call as END does
+    //  The spend record needs the usage: read in place before the frames
+    //  go (the record is encoded from the frame's bytes), every field
+    //  checked as a decode would, nothing copied. A final HEAD (the whole
+    //  answer) ends the call as END does
     bool ends = type == ZG_MSG_END || type == ZG_MSG_ERROR
              || (type == ZG_MSG_HEAD && (flags & ZG_FLAG_FINAL));
+    zg_msg_reply_t reply;
     bool decoded = ends && self->outbox
-                && zg_msg_decode (&self->in, (const uint8_t *) zmq_msg_data (&raw->header),
-                                  zmq_msg_size (&raw->header)) == ZG_MSG_OK
-                && self->in.type == type;
+                && zg_msg_read_reply (&reply, (const uint8_t *) zmq_msg_data (&raw->header),
+                                      zmq_msg_size (&raw->header)) == ZG_MSG_OK
+                && reply.type == type;
+    //  The record is made before the header frame goes: zmq_msg_send
+    //  leaves the message empty, and the reply's views point into it
+    if (ends && self->outbox) {
+        if (!decoded) {
+            //  Relayed as it came; the record still says how it ended
+            memset (&reply, 0, sizeof reply);
+            reply.type = ZG_MSG_ERROR;
+            reply.status = status;
+            reply.err_type = zg_msg_text ("internal_server_error", ZG_NAME_MAX + 1);
+        }
+        s_spend_record (self, call, call->call_id, &reply);
+    }
     void *handle = self->frontend_handle;
     self->sent |= SOCKET_FRONTEND;
     bool delivered =
@@ -1530,15 +1556,6 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
                               (uint64_t) (now - call->dispatched_at) * 1000);
         zg_debug ("router: call %s ended (%s %u)", call->call_id,
                   zg_msg_type_name (type), status);
-        if (self->outbox) {
-            if (!decoded) {
-                //  Relayed as it came; the record still says how it ended
-                zg_msg_reset (&self->in, ZG_MSG_ERROR);
-                self->in.status = status;
-                ZG_MSG_SET (self->in.err_type, "internal_server_error");
-            }
-            s_spend_record (self, call, call->call_id, &self->in);
-        }
         s_call_destroy (self, call);
         s_worker_retire_check (self, worker);
         return;
