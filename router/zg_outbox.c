@@ -139,6 +139,16 @@ s_spill_append (zg_outbox_t *self, const uint8_t *data, size_t size)
     return 0;
 }
 
+//  The entry at distance from the head (distance < capacity): a compare
+//  instead of a division, on every record's way in, out and back; the
+//  capacity is not a power of two once it has grown to limit
+static inline entry_t *
+s_ring_at (const zg_outbox_t *self, size_t distance)
+{
+    size_t index = self->head + distance;
+    return &self->ring [index < self->capacity? index: index - self->capacity];
+}
+
 static block_t *
 s_block_new (zg_outbox_t *self)
 {
@@ -205,7 +215,7 @@ s_ring_add (zg_outbox_t *self, zg_msg_spend_t *record)
         if (size <= 0)
             return -1;
     }
-    entry_t *entry = &self->ring [(self->head + self->count) % self->capacity];
+    entry_t *entry = s_ring_at (self, self->count);
     entry->seq = self->next_seq++;
     entry->block = block;
     entry->offset = (uint32_t) block->used;
@@ -223,7 +233,7 @@ s_ring_drop (zg_outbox_t *self)
     entry_t *entry = &self->ring [self->head];
     block_t *block = entry->block;
     entry->block = NULL;
-    self->head = (self->head + 1) % self->capacity;
+    self->head = self->head + 1 < self->capacity? self->head + 1: 0;
     self->count--;
     assert (block && block == self->oldest && block->live > 0);
     if (--block->live)
@@ -346,11 +356,11 @@ zg_outbox_next_run (zg_outbox_t *self, size_t max_records,
     assert (self && data && size && count);
     if (self->sent >= self->count || max_records == 0)
         return false;
-    const entry_t *first = &self->ring [(self->head + self->sent) % self->capacity];
+    const entry_t *first = s_ring_at (self, self->sent);
     size_t taken = 1;
     size_t end = first->offset + first->size;
     while (taken < max_records && self->sent + taken < self->count) {
-        const entry_t *entry = &self->ring [(self->head + self->sent + taken) % self->capacity];
+        const entry_t *entry = s_ring_at (self, self->sent + taken);
         if (entry->block != first->block || entry->offset != end)
             break;
         end += entry->size;
@@ -422,7 +432,7 @@ zg_outbox_save (zg_outbox_t *self)
     int rc = file? 0: -1;
     uint8_t length [4];
     for (size_t index = 0; rc == 0 && index < self->count; index++) {
-        const entry_t *entry = &self->ring [(self->head + index) % self->capacity];
+        const entry_t *entry = s_ring_at (self, index);
         s_put_u32 (length, entry->size);
         if (fwrite (length, 1, 4, file) != 4
         ||  fwrite (s_entry_data (entry), 1, entry->size, file) != entry->size)
