@@ -3,7 +3,9 @@
 
     This is the only place that knows the wire format. Every other module
     fills a zg_msg_t and calls zg_msg_send, or calls zg_msg_recv and reads
-    the fields.
+    the fields; on the hot paths of spend records, the router and the spend
+    actor read and write them in place instead (zg_msg_read_reply,
+    zg_msg_encode_spend, zg_msg_read_spend), with the same checks and bytes.
 
     Wire format (version 2). A message is a ZeroMQ multipart message:
 
