@@ -3,6 +3,7 @@
     this folder for the interface.  */
 
 #include "fu_server.h"
+#include "fu_render.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -16,7 +17,12 @@ s_usage (FILE *stream)
 {
     fputs ("usage: fake_upstream [--host 127.0.0.1] [--port N] [--threads N] [--latency-ms N]\n"
            "                     [--chunks N] [--chunk-interval-ms N] [--status N]\n"
-           "                     [--fault reset|hang|slow|reset_mid_stream]\n", stream);
+           "                     [--fault reset|hang|slow|reset_mid_stream] [--prompt-tokens N]\n"
+           "\n"
+           "  --prompt-tokens N  the prompt_tokens every answer's usage reports (default 10;\n"
+           "                     negative or beyond 32 bits too, at most 15 digits), total_tokens\n"
+           "                     N + completion tokens; a body's \"fake\":{\"prompt_tokens\":N}\n"
+           "                     sets it for one answer\n", stream);
 }
 
 static int
@@ -40,7 +46,7 @@ main (int argc, char *argv [])
     fu_config_t config = {
         .host = "127.0.0.1", .port = 0, .threads = 1,
         .latency_ms = 0, .chunks = 8, .chunk_interval_ms = 0, .status = 0,
-        .fault = FU_FAULT_NONE
+        .fault = FU_FAULT_NONE, .prompt_tokens = FU_PROMPT_TOKENS
     };
     for (int i = 1; i < argc; i++) {
         const char *option = argv [i];
@@ -96,6 +102,19 @@ main (int argc, char *argv [])
                 fprintf (stderr, "fake_upstream: --status needs a status with a body\n");
                 rc = -1;
             }
+        }
+        else
+        if (strcmp (option, "--prompt-tokens") == 0) {
+            char *end = NULL;
+            errno = 0;
+            long long parsed = strtoll (value, &end, 10);
+            if (errno || end == value || *end
+            ||  parsed > FU_PROMPT_TOKENS_LIMIT || parsed < -FU_PROMPT_TOKENS_LIMIT) {
+                fprintf (stderr, "fake_upstream: --prompt-tokens wants an integer of at most"
+                         " 15 digits, not '%s'\n", value);
+                rc = -1;
+            }
+            config.prompt_tokens = parsed;
         }
         else
         if (strcmp (option, "--fault") == 0) {

@@ -1,4 +1,5 @@
 #include "fu_json.h"
+#include "fu_render.h"
 
 #include <string.h>
 
@@ -244,6 +245,29 @@ s_read_count (scanner_t *self, long max, long *value, const char *error)
     return 0;
 }
 
+//  An integer, maybe negative, of at most `max` in magnitude.
+static int
+s_read_integer (scanner_t *self, long long max, long long *value, const char *error)
+{
+    const char *start = self->at;
+    if (s_skip_value (self, 1))
+        return -1;
+    size_t size = (size_t) (self->at - start);
+    size_t at = size && start [0] == '-' ? 1 : 0;
+    if (size == at || size - at > 15)
+        return s_fail (self, error);
+    long long number = 0;
+    for (size_t i = at; i < size; i++) {
+        if (start [i] < '0' || start [i] > '9')
+            return s_fail (self, error);
+        number = number * 10 + (start [i] - '0');
+    }
+    if (number > max)
+        return s_fail (self, error);
+    *value = at ? -number : number;
+    return 0;
+}
+
 static int
 s_visit_fake (scanner_t *self, fu_json_span_t key, void *arg)
 {
@@ -263,6 +287,11 @@ s_visit_fake (scanner_t *self, fu_json_span_t key, void *arg)
     if (s_key_is (key, "header_bytes"))
         return s_read_count (self, 65536, &fake->header_bytes,
                              "fake.header_bytes must be an integer from 0 to 65536");
+    if (s_key_is (key, "prompt_tokens")) {
+        fake->has_prompt_tokens = true;
+        return s_read_integer (self, FU_PROMPT_TOKENS_LIMIT, &fake->prompt_tokens,
+                               "fake.prompt_tokens must be an integer of at most 15 digits");
+    }
     if (s_key_is (key, "fault")) {
         if (self->at < self->end && *self->at == 'n')
             return s_skip_literal (self, "null");

@@ -22,6 +22,8 @@ typedef struct {
     long chunk_interval_ms;
     long status;
     long header_bytes;          //  an extra x-fake-padding header of this many bytes
+    bool has_prompt_tokens;     //  any integer is a prompt_tokens, -1 too
+    long long prompt_tokens;    //  the usage's prompt_tokens
     fu_json_span_t fault;       //  the string's content, without quotes
 } fu_json_fake_t;
 

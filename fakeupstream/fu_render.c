@@ -20,16 +20,28 @@ s_put_header (fu_buf_t *out, const fu_answer_t *answer, const char *id_prefix,
 }
 
 static void
-s_put_usage (fu_buf_t *out, long completion_tokens, bool with_completion)
+s_put_signed (fu_buf_t *out, long long value)
+{
+    if (value < 0) {
+        PUT ("-");
+        fu_buf_putu (out, 0ULL - (unsigned long long) value);
+    }
+    else
+        fu_buf_putu (out, (unsigned long long) value);
+}
+
+static void
+s_put_usage (fu_buf_t *out, const fu_answer_t *answer, long completion_tokens,
+             bool with_completion)
 {
     PUT ("\"usage\":{\"prompt_tokens\":");
-    fu_buf_putu (out, FU_PROMPT_TOKENS);
+    s_put_signed (out, answer->prompt_tokens);
     if (with_completion) {
         PUT (",\"completion_tokens\":");
         fu_buf_putu (out, (unsigned long long) completion_tokens);
     }
     PUT (",\"total_tokens\":");
-    fu_buf_putu (out, (unsigned long long) (FU_PROMPT_TOKENS + completion_tokens));
+    s_put_signed (out, answer->prompt_tokens + completion_tokens);
     PUT ("}");
 }
 
@@ -57,7 +69,7 @@ fu_render_body (fu_buf_t *out, const fu_answer_t *answer)
             PUT (",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"");
             s_put_words (out, answer->chunks);
             PUT ("\"},\"logprobs\":null,\"finish_reason\":\"stop\"}],");
-            s_put_usage (out, answer->chunks, true);
+            s_put_usage (out, answer, answer->chunks, true);
             PUT ("}");
             break;
         case FU_ROUTE_COMPLETIONS:
@@ -65,7 +77,7 @@ fu_render_body (fu_buf_t *out, const fu_answer_t *answer)
             PUT (",\"choices\":[{\"text\":\"");
             s_put_words (out, answer->chunks);
             PUT ("\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}],");
-            s_put_usage (out, answer->chunks, true);
+            s_put_usage (out, answer, answer->chunks, true);
             PUT ("}");
             break;
         case FU_ROUTE_EMBEDDINGS:
@@ -82,7 +94,7 @@ fu_render_body (fu_buf_t *out, const fu_answer_t *answer)
             PUT ("],\"model\":");
             fu_buf_append (out, answer->model, answer->model_len);
             PUT (",");
-            s_put_usage (out, 0, false);
+            s_put_usage (out, answer, 0, false);
             PUT ("}");
             break;
     }
@@ -124,7 +136,7 @@ fu_render_usage_event (fu_buf_t *out, const fu_answer_t *answer)
     else
         s_put_header (out, answer, "chatcmpl-fake-", "chat.completion.chunk");
     PUT (",\"choices\":[],");
-    s_put_usage (out, answer->chunks, true);
+    s_put_usage (out, answer, answer->chunks, true);
     PUT ("}\n\n");
 }
 

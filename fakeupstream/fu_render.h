@@ -9,8 +9,12 @@
 
 #include <stdbool.h>
 
-//  Fixed so that usage is predictable whatever the prompt.
+//  Fixed so that usage is predictable whatever the prompt (unless
+//  --prompt-tokens or fake.prompt_tokens says otherwise).
 #define FU_PROMPT_TOKENS 10
+//  What --prompt-tokens and fake.prompt_tokens take: any count a gateway
+//  may be sent, negative or beyond 32 bits
+#define FU_PROMPT_TOKENS_LIMIT 999999999999999LL
 
 typedef enum {
     FU_ROUTE_CHAT,
@@ -25,6 +29,7 @@ typedef struct {
     const char *model;          //  a JSON string token, quotes included
     size_t model_len;
     long chunks;                //  completion tokens: one word per chunk
+    long long prompt_tokens;    //  the usage's prompt_tokens, as told
     long inputs;                //  embeddings: vectors to return
     bool include_usage;
 } fu_answer_t;

@@ -641,6 +641,8 @@ s_handle_llm (conn_t *self, fu_route_t route, const char *base)
     self->header_bytes = body.fake.header_bytes > 0 ? body.fake.header_bytes : 0;
     self->stream = body.stream;
     self->answer.chunks = body.fake.chunks >= 0 ? body.fake.chunks : config->chunks;
+    self->answer.prompt_tokens = body.fake.has_prompt_tokens ? body.fake.prompt_tokens
+                                                             : config->prompt_tokens;
     self->answer.inputs = body.input_count;
     self->answer.include_usage = body.include_usage;
     //  The body is consumed before a delayed answer is written: keep the model.

@@ -26,6 +26,7 @@ typedef struct {
     long chunks;
     long chunk_interval_ms;
     long status;                //  0: answer normally
+    long long prompt_tokens;    //  the usage's prompt_tokens
     fu_fault_t fault;
 } fu_config_t;
 

@@ -27,9 +27,17 @@
 extern "C" {
 #endif
 
-//  Token counts of one call
+//  The largest token count a call records: "LiteLLM_SpendLogs" keeps its
+//  counts in INTEGER columns, and a row PostgreSQL refuses would never be
+//  written. The counts come from the upstream's reply, i.e. from outside:
+//  a count above this (or below 0) is recorded as this (or 0), and the
+//  call's cost is computed from the very counts recorded.
+#define ZG_USAGE_TOKENS_MAX INT32_MAX
+
+//  Token counts of one call, each from 0 to ZG_USAGE_TOKENS_MAX
 typedef struct {
     bool     found;                 //  the reply carried usage
+    bool     clamped;               //  a count it carried was out of range
     uint32_t prompt_tokens;
     uint32_t completion_tokens;
     uint32_t total_tokens;

@@ -279,14 +279,37 @@ s_rewrite_body (const zg_deployment_wire_t *deployment, uint32_t flags,
     return 1;
 }
 
+//  A count brought into what the spend tables hold (zg_provider.h): the
+//  only place usage enters, so every consumer (the spend row, the cost
+//  computed from it, the metrics) sees the same numbers
 static uint32_t
-s_count (const char *data, size_t size, const zg_json_span_t *usage, const char *key)
+s_count_clamped (int64_t value, bool *clamped)
+{
+    if (value < 0) {
+        *clamped = true;
+        return 0;
+    }
+    if (value > ZG_USAGE_TOKENS_MAX) {
+        *clamped = true;
+        return ZG_USAGE_TOKENS_MAX;
+    }
+    return (uint32_t) value;
+}
+
+static uint32_t
+s_count (const char *data, size_t size, const zg_json_span_t *usage, const char *key,
+         bool *clamped)
 {
     zg_json_span_t span;
+    if (!zg_json_find_in (data, size, usage, key, &span))
+        return 0;
     int64_t value;
-    if (zg_json_find_in (data, size, usage, key, &span)
-    &&  zg_json_int64 (data, &span, &value) && value > 0)
-        return value > UINT32_MAX ? UINT32_MAX : (uint32_t) value;
+    if (zg_json_int64 (data, &span, &value))
+        return s_count_clamped (value, clamped);
+    //  A number beyond int64 is beyond the limit too
+    double real;
+    if (zg_json_double (data, &span, &real) && (real > 0 || real < 0))
+        return s_count_clamped (real > 0? INT64_MAX: -1, clamped);
     return 0;
 }
 
@@ -298,11 +321,13 @@ s_usage_of (const char *data, size_t size, const zg_json_span_t *found, zg_usage
     if (span.type != ZG_JSON_OBJECT)
         return false;
     usage->found = true;
-    usage->prompt_tokens = s_count (data, size, &span, "prompt_tokens");
-    usage->completion_tokens = s_count (data, size, &span, "completion_tokens");
-    usage->total_tokens = s_count (data, size, &span, "total_tokens");
+    usage->clamped = false;
+    usage->prompt_tokens = s_count (data, size, &span, "prompt_tokens", &usage->clamped);
+    usage->completion_tokens = s_count (data, size, &span, "completion_tokens", &usage->clamped);
+    usage->total_tokens = s_count (data, size, &span, "total_tokens", &usage->clamped);
     if (usage->total_tokens == 0)
-        usage->total_tokens = usage->prompt_tokens + usage->completion_tokens;
+        usage->total_tokens = s_count_clamped ((int64_t) usage->prompt_tokens
+                                               + usage->completion_tokens, &usage->clamped);
     return true;
 }
 

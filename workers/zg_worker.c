@@ -347,6 +347,12 @@ s_set_usage (worker_t *self, slot_t *slot)
     self->out.completion_tokens = slot->usage.completion_tokens;
     self->out.total_tokens = slot->usage.total_tokens;
     self->out.cost = s_call_cost (&slot->deployment, &slot->usage);
+    if (slot->usage.clamped)
+        zg_warning ("worker %s: call %s (deployment %s): the upstream's usage has a token count"
+                    " below 0 or above %d (what the spend logs hold): recorded as %u prompt,"
+                    " %u completion, %u total tokens", self->name, slot->call_id,
+                    slot->deployment.id, ZG_USAGE_TOKENS_MAX, slot->usage.prompt_tokens,
+                    slot->usage.completion_tokens, slot->usage.total_tokens);
     int64_t end_us = s_now_us ();
     if (slot->body_started)
         self->out.ttfb_us = (uint64_t) (slot->first_byte_us - slot->start_us);

@@ -289,6 +289,21 @@ class FakeUpstreamTest(unittest.TestCase):
                                                "total_tokens": 13})
         self.assertEqual(chunks[-2]["choices"][0]["finish_reason"], "stop")
 
+    def test_prompt_tokens_as_told(self):
+        #  Any count, beyond 32 bits or negative, as a gateway may be sent
+        for told in (3000000000, -5, 0):
+            with self.subTest(told=told):
+                body = self.up.json("POST", "/v1/chat/completions",
+                                    chat(fake={"chunks": 2, "prompt_tokens": told}))
+                self.assertEqual(body["usage"], {"prompt_tokens": told, "completion_tokens": 2,
+                                                 "total_tokens": told + 2})
+        chunks = self.stream("/v1/chat/completions",
+                             chat(stream=True, stream_options={"include_usage": True},
+                                  fake={"chunks": 1, "prompt_tokens": 999999999999999}))
+        self.assertEqual(chunks[-1]["usage"], {"prompt_tokens": 999999999999999,
+                                               "completion_tokens": 1,
+                                               "total_tokens": 1000000000000000})
+
     def test_stream_options_false_means_no_usage(self):
         chunks = self.stream("/v1/chat/completions",
                              chat(stream=True, stream_options={"include_usage": False}))
@@ -352,7 +367,10 @@ class FakeUpstreamTest(unittest.TestCase):
         for body in ("", "not json", "[1,2]", '{"model": "x",', '{"model": 5}',
                      '{"messages": []}', '{"model":"x"} trailing',
                      '{"model":"x","fake":{"chunks":-1}}', '{"model":"x","fake":{"status":99}}',
-                     '{"model":"x","fake":{"fault":"explode"}}', "{" * 10000):
+                     '{"model":"x","fake":{"fault":"explode"}}', "{" * 10000,
+                     '{"model":"x","fake":{"prompt_tokens":1.5}}',
+                     '{"model":"x","fake":{"prompt_tokens":"5"}}',
+                     '{"model":"x","fake":{"prompt_tokens":-1000000000000000}}'):
             with self.subTest(body=body[:40]):
                 status, _, data = self.up.post("/v1/chat/completions", body)
                 self.assertError(status, data, 400, "invalid_request_error")
@@ -774,6 +792,15 @@ class CommandLineTest(unittest.TestCase):
             up.post("/v1/chat/completions", chat(fake={"status": 200, "latency_ms": 0}))
         self.assertEqual(up.stats()["completed"], 22)
 
+    def test_prompt_tokens_option(self):
+        up = self.run_server("--prompt-tokens", "-3000000000")
+        body = up.json("POST", "/v1/chat/completions", chat(fake={"chunks": 1}))
+        self.assertEqual(body["usage"], {"prompt_tokens": -3000000000, "completion_tokens": 1,
+                                         "total_tokens": -2999999999})
+        body = up.json("POST", "/v1/chat/completions",
+                       chat(fake={"chunks": 1, "prompt_tokens": 7}))
+        self.assertEqual(body["usage"]["prompt_tokens"], 7)
+
     def test_fault_option(self):
         up = self.run_server("--fault", "reset")
         sock = up.connect()
@@ -789,7 +816,8 @@ class CommandLineTest(unittest.TestCase):
         self.assertEqual(body["object"], "chat.completion")
 
     def test_bad_options_exit_non_zero(self):
-        for args in (["--port", "x"], ["--fault", "explode"], ["--bogus", "1"], ["--threads"]):
+        for args in (["--port", "x"], ["--fault", "explode"], ["--bogus", "1"], ["--threads"],
+                     ["--prompt-tokens", "1e3"], ["--prompt-tokens", "9999999999999999"]):
             with self.subTest(args=args):
                 proc = subprocess.run([fake_bin()] + args, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, timeout=START_TIMEOUT)

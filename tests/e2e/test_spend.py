@@ -209,6 +209,38 @@ class SpendTest(zgtest.GatewayTestCase):
                                db=self.db)
         self.assertEqual(errors, [[model, "400"]])
 
+    def test_usage_beyond_the_columns(self):
+        #  An upstream's usage counts go to INTEGER columns: one beyond them
+        #  (or negative) is recorded clamped (2^31-1, or 0), its spend
+        #  computed from the count recorded, and the calls before and after
+        #  it are written as usual (no batch stuck behind a refused row)
+        limit = 2 ** 31 - 1
+        before = self.send(5)
+        told = [(3000000000, False), (-5, False), (3000000000, True), (10 ** 15 - 1, False)]
+        odd = {}
+        for prompt_tokens, stream in told:
+            extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+            resp = self.gw.post("/chat/completions",
+                                chat_body(fake={"prompt_tokens": prompt_tokens, "chunks": 3},
+                                          **extra))
+            self.assertEqual(resp.status, 200, resp)
+            call_id = resp.headers.get("x-litellm-call-id")
+            self.assertTrue(call_id)
+            odd[call_id] = prompt_tokens
+        after = self.send(5)
+        self.assertAllWritten(before + list(odd) + after)
+        rows = {r[0]: [int(v) for v in r[1:]] for r in self.pg.query(
+            'SELECT request_id, prompt_tokens, completion_tokens, total_tokens'
+            ' FROM "LiteLLM_SpendLogs"', db=self.db)}
+        for call_id, prompt_tokens in odd.items():
+            recorded = min(max(prompt_tokens, 0), limit)
+            self.assertEqual(rows[call_id], [recorded, 3, min(recorded + 3, limit)],
+                             "told %d prompt tokens" % prompt_tokens)
+        for call_id in before + after:
+            self.assertEqual(rows[call_id], [10, 8, 18])
+        self.assertIn("recorded as %d prompt" % limit, self.gw.output())
+        self.assertIn("recorded as 0 prompt", self.gw.output())
+
     def test_spend_actor_killed(self):
         zgtest.wait_until(lambda: self.spend_pid() is not None, 30, message="a spend actor")
         first = self.spend_pid()

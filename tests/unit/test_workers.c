@@ -293,6 +293,28 @@ s_test_provider (void)
     memset (&usage, 0, sizeof (usage));
     CHECK (zg_provider_openai.usage_from_json (embedding, strlen (embedding), &usage));
     CHECK (usage.prompt_tokens == 5 && usage.completion_tokens == 0 && usage.total_tokens == 5);
+    CHECK (!usage.clamped);
+    //  Counts beyond what the spend tables hold are recorded at the limit,
+    //  below 0 as 0, and said so; a total from clamped parts is clamped too
+    const char *huge = "{\"usage\":{\"prompt_tokens\":3000000000,\"completion_tokens\":-7,"
+                       "\"total_tokens\":99999999999999999999}}";
+    CHECK (zg_provider_openai.usage_from_json (huge, strlen (huge), &usage));
+    CHECK (usage.clamped && usage.prompt_tokens == ZG_USAGE_TOKENS_MAX
+           && usage.completion_tokens == 0 && usage.total_tokens == ZG_USAGE_TOKENS_MAX);
+    const char *parts = "{\"usage\":{\"prompt_tokens\":2147483647,\"completion_tokens\":2147483647}}";
+    CHECK (zg_provider_openai.usage_from_json (parts, strlen (parts), &usage));
+    CHECK (usage.clamped && usage.prompt_tokens == ZG_USAGE_TOKENS_MAX
+           && usage.completion_tokens == ZG_USAGE_TOKENS_MAX
+           && usage.total_tokens == ZG_USAGE_TOKENS_MAX);
+    const char *at_limit = "{\"usage\":{\"prompt_tokens\":2147483647,\"total_tokens\":2147483647}}";
+    CHECK (zg_provider_openai.usage_from_json (at_limit, strlen (at_limit), &usage));
+    CHECK (!usage.clamped && usage.prompt_tokens == ZG_USAGE_TOKENS_MAX
+           && usage.total_tokens == ZG_USAGE_TOKENS_MAX);
+    const char *huge_event = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4294967296}}\n\n";
+    CHECK (zg_provider_openai.usage_from_event (huge_event, strlen (huge_event), &usage)
+           == (ZG_PROVIDER_EVENT_USAGE | ZG_PROVIDER_EVENT_USAGE_ONLY));
+    CHECK (usage.clamped && usage.prompt_tokens == ZG_USAGE_TOKENS_MAX
+           && usage.total_tokens == ZG_USAGE_TOKENS_MAX);
     CHECK (!zg_provider_openai.usage_from_json ("{\"usage\":null}", 14, &usage));
     CHECK (!zg_provider_openai.usage_from_json ("not json", 8, &usage));
 
