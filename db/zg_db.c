@@ -24,6 +24,7 @@ struct _zg_db_t {
     bool       flushing;        //  its bytes are not all written yet
     PGresult  *result;          //  the query's last good result so far
     char       error [512];     //  its first error so far, "" if none
+    char       sqlstate [6];    //  the last blocking statement's, "" if none
 };
 
 struct _zg_db_pool_t {
@@ -79,6 +80,14 @@ s_result_error (PGconn *conn, const PGresult *result, char *errbuf, size_t errsi
         snprintf (errbuf, errsize, "%s (SQLSTATE %s)", line, sqlstate);
     else
         snprintf (errbuf, errsize, "%s", line);
+}
+
+//  The failed statement's SQLSTATE for zg_db_sqlstate
+static void
+s_keep_sqlstate (zg_db_t *self, const PGresult *result)
+{
+    const char *sqlstate = result? PQresultErrorField (result, PG_DIAG_SQLSTATE): NULL;
+    snprintf (self->sqlstate, sizeof (self->sqlstate), "%s", sqlstate? sqlstate: "");
 }
 
 static bool
@@ -212,6 +221,7 @@ zg_db_exec (zg_db_t *self, const char *sql, int param_count,
             const char *const *params, char *errbuf, size_t errsize)
 {
     assert (self);
+    self->sqlstate [0] = 0;
     if (self->busy) {
         snprintf (errbuf, errsize, "a query is already in flight on this connection");
         return NULL;
@@ -219,6 +229,7 @@ zg_db_exec (zg_db_t *self, const char *sql, int param_count,
     PGresult *result = PQexecParams (self->conn, sql, param_count, NULL, params, NULL, NULL, 0);
     if (result && s_result_ok (result))
         return result;
+    s_keep_sqlstate (self, result);
     s_result_error (self->conn, result, errbuf, errsize);
     PQclear (result);
     return NULL;
@@ -230,6 +241,7 @@ zg_db_exec_binary (zg_db_t *self, const char *sql, int param_count,
                    char *errbuf, size_t errsize)
 {
     assert (self);
+    self->sqlstate [0] = 0;
     assert (param_count >= 0 && param_count <= ZG_DB_BINARY_PARAMS_MAX);
     if (self->busy) {
         snprintf (errbuf, errsize, "a query is already in flight on this connection");
@@ -242,9 +254,17 @@ zg_db_exec_binary (zg_db_t *self, const char *sql, int param_count,
                                      formats, 0);
     if (result && s_result_ok (result))
         return result;
+    s_keep_sqlstate (self, result);
     s_result_error (self->conn, result, errbuf, errsize);
     PQclear (result);
     return NULL;
+}
+
+const char *
+zg_db_sqlstate (zg_db_t *self)
+{
+    assert (self);
+    return self->sqlstate;
 }
 
 int
@@ -655,7 +675,12 @@ s_test_live (const char *url, bool verbose)
     ZG_CHECK (!zg_db_exec_binary (db, "SELECT $1::text[]", 1, values + 1, lengths + 1,
                                   errbuf, sizeof (errbuf)));
     ZG_CHECK (strstr (errbuf, "invalid byte sequence"));
+    ZG_CHECK (strcmp (zg_db_sqlstate (db), "22021") == 0);
     ZG_CHECK (zg_db_command (db, "SELECT 1", 0, NULL, errbuf, sizeof (errbuf)) == 0);
+    ZG_CHECK (strcmp (zg_db_sqlstate (db), "") == 0);
+    //  The SQLSTATE tells a refused value from an outage
+    ZG_CHECK (!zg_db_exec (db, "SELECT 2147483648::int4", 0, NULL, errbuf, sizeof (errbuf)));
+    ZG_CHECK (strcmp (zg_db_sqlstate (db), "22003") == 0);
 
     //  Non-blocking: the query is sent, the caller returns to its poller,
     //  and the answer is collected over several wake-ups

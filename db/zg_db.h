@@ -77,6 +77,12 @@ PGresult *zg_db_exec_binary (zg_db_t *self, const char *sql, int param_count,
 int zg_db_command (zg_db_t *self, const char *sql, int param_count,
                    const char *const *params, char *errbuf, size_t errsize);
 
+//  The SQLSTATE of the statement zg_db_exec, zg_db_exec_binary or
+//  zg_db_command ran last ("22003"), "" if it succeeded or failed without
+//  one (the connection lost, nothing sent): tells a value the server
+//  refuses (class 22, 23) from an outage (08, 57P01...) or no server
+const char *zg_db_sqlstate (zg_db_t *self);
+
 //  Run text that may hold several statements (simple query protocol, no
 //  parameters): for migrations. 0 or -1 with the first error in errbuf.
 int zg_db_exec_script (zg_db_t *self, const char *sql, char *errbuf, size_t errsize);

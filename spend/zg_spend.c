@@ -27,6 +27,7 @@
 #include "spend/zg_spend.h"
 #include "common/zg_selftest.h"
 #include "db/zg_db.h"
+#include "db/zg_migrate.h"
 #include "common/zg_json.h"
 #include "common/zg_number.h"
 #include "common/zg_log.h"
@@ -35,6 +36,7 @@
 
 #include <czmq.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -334,6 +336,66 @@ s_batch_free (batch_t *self)
     }
 }
 
+static uint64_t
+s_get_be (const char *data, int bytes)
+{
+    uint64_t value = 0;
+    for (int index = 0; index < bytes; index++)
+        value = (value << 8) | (uint8_t) data [index];
+    return value;
+}
+
+//  Where a row's element of a column starts (its length first) and where
+//  the next one starts, in a batch built by s_batch_add
+static size_t
+s_batch_skip (const column_t *column, size_t at, size_t rows)
+{
+    for (size_t row = 0; row < rows; row++)
+        at += 4 + (size_t) s_get_be (column->data + at, 4);
+    return at;
+}
+
+//  The rows first to first + count - 1 of a batch, as a new batch (empty
+//  on entry): 0, or -1 (out of memory)
+static int
+s_batch_slice (const batch_t *from, size_t first, size_t count, batch_t *to)
+{
+    for (int index = 0; index < S_COLUMNS; index++) {
+        const column_t *source = &from->columns [index];
+        size_t start = s_batch_skip (source, S_ARRAY_HEADER, first);
+        size_t end = s_batch_skip (source, start, count);
+        column_t *target = &to->columns [index];
+        if (s_column_room (target, end - start))
+            return -1;
+        memcpy (target->data + target->used, source->data + start, end - start);
+        target->used += end - start;
+    }
+    return 0;
+}
+
+//  A number of the first row of a batch
+static uint64_t
+s_batch_number (const batch_t *self, int column)
+{
+    const char *data = self->columns [column].data + S_ARRAY_HEADER;
+    return s_get_be (data + 4, (int) s_get_be (data, 4));
+}
+
+//  A string of the first row of a batch, as a C string (NULL: out of
+//  memory), which the caller frees
+static char *
+s_batch_string (const batch_t *self, int column)
+{
+    const char *data = self->columns [column].data + S_ARRAY_HEADER;
+    size_t length = (size_t) s_get_be (data, 4);
+    char *string = (char *) malloc (length + 1);
+    if (string) {
+        memcpy (string, data + 4, length);
+        string [length] = 0;
+    }
+    return string;
+}
+
 void
 zg_spend_endpoint (const char *run_dir, char *endpoint, size_t size)
 {
@@ -601,7 +663,144 @@ s_succeeded (spend_t *self)
     self->retry_at = 0;
 }
 
-//  Writes what is held in one statement; acks each router after the commit
+//  A failed statement whose rows, not the database, are at fault: a value
+//  a column refuses (class 22: out of range, bad encoding...), a
+//  constraint (23), a row beyond a limit (54), on a connection still up.
+//  Anything else (connection lost, server shutting down: 08, 57P0x; no
+//  table yet...) is an outage: the batch is kept and tried again.
+static bool
+s_refused_by_data (spend_t *self)
+{
+    if (!self->db || !zg_db_ready (self->db))
+        return false;
+    const char *sqlstate = zg_db_sqlstate (self->db);
+    return strncmp (sqlstate, "22", 2) == 0 || strncmp (sqlstate, "23", 2) == 0
+        || strncmp (sqlstate, "54", 2) == 0;
+}
+
+//  The exception_type of a spend record the database refused, in
+//  "LiteLLM_ErrorLogs"
+#define S_REFUSED_TYPE  "SpendLogRefused"
+
+//  A record the database refuses (a one-row batch) is not lost: it goes
+//  to "LiteLLM_ErrorLogs" under its call id (its times there are when it
+//  was refused: its own may be what was refused), with every value of the
+//  record and the reason in exception_string, and to the log. Keyed by
+//  call id, so a record refused twice is kept once. 0, or -1 (with errbuf)
+//  when the database is away: the batch is then tried again, whole.
+static int
+s_put_aside (spend_t *self, const batch_t *record, const char *reason, char *errbuf,
+             size_t errsize)
+{
+    char *texts [S_COLUMNS] = { NULL };
+    bool complete = true;
+    for (int index = S_REQUEST_ID; index < S_COLUMNS; index++)
+        complete = (texts [index] = s_batch_string (record, index)) && complete;
+    double spend;
+    uint64_t spend_bits = s_batch_number (record, S_SPEND);
+    memcpy (&spend, &spend_bits, sizeof (spend));
+    char *details = complete? zsys_sprintf (
+        "the database refused this call's spend record (%s): spend %.17g, prompt_tokens %" PRIu64
+        ", completion_tokens %" PRIu64 ", total_tokens %" PRIu64 ", start_us %" PRIu64
+        ", duration_us %" PRIu64 ", ttfb_us %" PRIu64 ", status %" PRIu64 ", call_type %s,"
+        " api_key %s, model %s, model_id %s, api_base %s, user %s, team %s, error %s: %s",
+        reason, spend, s_batch_number (record, S_PROMPT_TOKENS),
+        s_batch_number (record, S_COMPLETION_TOKENS), s_batch_number (record, S_TOTAL_TOKENS),
+        s_batch_number (record, S_START_US), s_batch_number (record, S_DURATION_US),
+        s_batch_number (record, S_TTFB_US), s_batch_number (record, S_STATUS),
+        texts [S_CALL_TYPE], texts [S_API_KEY], texts [S_MODEL_GROUP], texts [S_MODEL_ID],
+        texts [S_API_BASE], texts [S_USER_ID], texts [S_TEAM_ID], texts [S_ERR_TYPE],
+        texts [S_MESSAGE]): NULL;
+    int rc = 0;
+    if (!details)
+        zg_error ("spend: the database refused a spend record (%s) and there is no memory"
+                  " to keep it", reason);
+    else
+    if (self->config->disable_error_logs)
+        zg_error ("spend: call %s: %s; not written (disable_error_logs is set)",
+                  texts [S_REQUEST_ID], details);
+    else {
+        char status [16];
+        snprintf (status, sizeof status, "%" PRIu64, s_batch_number (record, S_STATUS));
+        const char *params [] = {
+            texts [S_REQUEST_ID], texts [S_API_BASE], texts [S_MODEL_GROUP], texts [S_MODEL_ID],
+            details, status
+        };
+        char error [512] = "";
+        rc = zg_db_command (self->db,
+            "INSERT INTO \"LiteLLM_ErrorLogs\" (request_id, api_base, model_group,"
+            "  litellm_model_name, model_id, exception_type, exception_string, status_code)"
+            " VALUES ($1, $2, $3, $3, $4, '" S_REFUSED_TYPE "', $5, $6)"
+            " ON CONFLICT (request_id) DO NOTHING", 6, params, error, sizeof error);
+        if (rc == 0)
+            zg_error ("spend: call %s: %s; kept in LiteLLM_ErrorLogs as " S_REFUSED_TYPE,
+                      texts [S_REQUEST_ID], details);
+        else
+        if (s_refused_by_data (self)) {
+            zg_error ("spend: call %s: %s; not written, and refused by LiteLLM_ErrorLogs too: %s",
+                      texts [S_REQUEST_ID], details, error);
+            rc = 0;
+        }
+        else
+            snprintf (errbuf, errsize, "%s", error);
+    }
+    zstr_free (&details);
+    for (int index = S_REQUEST_ID; index < S_COLUMNS; index++)
+        free (texts [index]);
+    return rc;
+}
+
+//  Writes rows of a batch in one statement; if the database refuses one
+//  of them (s_refused_by_data), the two halves in turn, down to the row
+//  refused, which is put aside: every other row is written, at the cost
+//  of twice the log of the rows in statements per row refused. Each
+//  statement commits on its own: a part written before an outage is
+//  written again with the rest, and adds nothing (ON CONFLICT on the call
+//  id). 0, or -1 with errbuf (the database is away, or no memory).
+static int
+s_write_rows (spend_t *self, batch_t *batch, size_t rows, size_t *inserted, size_t *refused,
+              char *errbuf, size_t errsize)
+{
+    const char *values [S_COLUMNS + 1];
+    int lengths [S_COLUMNS + 1];
+    s_batch_params (batch, rows, values, lengths);
+    values [S_COLUMNS] = self->config->disable_error_logs? "\1": "\0";
+    lengths [S_COLUMNS] = 1;
+    PGresult *result = zg_db_exec_binary (self->db, s_write_sql, S_COLUMNS + 1, values, lengths,
+                                          errbuf, errsize);
+    if (result) {
+        *inserted += (size_t) atol (PQgetvalue (result, 0, 0));
+        PQclear (result);
+        return 0;
+    }
+    if (!s_refused_by_data (self))
+        return -1;
+    if (rows == 1) {
+        char reason [512];
+        snprintf (reason, sizeof reason, "%s", errbuf);
+        if (s_put_aside (self, batch, reason, errbuf, errsize))
+            return -1;
+        (*refused)++;
+        return 0;
+    }
+    size_t first [2] = { 0, rows / 2 };
+    size_t count [2] = { rows / 2, rows - rows / 2 };
+    for (int part = 0; part < 2; part++) {
+        batch_t half = { 0 };
+        int rc = s_batch_slice (batch, first [part], count [part], &half);
+        if (rc)
+            snprintf (errbuf, errsize, "out of memory");
+        else
+            rc = s_write_rows (self, &half, count [part], inserted, refused, errbuf, errsize);
+        s_batch_free (&half);
+        if (rc)
+            return -1;
+    }
+    return 0;
+}
+
+//  Writes what is held in one statement, but for the records the database
+//  refuses, put aside; acks each router after the commit
 static int
 s_write (spend_t *self, int64_t now)
 {
@@ -621,19 +820,16 @@ s_write (spend_t *self, int64_t now)
         s_succeeded (self);
         return 0;
     }
-    const char *values [S_COLUMNS + 1];
-    int lengths [S_COLUMNS + 1];
-    s_batch_params (&self->batch, self->held, values, lengths);
-    values [S_COLUMNS] = self->config->disable_error_logs? "\1": "\0";
-    lengths [S_COLUMNS] = 1;
-    PGresult *result = zg_db_exec_binary (self->db, s_write_sql, S_COLUMNS + 1, values, lengths,
-                                          errbuf, sizeof errbuf);
-    if (!result) {
+    size_t inserted = 0, refused = 0;
+    if (s_write_rows (self, &self->batch, self->held, &inserted, &refused,
+                      errbuf, sizeof errbuf)) {
         s_failed (self, errbuf, now);
         return -1;
     }
-    zg_debug ("spend: wrote %s new of %zu records", PQgetvalue (result, 0, 0), self->held);
-    PQclear (result);
+    if (refused)
+        zg_warning ("spend: the database refused %zu of %zu records, put aside; wrote the others",
+                    refused, self->held);
+    zg_debug ("spend: wrote %zu new of %zu records", inserted, self->held);
     s_succeeded (self);
     s_batch_clear (&self->batch);
     self->held = 0;
@@ -873,6 +1069,200 @@ s_test_spend_is (batch_t *batch, size_t rows, size_t row, double cost)
     return s_test_number_is (batch, rows, row, S_SPEND, bits);
 }
 
+//  One number (or NULL as "") of a query on the test's own connection
+static void
+s_test_scalar (zg_db_t *db, const char *sql, char *out, size_t size)
+{
+    char errbuf [512];
+    PGresult *result = zg_db_exec (db, sql, 0, NULL, errbuf, sizeof errbuf);
+    snprintf (out, size, "%s", result && PQntuples (result) == 1? PQgetvalue (result, 0, 0):
+                               errbuf);
+    PQclear (result);
+}
+
+static bool
+s_test_scalar_is (zg_db_t *db, const char *sql, const char *expected)
+{
+    char value [4096];
+    s_test_scalar (db, sql, value, sizeof value);
+    if (strcmp (value, expected))
+        printf ("    %s: '%s', not '%s'\n", sql, value, expected);
+    return strcmp (value, expected) == 0;
+}
+
+//  Holds a record as one a router sent
+static int
+s_test_hold (spend_t *self, zg_msg_t *record, const char *call_id)
+{
+    ZG_MSG_SET (record->call_id, call_id);
+    if (s_test_add (&self->batch, record))
+        return -1;
+    self->held++;
+    return 0;
+}
+
+//  The write path against the database ZG_TEST_DATABASE_URL names (a
+//  throw-away one: tests/e2e/test_spend.py): records the database refuses
+//  are put aside and every other record of their batch is written, once;
+//  an outage keeps the batch whole
+static void
+s_test_live (zg_tally_t *tally, zg_msg_t *record, bool verbose)
+{
+#define S_LIVE_CHECK(condition) ZG_TALLY (*tally, condition)
+    const char *url = getenv ("ZG_TEST_DATABASE_URL");
+    if (!url || !*url) {
+        if (verbose)
+            printf ("   ZG_TEST_DATABASE_URL is not set: no live tests\n");
+        return;
+    }
+    char errbuf [512];
+    zg_migration_set_t *migrations = zg_migration_set_embedded (errbuf, sizeof errbuf);
+    S_LIVE_CHECK (migrations
+               && zg_migrate_apply (url, migrations, NULL, errbuf, sizeof errbuf) == 0);
+    zg_migration_set_destroy (&migrations);
+    zg_db_t *db = zg_db_connect (url, errbuf, sizeof errbuf);
+    S_LIVE_CHECK (db);
+    if (!db)
+        return;
+    const char *key = "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b";
+    S_LIVE_CHECK (zg_db_command (db, "INSERT INTO \"LiteLLM_VerificationToken\" (token, spend)"
+                                 " VALUES ('88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f"
+                                 "1243fe6b4b', 0)", 0, NULL, errbuf, sizeof errbuf) == 0);
+    zg_config_t config;
+    memset (&config, 0, sizeof config);
+    spend_t self;
+    memset (&self, 0, sizeof self);
+    self.config = &config;
+    self.url = (char *) url;
+    self.peers = zhashx_new ();
+    S_LIVE_CHECK (self.peers);
+
+    zg_msg_reset (record, ZG_MSG_SPEND);
+    ZG_MSG_SET (record->key_hash, key);
+    ZG_MSG_SET (record->model, "gpt-4o");
+    ZG_MSG_SET (record->deployment_id, "d-1");
+    ZG_MSG_SET (record->api_base, "http://127.0.0.1:1/v1");
+    record->route = ZG_ROUTE_CHAT;
+    record->status = 200;
+    record->prompt_tokens = 10;
+    record->completion_tokens = 8;
+    record->total_tokens = 18;
+    record->cost = 0.25;
+    record->start_us = 1700000000000000ULL;
+    record->duration_us = 1000;
+    //  A batch of good records with two that the columns refuse: a count
+    //  beyond INTEGER (as a worker before the counts were clamped sent,
+    //  and as a router's spill file may still hold), a time beyond an
+    //  interval's range; and a failed call, whose error row is written
+    S_LIVE_CHECK (s_test_hold (&self, record, "good-1") == 0);
+    S_LIVE_CHECK (s_test_hold (&self, record, "good-2") == 0);
+    record->prompt_tokens = 3000000000U;
+    S_LIVE_CHECK (s_test_hold (&self, record, "huge-tokens") == 0);
+    record->prompt_tokens = 10;
+    S_LIVE_CHECK (s_test_hold (&self, record, "good-3") == 0);
+    record->start_us = UINT64_MAX;
+    S_LIVE_CHECK (s_test_hold (&self, record, "far-future") == 0);
+    record->start_us = 1700000000000000ULL;
+    record->status = 500;
+    ZG_MSG_SET (record->err_type, "InternalServerError");
+    ZG_MSG_SET (record->message, "upstream failed");
+    S_LIVE_CHECK (s_test_hold (&self, record, "failed-1") == 0);
+    record->status = 200;
+    ZG_MSG_SET (record->err_type, "");
+    ZG_MSG_SET (record->message, "");
+    for (int index = 4; index <= 9; index++) {
+        char call_id [32];
+        snprintf (call_id, sizeof call_id, "good-%d", index);
+        S_LIVE_CHECK (s_test_hold (&self, record, call_id) == 0);
+    }
+    size_t held = self.held;
+    S_LIVE_CHECK (s_write (&self, s_now_ms ()) == 0 && self.held == 0 && !self.outage);
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT string_agg (request_id, ',' ORDER BY request_id)"
+                                    " FROM \"LiteLLM_SpendLogs\"",
+                                    "failed-1,good-1,good-2,good-3,good-4,good-5,good-6,good-7,"
+                                    "good-8,good-9"));
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT spend FROM \"LiteLLM_VerificationToken\""
+                                    " WHERE token LIKE '88dc%'", "2.5"));
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT string_agg (request_id || ':' || exception_type"
+                                    " || ':' || status_code, ',' ORDER BY request_id)"
+                                    " FROM \"LiteLLM_ErrorLogs\"",
+                                    "failed-1:InternalServerError:500,"
+                                    "far-future:" S_REFUSED_TYPE ":200,"
+                                    "huge-tokens:" S_REFUSED_TYPE ":200"));
+    //  What was refused, why, and every value of the record
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT count (*) FROM \"LiteLLM_ErrorLogs\""
+                                    " WHERE request_id = 'huge-tokens'"
+                                    " AND exception_string LIKE '%SQLSTATE 22003%'"
+                                    " AND exception_string LIKE '%prompt_tokens 3000000000,%'"
+                                    " AND exception_string LIKE '%spend 0.25,%'"
+                                    " AND exception_string LIKE '%api_key 88dc28d0%'"
+                                    " AND model_group = 'gpt-4o' AND model_id = 'd-1'", "1"));
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT count (*) FROM \"LiteLLM_ErrorLogs\""
+                                    " WHERE request_id = 'far-future'"
+                                    " AND exception_string LIKE '%SQLSTATE 22008%'"
+                                    " AND exception_string LIKE '%start_us 9223372036854775807,%'",
+                                    "1"));
+    //  The same records again (a router that missed the ack re-sends
+    //  them): nothing is written or counted twice
+    zg_msg_reset (record, ZG_MSG_SPEND);
+    ZG_MSG_SET (record->key_hash, key);
+    record->route = ZG_ROUTE_CHAT;
+    record->status = 200;
+    record->cost = 0.25;
+    record->start_us = 1700000000000000ULL;
+    record->prompt_tokens = 3000000000U;
+    S_LIVE_CHECK (s_test_hold (&self, record, "huge-tokens") == 0);
+    record->prompt_tokens = 10;
+    S_LIVE_CHECK (s_test_hold (&self, record, "good-1") == 0);
+    S_LIVE_CHECK (s_test_hold (&self, record, "good-10") == 0);
+    S_LIVE_CHECK (s_write (&self, s_now_ms ()) == 0 && self.held == 0);
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT count (*) FROM \"LiteLLM_SpendLogs\"", "11"));
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT count (*) FROM \"LiteLLM_ErrorLogs\"", "3"));
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT spend FROM \"LiteLLM_VerificationToken\""
+                                    " WHERE token LIKE '88dc%'", "2.75"));
+    //  An error that is not the records' (no table) keeps the batch, as
+    //  an outage does, until the table is back
+    S_LIVE_CHECK (zg_db_command (db, "ALTER TABLE \"LiteLLM_SpendLogs\" RENAME TO spendlogs_away",
+                                 0, NULL, errbuf, sizeof errbuf) == 0);
+    S_LIVE_CHECK (s_test_hold (&self, record, "good-11") == 0);
+    record->prompt_tokens = 3000000000U;
+    S_LIVE_CHECK (s_test_hold (&self, record, "huge-2") == 0);
+    record->prompt_tokens = 10;
+    S_LIVE_CHECK (s_write (&self, s_now_ms ()) == -1 && self.held == 2 && self.outage);
+    S_LIVE_CHECK (zg_db_command (db, "ALTER TABLE spendlogs_away RENAME TO \"LiteLLM_SpendLogs\"",
+                                 0, NULL, errbuf, sizeof errbuf) == 0);
+    S_LIVE_CHECK (s_write (&self, s_now_ms ()) == 0 && self.held == 0 && !self.outage);
+    //  The connection lost (the server ends it): the batch is kept too
+    S_LIVE_CHECK (s_test_hold (&self, record, "good-12") == 0);
+    char sql [128];
+    snprintf (sql, sizeof sql, "SELECT pg_terminate_backend (%d)",
+              PQbackendPID (zg_db_handle (self.db)));
+    S_LIVE_CHECK (zg_db_command (db, sql, 0, NULL, errbuf, sizeof errbuf) == 0);
+    S_LIVE_CHECK (s_write (&self, s_now_ms ()) == -1 && self.held == 1 && self.outage);
+    S_LIVE_CHECK (s_write (&self, s_now_ms ()) == 0 && self.held == 0 && !self.outage);
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT count (*) FROM \"LiteLLM_SpendLogs\""
+                                    " WHERE request_id IN ('good-11', 'good-12')", "2"));
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT count (*) FROM \"LiteLLM_ErrorLogs\""
+                                    " WHERE request_id = 'huge-2'", "1"));
+    //  With error logs off, a refused record is in the log only
+    config.disable_error_logs = true;
+    record->prompt_tokens = 3000000000U;
+    S_LIVE_CHECK (s_test_hold (&self, record, "huge-3") == 0);
+    record->prompt_tokens = 10;
+    S_LIVE_CHECK (s_test_hold (&self, record, "good-13") == 0);
+    S_LIVE_CHECK (s_write (&self, s_now_ms ()) == 0 && self.held == 0);
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT count (*) FROM \"LiteLLM_ErrorLogs\""
+                                    " WHERE request_id = 'huge-3'", "0"));
+    S_LIVE_CHECK (s_test_scalar_is (db, "SELECT count (*) FROM \"LiteLLM_SpendLogs\""
+                                    " WHERE request_id IN ('good-13', 'huge-3')", "1"));
+    if (verbose)
+        printf ("   live: %zu records, 2 refused and put aside, the others written\n", held);
+    s_db_drop (&self);
+    zhashx_destroy (&self.peers);
+    s_batch_free (&self.batch);
+    zg_db_destroy (&db);
+}
+
 void
 zg_spend_test (bool verbose)
 {
@@ -994,6 +1384,34 @@ zg_spend_test (bool verbose)
     char endpoint [64];
     zg_spend_endpoint ("/run", endpoint, sizeof endpoint);
     S_CHECK (streq (endpoint, "ipc:///run/spend.ipc"));
+
+    //  A slice of a batch is its rows as they were
+    s_batch_clear (&batch);
+    zg_msg_reset (record, ZG_MSG_SPEND);
+    record->route = ZG_ROUTE_CHAT;
+    record->status = 200;
+    for (int index = 0; index < 5; index++) {
+        char call_id [16];
+        snprintf (call_id, sizeof call_id, "call-%d", index);
+        ZG_MSG_SET (record->call_id, call_id);
+        record->prompt_tokens = (uint32_t) index;
+        S_CHECK (s_test_add (&batch, record) == 0);
+    }
+    batch_t slice = { 0 };
+    S_CHECK (s_batch_slice (&batch, 2, 3, &slice) == 0);
+    S_CHECK (s_test_text_is (&slice, 3, 0, S_REQUEST_ID, "call-2")
+          && s_test_text_is (&slice, 3, 2, S_REQUEST_ID, "call-4")
+          && s_test_number_is (&slice, 3, 1, S_PROMPT_TOKENS, 3));
+    s_batch_free (&slice);
+    S_CHECK (s_batch_slice (&batch, 4, 1, &slice) == 0);
+    S_CHECK (s_test_text_is (&slice, 1, 0, S_REQUEST_ID, "call-4")
+          && s_batch_number (&slice, S_PROMPT_TOKENS) == 4);
+    char *call_id = s_batch_string (&slice, S_REQUEST_ID);
+    S_CHECK (call_id && streq (call_id, "call-4"));
+    free (call_id);
+    s_batch_free (&slice);
+
+    s_test_live (&tally, record, verbose);
 
     s_batch_free (&batch);
     zg_msg_reset (record, 0);

@@ -9,7 +9,11 @@
     the key's (and user's, team's) total, so that a record sent twice is
     counted once. After the commit it answers SPEND_ACK with the highest
     seq of the batch to each router concerned; nothing uncommitted is ever
-    acked. A router it does not know (it restarted, or the router did) gets
+    acked. A record the database refuses (a value a column cannot hold: not
+    an outage, which keeps the batch and retries) is found by writing the
+    batch in halves, and put aside in "LiteLLM_ErrorLogs" (exception_type
+    SpendLogRefused) and the log; every other record is written.
+    A router it does not know (it restarted, or the router did) gets
     DISCONNECT and must send a HEARTBEAT and then everything unacked again,
     oldest first.
     =========================================================================

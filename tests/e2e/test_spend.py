@@ -13,6 +13,7 @@ import hashlib
 import os
 import signal
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -293,6 +294,45 @@ class SpendTest(zgtest.GatewayTestCase):
         self.assertAllWritten(ids)
         zgtest.wait_until(lambda: not os.path.exists(spill), 30,
                           message="the spill file removed once sent")
+
+
+class SpendWritesAgainstServer(unittest.TestCase):
+    """The spend actor's write path (zg_spend's self test, in the test_spend
+    binary) against a real PostgreSQL: records whose values the columns
+    refuse (a token count beyond INTEGER, a time beyond timestamp) are put
+    aside in LiteLLM_ErrorLogs and the log, every other record of their
+    batch is written, re-sent records count once, and an outage or a
+    missing table keeps the batch whole."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = zgpg.PostgresServer(name=cls.__name__).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.pg.stop()
+
+    def test_refused_records_put_aside(self):
+        binary = os.environ.get("ZG_TEST_SPEND_BIN") or os.path.join(
+            os.path.dirname(zgtest.zgate_bin()), "tests", "test_spend")
+        if not os.access(binary, os.X_OK):
+            self.skipTest("no test_spend binary next to zgate")
+        url = self.pg.create_database("spendwrites")
+        env = dict(os.environ, ZG_TEST_DATABASE_URL=url)
+        env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
+        proc = subprocess.run([binary, "-v"], env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=ROWS_TIMEOUT)
+        output = proc.stdout.decode("utf-8", "replace")
+        self.assertEqual(proc.returncode, 0, output)
+        self.assertIn("live: 12 records, 2 refused and put aside", output)
+        self.assertRegex(output.rstrip().splitlines()[-1], r"^\d+ passed, 0 failed$", output)
+        #  Each refused record named in the log with its reason
+        self.assertIn("spend: call huge-tokens: the database refused this call's spend record"
+                      " (integer out of range (SQLSTATE 22003))", output)
+        self.assertIn("kept in LiteLLM_ErrorLogs as SpendLogRefused", output)
+        self.assertIn("spend: call huge-3:", output)
+        self.assertIn("not written (disable_error_logs is set)", output)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-//  Tests the spend actor's record rendering. The database side is covered
-//  end to end by tests/e2e/test_spend.py. -v for details.
+//  Tests the spend actor's record rendering; its write path too when
+//  ZG_TEST_DATABASE_URL names a server (tests/e2e/test_spend.py starts one
+//  and runs this binary against it). -v for details.
 
 #include "spend/zg_spend.h"
 
