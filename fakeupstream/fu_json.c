@@ -223,28 +223,6 @@ s_key_is (fu_json_span_t key, const char *name)
     return key.size == size && memcmp (key.at, name, size) == 0;
 }
 
-//  A non-negative integer value no larger than `max`.
-static int
-s_read_count (scanner_t *self, long max, long *value, const char *error)
-{
-    const char *start = self->at;
-    if (s_skip_value (self, 1))
-        return -1;
-    size_t size = (size_t) (self->at - start);
-    if (size == 0 || size > 10)
-        return s_fail (self, error);
-    long number = 0;
-    for (size_t i = 0; i < size; i++) {
-        if (start [i] < '0' || start [i] > '9')
-            return s_fail (self, error);
-        number = number * 10 + (start [i] - '0');
-    }
-    if (number > max)
-        return s_fail (self, error);
-    *value = number;
-    return 0;
-}
-
 //  An integer, maybe negative, of at most `max` in magnitude.
 static int
 s_read_integer (scanner_t *self, long long max, long long *value, const char *error)
@@ -265,6 +243,19 @@ s_read_integer (scanner_t *self, long long max, long long *value, const char *er
     if (number > max)
         return s_fail (self, error);
     *value = at ? -number : number;
+    return 0;
+}
+
+//  A non-negative integer value no larger than `max`.
+static int
+s_read_count (scanner_t *self, long max, long *value, const char *error)
+{
+    long long number;
+    if (s_read_integer (self, max, &number, error))
+        return -1;
+    if (number < 0)
+        return s_fail (self, error);
+    *value = (long) number;
     return 0;
 }
 
