@@ -125,7 +125,7 @@ zg_calls_acquire (zg_calls_t *self)
         self->free_list = call->hash_next;
         //  Keep the queue ring's storage: streams are common and the ring
         //  would be reallocated for each one otherwise
-        zframe_t **queue = call->queue;
+        zg_queued_t *queue = call->queue;
         size_t queue_cap = call->queue_cap;
         memset (call, 0, sizeof (*call));
         call->queue = queue;
@@ -306,20 +306,29 @@ zg_calls_id_is_sane (const char *text)
 void
 zg_call_queue_push (zg_call_t *self, zframe_t **frame_p)
 {
+    assert (frame_p);
+    zframe_t *frame = *frame_p;
+    zg_call_queue_push_part (self, frame_p, frame? zframe_data (frame): NULL,
+                             frame? zframe_size (frame): 0);
+}
+
+void
+zg_call_queue_push_part (zg_call_t *self, zframe_t **frame_p, const uint8_t *bytes,
+                         size_t size)
+{
     assert (self);
     assert (frame_p);
     zframe_t *frame = *frame_p;
     *frame_p = NULL;
     if (!frame)
         return;
-    size_t size = zframe_size (frame);
     if (size == 0) {
         zframe_destroy (&frame);
         return;
     }
     //  Remember the stream's last bytes, to know whether the upstream's
     //  own "[DONE]" went by
-    const char *data = (const char *) zframe_data (frame);
+    const char *data = (const char *) bytes;
     if (size >= sizeof (self->tail)) {
         memcpy (self->tail, data + size - sizeof (self->tail), sizeof (self->tail));
         self->tail_len = sizeof (self->tail);
@@ -335,7 +344,7 @@ zg_call_queue_push (zg_call_t *self, zframe_t **frame_p)
 
     if (self->queue_count == self->queue_cap) {
         size_t new_cap = self->queue_cap ? self->queue_cap * 2 : 8;
-        zframe_t **ring = (zframe_t **) malloc (new_cap * sizeof (zframe_t *));
+        zg_queued_t *ring = (zg_queued_t *) malloc (new_cap * sizeof (zg_queued_t));
         assert (ring);
         for (size_t index = 0; index < self->queue_count; index++)
             ring [index] = self->queue [(self->queue_head + index) % self->queue_cap];
@@ -344,7 +353,8 @@ zg_call_queue_push (zg_call_t *self, zframe_t **frame_p)
         self->queue_cap = new_cap;
         self->queue_head = 0;
     }
-    self->queue [(self->queue_head + self->queue_count) % self->queue_cap] = frame;
+    self->queue [(self->queue_head + self->queue_count) % self->queue_cap] =
+        (zg_queued_t) { frame, bytes, size };
     self->queue_count++;
     self->queued_bytes += size;
 }
@@ -355,17 +365,17 @@ zg_call_queue_read (zg_call_t *self, char *out, size_t max)
     assert (self);
     size_t copied = 0;
     while (copied < max && self->queue_count) {
-        zframe_t *frame = self->queue [self->queue_head];
-        size_t size = zframe_size (frame);
+        zg_queued_t *queued = &self->queue [self->queue_head];
+        size_t size = queued->size;
         size_t take = size - self->queue_offset;
         if (take > max - copied)
             take = max - copied;
-        memcpy (out + copied, zframe_data (frame) + self->queue_offset, take);
+        memcpy (out + copied, queued->data + self->queue_offset, take);
         copied += take;
         self->queue_offset += take;
         if (self->queue_offset == size) {
-            zframe_destroy (&frame);
-            self->queue [self->queue_head] = NULL;
+            zframe_destroy (&queued->frame);
+            queued->data = NULL;
             self->queue_head = (self->queue_head + 1) % self->queue_cap;
             self->queue_count--;
             self->queue_offset = 0;
@@ -380,8 +390,7 @@ zg_call_queue_clear (zg_call_t *self)
 {
     assert (self);
     while (self->queue_count) {
-        zframe_t *frame = self->queue [self->queue_head];
-        zframe_destroy (&frame);
+        zframe_destroy (&self->queue [self->queue_head].frame);
         self->queue_head = (self->queue_head + 1) % self->queue_cap;
         self->queue_count--;
     }
@@ -399,8 +408,8 @@ zg_call_queue_trim (zg_call_t *self)
     size_t keep = self->queue_offset ? 1 : 0;
     while (self->queue_count > keep) {
         size_t last = (self->queue_head + self->queue_count - 1) % self->queue_cap;
-        self->queued_bytes -= zframe_size (self->queue [last]);
-        zframe_destroy (&self->queue [last]);
+        self->queued_bytes -= self->queue [last].size;
+        zframe_destroy (&self->queue [last].frame);
         self->queue_count--;
     }
     if (self->queue_count == 0) {

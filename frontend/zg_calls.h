@@ -54,6 +54,13 @@ typedef enum {
 struct MHD_Connection;
 typedef struct _zg_call_t zg_call_t;
 
+//  Stream bytes queued for the client: size bytes at data, held by frame
+typedef struct {
+    zframe_t      *frame;
+    const uint8_t *data;
+    size_t         size;
+} zg_queued_t;
+
 struct _zg_call_t {
     struct MHD_Connection *connection;
     void     *owner;                //  the frontend serving it, for MHD callbacks
@@ -94,7 +101,7 @@ struct _zg_call_t {
 
     //  Stream bytes waiting for the client: a ring of frames (CHUNK payloads
     //  kept as they arrived, no copy) and how far the first one is sent
-    zframe_t **queue;
+    zg_queued_t *queue;
     size_t    queue_cap;
     size_t    queue_head;
     size_t    queue_count;
@@ -165,9 +172,12 @@ void zg_calls_new_id (zg_calls_t *self, char *out);
 //  [A-Za-z0-9._:-]
 bool zg_calls_id_is_sane (const char *text);
 
-//  Stream queue: append a frame (taking ownership), copy up to max bytes
-//  out, and drop everything queued.
+//  Stream queue: append a frame (taking ownership), or size bytes at data
+//  within a frame (taking the frame: a payload that arrived after its
+//  header), copy up to max bytes out, and drop everything queued.
 void   zg_call_queue_push (zg_call_t *self, zframe_t **frame_p);
+void   zg_call_queue_push_part (zg_call_t *self, zframe_t **frame_p, const uint8_t *data,
+                                size_t size);
 size_t zg_call_queue_read (zg_call_t *self, char *out, size_t max);
 void   zg_call_queue_clear (zg_call_t *self);
 

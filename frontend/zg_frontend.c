@@ -943,11 +943,12 @@ s_on_head (s_frontend_t *self, zg_call_t *call, zg_msg_t *head)
     if (head->flags & ZG_FLAG_FINAL) {
         //  The reply body stays in the frame it arrived in; MHD frees it
         struct MHD_Response *response;
-        zframe_t *payload = head->payload;
-        head->payload = NULL;
-        if (payload && zframe_size (payload)) {
+        const uint8_t *body;
+        size_t body_size;
+        zframe_t *payload = zg_msg_payload_take (head, &body, &body_size);
+        if (payload && body_size) {
             response = MHD_create_response_from_buffer_with_free_callback_cls (
-                zframe_size (payload), zframe_data (payload), s_free_frame, payload);
+                body_size, (void *) body, s_free_frame, payload);
             if (!response)
                 zframe_destroy (&payload);
         }
@@ -988,8 +989,12 @@ s_on_head (s_frontend_t *self, zg_call_t *call, zg_msg_t *head)
     if (MHD_queue_response (call->connection, (unsigned int) status, response) == MHD_YES) {
         call->status = status;
         call->state = ZG_CALL_STREAMING;
-        if (head->payload)
-            zg_call_queue_push (call, &head->payload);
+        if (zg_msg_has_payload (head)) {
+            const uint8_t *bytes;
+            size_t size;
+            zframe_t *frame = zg_msg_payload_take (head, &bytes, &size);
+            zg_call_queue_push_part (call, &frame, bytes, size);
+        }
     }
     else {
         s_cancel (self, call);
@@ -1004,7 +1009,10 @@ s_on_chunk (s_frontend_t *self, zg_call_t *call, zg_msg_t *chunk)
 {
     if (call->state != ZG_CALL_STREAMING || call->stream_ended)
         return;
-    zg_call_queue_push (call, &chunk->payload);
+    const uint8_t *bytes;
+    size_t size;
+    zframe_t *frame = zg_msg_payload_take (chunk, &bytes, &size);
+    zg_call_queue_push_part (call, &frame, bytes, size);
     if (call->queued_bytes > ZG_STREAM_QUEUE_MAX) {
         //  The client reads slower than the upstream writes: what is
         //  queued still goes out, then the error, and the upstream stops
@@ -1109,7 +1117,7 @@ s_on_router_message (s_frontend_t *self)
     }
     //  A payload nobody took goes now; the rest is overwritten by the next
     //  receive (a full reset would clear the whole struct per message)
-    zframe_destroy (&self->in.payload);
+    zg_msg_payload_drop (&self->in);
     return 0;
 }
 
@@ -1406,7 +1414,7 @@ s_check_probe_all (s_frontend_t *self, s_check_t *check)
         self->out.route = probe->route;
         self->out.flags = ZG_FLAG_PIN_DEPLOYMENT;
         self->out.timeout_ms = timeout_ms;
-        self->out.payload = zframe_new (body, strlen (body));
+        zg_msg_payload_borrow (&self->out, body, strlen (body));
         if (zg_msg_send (&self->out, self->router) != 0) {
             check->errors [index] = strdup ("Router not reachable");
             zg_calls_release (self->calls, probe);
@@ -2217,17 +2225,19 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
         if (key && key->team_id)
             ZG_MSG_SET (self->out.team_id, key->team_id);
     }
+    int sent;
     if (call->body_frame) {
-        self->out.payload = call->body_frame;
-        call->body_frame = NULL;
+        zg_msg_payload_give (&self->out, &call->body_frame);
+        sent = zg_msg_send (&self->out, self->router);
     }
     else {
-        self->out.payload = zframe_new (call->body_buf, size);
+        zg_msg_payload_borrow (&self->out, call->body_buf, size);
+        sent = zg_msg_send (&self->out, self->router);
         free (call->body_buf);
         call->body_buf = NULL;
         call->body_cap = 0;
     }
-    if (zg_msg_send (&self->out, self->router) != 0) {
+    if (sent != 0) {
         zg_calls_unroute (self->calls, call);
         return s_reply_error (self, call, 503, "service_unavailable",
                               "Router not reachable", NULL);

@@ -782,6 +782,76 @@ zg_msg_decode_first (zg_msg_t *self, const uint8_t *data, size_t size, size_t *u
 }
 
 
+//  The inline payload after a header that ends at used: none when the
+//  frame ends there, else a bin of at most ZG_PAYLOAD_INLINE_MAX bytes
+//  whose declared length reaches exactly the end of the frame
+static bool
+s_read_inline (const uint8_t *data, size_t size, size_t used, const uint8_t **payload,
+               size_t *payload_size)
+{
+    *payload = NULL;
+    *payload_size = 0;
+    if (used == size)
+        return true;
+    size_t position = used;
+    uint8_t tag = data [position++];
+    size_t width = tag == 0xc4? 1: tag == 0xc5? 2: tag == 0xc6? 4: 0;
+    size_t length;
+    if (width == 0
+    ||  !s_read_length (data, size, &position, width, &length)
+    ||  length > ZG_PAYLOAD_INLINE_MAX || length != size - position)
+        return false;
+    *payload = data + position;
+    *payload_size = length;
+    return true;
+}
+
+int
+zg_msg_decode_frame (zg_msg_t *self, const uint8_t *data, size_t size,
+                     const uint8_t **payload, size_t *payload_size)
+{
+    assert (self);
+    assert (payload);
+    assert (payload_size);
+    *payload = NULL;
+    *payload_size = 0;
+    s_clear (self, 0);
+    if (!data || size == 0 || size > ZG_FRAME_MAX_BYTES)
+        return ZG_MSG_ERR_MALFORMED;
+    size_t used;
+    //  The header itself is held to its own limit
+    int rc = s_read_message (self, data, size < ZG_HEADER_MAX_BYTES? size: ZG_HEADER_MAX_BYTES,
+                             &used);
+    if (rc == ZG_MSG_OK
+    &&  (!s_read_inline (data, size, used, payload, payload_size)
+      || (*payload && !s_specs [self->type].carries_payload))) {
+        s_clear (self, 0);
+        *payload = NULL;
+        *payload_size = 0;
+        rc = ZG_MSG_ERR_MALFORMED;
+    }
+    return rc;
+}
+
+size_t
+zg_msg_inline_prefix (uint8_t *prefix, size_t size)
+{
+    assert (prefix);
+    assert (size <= ZG_PAYLOAD_INLINE_MAX);
+    if (size <= UINT8_MAX) {
+        prefix [0] = 0xc4;
+        prefix [1] = (uint8_t) size;
+        return 2;
+    }
+    prefix [0] = 0xc5;
+    prefix [1] = (uint8_t) (size >> 8);
+    prefix [2] = (uint8_t) size;
+    return 3;
+}
+_Static_assert (ZG_PAYLOAD_INLINE_MAX <= UINT16_MAX && ZG_INLINE_PREFIX_MAX >= 3,
+                "an inline payload's length fits bin 16");
+
+
 //  --------------------------------------------------------------------------
 //  Reading in place, and encoding from views. zg_msg_read_spend walks
 //  SPEND's table, each field placed at its own offset in zg_msg_spend_t
@@ -1000,8 +1070,12 @@ zg_msg_read_reply (zg_msg_reply_t *reply, const uint8_t *data, size_t size)
 {
     assert (reply);
     memset (reply, 0, sizeof (*reply));
-    if (!data || size == 0 || size > ZG_HEADER_MAX_BYTES)
+    if (!data || size == 0 || size > ZG_FRAME_MAX_BYTES)
         return ZG_MSG_ERR_MALFORMED;
+    //  The header is held to its own limit; a HEAD's inline payload follows
+    size_t frame_size = size;
+    if (size > ZG_HEADER_MAX_BYTES)
+        size = ZG_HEADER_MAX_BYTES;
     s_reader_t reader = { data, size, 0, true };
     size_t count;
     uint64_t type;
@@ -1042,7 +1116,11 @@ zg_msg_read_reply (zg_msg_reply_t *reply, const uint8_t *data, size_t size)
         s_get_text (&reader, ZG_NAME_MAX, false, &reply->deployment_id);
         s_get_text (&reader, ZG_URL_MAX, false, &reply->api_base);
     }
-    if (!reader.ok || reader.position != size) {
+    const uint8_t *payload = NULL;
+    size_t payload_size;
+    if (!reader.ok
+    ||  !s_read_inline (data, frame_size, reader.position, &payload, &payload_size)
+    ||  (payload && type != ZG_MSG_HEAD)) {
         memset (reply, 0, sizeof (*reply));
         return ZG_MSG_ERR_MALFORMED;
     }
@@ -1262,7 +1340,7 @@ zg_msg_peek (const uint8_t *data, size_t size, int *type, char *call_id, uint16_
     call_id [0] = 0;
     *status = 0;
     *flags = 0;
-    if (!data || size == 0 || size > ZG_HEADER_MAX_BYTES)
+    if (!data || size == 0 || size > ZG_FRAME_MAX_BYTES)
         return ZG_MSG_ERR_MALFORMED;
     size_t position = 0, count = 0, start, length;
     uint8_t tag = data [position++];
@@ -1393,41 +1471,112 @@ s_drain (void *handle)
     zmq_msg_close (&part);
 }
 
+static void
+s_payload_release (zg_msg_t *self)
+{
+    zframe_destroy (&self->payload_frame);
+    self->payload_data = NULL;
+    self->payload_size = 0;
+    self->has_payload = false;
+}
+
+void
+zg_msg_payload_give (zg_msg_t *self, zframe_t **frame_p)
+{
+    assert (self);
+    assert (frame_p);
+    s_payload_release (self);
+    if (!*frame_p)
+        return;
+    self->payload_frame = *frame_p;
+    *frame_p = NULL;
+    self->payload_data = zframe_data (self->payload_frame);
+    self->payload_size = zframe_size (self->payload_frame);
+    self->has_payload = true;
+}
+
+void
+zg_msg_payload_drop (zg_msg_t *self)
+{
+    assert (self);
+    s_payload_release (self);
+}
+
+void
+zg_msg_payload_borrow (zg_msg_t *self, const void *data, size_t size)
+{
+    assert (self);
+    assert (data || size == 0);
+    s_payload_release (self);
+    self->payload_data = data? (const uint8_t *) data: (const uint8_t *) "";
+    self->payload_size = size;
+    self->has_payload = true;
+}
+
+zframe_t *
+zg_msg_payload_take (zg_msg_t *self, const uint8_t **data, size_t *size)
+{
+    assert (self);
+    assert (data);
+    assert (size);
+    zframe_t *frame = NULL;
+    *data = NULL;
+    *size = 0;
+    if (self->payload_frame) {
+        frame = self->payload_frame;
+        self->payload_frame = NULL;
+        *data = self->payload_data;
+        *size = self->payload_size;
+    }
+    else
+    if (self->has_payload) {
+        frame = zframe_new (self->payload_data, self->payload_size);
+        if (frame) {
+            *data = zframe_data (frame);
+            *size = zframe_size (frame);
+        }
+    }
+    s_payload_release (self);
+    return frame;
+}
+
 //  On ERR_MALFORMED routing_id still names the sender, so that a router
-//  can tell it off; every other field is empty and type is 0.
+//  can tell it off; every other field is empty and type is 0. The header's
+//  frame is kept whole when it carries the payload: the payload is used
+//  where it arrived.
 int
 zg_msg_recv (zg_msg_t *self, void *socket)
 {
     assert (self);
     assert (socket);
     void *handle = zsock_resolve (socket);
-    zframe_destroy (&self->payload);
+    s_payload_release (self);
 
-    zmq_msg_t header;
-    zmq_msg_init (&header);
-    if (zmq_msg_recv (&header, handle, 0) == -1) {
-        zmq_msg_close (&header);
-        return ZG_MSG_ERR_IO;
-    }
     if (s_is_router (handle)) {
-        if (s_store_routing_id (self, &header) || !zmq_msg_more (&header)) {
-            if (zmq_msg_more (&header))
+        zmq_msg_t identity;
+        zmq_msg_init (&identity);
+        if (zmq_msg_recv (&identity, handle, 0) == -1) {
+            zmq_msg_close (&identity);
+            return ZG_MSG_ERR_IO;
+        }
+        if (s_store_routing_id (self, &identity) || !zmq_msg_more (&identity)) {
+            if (zmq_msg_more (&identity))
                 s_drain (handle);
-            zmq_msg_close (&header);
+            zmq_msg_close (&identity);
             s_clear (self, 0);
             return ZG_MSG_ERR_MALFORMED;
         }
-        if (zmq_msg_recv (&header, handle, 0) == -1) {
-            zmq_msg_close (&header);
-            return ZG_MSG_ERR_IO;
-        }
+        zmq_msg_close (&identity);
     }
+    zframe_t *frame = zframe_recv (handle);
+    if (!frame)
+        return ZG_MSG_ERR_IO;
     zframe_t *payload = NULL;
     bool extra_frames = false;
-    if (zmq_msg_more (&header)) {
+    if (zframe_more (frame)) {
         payload = zframe_recv (handle);
         if (!payload) {
-            zmq_msg_close (&header);
+            zframe_destroy (&frame);
             return ZG_MSG_ERR_IO;
         }
         if (zframe_more (payload)) {
@@ -1435,17 +1584,33 @@ zg_msg_recv (zg_msg_t *self, void *socket)
             s_drain (handle);
         }
     }
+    const uint8_t *inline_data = NULL;
+    size_t inline_size = 0;
     int rc = ZG_MSG_ERR_MALFORMED;
     if (!extra_frames)
-        rc = zg_msg_decode (self, (const uint8_t *) zmq_msg_data (&header), zmq_msg_size (&header));
-    zmq_msg_close (&header);
+        rc = zg_msg_decode_frame (self, zframe_data (frame), zframe_size (frame),
+                                  &inline_data, &inline_size);
+    if (rc == ZG_MSG_OK && inline_data && payload)
+        rc = ZG_MSG_ERR_MALFORMED;          //  a payload inline and in a frame
     if (rc == ZG_MSG_OK)
-        rc = zg_msg_payload_check (self, payload != NULL, payload? zframe_size (payload): 0);
-    if (rc == ZG_MSG_OK)
-        self->payload = payload;
+        rc = zg_msg_payload_check (self, inline_data || payload,
+                                   inline_data? inline_size: payload? zframe_size (payload): 0);
+    if (rc == ZG_MSG_OK && payload) {
+        zg_msg_payload_give (self, &payload);
+        zframe_destroy (&frame);
+    }
+    else
+    if (rc == ZG_MSG_OK && inline_data) {
+        self->payload_frame = frame;
+        self->payload_data = inline_data;
+        self->payload_size = inline_size;
+        self->has_payload = true;
+    }
     else {
+        zframe_destroy (&frame);
         zframe_destroy (&payload);
-        s_clear (self, 0);
+        if (rc != ZG_MSG_OK)
+            s_clear (self, 0);
     }
     return rc;
 }
@@ -1462,8 +1627,7 @@ zg_msg_send (zg_msg_t *self, void *socket)
     int size = zg_msg_encode (self, header, sizeof header);
     if (size < 0)
         goto failed;
-    if (zg_msg_payload_check (self, self->payload != NULL,
-                              self->payload? zframe_size (self->payload): 0) != ZG_MSG_OK)
+    if (zg_msg_payload_check (self, self->has_payload, self->payload_size) != ZG_MSG_OK)
         goto failed;
     if (s_is_router (handle)) {
         if (!self->routing_id
@@ -1471,14 +1635,45 @@ zg_msg_send (zg_msg_t *self, void *socket)
                       zframe_size (self->routing_id), ZMQ_SNDMORE) == -1)
             goto failed;
     }
-    if (zmq_send (handle, header, (size_t) size, self->payload? ZMQ_SNDMORE: 0) == -1)
+    if (self->has_payload && self->payload_size <= ZG_PAYLOAD_INLINE_MAX) {
+        //  One frame: the header, then the payload, copied once
+        uint8_t prefix [ZG_INLINE_PREFIX_MAX];
+        size_t prefix_size = zg_msg_inline_prefix (prefix, self->payload_size);
+        zmq_msg_t frame;
+        if (zmq_msg_init_size (&frame, (size_t) size + prefix_size + self->payload_size) == -1)
+            goto failed;
+        uint8_t *out = (uint8_t *) zmq_msg_data (&frame);
+        memcpy (out, header, (size_t) size);
+        memcpy (out + size, prefix, prefix_size);
+        if (self->payload_size)
+            memcpy (out + size + prefix_size, self->payload_data, self->payload_size);
+        if (zmq_msg_send (&frame, handle, 0) == -1) {
+            zmq_msg_close (&frame);
+            goto failed;
+        }
+        s_payload_release (self);
+        return 0;
+    }
+    if (zmq_send (handle, header, (size_t) size, self->has_payload? ZMQ_SNDMORE: 0) == -1)
         goto failed;
-    if (self->payload && zframe_send (&self->payload, handle, 0) == -1)
-        goto failed;
+    if (self->has_payload) {
+        //  A large payload in a frame of its own: without a copy when the
+        //  frame holds nothing else
+        if (self->payload_frame
+        &&  self->payload_data == zframe_data (self->payload_frame)
+        &&  self->payload_size == zframe_size (self->payload_frame)) {
+            if (zframe_send (&self->payload_frame, handle, 0) == -1)
+                goto failed;
+        }
+        else
+        if (zmq_send (handle, self->payload_data, self->payload_size, 0) == -1)
+            goto failed;
+    }
+    s_payload_release (self);
     return 0;
 
 failed:
-    zframe_destroy (&self->payload);
+    s_payload_release (self);
     return -1;
 }
 
@@ -1504,7 +1699,7 @@ zg_msg_reset (zg_msg_t *self, int type)
 {
     assert (self);
     zframe_destroy (&self->routing_id);
-    zframe_destroy (&self->payload);
+    s_payload_release (self);
     char *api_key = self->deployment.api_key;
     memset (api_key, 0, strnlen (api_key, sizeof (self->deployment.api_key)));
     s_clear (self, type);
@@ -1787,14 +1982,16 @@ s_test_spend_agrees (zg_msg_t *msg, const uint8_t *data, size_t size)
     free (theirs);
 }
 
-//  zg_msg_read_reply takes what zg_msg_decode takes as a HEAD, END or
-//  ERROR, and reads the same from it
+//  zg_msg_read_reply takes what zg_msg_decode_frame takes as a HEAD, END
+//  or ERROR (a HEAD with its inline payload), and reads the same from it
 static void
 s_test_reply_agrees (zg_msg_t *msg, const uint8_t *data, size_t size)
 {
     zg_msg_reply_t reply;
     int rc_reply = zg_msg_read_reply (&reply, data, size);
-    int rc_msg = zg_msg_decode (msg, data, size);
+    const uint8_t *payload;
+    size_t payload_size;
+    int rc_msg = zg_msg_decode_frame (msg, data, size, &payload, &payload_size);
     bool is_reply = rc_msg == ZG_MSG_OK
                  && (msg->type == ZG_MSG_HEAD || msg->type == ZG_MSG_END
                   || msg->type == ZG_MSG_ERROR);
@@ -2203,6 +2400,8 @@ s_test_codec_round_trips (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
 
 //  A reset message, whatever it held, reads as a fresh one under every
 //  type, and holds no trace of the credential
+static void s_test_give (zg_msg_t *msg, const void *data, size_t size);
+
 static void
 s_test_reset (zg_msg_t *msg, zg_msg_t *fresh)
 {
@@ -2213,9 +2412,10 @@ s_test_reset (zg_msg_t *msg, zg_msg_t *fresh)
         msg->type = type;
         zg_msg_set_headers (msg, "a: b\r\n");
         msg->routing_id = zframe_new ("id", 2);
-        msg->payload = zframe_new ("body", 4);
+        s_test_give (msg, "body", 4);
         zg_msg_reset (msg, ZG_MSG_HEAD);
-        S_CHECK (msg->type == ZG_MSG_HEAD && !msg->routing_id && !msg->payload && !msg->headers);
+        S_CHECK (msg->type == ZG_MSG_HEAD && !msg->routing_id && !zg_msg_has_payload (msg)
+              && !msg->payload_frame && !msg->headers);
         bool wiped = true;
         for (size_t index = 0; index < sizeof (msg->deployment.api_key); index++)
             wiped = wiped && msg->deployment.api_key [index] == 0;
@@ -2495,25 +2695,25 @@ s_test_hostile_headers (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         { "a map",                 "\x80", 1 },
         { "an empty array",        "\x90", 1 },
         { "magic alone",           "\x91\xa2ZG", 4 },
-        { "magic and version",     "\x92\xa2ZG\x03", 5 },
+        { "magic and version",     "\x92\xa2ZG\x04", 5 },
         { "a huge array32",        "\xdd\xff\xff\xff\xff", 5 },
         { "a huge array16",        "\xdc\xff\xff\xc0\xc0", 5 },
-        { "a huge nested array",   "\x94\xa2ZG\x03\x07\xdd\x7f\xff\xff\xff", 10 },
+        { "a huge nested array",   "\x94\xa2ZG\x04\x07\xdd\x7f\xff\xff\xff", 10 },
         { "a huge map32",          "\xdf\xff\xff\xff\xff", 5 },
-        { "a huge str32",          "\x94\xa2ZG\x03\x07\xdb\xff\xff\xff\xff" "abc", 13 },
+        { "a huge str32",          "\x94\xa2ZG\x04\x07\xdb\xff\xff\xff\xff" "abc", 13 },
         { "a huge bin32",          "\xc6\xff\xff\xff\xff", 5 },
         { "a huge ext32",          "\xc9\xff\xff\xff\xff\x01", 6 },
         { "nesting three deep",    "\x91\x91\x91\x90", 4 },
-        { "the tag 0xc1",          "\x94\xa2ZG\x03\x07\xc1", 7 },
-        { "a truncated str8",      "\x94\xa2ZG\x03\x07\xd9", 7 },
+        { "the tag 0xc1",          "\x94\xa2ZG\x04\x07\xc1", 7 },
+        { "a truncated str8",      "\x94\xa2ZG\x04\x07\xd9", 7 },
         { "a truncated array16",   "\xdc\x00", 2 },
-        { "two objects",           "\x94\xa2ZG\x03\x07\xa1x\xc0", 9 },
-        { "a call id with NUL",    "\x94\xa2ZG\x03\x07\xa3x\x00y", 10 },
-        { "a negative fixint type", "\x94\xa2ZG\x03\xf9\xa1x", 8 },
+        { "two objects",           "\x94\xa2ZG\x04\x07\xa1x\xc0", 9 },
+        { "a call id with NUL",    "\x94\xa2ZG\x04\x07\xa3x\x00y", 10 },
+        { "a negative fixint type", "\x94\xa2ZG\x04\xf9\xa1x", 8 },
     };
     for (size_t index = 0; index < sizeof raw / sizeof raw [0]; index++)
         s_test_malformed (back, (const uint8_t *) raw [index].bytes, raw [index].size, raw [index].what);
-    S_CHECK (zg_msg_decode (back, (const uint8_t *) "\x94\xa2ZG\x03\x07\xa1x", 8) == ZG_MSG_OK);
+    S_CHECK (zg_msg_decode (back, (const uint8_t *) "\x94\xa2ZG\x04\x07\xa1x", 8) == ZG_MSG_OK);
 
     //  A frame of the maximum size full of nils passes the shape check and
     //  makes msgpack-c allocate ~800 KB in the zone; twice, so that the
@@ -2652,12 +2852,22 @@ s_test_fuzz (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
 }
 
 static bool
-s_test_payload_is (zframe_t *frame, const char *text)
+s_test_payload_is (const zg_msg_t *msg, const char *text)
 {
     if (!text)
-        return frame == NULL;
-    return frame && zframe_size (frame) == strlen (text)
-        && memcmp (zframe_data (frame), text, strlen (text)) == 0;
+        return !zg_msg_has_payload (msg) && !zg_msg_payload_data (msg)
+            && zg_msg_payload_size (msg) == 0 && !msg->payload_frame;
+    return zg_msg_has_payload (msg) && zg_msg_payload_size (msg) == strlen (text)
+        && memcmp (zg_msg_payload_data (msg), text, strlen (text)) == 0;
+}
+
+static void
+s_test_give (zg_msg_t *msg, const void *data, size_t size)
+{
+    zframe_t *frame = zframe_new (data, size);
+    assert (frame);
+    zg_msg_payload_give (msg, &frame);
+    assert (frame == NULL);
 }
 
 static void
@@ -2680,7 +2890,7 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
                 const char *body = with_payload? "{\"model\":\"m\"}": NULL;
                 s_test_make (msg, type, variant);
                 if (body)
-                    msg->payload = zframe_new (body, strlen (body));
+                    s_test_give (msg, body, strlen (body));
                 //  Spans only where they fit the payload, as a sender locates them
                 if (type == ZG_MSG_REQUEST || type == ZG_MSG_DISPATCH) {
                     msg->flags &= ~(uint32_t) ZG_FLAG_BODY_LOCATED;
@@ -2693,11 +2903,11 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
                 //  Raw handles are accepted as well as zsock_t
                 void *dealer_side = variant == 1? zsock_resolve (dealer): (void *) dealer;
                 S_CHECK (zg_msg_send (msg, dealer_side) == 0);
-                S_CHECK (msg->payload == NULL);
+                S_CHECK (!zg_msg_has_payload (msg));
                 S_CHECK (zg_msg_recv (back, router) == ZG_MSG_OK);
                 S_CHECK (back->routing_id != NULL);
                 S_CHECK (s_test_equal (msg, back));
-                S_CHECK (s_test_payload_is (back->payload, body));
+                S_CHECK (s_test_payload_is (back, body));
 
                 //  Answer through the same struct: routing_id is kept (a
                 //  request's answer as long as its body, for the spans)
@@ -2705,16 +2915,15 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
                 const char *reply = type == ZG_MSG_REQUEST || type == ZG_MSG_DISPATCH
                                   ? "{\"model\":\"n\"}": "reply";
                 if (body) {
-                    zframe_destroy (&back->payload);
-                    back->payload = zframe_new (reply, strlen (reply));
+                    s_test_give (back, reply, strlen (reply));
                 }
                 void *router_side = variant == 1? zsock_resolve (router): (void *) router;
                 S_CHECK (zg_msg_send (back, router_side) == 0);
-                S_CHECK (back->routing_id == routing_id && back->payload == NULL);
+                S_CHECK (back->routing_id == routing_id && !zg_msg_has_payload (back));
                 S_CHECK (zg_msg_recv (&answer, dealer) == ZG_MSG_OK);
                 S_CHECK (answer.routing_id == NULL);
                 S_CHECK (s_test_equal (msg, &answer));
-                S_CHECK (s_test_payload_is (answer.payload, body? reply: NULL));
+                S_CHECK (s_test_payload_is (&answer, body? reply: NULL));
             }
         }
     }
@@ -2730,11 +2939,11 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
     zmsg_addstr (garbage, "extra");
     zmsg_send (&garbage, dealer);
     S_CHECK (zg_msg_recv (back, router) == ZG_MSG_ERR_MALFORMED);
-    S_CHECK (back->routing_id != NULL && back->payload == NULL && back->type == 0);
-    msg->payload = zframe_new ("data: {}\n\n", 10);
+    S_CHECK (back->routing_id != NULL && !zg_msg_has_payload (back) && back->type == 0);
+    s_test_give (msg, "data: {}\n\n", 10);
     S_CHECK (zg_msg_send (msg, dealer) == 0);
     S_CHECK (zg_msg_recv (back, router) == ZG_MSG_OK && s_test_equal (msg, back));
-    S_CHECK (s_test_payload_is (back->payload, "data: {}\n\n"));
+    S_CHECK (s_test_payload_is (back, "data: {}\n\n"));
 
     //  An empty header, noise, five frames of noise, a payload on a type
     //  that carries none: each refused, each followed by a good message
@@ -2759,7 +2968,7 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
         S_CHECK (zg_msg_recv (back, router) == ZG_MSG_ERR_MALFORMED);
         S_CHECK (zg_msg_send (msg, dealer) == 0);
         S_CHECK (zg_msg_recv (back, router) == ZG_MSG_OK && s_test_equal (msg, back));
-        S_CHECK (back->payload == NULL);
+        S_CHECK (s_test_payload_is (back, NULL));
     }
     //  The same refusals on a DEALER, where there is no routing id
     garbage = zmsg_new ();
@@ -2775,13 +2984,13 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
     S_CHECK (zg_msg_send (msg, router) == -1);              //  no routing_id on a ROUTER
     msg->routing_id = zframe_new ("nobody", 6);
     msg->type = ZG_MSG_CHUNK;
-    msg->payload = zframe_new ("x", 1);
+    s_test_give (msg, "x", 1);
     S_CHECK (zg_msg_send (msg, router) == -1);              //  EHOSTUNREACH
-    S_CHECK (msg->payload == NULL && msg->routing_id != NULL);
+    S_CHECK (!zg_msg_has_payload (msg) && msg->routing_id != NULL);
     s_test_make (msg, ZG_MSG_END, 1);
-    msg->payload = zframe_new ("x", 1);
+    s_test_give (msg, "x", 1);
     S_CHECK (zg_msg_send (msg, dealer) == -1);              //  END carries no payload
-    S_CHECK (msg->payload == NULL);
+    S_CHECK (!zg_msg_has_payload (msg));
     msg->status = 1000;
     S_CHECK (zg_msg_send (msg, dealer) == -1);              //  does not encode
 
@@ -2805,8 +3014,8 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
                             : wrong == 1? zg_msg_span (13, 1)
                             : zg_msg_span (9, 3);
             if (wrong < 2)
-                msg->payload = zframe_new (body, strlen (body));
-            S_CHECK (zg_msg_send (msg, dealer) == -1 && msg->payload == NULL);
+                s_test_give (msg, body, strlen (body));
+            S_CHECK (zg_msg_send (msg, dealer) == -1 && !zg_msg_has_payload (msg));
             size = zg_msg_encode (msg, header, sizeof header);
             S_CHECK (size > 0);
             garbage = zmsg_new ();
@@ -2815,12 +3024,12 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
                 zmsg_addstr (garbage, body);
             zmsg_send (&garbage, dealer);
             S_CHECK (zg_msg_recv (back, router) == ZG_MSG_ERR_MALFORMED);
-            S_CHECK (back->type == 0 && back->payload == NULL && back->model_span == 0);
+            S_CHECK (back->type == 0 && !zg_msg_has_payload (back) && back->model_span == 0);
             msg->model_span = zg_msg_span (9, 3);
-            msg->payload = zframe_new (body, strlen (body));
+            s_test_give (msg, body, strlen (body));
             S_CHECK (zg_msg_send (msg, dealer) == 0);
             S_CHECK (zg_msg_recv (back, router) == ZG_MSG_OK && s_test_equal (msg, back));
-            S_CHECK (s_test_payload_is (back->payload, body));
+            S_CHECK (s_test_payload_is (back, body));
         }
     }
 
@@ -2831,6 +3040,264 @@ s_test_sockets (zg_msg_t *msg, zg_msg_t *back)
     zg_msg_reset (&answer, 0);
     zsock_destroy (&dealer);
     zsock_destroy (&router);
+}
+
+//  A frame of msg's header and, with prefix_size > 0, an inline payload
+//  of size bytes of 'p' declared as declared bytes in a bin of
+//  prefix_size - 1 length bytes (2: bin 8, 3: bin 16, 5: bin 32); the
+//  frame's size into *frame_size
+static uint8_t *
+s_test_inline_frame (const zg_msg_t *msg, size_t prefix_size, size_t declared, size_t size,
+                     size_t *frame_size, size_t *header_size)
+{
+    uint8_t *frame = (uint8_t *) malloc (ZG_HEADER_MAX_BYTES + 8 + size);
+    assert (frame);
+    int encoded = zg_msg_encode (msg, frame, ZG_HEADER_MAX_BYTES);
+    assert (encoded > 0);
+    size_t at = (size_t) encoded;
+    *header_size = at;
+    if (prefix_size) {
+        frame [at++] = prefix_size == 2? 0xc4: prefix_size == 3? 0xc5: 0xc6;
+        for (size_t index = prefix_size - 1; index > 0; index--)
+            frame [at++] = (uint8_t) (declared >> (8 * (index - 1)));
+        memset (frame + at, 'p', size);
+        at += size;
+    }
+    *frame_size = at;
+    return frame;
+}
+
+//  A payload up to ZG_PAYLOAD_INLINE_MAX bytes travels in the header's
+//  frame, a larger one in its own; either arrives usable without a copy,
+//  and every way of getting the inline form wrong is refused
+static void
+s_test_inline (zg_msg_t *msg, zg_msg_t *back)
+{
+    const size_t max = ZG_PAYLOAD_INLINE_MAX;
+    const size_t sizes [] = { 0, 1, 255, 256, max - 1, max, max + 1, 3 * max };
+    char *bytes = (char *) malloc (3 * max);
+    assert (bytes);
+    for (size_t index = 0; index < 3 * max; index++)
+        bytes [index] = (char) ('a' + index % 26);
+
+    //  Codec: the prefix is the shortest bin that holds the length
+    uint8_t prefix [ZG_INLINE_PREFIX_MAX];
+    S_CHECK (zg_msg_inline_prefix (prefix, 0) == 2 && prefix [0] == 0xc4 && prefix [1] == 0);
+    S_CHECK (zg_msg_inline_prefix (prefix, 255) == 2 && prefix [1] == 255);
+    S_CHECK (zg_msg_inline_prefix (prefix, 256) == 3 && prefix [0] == 0xc5
+          && prefix [1] == 1 && prefix [2] == 0);
+    S_CHECK (zg_msg_inline_prefix (prefix, max) == 3);
+
+    zsock_t *router = zsock_new_router ("inproc://zg-msg-inline");
+    zsock_t *dealer = zsock_new_dealer (">inproc://zg-msg-inline");
+    assert (router && dealer);
+    zsock_set_rcvtimeo (router, 5000);
+    zsock_set_rcvtimeo (dealer, 5000);
+    const int types [] = { ZG_MSG_REQUEST, ZG_MSG_DISPATCH, ZG_MSG_HEAD, ZG_MSG_CHUNK };
+    for (size_t each = 0; each < S_COUNT (types); each++) {
+        for (size_t which = 0; which < S_COUNT (sizes); which++) {
+            size_t size = sizes [which];
+            for (int borrowed = 0; borrowed < 2; borrowed++) {
+                s_test_make (msg, types [each], 1);
+                msg->flags &= ~(uint32_t) ZG_FLAG_BODY_LOCATED;
+                msg->model_span = msg->options_span = 0;
+                if (borrowed)
+                    zg_msg_payload_borrow (msg, bytes, size);
+                else
+                    s_test_give (msg, bytes, size);
+                S_CHECK (zg_msg_has_payload (msg) && zg_msg_payload_size (msg) == size);
+                //  On the wire: one frame up to the limit, two above it
+                S_CHECK (zg_msg_send (msg, dealer) == 0);
+                S_CHECK (!zg_msg_has_payload (msg) && !msg->payload_frame);
+                zmsg_t *wire = zmsg_recv (router);
+                S_CHECK (wire && zmsg_size (wire) == (size <= max? 2u: 3u));
+                //  Sent again as it came, it reads as sent, in place
+                S_CHECK (zmsg_send (&wire, router) == 0);
+                S_CHECK (zg_msg_recv (back, dealer) == ZG_MSG_OK);
+                S_CHECK (s_test_equal (msg, back));
+                S_CHECK (zg_msg_has_payload (back) && zg_msg_payload_size (back) == size
+                      && memcmp (zg_msg_payload_data (back), bytes, size) == 0);
+                zframe_t *holder = back->payload_frame;
+                S_CHECK (holder != NULL);
+                if (holder && size <= max)
+                    S_CHECK (zg_msg_payload_data (back) > zframe_data (holder)
+                          && zg_msg_payload_data (back) + size
+                             == zframe_data (holder) + zframe_size (holder));
+                //  Taken, it is the frame it came in
+                const uint8_t *data;
+                size_t taken;
+                zframe_t *frame = zg_msg_payload_take (back, &data, &taken);
+                S_CHECK (frame == holder && taken == size && memcmp (data, bytes, size) == 0);
+                S_CHECK (!zg_msg_has_payload (back) && !back->payload_frame
+                      && !zg_msg_payload_data (back) && zg_msg_payload_size (back) == 0);
+                zframe_destroy (&frame);
+            }
+        }
+    }
+    //  A borrowed payload taken gets a frame of its own
+    s_test_make (msg, ZG_MSG_CHUNK, 1);
+    zg_msg_payload_borrow (msg, bytes, 10);
+    const uint8_t *data;
+    size_t taken;
+    zframe_t *copy = zg_msg_payload_take (msg, &data, &taken);
+    S_CHECK (copy && taken == 10 && data == zframe_data (copy) && memcmp (data, bytes, 10) == 0);
+    zframe_destroy (&copy);
+    S_CHECK (zg_msg_payload_take (msg, &data, &taken) == NULL && !data && taken == 0);
+    //  Dropped, nothing else changes
+    s_test_give (msg, "x", 1);
+    zg_msg_payload_drop (msg);
+    S_CHECK (!zg_msg_has_payload (msg) && msg->type == ZG_MSG_CHUNK && msg->call_id [0]);
+
+    //  Frames that decode, and how: at and around the limit, each length
+    //  form, the header alone
+    for (int type = ZG_MSG_REQUEST; type <= S_LAST_TYPE; type++) {
+        s_test_make (msg, type, 2);
+        if (type == ZG_MSG_REQUEST || type == ZG_MSG_DISPATCH) {
+            msg->flags &= ~(uint32_t) ZG_FLAG_BODY_LOCATED;
+            msg->model_span = msg->options_span = 0;
+        }
+        bool carries = s_specs [type].carries_payload;
+        const size_t lengths [] = { 0, 1, max - 1, max, max + 1 };
+        for (size_t which = 0; which < S_COUNT (lengths); which++) {
+            size_t size = lengths [which];
+            for (size_t prefix_size = 2; prefix_size <= 5; prefix_size++) {
+                if (prefix_size == 4 || (prefix_size == 2 && size > 255))
+                    continue;
+                size_t frame_size, header_size;
+                uint8_t *frame = s_test_inline_frame (msg, prefix_size, size, size, &frame_size,
+                                                      &header_size);
+                const uint8_t *payload;
+                size_t payload_size;
+                int rc = zg_msg_decode_frame (back, frame, frame_size, &payload, &payload_size);
+                if (carries && size <= max) {
+                    S_CHECK (rc == ZG_MSG_OK && s_test_equal (msg, back));
+                    S_CHECK (payload == frame + header_size + prefix_size
+                          && payload_size == size);
+                }
+                else
+                    S_CHECK (rc == ZG_MSG_ERR_MALFORMED && !payload && payload_size == 0
+                          && back->type == 0);
+                //  The pure codec reads a header and nothing after it
+                S_CHECK (zg_msg_decode (back, frame, frame_size) == ZG_MSG_ERR_MALFORMED);
+                //  A header without the payload is a message without one
+                S_CHECK (zg_msg_decode_frame (back, frame, header_size, &payload,
+                                              &payload_size) == ZG_MSG_OK
+                      && !payload && payload_size == 0 && s_test_equal (msg, back));
+                s_test_reply_agrees (back, frame, frame_size);
+                s_test_spend_agrees (back, frame, frame_size);
+                if (size <= 1 || size == max) {
+                    //  Every truncation but the header alone is refused;
+                    //  one byte more is trailing garbage
+                    for (size_t cut = header_size + 1; cut < frame_size; cut++) {
+                        S_CHECK (zg_msg_decode_frame (back, frame, cut, &payload, &payload_size)
+                                 == ZG_MSG_ERR_MALFORMED && !payload);
+                        s_test_reply_agrees (back, frame, cut);
+                    }
+                    uint8_t *longer = (uint8_t *) malloc (frame_size + 1);
+                    assert (longer);
+                    memcpy (longer, frame, frame_size);
+                    longer [frame_size] = 'p';
+                    S_CHECK (zg_msg_decode_frame (back, longer, frame_size + 1, &payload,
+                                                  &payload_size) == ZG_MSG_ERR_MALFORMED);
+                    s_test_reply_agrees (back, longer, frame_size + 1);
+                    free (longer);
+                }
+                free (frame);
+                //  A declared length that is not the bytes that follow
+                if (size >= 1 && size <= max) {
+                    frame = s_test_inline_frame (msg, prefix_size, size + 1, size, &frame_size,
+                                                 &header_size);
+                    S_CHECK (zg_msg_decode_frame (back, frame, frame_size, &payload,
+                                                  &payload_size) == ZG_MSG_ERR_MALFORMED);
+                    s_test_reply_agrees (back, frame, frame_size);
+                    free (frame);
+                    frame = s_test_inline_frame (msg, prefix_size, size - 1, size, &frame_size,
+                                                 &header_size);
+                    S_CHECK (zg_msg_decode_frame (back, frame, frame_size, &payload,
+                                                  &payload_size) == ZG_MSG_ERR_MALFORMED);
+                    s_test_reply_agrees (back, frame, frame_size);
+                    free (frame);
+                }
+            }
+        }
+        //  After the header, anything but one bin: a str, a second bin,
+        //  a nil, a bin 8 tag without its length
+        const char *tails [] = { "\xa1x", "\xc4\x01p\xc4\x00", "\xc0", "\xc4" };
+        const size_t tail_sizes [] = { 2, 5, 1, 1 };
+        for (size_t which = 0; which < S_COUNT (tails); which++) {
+            size_t frame_size, header_size;
+            uint8_t *frame = s_test_inline_frame (msg, 0, 0, 0, &frame_size, &header_size);
+            uint8_t *longer = (uint8_t *) malloc (frame_size + tail_sizes [which]);
+            assert (longer);
+            memcpy (longer, frame, frame_size);
+            memcpy (longer + frame_size, tails [which], tail_sizes [which]);
+            const uint8_t *payload;
+            size_t payload_size;
+            S_CHECK (zg_msg_decode_frame (back, longer, frame_size + tail_sizes [which], &payload,
+                                          &payload_size) == ZG_MSG_ERR_MALFORMED);
+            s_test_reply_agrees (back, longer, frame_size + tail_sizes [which]);
+            free (longer);
+            free (frame);
+        }
+    }
+
+    //  In place: a final HEAD's usage read past nothing but its body; the
+    //  broker's peek sees the call through the body too
+    s_test_make (msg, ZG_MSG_HEAD, 1);
+    msg->flags |= ZG_FLAG_FINAL;
+    size_t frame_size, header_size;
+    uint8_t *frame = s_test_inline_frame (msg, 3, max, max, &frame_size, &header_size);
+    zg_msg_reply_t reply;
+    S_CHECK (zg_msg_read_reply (&reply, frame, frame_size) == ZG_MSG_OK
+          && reply.type == ZG_MSG_HEAD && reply.total_tokens == msg->total_tokens
+          && s_test_text_is (&reply.call_id, msg->call_id));
+    int type;
+    char call_id [ZG_CALL_ID_MAX + 1];
+    uint16_t status;
+    uint32_t flags;
+    S_CHECK (zg_msg_peek (frame, frame_size, &type, call_id, &status, &flags) == ZG_MSG_OK
+          && type == ZG_MSG_HEAD && streq (call_id, msg->call_id) && (flags & ZG_FLAG_FINAL));
+    free (frame);
+    s_test_make (msg, ZG_MSG_END, 1);
+    frame = s_test_inline_frame (msg, 2, 1, 1, &frame_size, &header_size);
+    S_CHECK (zg_msg_read_reply (&reply, frame, frame_size) == ZG_MSG_ERR_MALFORMED);
+    free (frame);
+
+    //  Sockets: an inline payload and a payload frame, an inline payload
+    //  where none may be, spans past an inline payload: each refused,
+    //  each followed by a good message
+    const char *body = "{\"model\":\"m\"}";
+    for (int attempt = 0; attempt < 3; attempt++) {
+        s_test_make (msg, attempt == 0? ZG_MSG_CHUNK: attempt == 1? ZG_MSG_CANCEL
+                                      : ZG_MSG_REQUEST, 1);
+        if (attempt == 2) {
+            msg->flags |= ZG_FLAG_BODY_LOCATED;
+            msg->options_span = 0;
+            msg->model_span = zg_msg_span (9, 5);
+        }
+        frame = s_test_inline_frame (msg, 2, strlen (body), strlen (body), &frame_size,
+                                     &header_size);
+        memcpy (frame + header_size + 2, body, strlen (body));
+        zmsg_t *garbage = zmsg_new ();
+        zmsg_addmem (garbage, frame, frame_size);
+        if (attempt == 0)
+            zmsg_addstr (garbage, "data: {}\n\n");
+        zmsg_send (&garbage, dealer);
+        free (frame);
+        S_CHECK (zg_msg_recv (back, router) == ZG_MSG_ERR_MALFORMED);
+        S_CHECK (back->type == 0 && !zg_msg_has_payload (back) && !back->payload_frame);
+        if (attempt == 2)
+            msg->model_span = zg_msg_span (9, 3);
+        if (attempt != 1)
+            zg_msg_payload_borrow (msg, body, strlen (body));
+        S_CHECK (zg_msg_send (msg, dealer) == 0);
+        S_CHECK (zg_msg_recv (back, router) == ZG_MSG_OK && s_test_equal (msg, back));
+        S_CHECK (s_test_payload_is (back, attempt != 1? body: NULL));
+    }
+    zg_msg_reset (back, 0);
+    zsock_destroy (&dealer);
+    zsock_destroy (&router);
+    free (bytes);
 }
 
 //  Which spans may travel with which payload
@@ -3071,6 +3538,7 @@ zg_msg_test (bool verbose)
     s_test_fuzz (msg, back, buffer);
     s_test_payload_check (msg);
     s_test_sockets (msg, back);
+    s_test_inline (msg, back);
 
     pthread_t thread;
     bool decoded = false;

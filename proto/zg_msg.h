@@ -7,15 +7,23 @@
     actor read and write them in place instead (zg_msg_read_reply,
     zg_msg_encode_spend, zg_msg_read_spend), with the same checks and bytes.
 
-    Wire format (version 2). A message is a ZeroMQ multipart message:
+    Wire format (version 4). A message is a ZeroMQ multipart message:
 
         [ header ]            one frame, a msgpack array:
-                              [ "ZG", 1, type, field, field, ... ]
-                              the fields of each type in the order below
-        [ payload ]           optional second frame: raw bytes (a request
-                              body, an SSE chunk, a reply body), never
-                              parsed by proto, so bodies cross the router
-                              without being re-encoded
+                              [ "ZG", 4, type, field, field, ... ]
+                              the fields of each type in the order below,
+                              then, for a payload of at most
+                              ZG_PAYLOAD_INLINE_MAX bytes, the payload as
+                              one msgpack bin (its length declared, then
+                              its bytes, up to the end of the frame)
+        [ payload ]           a larger payload: a second frame, raw bytes
+                              (a request body, an SSE chunk, a reply body)
+
+    A payload is never parsed by proto, so bodies cross the router without
+    being re-encoded: a large one in a frame of its own, relayed without a
+    copy, a small one in the header's frame, which spares each hop a frame
+    (and its receiver an allocation) for the price of one copy of a few KB
+    at most. A frame carries one or the other, never both.
 
     On a ROUTER socket the identity frame comes first; zg_msg_recv and
     zg_msg_send handle it through msg->routing_id.
@@ -112,6 +120,8 @@
     Version 2: HEAD carries the usage, cost and ttfb_us after duration_us
     (version 1 had none of them and followed a final HEAD with END).
     Version 3: REQUEST and DISPATCH carry model_span and options_span last.
+    Version 4: a payload of at most ZG_PAYLOAD_INLINE_MAX bytes travels in
+    the header's frame, after the array, as a msgpack bin.
 
     Encoding of the fields. DISPATCH's "deployment..." is one field, a
     nested array of the deployment's 9 fields in this order:
@@ -134,7 +144,10 @@
     that must fit their field; route is 1..3, status at most 999. Doubles
     are msgpack float64 and finite. The whole header frame is at most
     ZG_HEADER_MAX_BYTES, with nothing after the array (but for a run of
-    SPEND: each of them is such an array, none after the last). A payload frame is
+    SPEND: each of them is such an array, none after the last) but for an
+    inline payload: a msgpack bin (bin 8, 16 or 32) of at most
+    ZG_PAYLOAD_INLINE_MAX bytes whose declared length reaches exactly the
+    end of the frame. A payload, inline or in a frame of its own, is
     allowed only on REQUEST, DISPATCH, HEAD and CHUNK. zg_msg_encode and
     zg_msg_send refuse a message that breaks these rules; the decoder
     answers ZG_MSG_ERR_MALFORMED to one.
@@ -152,7 +165,7 @@
 extern "C" {
 #endif
 
-#define ZG_PROTO_VERSION 3
+#define ZG_PROTO_VERSION 4
 
 //  Message types
 typedef enum {
@@ -205,6 +218,10 @@ typedef enum {
 #define ZG_HEADERS_MAX     16384    //  HEAD.headers
 #define ZG_HEADER_MAX_BYTES 32768   //  the whole encoded header frame
 #define ZG_KEY_HASH_MAX    64       //  SHA-256 hex of an API key
+#define ZG_PAYLOAD_INLINE_MAX 4096  //  a payload up to this size travels in the header's frame
+#define ZG_INLINE_PREFIX_MAX 5      //  the msgpack bin tag and length before an inline payload
+//  The longest header frame: a header and an inline payload
+#define ZG_FRAME_MAX_BYTES (ZG_HEADER_MAX_BYTES + ZG_INLINE_PREFIX_MAX + ZG_PAYLOAD_INLINE_MAX)
 
 //  Decoder results
 #define ZG_MSG_OK          0
@@ -310,7 +327,15 @@ typedef struct {
     char      upstream_model [ZG_NAME_MAX + 1];     //  DEPLOYMENT: what the upstream is asked for
     char      mode [ZG_NAME_MAX + 1];               //  DEPLOYMENT: model_info.mode; "" = not set
 
-    zframe_t *payload;          //  REQUEST/DISPATCH/HEAD/CHUNK body bytes; owned, may be NULL
+    //  REQUEST/DISPATCH/HEAD/CHUNK body bytes, reached only through
+    //  zg_msg_payload_* (never directly: where the bytes lie depends on how
+    //  they came). payload_frame, owned, may be NULL, holds them: the frame
+    //  the message arrived in (an inline payload) or one given; without a
+    //  frame, the bytes are borrowed from the caller
+    zframe_t      *payload_frame;
+    const uint8_t *payload_data;
+    size_t         payload_size;
+    bool           has_payload;
 } zg_msg_t;
 
 //  Prepare a message for use: all fields zero. Call once per zg_msg_t.
@@ -319,6 +344,49 @@ void zg_msg_init (zg_msg_t *self, int type);
 //  Release what the message owns (routing_id, headers, payload) and zero
 //  it again, ready for reuse with the given type.
 void zg_msg_reset (zg_msg_t *self, int type);
+
+//  The payload: whether the message has one (it may be empty), its bytes
+//  (NULL when none) and its size. Valid until the message is received
+//  into, reset or sent, or the payload taken.
+static inline bool
+zg_msg_has_payload (const zg_msg_t *self)
+{
+    return self->has_payload;
+}
+
+static inline const uint8_t *
+zg_msg_payload_data (const zg_msg_t *self)
+{
+    return self->payload_data;
+}
+
+static inline size_t
+zg_msg_payload_size (const zg_msg_t *self)
+{
+    return self->payload_size;
+}
+
+//  Give the message a frame's bytes as its payload: the frame is taken
+//  (*frame_p becomes NULL), the previous payload released; a NULL frame
+//  only releases it.
+void zg_msg_payload_give (zg_msg_t *self, zframe_t **frame_p);
+
+//  Give the message size bytes at data as its payload, borrowed: nothing
+//  is copied here, zg_msg_send copies them once (into the header's frame
+//  or a frame of their own), so the caller keeps them valid and unchanged
+//  until the message is sent or reset.
+void zg_msg_payload_borrow (zg_msg_t *self, const void *data, size_t size);
+
+//  Release the payload, if any; the rest of the message stays as it is.
+void zg_msg_payload_drop (zg_msg_t *self);
+
+//  Take the payload away from the message: returns the frame that holds
+//  its bytes, owned by the caller (who destroys it), *data and *size the
+//  payload within it (the frame may hold a header before them). Nothing is
+//  copied but a borrowed payload, which gets a frame of its own. NULL
+//  (*data NULL, *size 0) when the message has no payload or memory runs
+//  out.
+zframe_t *zg_msg_payload_take (zg_msg_t *self, const uint8_t **data, size_t *size);
 
 //  Receive one message from a socket. On a ROUTER socket the identity frame
 //  is read into routing_id. Returns ZG_MSG_OK, ZG_MSG_ERR_IO when nothing
@@ -329,9 +397,11 @@ void zg_msg_reset (zg_msg_t *self, int type);
 int zg_msg_recv (zg_msg_t *self, void *socket);
 
 //  Send the message on a socket. On a ROUTER socket routing_id must be set;
-//  it is sent first. The payload frame is sent (and given away: payload
-//  becomes NULL); routing_id is kept so the same struct can answer again.
-//  Returns 0 on success, -1 on failure (the payload is destroyed anyway).
+//  it is sent first. The payload goes in the header's frame when it is at
+//  most ZG_PAYLOAD_INLINE_MAX bytes, else in a frame of its own (a given
+//  frame without a copy); either way the message keeps none (the payload
+//  is released); routing_id is kept so the same struct can answer again.
+//  Returns 0 on success, -1 on failure (the payload is released anyway).
 int zg_msg_send (zg_msg_t *self, void *socket);
 
 //  Whether a payload may travel with a decoded message: ZG_MSG_OK, or
@@ -351,6 +421,23 @@ int zg_msg_encode (const zg_msg_t *self, uint8_t *buf, size_t size);
 //  owned fields are released first). Returns ZG_MSG_OK or
 //  ZG_MSG_ERR_MALFORMED. Does not touch routing_id or payload.
 int zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size);
+
+//  Decode a header frame that may carry an inline payload after the
+//  header, as zg_msg_decode does, but for that payload: *payload and
+//  *payload_size say where it lies in data (*payload NULL when there is
+//  none). Every check of the inline payload is made (a bin of at most
+//  ZG_PAYLOAD_INLINE_MAX bytes, up to the end of the frame exactly, on a
+//  type that carries one), not zg_msg_payload_check's. Returns ZG_MSG_OK or
+//  ZG_MSG_ERR_MALFORMED.
+int zg_msg_decode_frame (zg_msg_t *self, const uint8_t *data, size_t size,
+                         const uint8_t **payload, size_t *payload_size);
+
+//  Write before an inline payload of size bytes (at most
+//  ZG_PAYLOAD_INLINE_MAX) what says its length, into prefix
+//  (ZG_INLINE_PREFIX_MAX bytes); returns how many bytes it took. For a
+//  broker that builds a frame of a header encoded with zg_msg_encode, then
+//  this, then the payload.
+size_t zg_msg_inline_prefix (uint8_t *prefix, size_t size);
 
 //  Decode the first of the header frames that lie back to back in data
 //  (a run of SPEND) into self, as zg_msg_decode does; *used is set to its
@@ -439,7 +526,8 @@ typedef struct {
 } zg_msg_reply_t;
 
 //  Read a header frame as a HEAD, END or ERROR, in place, with every check
-//  zg_msg_decode makes (the whole frame, nothing after the message):
+//  zg_msg_decode_frame makes (the whole frame: nothing after the message
+//  but a HEAD's inline payload, which is checked and skipped):
 //  ZG_MSG_OK, or ZG_MSG_ERR_MALFORMED (reply all zero) for what
 //  zg_msg_decode refuses and for a message of another type.
 int zg_msg_read_reply (zg_msg_reply_t *reply, const uint8_t *data, size_t size);

@@ -149,7 +149,10 @@ struct _call_t {
     link_t        by_frontend;
     worker_t     *worker;           //  NULL while queued
     link_t        by_owner;         //  in the queue, or in its worker's list
-    zmq_msg_t     body;             //  kept until HEAD, for a re-dispatch
+    zmq_msg_t     body;             //  the frame that holds the body, kept until
+                                    //  HEAD, for a re-dispatch
+    size_t        body_offset;      //  where the body lies in it (after the
+    size_t        body_size;        //  REQUEST's header when it came inline)
     bool          has_body;
     int64_t       deadline;
     size_t        heap_index;
@@ -200,7 +203,9 @@ typedef struct {
     zmq_msg_t identity;
     zmq_msg_t header;
     zmq_msg_t payload;
-    bool      has_payload;
+    bool      has_payload;          //  in a frame of its own: payload
+    const uint8_t *inline_payload;  //  in header's frame, after the header (s_decode)
+    size_t    inline_size;
 } raw_t;
 
 typedef struct {
@@ -709,11 +714,14 @@ s_frontend_touch (router_t *self, const zmq_msg_t *identity, int64_t now)
 //  ---------------------------------------------------------------------
 //  Sending
 
-//  Sends a message we built, with an optional body shared (not copied)
-//  with the call that keeps it. The first frame is the one that can fail:
-//  once a ROUTER accepts the identity, it takes the rest of the message.
+//  Sends a message we built, with an optional body: size bytes at offset
+//  in the frame the call keeps. A small body is copied after the header,
+//  in one frame; a large one is a frame of its own, shared (not copied)
+//  with the call. The first frame is the one that can fail: once a ROUTER
+//  accepts the identity, it takes the rest of the message.
 static int
-s_send (router_t *self, void *handle, zframe_t *identity, zg_msg_t *msg, zmq_msg_t *body)
+s_send (router_t *self, void *handle, zframe_t *identity, zg_msg_t *msg, zmq_msg_t *body,
+        size_t offset, size_t body_size)
 {
     int size = zg_msg_encode (msg, self->encoded, sizeof (self->encoded));
     if (size < 0) {
@@ -725,9 +733,28 @@ s_send (router_t *self, void *handle, zframe_t *identity, zg_msg_t *msg, zmq_msg
     if (zmq_send (handle, zframe_data (identity), zframe_size (identity),
                   ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return -1;
+    if (body && body_size <= ZG_PAYLOAD_INLINE_MAX) {
+        uint8_t prefix [ZG_INLINE_PREFIX_MAX];
+        size_t prefix_size = zg_msg_inline_prefix (prefix, body_size);
+        zmq_msg_t frame;
+        if (zmq_msg_init_size (&frame, (size_t) size + prefix_size + body_size) < 0)
+            return -1;
+        uint8_t *out = (uint8_t *) zmq_msg_data (&frame);
+        memcpy (out, self->encoded, (size_t) size);
+        memcpy (out + size, prefix, prefix_size);
+        memcpy (out + size + prefix_size, (const uint8_t *) zmq_msg_data (body) + offset,
+                body_size);
+        if (zmq_msg_send (&frame, handle, 0) < 0) {
+            zmq_msg_close (&frame);
+            return -1;
+        }
+        return 0;
+    }
     if (zmq_send (handle, self->encoded, (size_t) size, body? ZMQ_SNDMORE: 0) < 0)
         return -1;
     if (body) {
+        //  A body above the inline limit came in a frame of its own
+        assert (offset == 0 && body_size == zmq_msg_size (body));
         zmq_msg_t copy;
         zmq_msg_init (&copy);
         //  Large bodies are reference-counted by libzmq: no copy of the bytes
@@ -773,7 +800,7 @@ s_send_error (router_t *self, frontend_t *frontend, const char *call_id, int sta
         };
         s_spend_record (self, s_call_lookup (self, call_id), call_id, &end);
     }
-    if (s_send (self, self->frontend_handle, frontend->identity, out, NULL))
+    if (s_send (self, self->frontend_handle, frontend->identity, out, NULL, 0, 0))
         zg_debug ("router: call %s: cannot reach its frontend: %s", call_id,
                   zmq_strerror (zmq_errno ()));
 }
@@ -789,7 +816,7 @@ s_send_simple (router_t *self, void *handle, zframe_t *identity, int type, const
         ZG_MSG_SET (out->name, "router");
         out->pid = self->pid;
     }
-    if (s_send (self, handle, identity, out, NULL))
+    if (s_send (self, handle, identity, out, NULL, 0, 0))
         zg_debug ("router: cannot send %s: %s", zg_msg_type_name (type),
                   zmq_strerror (zmq_errno ()));
 }
@@ -1108,7 +1135,7 @@ s_dispatch (router_t *self, call_t *call, worker_t *worker, int64_t now)
     out->model_span = call->model_span;
     out->options_span = call->options_span;
     if (s_send (self, self->backend_handle, worker->identity, out,
-                call->has_body? &call->body: NULL))
+                call->has_body? &call->body: NULL, call->body_offset, call->body_size))
         return -1;
 
     call->member = (size_t) member;
@@ -1312,6 +1339,8 @@ static int
 s_recv_raw (void *handle, raw_t *raw)
 {
     raw->has_payload = false;
+    raw->inline_payload = NULL;
+    raw->inline_size = 0;
     if (zmq_msg_recv (&raw->identity, handle, ZMQ_DONTWAIT) < 0)
         return ZG_MSG_ERR_IO;
     if (!zmq_msg_more (&raw->identity))
@@ -1336,21 +1365,27 @@ s_recv_raw (void *handle, raw_t *raw)
 static int
 s_decode (router_t *self)
 {
-    int rc = zg_msg_decode (&self->in, (const uint8_t *) zmq_msg_data (&self->raw.header),
-                            zmq_msg_size (&self->raw.header));
+    raw_t *raw = &self->raw;
+    int rc = zg_msg_decode_frame (&self->in, (const uint8_t *) zmq_msg_data (&raw->header),
+                                  zmq_msg_size (&raw->header), &raw->inline_payload,
+                                  &raw->inline_size);
     if (rc != ZG_MSG_OK)
         return rc;
-    //  As zg_msg_recv does: a payload only where the protocol has one, and
-    //  a request's spans inside it
-    return zg_msg_payload_check (&self->in, self->raw.has_payload,
-                                 self->raw.has_payload? zmq_msg_size (&self->raw.payload): 0);
+    //  As zg_msg_recv does: one payload at most, only where the protocol
+    //  has one, and a request's spans inside it
+    if (raw->inline_payload && raw->has_payload)
+        return ZG_MSG_ERR_MALFORMED;
+    if (raw->inline_payload)
+        return zg_msg_payload_check (&self->in, true, raw->inline_size);
+    return zg_msg_payload_check (&self->in, raw->has_payload,
+                                 raw->has_payload? zmq_msg_size (&raw->payload): 0);
 }
 
 static void
 s_on_request (router_t *self, frontend_t *frontend, int64_t now)
 {
     zg_msg_t *in = &self->in;
-    if (!self->raw.has_payload) {
+    if (!self->raw.has_payload && !self->raw.inline_payload) {
         zg_warning ("router: REQUEST %s without a body: refused", in->call_id);
         s_send_error (self, frontend, in->call_id, 400, "bad_request_error", NULL, 0,
                       "the request reached the router without a body");
@@ -1409,9 +1444,24 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
     ZG_MSG_SET (call->team_id, in->team_id);
     call->frontend = frontend;
     s_list_append (&frontend->calls, call, BY_FRONTEND);
-    zmq_msg_move (&call->body, &self->raw.payload);
+    //  The frame the body came in is kept as it is, header and all when
+    //  the body came inline
+    raw_t *raw = &self->raw;
+    if (raw->inline_payload) {
+        call->body_offset = (size_t) (raw->inline_payload
+                                      - (const uint8_t *) zmq_msg_data (&raw->header));
+        call->body_size = raw->inline_size;
+        zmq_msg_move (&call->body, &raw->header);
+    }
+    else {
+        call->body_offset = 0;
+        call->body_size = zmq_msg_size (&raw->payload);
+        zmq_msg_move (&call->body, &raw->payload);
+    }
     call->has_body = true;
-    self->raw.has_payload = false;
+    raw->has_payload = false;
+    raw->inline_payload = NULL;
+    raw->inline_size = 0;
 
     call->state = CALL_QUEUED;
     s_list_append (&self->queue, call, BY_OWNER);
@@ -1459,7 +1509,7 @@ s_on_list (router_t *self, frontend_t *frontend)
             snprintf (out->message, sizeof (out->message),
                       "Not served: the database row cannot be used: %s", row->reason);
         }
-        if (s_send (self, self->frontend_handle, frontend->identity, out, NULL)) {
+        if (s_send (self, self->frontend_handle, frontend->identity, out, NULL, 0, 0)) {
             zg_debug ("router: LIST %s: cannot reach frontend %s: %s", call_id,
                       frontend->label, zmq_strerror (zmq_errno ()));
             break;
@@ -1652,7 +1702,7 @@ s_on_worker_message (router_t *self, int64_t now)
             zg_msg_reset (out, ZG_MSG_RETIRE);
             ZG_MSG_SET (out->name, "router");
             out->pid = self->pid;
-            if (s_send (self, self->backend_handle, worker->identity, out, NULL))
+            if (s_send (self, self->backend_handle, worker->identity, out, NULL, 0, 0))
                 zg_debug ("router: cannot answer RETIRE of worker %s: %s", worker->name,
                           zmq_strerror (zmq_errno ()));
             s_worker_retire_check (self, worker);

@@ -92,7 +92,9 @@ typedef struct {
     zg_deployment_wire_t deployment;
     char      api_base [ZG_URL_MAX + 1];    //  without query string, for messages
     const zg_provider_t *provider;
-    zframe_t *request;                      //  DISPATCH payload, sent as is when unchanged
+    zframe_t *request;                      //  holds the DISPATCH payload, sent as is when
+    const uint8_t *request_data;            //  unchanged: request_size bytes at
+    size_t    request_size;                 //  request_data
     zg_buffer_t request_body;               //  the rewritten body, when changed
     char      url [ZG_URL_MAX + 64];
     uint32_t  timeout_ms;
@@ -303,9 +305,8 @@ s_send_head (worker_t *self, slot_t *slot, bool final)
         //  A whole answer is the call's only message: it says what END
         //  would have said
         s_set_usage (self, slot);
-        self->out.payload = zframe_new (slot->body.data, slot->body.size);
-        if (!self->out.payload)
-            return -1;
+        //  Sent at once: the body stays as it is until then
+        zg_msg_payload_borrow (&self->out, slot->body.data, slot->body.size);
     }
     return s_send (self);
 }
@@ -315,9 +316,7 @@ s_send_chunk (worker_t *self, slot_t *slot, const char *data, size_t size)
 {
     zg_msg_reset (&self->out, ZG_MSG_CHUNK);
     ZG_MSG_SET (self->out.call_id, slot->call_id);
-    self->out.payload = zframe_new (data, size);
-    if (!self->out.payload)
-        return -1;
+    zg_msg_payload_borrow (&self->out, data, size);
     return s_send (self);
 }
 
@@ -943,8 +942,7 @@ s_on_dispatch (worker_t *self, zg_msg_t *msg)
     slot->board_group = zg_scoreboard_group (self->board, msg->model);
     s_deployment_copy (&slot->deployment, &msg->deployment);
     s_copy_api_base (slot->api_base, sizeof (slot->api_base), slot->deployment.api_base);
-    slot->request = msg->payload;
-    msg->payload = NULL;
+    slot->request = zg_msg_payload_take (msg, &slot->request_data, &slot->request_size);
     slot->headers.size = 0;
     slot->content_type [0] = 0;
     slot->body.size = 0;
@@ -981,8 +979,8 @@ s_on_dispatch (worker_t *self, zg_msg_t *msg)
     const char *body = "";
     size_t body_size = 0;
     if (slot->request) {
-        body = (const char *) zframe_data (slot->request);
-        body_size = zframe_size (slot->request);
+        body = (const char *) slot->request_data;
+        body_size = slot->request_size;
     }
     int rewritten = provider->rewrite_body (&slot->deployment, slot->flags, body, body_size,
                                             msg->model_span, msg->options_span,

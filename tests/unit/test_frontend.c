@@ -95,7 +95,7 @@ s_send_chunk (zsock_t *router, zframe_t *peer, const char *call_id, const char *
     zg_msg_t chunk;
     zg_msg_init (&chunk, ZG_MSG_CHUNK);
     ZG_MSG_SET (chunk.call_id, call_id);
-    chunk.payload = zframe_new (text, strlen (text));
+    zg_msg_payload_borrow (&chunk, text, strlen (text));
     s_send_reply (router, &chunk, peer);
     zg_msg_reset (&chunk, 0);
 }
@@ -121,7 +121,7 @@ s_send_head (zsock_t *router, zframe_t *peer, const char *call_id, bool final,
         head.cost = 0.000125;
     }
     if (body)
-        head.payload = zframe_new (body, strlen (body));
+        zg_msg_payload_borrow (&head, body, strlen (body));
     s_send_reply (router, &head, peer);
     zg_msg_reset (&head, 0);
 }
@@ -249,7 +249,9 @@ s_fake_router (zsock_t *pipe, void *args)
             }
             else
             if (streq (command, "LAST")) {
-                zframe_t *body = last.payload ? zframe_dup (last.payload) : zframe_new_empty ();
+                zframe_t *body = zg_msg_has_payload (&last)
+                               ? zframe_new (zg_msg_payload_data (&last), zg_msg_payload_size (&last))
+                               : zframe_new_empty ();
                 zsock_send (pipe, "ss444f88", last.call_id, last.model, (uint32_t) last.route,
                             last.flags, last.timeout_ms, body, last.model_span,
                             last.options_span);
@@ -307,8 +309,11 @@ s_fake_router (zsock_t *pipe, void *args)
             last.timeout_ms = msg.timeout_ms;
             last.model_span = msg.model_span;
             last.options_span = msg.options_span;
-            last.payload = msg.payload;
-            msg.payload = NULL;
+            if (zg_msg_has_payload (&msg)) {
+                zframe_t *body = zframe_new (zg_msg_payload_data (&msg),
+                                             zg_msg_payload_size (&msg));
+                zg_msg_payload_give (&last, &body);
+            }
 
             zframe_t *peer = msg.routing_id;
             const char *id = msg.call_id;

@@ -276,8 +276,8 @@ s_expect_nothing (peer_t *peer, zg_msg_t *msg, int quiet_ms)
 static bool
 s_payload_is (const zg_msg_t *msg, const char *text)
 {
-    return msg->payload && zframe_size (msg->payload) == strlen (text)
-        && memcmp (zframe_data (msg->payload), text, strlen (text)) == 0;
+    return zg_msg_has_payload (msg) && zg_msg_payload_size (msg) == strlen (text)
+        && memcmp (zg_msg_payload_data (msg), text, strlen (text)) == 0;
 }
 
 //  A REQUEST; model_span and options_span, if not both 0, as a frontend
@@ -299,7 +299,7 @@ s_send_request_spans (peer_t *peer, const char *call_id, const char *model, int 
         msg.model_span = model_span;
         msg.options_span = options_span;
     }
-    msg.payload = zframe_new (body, strlen (body));
+    zg_msg_payload_borrow (&msg, body, strlen (body));
     CHECK (zg_msg_send (&msg, zsock_resolve (peer->sock)) == 0);
     zg_msg_reset (&msg, 0);
 }
@@ -347,7 +347,7 @@ s_send_reply (peer_t *worker, int type, const char *call_id, int status, uint32_
     if (type == ZG_MSG_END || (type == ZG_MSG_HEAD && (flags & ZG_FLAG_FINAL)))
         msg.total_tokens = 7;
     if (payload)
-        msg.payload = zframe_new (payload, strlen (payload));
+        zg_msg_payload_borrow (&msg, payload, strlen (payload));
     CHECK (zg_msg_send (&msg, zsock_resolve (worker->sock)) == 0);
     zg_msg_reset (&msg, 0);
 }

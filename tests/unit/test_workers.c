@@ -725,7 +725,7 @@ s_dispatch (const char *call_id, int route, uint32_t flags, const char *body)
     msg.flags = flags;
     msg.timeout_ms = 30000;
     msg.deployment = s_dispatch_deployment;
-    msg.payload = zframe_new (body, strlen (body));
+    zg_msg_payload_borrow (&msg, body, strlen (body));
     zg_msg_send (&msg, zsock_resolve (s_router));
     zg_msg_reset (&msg, 0);
 }
@@ -812,8 +812,9 @@ s_collect (const char *call_id, answer_t *answer, int stop_after_chunks)
             ZG_MSG_SET (answer->head_deployment, msg.deployment_id);
             ZG_MSG_SET (answer->head_api_base, msg.api_base);
             answer->headers = msg.headers ? strdup (msg.headers) : NULL;
-            if (msg.payload)
-                zg_buffer_append (&answer->body, zframe_data (msg.payload), zframe_size (msg.payload));
+            if (zg_msg_has_payload (&msg))
+                zg_buffer_append (&answer->body, zg_msg_payload_data (&msg),
+                                  zg_msg_payload_size (&msg));
             if (msg.flags & ZG_FLAG_FINAL) {
                 s_take_usage (answer, &msg);
                 rc = 0;
@@ -823,8 +824,9 @@ s_collect (const char *call_id, answer_t *answer, int stop_after_chunks)
         else
         if (msg.type == ZG_MSG_CHUNK) {
             answer->chunks++;
-            if (msg.payload)
-                zg_buffer_append (&answer->body, zframe_data (msg.payload), zframe_size (msg.payload));
+            if (zg_msg_has_payload (&msg))
+                zg_buffer_append (&answer->body, zg_msg_payload_data (&msg),
+                                  zg_msg_payload_size (&msg));
             if (stop_after_chunks && answer->chunks >= stop_after_chunks) {
                 rc = 0;
                 break;
