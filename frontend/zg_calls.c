@@ -123,13 +123,18 @@ zg_calls_acquire (zg_calls_t *self)
     zg_call_t *call = self->free_list;
     if (call) {
         self->free_list = call->hash_next;
-        //  Keep the queue ring's storage: streams are common and the ring
-        //  would be reallocated for each one otherwise
+        //  Keep the queue ring's storage and a small body's buffer: streams
+        //  are common, bodies more so, and each would be allocated again
+        //  for every call otherwise
         zg_queued_t *queue = call->queue;
         size_t queue_cap = call->queue_cap;
+        char *body_buf = call->body_buf;
+        size_t body_cap = call->body_cap;
         memset (call, 0, sizeof (*call));
         call->queue = queue;
         call->queue_cap = queue_cap;
+        call->body_buf = body_buf;
+        call->body_cap = body_cap;
     }
     else {
         call = (zg_call_t *) zmalloc (sizeof (zg_call_t));
@@ -155,9 +160,11 @@ zg_calls_release (zg_calls_t *self, zg_call_t *call)
         call->path_key = NULL;
     }
     //  A chunked-upload buffer may be large; do not keep it around
-    free (call->body_buf);
-    call->body_buf = NULL;
-    call->body_cap = 0;
+    if (call->body_cap > ZG_PAYLOAD_INLINE_MAX) {
+        free (call->body_buf);
+        call->body_buf = NULL;
+        call->body_cap = 0;
+    }
     call->connection = NULL;
     call->hash_next = self->free_list;
     self->free_list = call;

@@ -90,10 +90,12 @@ struct _zg_call_t {
     size_t    check_index;          //  probe: its deployment
     int64_t   deadline_ms;          //  WAITING: 504 after this (monotonic ms)
 
-    //  Request body: preallocated by Content-Length straight into the frame
-    //  that goes to the router, or grown for a chunked upload
+    //  Request body: one above ZG_PAYLOAD_INLINE_MAX preallocated by
+    //  Content-Length straight into the frame that goes to the router; a
+    //  smaller one (copied into the REQUEST's frame) or a chunked upload in
+    //  body_buf, whose storage a released call keeps while it is small
     zframe_t *body_frame;
-    char     *body_buf;             //  chunked upload only
+    char     *body_buf;
     size_t    body_size;
     size_t    body_cap;
     bool      body_too_large;

@@ -1796,9 +1796,18 @@ s_expect_body (s_frontend_t *self, zg_call_t *call, const s_headers_t *headers)
                                   "Invalid Content-Length", NULL);
         if (length > self->max_body)
             return s_too_large (self, call);
-        if (length) {
+        if (length > ZG_PAYLOAD_INLINE_MAX) {
             call->body_frame = zframe_new (NULL, (size_t) length);
             call->body_cap = (size_t) length;
+        }
+        else
+        if (length > call->body_cap) {
+            //  A small body travels in the REQUEST's own frame, copied
+            //  there: it waits in the call's buffer, kept from call to call
+            char *grown = (char *) realloc (call->body_buf, ZG_PAYLOAD_INLINE_MAX);
+            assert (grown);
+            call->body_buf = grown;
+            call->body_cap = ZG_PAYLOAD_INLINE_MAX;
         }
     }
     call->state = ZG_CALL_UPLOADING;
@@ -2233,9 +2242,11 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
     else {
         zg_msg_payload_borrow (&self->out, call->body_buf, size);
         sent = zg_msg_send (&self->out, self->router);
-        free (call->body_buf);
-        call->body_buf = NULL;
-        call->body_cap = 0;
+        if (call->body_cap > ZG_PAYLOAD_INLINE_MAX) {
+            free (call->body_buf);
+            call->body_buf = NULL;
+            call->body_cap = 0;
+        }
     }
     if (sent != 0) {
         zg_calls_unroute (self->calls, call);

@@ -320,6 +320,17 @@ s_fake_router (zsock_t *pipe, void *args)
             if (streq (msg.model, "json"))
                 s_send_head (router, peer, id, true, "{\"object\":\"chat.completion\",\"ok\":true}");
             else
+            if (streq (msg.model, "echo")) {
+                //  The request's body as the whole answer
+                size_t size = zg_msg_payload_size (&last);
+                char *echo = (char *) malloc (size + 1);
+                REQUIRE (echo);
+                memcpy (echo, zg_msg_payload_data (&last), size);
+                echo [size] = 0;
+                s_send_head (router, peer, id, true, echo);
+                free (echo);
+            }
+            else
             if (streq (msg.model, "stream")) {
                 s_send_head (router, peer, id, false, NULL);
                 s_send_chunk (router, peer, id, "data: {\"n\":1}\n\n");
@@ -1117,6 +1128,58 @@ s_test_bad_requests (int port, zactor_t *fake)
     CHECK (after.requests == before.requests + 1);
 }
 
+//  Bodies on either side of the size that travels in a message's own
+//  frame (ZG_PAYLOAD_INLINE_MAX), with a Content-Length and chunked, one
+//  after the other (a call's buffer is kept for the next): each reaches
+//  the router whole and comes back whole as the answer
+static void
+s_test_body_sizes (int port, zactor_t *fake)
+{
+    const size_t sizes [] = { 40, ZG_PAYLOAD_INLINE_MAX - 1, ZG_PAYLOAD_INLINE_MAX,
+                              ZG_PAYLOAD_INLINE_MAX + 1, BODY_LIMIT, 100 };
+    const char *head = "POST /chat/completions HTTP/1.1\r\nHost: test\r\nConnection: close\r\n" AUTH
+                       "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (size_t which = 0; which < sizeof (sizes) / sizeof (sizes [0]); which++) {
+        for (int chunked = 0; chunked < 2; chunked++) {
+            size_t size = sizes [which];
+            const char *open = "{\"model\":\"echo\",\"pad\":\"";
+            char *body = (char *) malloc (size + 1);
+            REQUIRE (body);
+            memset (body, 'a', size);
+            memcpy (body, open, strlen (open));
+            for (size_t at = strlen (open); at < size - 2; at++)
+                body [at] = (char) ('a' + at % 26);
+            memcpy (body + size - 2, "\"}", 2);
+            body [size] = 0;
+            s_resp_t resp;
+            if (chunked) {
+                s_buf_t upload = { NULL, 0, 0 };
+                s_buf_add (&upload, head, strlen (head));
+                for (size_t at = 0; at < size; at += 1000) {
+                    size_t piece = size - at < 1000? size - at: 1000;
+                    char size_line [16];
+                    snprintf (size_line, sizeof (size_line), "%zx\r\n", piece);
+                    s_buf_add (&upload, size_line, strlen (size_line));
+                    s_buf_add (&upload, body + at, piece);
+                    s_buf_add (&upload, "\r\n", 2);
+                }
+                s_buf_add (&upload, "0\r\n\r\n", 5);
+                CHECK (s_http (port, upload.data, upload.size, &resp) == 200);
+                free (upload.data);
+            }
+            else
+                CHECK (s_call (port, "POST", "/chat/completions", AUTH, body, &resp) == 200);
+            CHECK (resp.body_size == size && s_body_is (&resp, body));
+            s_resp_free (&resp);
+            s_last_t last = { .body = NULL };
+            s_last (fake, &last);
+            CHECK (last.body_size == size && strcmp (last.body, body) == 0);
+            free (last.body);
+            free (body);
+        }
+    }
+}
+
 static void
 s_test_forwarding (int port, zactor_t *fake)
 {
@@ -1621,6 +1684,7 @@ main (int argc, char *argv [])
         s_test_auth (keyed.port, keyed_router);
         s_test_bad_requests (keyed.port, keyed_router);
         s_test_forwarding (keyed.port, keyed_router);
+        s_test_body_sizes (keyed.port, keyed_router);
         s_test_answers (keyed.port, keyed_router, keyed.pid);
         s_test_keep_alive_and_concurrency (keyed.port);
         s_test_health_check (keyed.port, keyed_router);
