@@ -11,7 +11,10 @@
     of growing; decoding reads the bytes once, field by field as the model
     says, straight into the fixed fields of zg_msg_t. The only allocations
     on the hot path are libzmq's own, the routing id when the peer changes,
-    the payload frame and HEAD.headers.
+    the received frame (kept whole when it holds the payload, which is used
+    where it lies) and HEAD.headers. A payload of at most
+    ZG_PAYLOAD_INLINE_MAX bytes is sent in the header's frame, copied there
+    once: a frame less for libzmq to carry costs more than that copy.
 
     Hostile input: the decoder accepts for each field only the msgpack
     object the model allows (no maps, binaries, extensions, negative or
