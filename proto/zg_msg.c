@@ -33,6 +33,7 @@
 #include "zg_msg.h"
 #include "common/zg_selftest.h"
 
+#include <errno.h>
 #include <math.h>
 #include <msgpack.h>
 #include <pthread.h>
@@ -1941,12 +1942,22 @@ zg_batch_flush (zg_batch_t *self)
     assert (self);
     if (self->used == 0)
         return 0;
-    size_t used = self->used;
-    self->used = 0;
-    if (s_batch_identity (self)
-    ||  zmq_send (self->handle, self->data, used, self->flags) < 0)
-        return -1;
-    return 0;
+    if (s_batch_identity (self) == 0
+    &&  zmq_send (self->handle, self->data, self->used, self->flags) >= 0) {
+        self->used = 0;
+        return 0;
+    }
+    //  A peer that does not take the frame now (its pipe is full, or a
+    //  signal came) gets it at the next flush: the sender holds new messages
+    //  back meanwhile, as it did with one frame a message. A ROUTER accepts
+    //  the rest of a message once it accepts the identity, so nothing of the
+    //  frame has gone. A peer that is gone loses it, and the sender learns
+    //  that from errno.
+    int error = zmq_errno ();
+    if (error != EAGAIN && error != EINTR)
+        self->used = 0;
+    errno = error;
+    return -1;
 }
 
 //  Room for size more bytes: what waits goes first when they would take
@@ -3897,6 +3908,77 @@ s_test_batches (zg_msg_t *msg, zg_msg_t *back)
     zframe_destroy (&peer);
     zg_batch_destroy (&to_dealer);
     zg_batch_destroy (&from_dealer);
+    zsock_destroy (&dealer);
+    zsock_destroy (&router);
+
+    //  A peer that does not read: the frame waits for the next flush, and
+    //  nothing is lost or sent twice once the peer reads again; a peer that
+    //  is gone loses it
+    router = zsock_new (ZMQ_ROUTER);
+    dealer = zsock_new (ZMQ_DEALER);
+    assert (router && dealer);
+    zsock_set_router_mandatory (router, 1);
+    zsock_set_sndhwm (router, 2);
+    zsock_set_rcvhwm (dealer, 2);
+    zsock_set_identity (dealer, "slow-peer");
+    zsock_set_rcvtimeo (router, 1000);
+    zsock_set_rcvtimeo (dealer, 1000);
+    assert (zsock_bind (router, "inproc://zg-msg-batches-full") == 0);
+    assert (zsock_connect (dealer, "inproc://zg-msg-batches-full") == 0);
+    //  The ROUTER learns the peer from its first message
+    zg_msg_reset (msg, ZG_MSG_HEARTBEAT);
+    ZG_MSG_SET (msg->name, "slow-peer");
+    S_CHECK (zg_msg_send (msg, dealer) == 0);
+    S_CHECK (zg_msg_recv (back, zsock_resolve (router)) == ZG_MSG_OK);
+    peer = zframe_dup (back->routing_id);
+    zg_msg_reset (back, 0);
+    zg_batch_t *to_slow = zg_batch_new (router, peer, ZMQ_DONTWAIT);
+    assert (to_slow);
+    int added = 0, refused = 0;
+    for (int round = 0; round < 1000 && !refused; round++) {
+        zg_msg_reset (msg, ZG_MSG_CANCEL);
+        snprintf (msg->call_id, sizeof msg->call_id, "slow-%d", added);
+        S_CHECK (zg_batch_send (to_slow, msg) == 0);
+        added++;
+        if (zg_batch_flush (to_slow) != 0) {
+            S_CHECK (zmq_errno () == EAGAIN);
+            refused = 1;
+        }
+    }
+    S_CHECK (refused && zg_batch_waiting (to_slow));
+    //  Still refused while the peer does not read: kept, not dropped
+    S_CHECK (zg_batch_flush (to_slow) != 0 && zg_batch_waiting (to_slow));
+    int received = 0;
+    bool in_order = true;
+    for (int attempt = 0; received < added && attempt < 1000; attempt++) {
+        //  Room again once the peer read: what waited goes
+        if (zg_batch_waiting (to_slow))
+            zg_batch_flush (to_slow);
+        if (zg_msg_recv (back, zsock_resolve (dealer)) != ZG_MSG_OK)
+            continue;
+        char expected [32];
+        snprintf (expected, sizeof expected, "slow-%d", received);
+        in_order &= streq (back->call_id, expected);
+        received++;
+        zg_msg_reset (back, 0);
+    }
+    if (received != added || !in_order || zg_batch_waiting (to_slow))
+        fprintf (stderr, "slow peer: %d of %d received, in order %d, waiting %d\n",
+                 received, added, in_order, zg_batch_waiting (to_slow));
+    S_CHECK (received == added && in_order && !zg_batch_waiting (to_slow));
+    zg_batch_destroy (&to_slow);
+    zframe_destroy (&peer);
+    //  A peer the ROUTER does not know: the frame is dropped, errno says why
+    peer = zframe_from ("gone-peer");
+    zg_batch_t *to_gone = zg_batch_new (router, peer, ZMQ_DONTWAIT);
+    assert (to_gone);
+    zg_msg_reset (msg, ZG_MSG_CANCEL);
+    ZG_MSG_SET (msg->call_id, "lost");
+    S_CHECK (zg_batch_send (to_gone, msg) == 0);
+    S_CHECK (zg_batch_flush (to_gone) != 0 && zmq_errno () == EHOSTUNREACH
+             && !zg_batch_waiting (to_gone));
+    zg_batch_destroy (&to_gone);
+    zframe_destroy (&peer);
     zsock_destroy (&dealer);
     zsock_destroy (&router);
 

@@ -636,7 +636,9 @@ int zg_batch_add_parts (zg_batch_t *self, const uint8_t *header, size_t header_s
                         const uint8_t *payload, size_t payload_size);
 
 //  Send what waits, if anything, as one frame: 0, or -1 when the send
-//  failed (what waited is dropped)
+//  failed. With errno EAGAIN or EINTR (the peer's pipe is full, a signal)
+//  what waited stays for the next flush, and adding to the batch fails
+//  while it does not fit beside it; with any other errno it is dropped.
 int zg_batch_flush (zg_batch_t *self);
 
 //  Whether messages wait to be flushed

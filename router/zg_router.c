@@ -2228,7 +2228,7 @@ s_timeout (router_t *self, int64_t now)
 //  The end of a turn: what the turn made for each peer goes, one frame
 //  per peer
 static void
-s_flush_batches (router_t *self)
+s_flush_batches (router_t *self, int64_t now)
 {
     for (frontend_t *frontend = self->frontend_list; frontend; frontend = frontend->next)
         if (zg_batch_waiting (frontend->batch) && zg_batch_flush (frontend->batch))
@@ -2236,9 +2236,20 @@ s_flush_batches (router_t *self)
                         zmq_strerror (zmq_errno ()));
     for (size_t index = 0; index < self->worker_count; index++) {
         worker_t *worker = self->worker_heap [index];
-        if (zg_batch_waiting (worker->batch) && zg_batch_flush (worker->batch))
-            zg_warning ("router: cannot reach worker %s: %s", worker->name,
-                        zmq_strerror (zmq_errno ()));
+        if (!zg_batch_waiting (worker->batch) || zg_batch_flush (worker->batch) == 0)
+            continue;
+        int error = zmq_errno ();
+        if (error == EHOSTUNREACH) {
+            //  Its connection is gone with what this turn gave it: the calls
+            //  go back to the queue, as a failed DISPATCH of their own did
+            s_worker_expire (self, worker, "its connection closed", now);
+            index--;            //  the heap's last worker took its place
+        }
+        else
+            //  Its pipe is full: the frame waits for the next turn, and new
+            //  calls stay queued until it is gone (s_pump)
+            zg_warning ("router: worker %s is not reading its messages: %s", worker->name,
+                        zmq_strerror (error));
     }
 }
 
@@ -2290,7 +2301,7 @@ s_router_loop (router_t *self, zsock_t *pipe)
             s_tick (self, now);
             self->next_heartbeat = now + self->heartbeat_ms;
         }
-        s_flush_batches (self);
+        s_flush_batches (self, now);
         self->ready |= self->sent;
         self->sent = 0;
         zg_scoreboard_beat (self->board, self->slot);
