@@ -3719,8 +3719,8 @@ s_test_batches (zg_msg_t *msg, zg_msg_t *back)
     zsock_t *reader = zsock_new (ZMQ_PAIR);
     assert (writer && reader);
     zsock_set_rcvtimeo (reader, 0);
-    assert (zsock_bind (reader, "inproc://zg-msg-batches") == 0);
-    assert (zsock_connect (writer, "inproc://zg-msg-batches") == 0);
+    S_CHECK (zsock_bind (reader, "inproc://zg-msg-batches") == 0);
+    S_CHECK (zsock_connect (writer, "inproc://zg-msg-batches") == 0);
     void *in = zsock_resolve (reader);
     zg_batch_t *batch = zg_batch_new (writer, NULL, 0);
     assert (batch);
@@ -3874,8 +3874,8 @@ s_test_batches (zg_msg_t *msg, zg_msg_t *back)
     assert (router && dealer);
     zsock_set_identity (dealer, "peer-1");
     zsock_set_rcvtimeo (router, 1000);
-    assert (zsock_bind (router, "inproc://zg-msg-batches-router") == 0);
-    assert (zsock_connect (dealer, "inproc://zg-msg-batches-router") == 0);
+    S_CHECK (zsock_bind (router, "inproc://zg-msg-batches-router") == 0);
+    S_CHECK (zsock_connect (dealer, "inproc://zg-msg-batches-router") == 0);
     zg_batch_t *from_dealer = zg_batch_new (dealer, NULL, 0);
     assert (from_dealer);
     for (int index = 0; index < 3; index++) {
@@ -3923,8 +3923,8 @@ s_test_batches (zg_msg_t *msg, zg_msg_t *back)
     zsock_set_identity (dealer, "slow-peer");
     zsock_set_rcvtimeo (router, 1000);
     zsock_set_rcvtimeo (dealer, 1000);
-    assert (zsock_bind (router, "inproc://zg-msg-batches-full") == 0);
-    assert (zsock_connect (dealer, "inproc://zg-msg-batches-full") == 0);
+    S_CHECK (zsock_bind (router, "inproc://zg-msg-batches-full") == 0);
+    S_CHECK (zsock_connect (dealer, "inproc://zg-msg-batches-full") == 0);
     //  The ROUTER learns the peer from its first message
     zg_msg_reset (msg, ZG_MSG_HEARTBEAT);
     ZG_MSG_SET (msg->name, "slow-peer");
