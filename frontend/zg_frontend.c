@@ -157,7 +157,6 @@ typedef struct {
     zg_auth_t *auth;
     zg_msg_t   in;              //  reused for every message received
     zg_msg_t   out;             //  reused for every message sent
-    zg_batch_t *batch;          //  what goes to the router, sent at the end of each turn
 
     //  Answers that never change, queued as they are (MHD refcounts them)
     struct MHD_Response *models_response;
@@ -304,7 +303,7 @@ s_send_heartbeat (s_frontend_t *self)
     zg_msg_reset (&self->out, ZG_MSG_HEARTBEAT);
     ZG_MSG_SET (self->out.name, self->name);
     self->out.pid = (uint32_t) getpid ();
-    if (zg_batch_send (self->batch, &self->out) != 0)
+    if (zg_msg_send (&self->out, self->router) != 0)
         zg_debug ("heartbeat not sent: %s", zmq_strerror (zmq_errno ()));
 }
 
@@ -318,7 +317,7 @@ s_cancel (s_frontend_t *self, zg_call_t *call)
     zg_calls_unroute (self->calls, call);
     zg_msg_reset (&self->out, ZG_MSG_CANCEL);
     ZG_MSG_SET (self->out.call_id, call->call_id);
-    if (zg_batch_send (self->batch, &self->out) != 0)
+    if (zg_msg_send (&self->out, self->router) != 0)
         zg_debug ("CANCEL %s not sent: %s", call->call_id, zmq_strerror (zmq_errno ()));
 }
 
@@ -1416,7 +1415,7 @@ s_check_probe_all (s_frontend_t *self, s_check_t *check)
         self->out.flags = ZG_FLAG_PIN_DEPLOYMENT;
         self->out.timeout_ms = timeout_ms;
         zg_msg_payload_borrow (&self->out, body, strlen (body));
-        if (zg_batch_send (self->batch, &self->out) != 0) {
+        if (zg_msg_send (&self->out, self->router) != 0) {
             check->errors [index] = strdup ("Router not reachable");
             zg_calls_release (self->calls, probe);
             continue;
@@ -1542,7 +1541,7 @@ s_start_check (s_frontend_t *self, zg_call_t *call, bool names_only)
     check->lister = lister;
     zg_msg_reset (&self->out, ZG_MSG_LIST);
     ZG_MSG_SET (self->out.call_id, lister->call_id);
-    if (zg_batch_send (self->batch, &self->out) != 0) {
+    if (zg_msg_send (&self->out, self->router) != 0) {
         check->lister = NULL;
         zg_calls_release (self->calls, lister);
         enum MHD_Result result = MHD_NO;
@@ -2238,11 +2237,11 @@ s_on_body_complete (s_frontend_t *self, zg_call_t *call)
     int sent;
     if (call->body_frame) {
         zg_msg_payload_give (&self->out, &call->body_frame);
-        sent = zg_batch_send (self->batch, &self->out);
+        sent = zg_msg_send (&self->out, self->router);
     }
     else {
         zg_msg_payload_borrow (&self->out, call->body_buf, size);
-        sent = zg_batch_send (self->batch, &self->out);
+        sent = zg_msg_send (&self->out, self->router);
         if (call->body_cap > ZG_PAYLOAD_INLINE_MAX) {
             free (call->body_buf);
             call->body_buf = NULL;
@@ -2544,11 +2543,8 @@ s_destroy (s_frontend_t *self)
             MHD_destroy_response (*responses [index]);
             *responses [index] = NULL;
         }
-    zg_msg_close (&self->in);
+    zg_msg_reset (&self->in, 0);
     zg_msg_reset (&self->out, 0);
-    if (self->batch)
-        zg_batch_flush (self->batch);
-    zg_batch_destroy (&self->batch);
     zsock_destroy (&self->router);
     zsock_destroy (&self->events);
     zg_keystore_destroy (&self->keystore);
@@ -2687,12 +2683,6 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
         s_destroy (self);
         return 1;
     }
-    self->batch = zg_batch_new (self->router, NULL, 0);
-    if (!self->batch) {
-        zg_error ("frontend: out of memory");
-        s_destroy (self);
-        return 1;
-    }
 
     //  PUB never blocks a send: at the high-water mark it drops. A bind
     //  that fails is an error, as a busy port is: events are not silently
@@ -2793,16 +2783,7 @@ zg_frontend_run (const zg_config_t *config, const char *router_endpoint,
             count++;
         if (sync_handle)
             items [count++] = items [5];
-        //  What this turn made for the router goes now, in one frame; messages
-        //  of a frame read already are read before the loop sleeps
-        if (zg_batch_waiting (self->batch) && zg_batch_flush (self->batch))
-            zg_error ("frontend: cannot send to the router: %s", zmq_strerror (zmq_errno ()));
-        bool router_pending = zg_msg_pending (&self->in);
-        int rc = zmq_poll (items, count, router_pending? 0: (long) wait);
-        if (router_pending && rc >= 0) {
-            items [0].revents |= ZMQ_POLLIN;
-            rc++;
-        }
+        int rc = zmq_poll (items, count, (long) wait);
         if (rc < 0 && zmq_errno () != EINTR) {
             zg_error ("frontend: poll failed: %s", zmq_strerror (zmq_errno ()));
             break;

@@ -11,13 +11,10 @@
     of growing; decoding reads the bytes once, field by field as the model
     says, straight into the fixed fields of zg_msg_t. The only allocations
     on the hot path are libzmq's own, the routing id when the peer changes,
-    the received frame (kept whole when it is one message holding the
-    payload, which is used where it lies; a small payload that shares its
-    frame with other messages is copied into a frame of its own, so that a
-    message kept never keeps the others) and HEAD.headers. A payload of at
-    most ZG_PAYLOAD_INLINE_MAX bytes is sent in the header's frame, copied
-    there once, and a turn's messages for one peer share a frame
-    (zg_batch_t): a frame less for libzmq to carry costs more than a copy.
+    the received frame (kept whole when it holds the payload, which is used
+    where it lies) and HEAD.headers. A payload of at most
+    ZG_PAYLOAD_INLINE_MAX bytes is sent in the header's frame, copied there
+    once: a frame less for libzmq to carry costs more than that copy.
 
     Hostile input: the decoder accepts for each field only the msgpack
     object the model allows (no maps, binaries, extensions, negative or
@@ -33,7 +30,6 @@
 #include "zg_msg.h"
 #include "common/zg_selftest.h"
 
-#include <errno.h>
 #include <math.h>
 #include <msgpack.h>
 #include <pthread.h>
@@ -789,89 +785,6 @@ zg_msg_decode_first (zg_msg_t *self, const uint8_t *data, size_t size, size_t *u
 }
 
 
-//  Steps over one msgpack object of the kinds a header may hold; arrays
-//  nested at most depth deep. Only the layout: the decoders check the rest.
-static bool
-s_skip_object (const uint8_t *data, size_t size, size_t *position, int depth)
-{
-    if (*position >= size)
-        return false;
-    uint8_t tag = data [(*position)++];
-    size_t skip = 0;
-    size_t length;
-    if (tag <= 0x7f || tag >= 0xe0 || tag == 0xc0 || tag == 0xc2 || tag == 0xc3)
-        return true;                        //  fixint, nil, bool
-    if ((tag & 0xe0) == 0xa0)
-        skip = tag & 0x1f;                  //  fixstr
-    else
-    if ((tag & 0xf0) == 0x90 || tag == 0xdc || tag == 0xdd) {
-        size_t count;
-        (*position)--;
-        if (depth == 0 || !s_read_array (data, size, position, &count))
-            return false;
-        for (size_t index = 0; index < count; index++)
-            if (!s_skip_object (data, size, position, depth - 1))
-                return false;
-        return true;
-    }
-    else
-    switch (tag) {
-        case 0xcc: case 0xd0: skip = 1; break;
-        case 0xcd: case 0xd1: skip = 2; break;
-        case 0xce: case 0xd2: case 0xca: skip = 4; break;
-        case 0xcf: case 0xd3: case 0xcb: skip = 8; break;
-        case 0xd9: case 0xc4:
-            if (!s_read_length (data, size, position, 1, &length))
-                return false;
-            skip = length;
-            break;
-        case 0xda: case 0xc5:
-            if (!s_read_length (data, size, position, 2, &length))
-                return false;
-            skip = length;
-            break;
-        case 0xdb: case 0xc6:
-            if (!s_read_length (data, size, position, 4, &length))
-                return false;
-            skip = length;
-            break;
-        default:
-            return false;
-    }
-    if (skip > size - *position)
-        return false;
-    *position += skip;
-    return true;
-}
-
-int
-zg_msg_measure (const uint8_t *data, size_t size, size_t *used)
-{
-    assert (used);
-    *used = 0;
-    if (!data || size == 0)
-        return ZG_MSG_ERR_MALFORMED;
-    //  A header is an array; anything else is not the start of a message
-    uint8_t tag = data [0];
-    if ((tag & 0xf0) != 0x90 && tag != 0xdc && tag != 0xdd)
-        return ZG_MSG_ERR_MALFORMED;
-    size_t position = 0;
-    if (!s_skip_object (data, size, &position, 2))
-        return ZG_MSG_ERR_MALFORMED;
-    if (position < size && (data [position] == 0xc4 || data [position] == 0xc5
-                         || data [position] == 0xc6)) {
-        size_t width = data [position] == 0xc4? 1: data [position] == 0xc5? 2: 4;
-        size_t length;
-        position++;
-        if (!s_read_length (data, size, &position, width, &length)
-        ||  length > ZG_PAYLOAD_INLINE_MAX || length > size - position)
-            return ZG_MSG_ERR_MALFORMED;
-        position += length;
-    }
-    *used = position;
-    return ZG_MSG_OK;
-}
-
 //  The inline payload after a header that ends at used: none when the
 //  frame ends there, else a bin of at most ZG_PAYLOAD_INLINE_MAX bytes
 //  whose declared length reaches exactly the end of the frame
@@ -921,45 +834,6 @@ zg_msg_decode_frame (zg_msg_t *self, const uint8_t *data, size_t size,
         rc = ZG_MSG_ERR_MALFORMED;
     }
     return rc;
-}
-
-int
-zg_msg_decode_next (zg_msg_t *self, const uint8_t *data, size_t size, size_t *used,
-                    const uint8_t **payload, size_t *payload_size)
-{
-    assert (self);
-    assert (used);
-    assert (payload);
-    assert (payload_size);
-    *used = 0;
-    *payload = NULL;
-    *payload_size = 0;
-    s_clear (self, 0);
-    if (!data || size == 0)
-        return ZG_MSG_ERR_MALFORMED;
-    size_t header_size;
-    //  The header itself is held to its own limit
-    if (s_read_message (self, data, size < ZG_HEADER_MAX_BYTES? size: ZG_HEADER_MAX_BYTES,
-                        &header_size) != ZG_MSG_OK)
-        return ZG_MSG_ERR_MALFORMED;
-    size_t position = header_size;
-    if (position < size && (data [position] == 0xc4 || data [position] == 0xc5
-                         || data [position] == 0xc6)) {
-        size_t width = data [position] == 0xc4? 1: data [position] == 0xc5? 2: 4;
-        size_t length;
-        position++;
-        if (!s_specs [self->type].carries_payload
-        ||  !s_read_length (data, size, &position, width, &length)
-        ||  length > ZG_PAYLOAD_INLINE_MAX || length > size - position) {
-            s_clear (self, 0);
-            return ZG_MSG_ERR_MALFORMED;
-        }
-        *payload = data + position;
-        *payload_size = length;
-        position += length;
-    }
-    *used = position;
-    return ZG_MSG_OK;
 }
 
 size_t
@@ -1669,85 +1543,19 @@ zg_msg_payload_take (zg_msg_t *self, const uint8_t **data, size_t *size)
     return frame;
 }
 
-static void
-s_batch_release (zg_msg_t *self)
-{
-    zframe_destroy (&self->batch);
-    zframe_destroy (&self->batch_from);
-    self->batch_at = 0;
-}
-
-//  Reads the next message of the frame held in self->batch. A message
-//  that is the whole frame keeps it (its payload read in place); one that
-//  shares it gets a copy of its small payload, so that the frame is
-//  released as soon as its last message is read. A message that cannot
-//  be decoded drops the rest of the frame: where the next one would start
-//  is not known with confidence. (One whose payload breaks only
-//  zg_msg_payload_check is refused alone.)
-static int
-s_batch_next (zg_msg_t *self)
-{
-    const uint8_t *frame = zframe_data (self->batch);
-    size_t frame_size = zframe_size (self->batch);
-    const uint8_t *data = frame + self->batch_at;
-    size_t size = frame_size - self->batch_at;
-    if (self->batch_from
-    &&  (!self->routing_id || !zframe_eq (self->routing_id, self->batch_from))) {
-        zframe_destroy (&self->routing_id);
-        self->routing_id = zframe_dup (self->batch_from);
-    }
-    size_t used;
-    const uint8_t *inline_data = NULL;
-    size_t inline_size = 0;
-    if (zg_msg_decode_next (self, data, size, &used, &inline_data, &inline_size) != ZG_MSG_OK) {
-        s_batch_release (self);
-        return ZG_MSG_ERR_MALFORMED;
-    }
-    int rc = zg_msg_payload_check (self, inline_data != NULL, inline_size);
-    bool whole = self->batch_at == 0 && used == frame_size;
-    self->batch_at += used;
-    if (rc == ZG_MSG_OK && inline_data) {
-        if (whole) {
-            self->payload_frame = self->batch;
-            self->batch = NULL;
-        }
-        else {
-            self->payload_frame = zframe_new (inline_data, inline_size);
-            if (!self->payload_frame)
-                rc = ZG_MSG_ERR_MALFORMED;      //  out of memory: it cannot be kept
-            else
-                inline_data = zframe_data (self->payload_frame);
-        }
-        if (rc == ZG_MSG_OK) {
-            self->payload_data = inline_data;
-            self->payload_size = inline_size;
-            self->has_payload = true;
-        }
-    }
-    if (rc != ZG_MSG_OK)
-        s_clear (self, 0);
-    if (!self->batch || self->batch_at >= frame_size)
-        s_batch_release (self);
-    return rc;
-}
-
 //  On ERR_MALFORMED routing_id still names the sender, so that a router
-//  can tell it off; every other field is empty and type is 0. The
-//  frame's messages are read one per call; a frame that is one message
-//  is kept whole when it carries the payload: the payload is used where
-//  it arrived.
+//  can tell it off; every other field is empty and type is 0. The header's
+//  frame is kept whole when it carries the payload: the payload is used
+//  where it arrived.
 int
 zg_msg_recv (zg_msg_t *self, void *socket)
 {
     assert (self);
     assert (socket);
-    s_payload_release (self);
-    if (self->batch)
-        return s_batch_next (self);
     void *handle = zsock_resolve (socket);
+    s_payload_release (self);
 
-    bool is_router = s_is_router (handle);
-    if (is_router) {
+    if (s_is_router (handle)) {
         zmq_msg_t identity;
         zmq_msg_init (&identity);
         if (zmq_msg_recv (&identity, handle, 0) == -1) {
@@ -1766,48 +1574,47 @@ zg_msg_recv (zg_msg_t *self, void *socket)
     zframe_t *frame = zframe_recv (handle);
     if (!frame)
         return ZG_MSG_ERR_IO;
-    if (!zframe_more (frame)) {
-        //  One message or several: read one at a time
-        self->batch = frame;
-        self->batch_at = 0;
-        if (is_router && self->routing_id) {
-            self->batch_from = zframe_dup (self->routing_id);
-            if (!self->batch_from) {
-                s_batch_release (self);
-                s_clear (self, 0);
-                return ZG_MSG_ERR_MALFORMED;
-            }
-        }
-        return s_batch_next (self);
-    }
-    zframe_t *payload = zframe_recv (handle);
-    if (!payload) {
-        zframe_destroy (&frame);
-        return ZG_MSG_ERR_IO;
-    }
+    zframe_t *payload = NULL;
     bool extra_frames = false;
-    if (zframe_more (payload)) {
-        extra_frames = true;
-        s_drain (handle);
+    if (zframe_more (frame)) {
+        payload = zframe_recv (handle);
+        if (!payload) {
+            zframe_destroy (&frame);
+            return ZG_MSG_ERR_IO;
+        }
+        if (zframe_more (payload)) {
+            extra_frames = true;
+            s_drain (handle);
+        }
     }
-    //  A header with a payload frame is alone in its frame, without an
-    //  inline payload
     const uint8_t *inline_data = NULL;
     size_t inline_size = 0;
     int rc = ZG_MSG_ERR_MALFORMED;
     if (!extra_frames)
         rc = zg_msg_decode_frame (self, zframe_data (frame), zframe_size (frame),
                                   &inline_data, &inline_size);
-    if (rc == ZG_MSG_OK && inline_data)
+    if (rc == ZG_MSG_OK && inline_data && payload)
         rc = ZG_MSG_ERR_MALFORMED;          //  a payload inline and in a frame
     if (rc == ZG_MSG_OK)
-        rc = zg_msg_payload_check (self, true, zframe_size (payload));
-    if (rc == ZG_MSG_OK)
+        rc = zg_msg_payload_check (self, inline_data || payload,
+                                   inline_data? inline_size: payload? zframe_size (payload): 0);
+    if (rc == ZG_MSG_OK && payload) {
         zg_msg_payload_give (self, &payload);
-    zframe_destroy (&frame);
-    zframe_destroy (&payload);
-    if (rc != ZG_MSG_OK)
-        s_clear (self, 0);
+        zframe_destroy (&frame);
+    }
+    else
+    if (rc == ZG_MSG_OK && inline_data) {
+        self->payload_frame = frame;
+        self->payload_data = inline_data;
+        self->payload_size = inline_size;
+        self->has_payload = true;
+    }
+    else {
+        zframe_destroy (&frame);
+        zframe_destroy (&payload);
+        if (rc != ZG_MSG_OK)
+            s_clear (self, 0);
+    }
     return rc;
 }
 
@@ -1875,179 +1682,6 @@ failed:
 
 
 //  --------------------------------------------------------------------------
-//  Batches: several messages in one frame
-
-struct _zg_batch_t {
-    void     *handle;
-    zframe_t *identity;         //  the peer on a ROUTER socket, else NULL
-    int       flags;
-    uint8_t  *data;             //  ZG_BATCH_MAX_BYTES, made at the first message
-    size_t    used;
-    uint8_t   header [ZG_HEADER_MAX_BYTES];
-};
-
-zg_batch_t *
-zg_batch_new (void *socket, zframe_t *identity, int flags)
-{
-    assert (socket);
-    zg_batch_t *self = (zg_batch_t *) calloc (1, sizeof (zg_batch_t));
-    if (!self)
-        return NULL;
-    self->handle = zsock_resolve (socket);
-    self->flags = flags;
-    if (identity) {
-        self->identity = zframe_dup (identity);
-        if (!self->identity) {
-            free (self);
-            return NULL;
-        }
-    }
-    return self;
-}
-
-void
-zg_batch_destroy (zg_batch_t **self_p)
-{
-    assert (self_p);
-    zg_batch_t *self = *self_p;
-    if (self) {
-        zframe_destroy (&self->identity);
-        free (self->data);
-        free (self);
-        *self_p = NULL;
-    }
-}
-
-bool
-zg_batch_waiting (const zg_batch_t *self)
-{
-    assert (self);
-    return self->used > 0;
-}
-
-//  The identity goes first on a ROUTER socket; once it is accepted, the
-//  rest of the message is
-static int
-s_batch_identity (zg_batch_t *self)
-{
-    if (!self->identity)
-        return 0;
-    return zmq_send (self->handle, zframe_data (self->identity), zframe_size (self->identity),
-                     ZMQ_SNDMORE | self->flags) < 0? -1: 0;
-}
-
-int
-zg_batch_flush (zg_batch_t *self)
-{
-    assert (self);
-    if (self->used == 0)
-        return 0;
-    if (s_batch_identity (self) == 0
-    &&  zmq_send (self->handle, self->data, self->used, self->flags) >= 0) {
-        self->used = 0;
-        return 0;
-    }
-    //  A peer that does not take the frame now (its pipe is full, or a
-    //  signal came) gets it at the next flush: the sender holds new messages
-    //  back meanwhile, as it did with one frame a message. A ROUTER accepts
-    //  the rest of a message once it accepts the identity, so nothing of the
-    //  frame has gone. A peer that is gone loses it, and the sender learns
-    //  that from errno.
-    int error = zmq_errno ();
-    if (error != EAGAIN && error != EINTR)
-        self->used = 0;
-    errno = error;
-    return -1;
-}
-
-//  Room for size more bytes: what waits goes first when they would take
-//  the frame past its bound (a message longer than the bound goes alone)
-static int
-s_batch_room (zg_batch_t *self, size_t size)
-{
-    if (!self->data) {
-        self->data = (uint8_t *) malloc (ZG_BATCH_MAX_BYTES);
-        if (!self->data)
-            return -1;
-    }
-    if (self->used + size > ZG_BATCH_MAX_BYTES)
-        return zg_batch_flush (self);
-    return 0;
-}
-
-int
-zg_batch_add (zg_batch_t *self, const uint8_t *message, size_t size)
-{
-    assert (self);
-    assert (message);
-    assert (size <= ZG_FRAME_MAX_BYTES);
-    if (s_batch_room (self, size))
-        return -1;
-    memcpy (self->data + self->used, message, size);
-    self->used += size;
-    return 0;
-}
-
-int
-zg_batch_add_parts (zg_batch_t *self, const uint8_t *header, size_t header_size,
-                    const uint8_t *payload, size_t payload_size)
-{
-    assert (self);
-    assert (header);
-    assert (header_size <= ZG_HEADER_MAX_BYTES);
-    assert (!payload || payload_size <= ZG_PAYLOAD_INLINE_MAX);
-    uint8_t prefix [ZG_INLINE_PREFIX_MAX];
-    size_t prefix_size = payload? zg_msg_inline_prefix (prefix, payload_size): 0;
-    if (s_batch_room (self, header_size + prefix_size + (payload? payload_size: 0)))
-        return -1;
-    uint8_t *out = self->data + self->used;
-    memcpy (out, header, header_size);
-    if (payload) {
-        memcpy (out + header_size, prefix, prefix_size);
-        if (payload_size)
-            memcpy (out + header_size + prefix_size, payload, payload_size);
-    }
-    self->used += header_size + prefix_size + (payload? payload_size: 0);
-    return 0;
-}
-
-int
-zg_batch_send (zg_batch_t *self, zg_msg_t *msg)
-{
-    assert (self);
-    assert (msg);
-    int size = zg_msg_encode (msg, self->header, sizeof self->header);
-    int rc = -1;
-    if (size < 0
-    ||  zg_msg_payload_check (msg, msg->has_payload, msg->payload_size) != ZG_MSG_OK)
-        goto done;
-    if (!msg->has_payload || msg->payload_size <= ZG_PAYLOAD_INLINE_MAX) {
-        rc = zg_batch_add_parts (self, self->header, (size_t) size,
-                                 msg->has_payload? msg->payload_data: NULL, msg->payload_size);
-        goto done;
-    }
-    //  A large payload: what waits goes first, then this message alone,
-    //  its header in a frame, its payload in the next (without a copy
-    //  when the frame holds nothing else)
-    if (zg_batch_flush (self)
-    ||  s_batch_identity (self)
-    ||  zmq_send (self->handle, self->header, (size_t) size, ZMQ_SNDMORE | self->flags) < 0)
-        goto done;
-    if (msg->payload_frame
-    &&  msg->payload_data == zframe_data (msg->payload_frame)
-    &&  msg->payload_size == zframe_size (msg->payload_frame))
-        rc = zframe_send (&msg->payload_frame, self->handle,
-                          self->flags & ZMQ_DONTWAIT? ZFRAME_DONTWAIT: 0) == -1? -1: 0;
-    else
-        rc = zmq_send (self->handle, msg->payload_data, msg->payload_size, self->flags) < 0?
-             -1: 0;
-done:
-    s_payload_release (msg);
-    return rc;
-}
-
-
-//  --------------------------------------------------------------------------
 //  Small helpers
 
 void
@@ -2072,14 +1706,6 @@ zg_msg_reset (zg_msg_t *self, int type)
     char *api_key = self->deployment.api_key;
     memset (api_key, 0, strnlen (api_key, sizeof (self->deployment.api_key)));
     s_clear (self, type);
-}
-
-void
-zg_msg_close (zg_msg_t *self)
-{
-    assert (self);
-    s_batch_release (self);
-    zg_msg_reset (self, 0);
 }
 
 //  NULL and "" both mean "no headers" and travel as nil
@@ -3072,25 +2698,25 @@ s_test_hostile_headers (zg_msg_t *msg, zg_msg_t *back, uint8_t *buffer)
         { "a map",                 "\x80", 1 },
         { "an empty array",        "\x90", 1 },
         { "magic alone",           "\x91\xa2ZG", 4 },
-        { "magic and version",     "\x92\xa2ZG\x05", 5 },
+        { "magic and version",     "\x92\xa2ZG\x04", 5 },
         { "a huge array32",        "\xdd\xff\xff\xff\xff", 5 },
         { "a huge array16",        "\xdc\xff\xff\xc0\xc0", 5 },
-        { "a huge nested array",   "\x94\xa2ZG\x05\x07\xdd\x7f\xff\xff\xff", 10 },
+        { "a huge nested array",   "\x94\xa2ZG\x04\x07\xdd\x7f\xff\xff\xff", 10 },
         { "a huge map32",          "\xdf\xff\xff\xff\xff", 5 },
-        { "a huge str32",          "\x94\xa2ZG\x05\x07\xdb\xff\xff\xff\xff" "abc", 13 },
+        { "a huge str32",          "\x94\xa2ZG\x04\x07\xdb\xff\xff\xff\xff" "abc", 13 },
         { "a huge bin32",          "\xc6\xff\xff\xff\xff", 5 },
         { "a huge ext32",          "\xc9\xff\xff\xff\xff\x01", 6 },
         { "nesting three deep",    "\x91\x91\x91\x90", 4 },
-        { "the tag 0xc1",          "\x94\xa2ZG\x05\x07\xc1", 7 },
-        { "a truncated str8",      "\x94\xa2ZG\x05\x07\xd9", 7 },
+        { "the tag 0xc1",          "\x94\xa2ZG\x04\x07\xc1", 7 },
+        { "a truncated str8",      "\x94\xa2ZG\x04\x07\xd9", 7 },
         { "a truncated array16",   "\xdc\x00", 2 },
-        { "two objects",           "\x94\xa2ZG\x05\x07\xa1x\xc0", 9 },
-        { "a call id with NUL",    "\x94\xa2ZG\x05\x07\xa3x\x00y", 10 },
-        { "a negative fixint type", "\x94\xa2ZG\x05\xf9\xa1x", 8 },
+        { "two objects",           "\x94\xa2ZG\x04\x07\xa1x\xc0", 9 },
+        { "a call id with NUL",    "\x94\xa2ZG\x04\x07\xa3x\x00y", 10 },
+        { "a negative fixint type", "\x94\xa2ZG\x04\xf9\xa1x", 8 },
     };
     for (size_t index = 0; index < sizeof raw / sizeof raw [0]; index++)
         s_test_malformed (back, (const uint8_t *) raw [index].bytes, raw [index].size, raw [index].what);
-    S_CHECK (zg_msg_decode (back, (const uint8_t *) "\x94\xa2ZG\x05\x07\xa1x", 8) == ZG_MSG_OK);
+    S_CHECK (zg_msg_decode (back, (const uint8_t *) "\x94\xa2ZG\x04\x07\xa1x", 8) == ZG_MSG_OK);
 
     //  A frame of the maximum size full of nils passes the shape check and
     //  makes msgpack-c allocate ~800 KB in the zone; twice, so that the
@@ -3678,318 +3304,6 @@ s_test_inline (zg_msg_t *msg, zg_msg_t *back)
 }
 
 //  Which spans may travel with which payload
-
-//  Receives until nothing waits: how many messages came OK and malformed,
-//  the OK ones' call ids joined by ','
-static void
-s_test_drain_counts (zg_msg_t *back, void *handle, int *ok, int *malformed, char *ids,
-                     size_t ids_size)
-{
-    *ok = 0;
-    *malformed = 0;
-    if (ids)
-        ids [0] = 0;
-    for (int guard = 0; guard < 100000; guard++) {
-        int rc = zg_msg_recv (back, handle);
-        if (rc == ZG_MSG_ERR_IO && !zg_msg_pending (back))
-            break;
-        if (rc == ZG_MSG_OK) {
-            (*ok)++;
-            size_t length = ids? strlen (ids): 0;
-            size_t id_length = strlen (back->call_id);
-            if (ids && length + id_length + 2 <= ids_size) {
-                memcpy (ids + length, back->call_id, id_length);
-                ids [length + id_length] = ',';
-                ids [length + id_length + 1] = 0;
-            }
-        }
-        else
-        if (rc == ZG_MSG_ERR_MALFORMED)
-            (*malformed)++;
-    }
-    S_CHECK (!zg_msg_pending (back));
-}
-
-//  Several messages in one frame: zg_batch_t sends, zg_msg_recv reads
-//  one at a time; what is truncated or corrupted in a frame
-static void
-s_test_batches (zg_msg_t *msg, zg_msg_t *back)
-{
-    zsock_t *writer = zsock_new (ZMQ_PAIR);
-    zsock_t *reader = zsock_new (ZMQ_PAIR);
-    assert (writer && reader);
-    zsock_set_rcvtimeo (reader, 0);
-    S_CHECK (zsock_bind (reader, "inproc://zg-msg-batches") == 0);
-    S_CHECK (zsock_connect (writer, "inproc://zg-msg-batches") == 0);
-    void *in = zsock_resolve (reader);
-    zg_batch_t *batch = zg_batch_new (writer, NULL, 0);
-    assert (batch);
-    static uint8_t body [12288];
-    for (size_t index = 0; index < sizeof body; index++)
-        body [index] = (uint8_t) (index * 7 + 1);
-
-    //  1, 2 and many messages, with payloads inline (0 to 4096 bytes) and
-    //  large (in a frame of their own, which flushes what waits first)
-    const size_t sizes [] = { 0, 1, 255, 4096, 4097, 12288, 10 };
-    const size_t counts [] = { 1, 2, 7, 500 };
-    for (size_t round = 0; round < sizeof counts / sizeof counts [0]; round++) {
-        size_t count = counts [round];
-        S_CHECK (!zg_batch_waiting (batch));
-        for (size_t index = 0; index < count; index++) {
-            zg_msg_reset (msg, index % 3 == 0? ZG_MSG_CHUNK: ZG_MSG_HEAD);
-            snprintf (msg->call_id, sizeof msg->call_id, "call-%zu", index);
-            msg->status = 200;
-            if (index % 4 != 3)
-                zg_msg_payload_borrow (msg, body, sizes [index % 7]);
-            else
-            if (msg->type == ZG_MSG_CHUNK)
-                zg_msg_payload_borrow (msg, body, 3);
-            S_CHECK (zg_batch_send (batch, msg) == 0);
-            S_CHECK (!zg_msg_has_payload (msg));
-        }
-        S_CHECK (count == 1 || zg_batch_waiting (batch) || sizes [(count - 1) % 7] > 4096);
-        S_CHECK (zg_batch_flush (batch) == 0);
-        S_CHECK (!zg_batch_waiting (batch));
-        for (size_t index = 0; index < count; index++) {
-            S_CHECK (zg_msg_recv (back, in) == ZG_MSG_OK);
-            char call_id [32];
-            snprintf (call_id, sizeof call_id, "call-%zu", index);
-            S_CHECK (streq (back->call_id, call_id));
-            S_CHECK (back->type == (index % 3 == 0? ZG_MSG_CHUNK: ZG_MSG_HEAD));
-            size_t expected = index % 4 != 3? sizes [index % 7]:
-                              back->type == ZG_MSG_CHUNK? 3: 0;
-            bool has = index % 4 != 3 || back->type == ZG_MSG_CHUNK;
-            S_CHECK (zg_msg_has_payload (back) == has);
-            S_CHECK (zg_msg_payload_size (back) == expected);
-            S_CHECK (expected == 0 || memcmp (zg_msg_payload_data (back), body, expected) == 0);
-            zg_msg_reset (back, 0);
-        }
-        S_CHECK (!zg_msg_pending (back));
-        S_CHECK (zg_msg_recv (back, in) == ZG_MSG_ERR_IO);
-    }
-    //  A kept payload is a frame of its own, not the batch's
-    zg_msg_reset (msg, ZG_MSG_CHUNK);
-    ZG_MSG_SET (msg->call_id, "a");
-    zg_msg_payload_borrow (msg, body, 100);
-    S_CHECK (zg_batch_send (batch, msg) == 0);
-    zg_msg_reset (msg, ZG_MSG_END);
-    ZG_MSG_SET (msg->call_id, "a");
-    S_CHECK (zg_batch_send (batch, msg) == 0);
-    S_CHECK (zg_batch_flush (batch) == 0);
-    S_CHECK (zg_msg_recv (back, in) == ZG_MSG_OK && zg_msg_pending (back));
-    const uint8_t *kept_data;
-    size_t kept_size;
-    zframe_t *kept = zg_msg_payload_take (back, &kept_data, &kept_size);
-    S_CHECK (kept && zframe_size (kept) == 100 && kept_data == zframe_data (kept));
-    zframe_destroy (&kept);
-    S_CHECK (zg_msg_recv (back, in) == ZG_MSG_OK && back->type == ZG_MSG_END);
-    S_CHECK (!zg_msg_pending (back));
-    //  Not read to the end: zg_msg_reset keeps the rest, zg_msg_close drops it
-    for (int index = 0; index < 3; index++) {
-        zg_msg_reset (msg, ZG_MSG_CANCEL);
-        snprintf (msg->call_id, sizeof msg->call_id, "c%d", index);
-        S_CHECK (zg_batch_send (batch, msg) == 0);
-    }
-    S_CHECK (zg_batch_flush (batch) == 0);
-    S_CHECK (zg_msg_recv (back, in) == ZG_MSG_OK && streq (back->call_id, "c0"));
-    zg_msg_reset (back, 0);
-    S_CHECK (zg_msg_pending (back));
-    S_CHECK (zg_msg_recv (back, in) == ZG_MSG_OK && streq (back->call_id, "c1"));
-    zg_msg_close (back);
-    S_CHECK (!zg_msg_pending (back));
-    S_CHECK (zg_msg_recv (back, in) == ZG_MSG_ERR_IO);
-
-    //  A frame of three messages, cut at every length: what lies whole
-    //  before the cut is read, the cut message is malformed at most once,
-    //  nothing after it is read, nothing hangs
-    uint8_t frame [3 * 200];
-    size_t ends [3];
-    size_t chunk_header_end = 0;
-    size_t used = 0;
-    const int types [3] = { ZG_MSG_HEAD, ZG_MSG_CHUNK, ZG_MSG_END };
-    for (int index = 0; index < 3; index++) {
-        zg_msg_reset (msg, types [index]);
-        snprintf (msg->call_id, sizeof msg->call_id, "m%d", index);
-        msg->status = 200;
-        int size = zg_msg_encode (msg, frame + used, sizeof frame - used);
-        assert (size > 0);
-        used += (size_t) size;
-        if (types [index] == ZG_MSG_CHUNK) {
-            chunk_header_end = used;
-            used += zg_msg_inline_prefix (frame + used, 20);
-            memcpy (frame + used, body, 20);
-            used += 20;
-        }
-        ends [index] = used;
-    }
-    S_CHECK (zsock_send (writer, "b", frame, used) == 0);
-    int ok, malformed;
-    char ids [64];
-    s_test_drain_counts (back, in, &ok, &malformed, ids, sizeof ids);
-    S_CHECK (ok == 3 && malformed == 0 && streq (ids, "m0,m1,m2,"));
-    for (size_t cut = 1; cut < used; cut++) {
-        S_CHECK (zmq_send (zsock_resolve (writer), frame, cut, 0) == (int) cut);
-        s_test_drain_counts (back, in, &ok, &malformed, NULL, 0);
-        //  A CHUNK cut just before its payload is a CHUNK without one, which
-        //  the protocol allows: the frame ends with a whole message there
-        int whole = (cut >= ends [0]) + (cut >= ends [1]) + (cut == chunk_header_end);
-        bool boundary = cut == ends [0] || cut == ends [1] || cut == chunk_header_end;
-        S_CHECK (ok == whole);
-        S_CHECK (malformed == (boundary? 0: 1));
-    }
-    //  Garbage between two messages: what is not a header drops the rest
-    //  of the frame
-    static const struct { const char *bytes; size_t size; int ok; int malformed; } garbage [] = {
-        { "\xc1", 1, 1, 1 },
-        { "\x00", 1, 1, 1 },
-        { "\xa3xyz", 4, 1, 1 },
-        { "\xc4\x02" "ab", 4, 1, 1 },          //  a second bin after m1's payload
-        { "\x91\xc0", 2, 1, 1 },               //  an array, not a header
-        { "\x92\xa2ZG\x04", 5, 1, 1 },         //  an older version
-        { "\x9f", 1, 1, 1 },                   //  an array that swallows what follows
-        { "\xc6\x00\x01\x00\x00", 5, 0, 1 },   //  a bin too long for inline, after m0
-    };
-    for (size_t index = 0; index < sizeof garbage / sizeof garbage [0]; index++) {
-        uint8_t mixed [sizeof frame + 16];
-        //  m0 is a HEAD without payload: garbage starting with a bin tag
-        //  would be its payload; put it after the CHUNK's payload instead
-        size_t at = garbage [index].bytes [0] == '\xc4'? ends [1]: ends [0];
-        (void) at;
-        memcpy (mixed, frame, at);
-        memcpy (mixed + at, garbage [index].bytes, garbage [index].size);
-        memcpy (mixed + at + garbage [index].size, frame + at, used - at);
-        size_t size = used + garbage [index].size;
-        S_CHECK (zmq_send (zsock_resolve (writer), mixed, size, 0) == (int) size);
-        s_test_drain_counts (back, in, &ok, &malformed, NULL, 0);
-        int expected_ok = garbage [index].bytes [0] == '\xc4'? 2: garbage [index].ok;
-        if (ok != expected_ok || malformed != garbage [index].malformed)
-            fprintf (stderr, "garbage %zu: ok %d malformed %d\n", index, ok, malformed);
-        S_CHECK (ok == expected_ok && malformed == garbage [index].malformed);
-    }
-
-    //  On a ROUTER socket every message of a frame names its sender, even
-    //  after a reset
-    zsock_t *router = zsock_new (ZMQ_ROUTER);
-    zsock_t *dealer = zsock_new (ZMQ_DEALER);
-    assert (router && dealer);
-    zsock_set_identity (dealer, "peer-1");
-    zsock_set_rcvtimeo (router, 1000);
-    S_CHECK (zsock_bind (router, "inproc://zg-msg-batches-router") == 0);
-    S_CHECK (zsock_connect (dealer, "inproc://zg-msg-batches-router") == 0);
-    zg_batch_t *from_dealer = zg_batch_new (dealer, NULL, 0);
-    assert (from_dealer);
-    for (int index = 0; index < 3; index++) {
-        zg_msg_reset (msg, ZG_MSG_CANCEL);
-        snprintf (msg->call_id, sizeof msg->call_id, "r%d", index);
-        S_CHECK (zg_batch_send (from_dealer, msg) == 0);
-    }
-    S_CHECK (zg_batch_flush (from_dealer) == 0);
-    zframe_t *peer = NULL;
-    for (int index = 0; index < 3; index++) {
-        S_CHECK (zg_msg_recv (back, zsock_resolve (router)) == ZG_MSG_OK);
-        S_CHECK (back->routing_id && zframe_streq (back->routing_id, "peer-1"));
-        if (index == 0)
-            peer = zframe_dup (back->routing_id);
-        zg_msg_reset (back, 0);
-    }
-    //  And a ROUTER's batch reaches its peer
-    zg_batch_t *to_dealer = zg_batch_new (router, peer, ZMQ_DONTWAIT);
-    assert (to_dealer);
-    for (int index = 0; index < 2; index++) {
-        zg_msg_reset (msg, ZG_MSG_HEARTBEAT);
-        ZG_MSG_SET (msg->name, "router");
-        S_CHECK (zg_batch_send (to_dealer, msg) == 0);
-    }
-    S_CHECK (zg_batch_flush (to_dealer) == 0);
-    zsock_set_rcvtimeo (dealer, 1000);
-    S_CHECK (zg_msg_recv (back, zsock_resolve (dealer)) == ZG_MSG_OK && zg_msg_pending (back));
-    S_CHECK (zg_msg_recv (back, zsock_resolve (dealer)) == ZG_MSG_OK
-             && back->type == ZG_MSG_HEARTBEAT && !zg_msg_pending (back));
-    zframe_destroy (&peer);
-    zg_batch_destroy (&to_dealer);
-    zg_batch_destroy (&from_dealer);
-    zsock_destroy (&dealer);
-    zsock_destroy (&router);
-
-    //  A peer that does not read: the frame waits for the next flush, and
-    //  nothing is lost or sent twice once the peer reads again; a peer that
-    //  is gone loses it
-    router = zsock_new (ZMQ_ROUTER);
-    dealer = zsock_new (ZMQ_DEALER);
-    assert (router && dealer);
-    zsock_set_router_mandatory (router, 1);
-    zsock_set_sndhwm (router, 2);
-    zsock_set_rcvhwm (dealer, 2);
-    zsock_set_identity (dealer, "slow-peer");
-    zsock_set_rcvtimeo (router, 1000);
-    zsock_set_rcvtimeo (dealer, 1000);
-    S_CHECK (zsock_bind (router, "inproc://zg-msg-batches-full") == 0);
-    S_CHECK (zsock_connect (dealer, "inproc://zg-msg-batches-full") == 0);
-    //  The ROUTER learns the peer from its first message
-    zg_msg_reset (msg, ZG_MSG_HEARTBEAT);
-    ZG_MSG_SET (msg->name, "slow-peer");
-    S_CHECK (zg_msg_send (msg, dealer) == 0);
-    S_CHECK (zg_msg_recv (back, zsock_resolve (router)) == ZG_MSG_OK);
-    peer = zframe_dup (back->routing_id);
-    zg_msg_reset (back, 0);
-    zg_batch_t *to_slow = zg_batch_new (router, peer, ZMQ_DONTWAIT);
-    assert (to_slow);
-    int added = 0, refused = 0;
-    for (int round = 0; round < 1000 && !refused; round++) {
-        zg_msg_reset (msg, ZG_MSG_CANCEL);
-        snprintf (msg->call_id, sizeof msg->call_id, "slow-%d", added);
-        S_CHECK (zg_batch_send (to_slow, msg) == 0);
-        added++;
-        if (zg_batch_flush (to_slow) != 0) {
-            S_CHECK (zmq_errno () == EAGAIN);
-            refused = 1;
-        }
-    }
-    S_CHECK (refused && zg_batch_waiting (to_slow));
-    //  Still refused while the peer does not read: kept, not dropped
-    S_CHECK (zg_batch_flush (to_slow) != 0 && zg_batch_waiting (to_slow));
-    int received = 0;
-    bool in_order = true;
-    for (int attempt = 0; received < added && attempt < 1000; attempt++) {
-        //  Room again once the peer read: what waited goes
-        if (zg_batch_waiting (to_slow))
-            zg_batch_flush (to_slow);
-        if (zg_msg_recv (back, zsock_resolve (dealer)) != ZG_MSG_OK)
-            continue;
-        char expected [32];
-        snprintf (expected, sizeof expected, "slow-%d", received);
-        in_order &= streq (back->call_id, expected);
-        received++;
-        zg_msg_reset (back, 0);
-    }
-    if (received != added || !in_order || zg_batch_waiting (to_slow))
-        fprintf (stderr, "slow peer: %d of %d received, in order %d, waiting %d\n",
-                 received, added, in_order, zg_batch_waiting (to_slow));
-    S_CHECK (received == added && in_order && !zg_batch_waiting (to_slow));
-    zg_batch_destroy (&to_slow);
-    zframe_destroy (&peer);
-    //  A peer the ROUTER does not know: the frame is dropped, errno says why
-    peer = zframe_from ("gone-peer");
-    zg_batch_t *to_gone = zg_batch_new (router, peer, ZMQ_DONTWAIT);
-    assert (to_gone);
-    zg_msg_reset (msg, ZG_MSG_CANCEL);
-    ZG_MSG_SET (msg->call_id, "lost");
-    S_CHECK (zg_batch_send (to_gone, msg) == 0);
-    S_CHECK (zg_batch_flush (to_gone) != 0 && zmq_errno () == EHOSTUNREACH
-             && !zg_batch_waiting (to_gone));
-    zg_batch_destroy (&to_gone);
-    zframe_destroy (&peer);
-    zsock_destroy (&dealer);
-    zsock_destroy (&router);
-
-    zg_batch_destroy (&batch);
-    S_CHECK (batch == NULL);
-    zg_msg_close (back);
-    zg_msg_reset (msg, 0);
-    zsock_destroy (&writer);
-    zsock_destroy (&reader);
-}
-
 static void
 s_test_payload_check (zg_msg_t *msg)
 {
@@ -4228,7 +3542,6 @@ zg_msg_test (bool verbose)
     s_test_payload_check (msg);
     s_test_sockets (msg, back);
     s_test_inline (msg, back);
-    s_test_batches (msg, back);
 
     pthread_t thread;
     bool decoded = false;

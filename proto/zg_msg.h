@@ -7,27 +7,17 @@
     actor read and write them in place instead (zg_msg_read_reply,
     zg_msg_encode_spend, zg_msg_read_spend), with the same checks and bytes.
 
-    Wire format (version 5). A message is a header, a msgpack array:
+    Wire format (version 4). A message is a ZeroMQ multipart message:
 
-                              [ "ZG", 5, type, field, field, ... ]
+        [ header ]            one frame, a msgpack array:
+                              [ "ZG", 4, type, field, field, ... ]
                               the fields of each type in the order below,
                               then, for a payload of at most
                               ZG_PAYLOAD_INLINE_MAX bytes, the payload as
                               one msgpack bin (its length declared, then
-                              its bytes)
-
-    and travels in a ZeroMQ frame with others, back to back: a frame holds
-    one or more messages (at most ZG_BATCH_MAX_BYTES in all, unless one
-    message alone is longer), each as above, nothing between or after
-    them. A sender gathers what it has for a peer during one turn of its
-    loop and sends it as one frame at the end of that turn (zg_batch_t):
-    one send, one wake-up and one I/O thread pass for many messages.
-    A message with a larger payload travels alone:
-
-        [ header ]            a frame holding that message only, no inline
-                              payload
-        [ payload ]           a second frame, raw bytes (a request body, an
-                              SSE chunk, a reply body)
+                              its bytes, up to the end of the frame)
+        [ payload ]           a larger payload: a second frame, raw bytes
+                              (a request body, an SSE chunk, a reply body)
 
     A payload is never parsed by proto, so bodies cross the router without
     being re-encoded: a large one in a frame of its own, relayed without a
@@ -132,7 +122,6 @@
     Version 3: REQUEST and DISPATCH carry model_span and options_span last.
     Version 4: a payload of at most ZG_PAYLOAD_INLINE_MAX bytes travels in
     the header's frame, after the array, as a msgpack bin.
-    Version 5: a frame may hold several messages back to back.
 
     Encoding of the fields. DISPATCH's "deployment..." is one field, a
     nested array of the deployment's 9 fields in this order:
@@ -158,11 +147,7 @@
     SPEND: each of them is such an array, none after the last) but for an
     inline payload: a msgpack bin (bin 8, 16 or 32) of at most
     ZG_PAYLOAD_INLINE_MAX bytes whose declared length reaches exactly the
-    end of the message (the next message, or the end of the frame). A
-    message in a frame that cannot be decoded (truncated, or bytes that
-    are not a header) ends what can be read of that frame: zg_msg_recv
-    answers ZG_MSG_ERR_MALFORMED once and drops the rest of it, since no
-    later message can be found in it with confidence. A payload, inline or in a frame of its own, is
+    end of the frame. A payload, inline or in a frame of its own, is
     allowed only on REQUEST, DISPATCH, HEAD and CHUNK. zg_msg_encode and
     zg_msg_send refuse a message that breaks these rules; the decoder
     answers ZG_MSG_ERR_MALFORMED to one.
@@ -180,7 +165,7 @@
 extern "C" {
 #endif
 
-#define ZG_PROTO_VERSION 5
+#define ZG_PROTO_VERSION 4
 
 //  Message types
 typedef enum {
@@ -235,10 +220,8 @@ typedef enum {
 #define ZG_KEY_HASH_MAX    64       //  SHA-256 hex of an API key
 #define ZG_PAYLOAD_INLINE_MAX 4096  //  a payload up to this size travels in the header's frame
 #define ZG_INLINE_PREFIX_MAX 5      //  the msgpack bin tag and length before an inline payload
-//  The longest message in a frame: a header and an inline payload
+//  The longest header frame: a header and an inline payload
 #define ZG_FRAME_MAX_BYTES (ZG_HEADER_MAX_BYTES + ZG_INLINE_PREFIX_MAX + ZG_PAYLOAD_INLINE_MAX)
-//  A sender flushes a frame of messages once it holds this many bytes
-#define ZG_BATCH_MAX_BYTES 65536
 
 //  Decoder results
 #define ZG_MSG_OK          0
@@ -353,35 +336,14 @@ typedef struct {
     const uint8_t *payload_data;
     size_t         payload_size;
     bool           has_payload;
-
-    //  zg_msg_recv: a received frame whose messages are not all read yet,
-    //  where the next one starts, and its sender on a ROUTER socket.
-    //  Kept across zg_msg_reset; released by zg_msg_close.
-    zframe_t      *batch;
-    size_t         batch_at;
-    zframe_t      *batch_from;
 } zg_msg_t;
 
 //  Prepare a message for use: all fields zero. Call once per zg_msg_t.
 void zg_msg_init (zg_msg_t *self, int type);
 
 //  Release what the message owns (routing_id, headers, payload) and zero
-//  it again, ready for reuse with the given type. Messages received but
-//  not read yet (zg_msg_pending) are kept.
+//  it again, ready for reuse with the given type.
 void zg_msg_reset (zg_msg_t *self, int type);
-
-//  As zg_msg_reset, and drop the messages received but not read yet: for
-//  an actor that is done with the struct.
-void zg_msg_close (zg_msg_t *self);
-
-//  Whether zg_msg_recv holds messages of a frame already received, which
-//  the next zg_msg_recv returns without reading the socket: a caller that
-//  waits for the socket to be readable must read these first.
-static inline bool
-zg_msg_pending (const zg_msg_t *self)
-{
-    return self->batch != NULL;
-}
 
 //  The payload: whether the message has one (it may be empty), its bytes
 //  (NULL when none) and its size. Valid until the message is received
@@ -426,20 +388,15 @@ void zg_msg_payload_drop (zg_msg_t *self);
 //  out.
 zframe_t *zg_msg_payload_take (zg_msg_t *self, const uint8_t **data, size_t *size);
 
-//  Receive one message from a socket: the next of the frame received last
-//  while it holds any (the socket is not read then), else from a new
-//  frame. On a ROUTER socket the identity frame is read into routing_id.
-//  A small payload of a message that shares its frame with others is
-//  copied into a frame of its own, so that a message kept (a stream's
-//  chunk) never holds the others' memory. Returns ZG_MSG_OK, ZG_MSG_ERR_IO when nothing
+//  Receive one message from a socket. On a ROUTER socket the identity frame
+//  is read into routing_id. Returns ZG_MSG_OK, ZG_MSG_ERR_IO when nothing
 //  was received (interrupted), or ZG_MSG_ERR_MALFORMED when what arrived is
 //  not a valid message (wrong magic/version/type, a field of the wrong
 //  msgpack type or too long, missing or extra fields, extra frames); the
 //  malformed message is consumed and discarded. Never asserts on input.
 int zg_msg_recv (zg_msg_t *self, void *socket);
 
-//  Send the message on a socket, in a frame of its own (see zg_batch_t to
-//  send several in one). On a ROUTER socket routing_id must be set;
+//  Send the message on a socket. On a ROUTER socket routing_id must be set;
 //  it is sent first. The payload goes in the header's frame when it is at
 //  most ZG_PAYLOAD_INLINE_MAX bytes, else in a frame of its own (a given
 //  frame without a copy); either way the message keeps none (the payload
@@ -475,29 +432,12 @@ int zg_msg_decode (zg_msg_t *self, const uint8_t *data, size_t size);
 int zg_msg_decode_frame (zg_msg_t *self, const uint8_t *data, size_t size,
                          const uint8_t **payload, size_t *payload_size);
 
-//  Decode the message at the start of data, one of several back to back
-//  in a frame, as zg_msg_decode_frame does, but for its end: *used says
-//  where it ends (its header, and the inline payload after it if any),
-//  where the next one starts. Returns ZG_MSG_OK or ZG_MSG_ERR_MALFORMED
-//  (*used 0).
-int zg_msg_decode_next (zg_msg_t *self, const uint8_t *data, size_t size, size_t *used,
-                        const uint8_t **payload, size_t *payload_size);
-
 //  Write before an inline payload of size bytes (at most
 //  ZG_PAYLOAD_INLINE_MAX) what says its length, into prefix
 //  (ZG_INLINE_PREFIX_MAX bytes); returns how many bytes it took. For a
 //  broker that builds a frame of a header encoded with zg_msg_encode, then
 //  this, then the payload.
 size_t zg_msg_inline_prefix (uint8_t *prefix, size_t size);
-
-//  The length of the message at the start of data (its header array and
-//  an inline payload after it, if any), where the next one in the frame
-//  starts: ZG_MSG_OK, or ZG_MSG_ERR_MALFORMED when data does not start
-//  with a msgpack array that ends within size (nested at most twice),
-//  or a bin after it is longer than ZG_PAYLOAD_INLINE_MAX or than size.
-//  Only the layout is checked: the message is then decoded (or read in
-//  place) within those bytes, with every check.
-int zg_msg_measure (const uint8_t *data, size_t size, size_t *used);
 
 //  Decode the first of the header frames that lie back to back in data
 //  (a run of SPEND) into self, as zg_msg_decode does; *used is set to its
@@ -585,9 +525,8 @@ typedef struct {
     zg_msg_text_t param;            //  nil reads as empty
 } zg_msg_reply_t;
 
-//  Read a message (one of a frame's, as zg_msg_measure delimits it) as a
-//  HEAD, END or ERROR, in place, with every check zg_msg_decode_frame
-//  makes (the whole of size: nothing after the message
+//  Read a header frame as a HEAD, END or ERROR, in place, with every check
+//  zg_msg_decode_frame makes (the whole frame: nothing after the message
 //  but a HEAD's inline payload, which is checked and skipped):
 //  ZG_MSG_OK, or ZG_MSG_ERR_MALFORMED (reply all zero) for what
 //  zg_msg_decode refuses and for a message of another type.
@@ -603,46 +542,6 @@ int zg_msg_read_reply (zg_msg_reply_t *reply, const uint8_t *data, size_t size);
 //  ZG_MSG_ERR_MALFORMED. Never reads past size.
 int zg_msg_peek (const uint8_t *data, size_t size, int *type, char *call_id, uint16_t *status,
                  uint32_t *flags);
-
-//  Messages gathered for one peer and sent as one frame. The frame goes
-//  when zg_batch_flush is called (at the end of the sender's loop turn),
-//  or when it would grow past ZG_BATCH_MAX_BYTES; a message with a payload
-//  too large to travel inline flushes what waits and goes alone. Nothing
-//  waits for a timer.
-typedef struct _zg_batch_t zg_batch_t;
-
-//  A batch for socket; on a ROUTER socket, for the peer identity names
-//  (copied; NULL on other sockets). flags are the zmq_send flags of every
-//  send (ZMQ_DONTWAIT or 0). NULL when memory runs out.
-zg_batch_t *zg_batch_new (void *socket, zframe_t *identity, int flags);
-
-//  Destroy the batch; what waits in it is dropped (flush first)
-void zg_batch_destroy (zg_batch_t **self_p);
-
-//  Add a message, as zg_msg_send would send it (msg's routing_id is not
-//  used: the batch's peer is). The payload is released either way, the
-//  rest of the message kept. 0, or -1 when the message breaks the
-//  protocol's rules or a send failed.
-int zg_batch_send (zg_batch_t *self, zg_msg_t *msg);
-
-//  Add a message already encoded: size bytes, a header and its inline
-//  payload as zg_msg_measure delimits it (a message relayed as it came).
-//  0 or -1 (a send failed).
-int zg_batch_add (zg_batch_t *self, const uint8_t *message, size_t size);
-
-//  Add a header encoded by zg_msg_encode and an inline payload of at most
-//  ZG_PAYLOAD_INLINE_MAX bytes after it (payload NULL: none). 0 or -1.
-int zg_batch_add_parts (zg_batch_t *self, const uint8_t *header, size_t header_size,
-                        const uint8_t *payload, size_t payload_size);
-
-//  Send what waits, if anything, as one frame: 0, or -1 when the send
-//  failed. With errno EAGAIN or EINTR (the peer's pipe is full, a signal)
-//  what waited stays for the next flush, and adding to the batch fails
-//  while it does not fit beside it; with any other errno it is dropped.
-int zg_batch_flush (zg_batch_t *self);
-
-//  Whether messages wait to be flushed
-bool zg_batch_waiting (const zg_batch_t *self);
 
 //  Set owned string fields (copying)
 void zg_msg_set_headers (zg_msg_t *self, const char *headers);

@@ -176,7 +176,6 @@ struct _worker_t {
     size_t      heap_index;
     uint64_t    last_pick;          //  router->pick_seq when last given a call
     bool        retiring;           //  sent RETIRE: no new calls; forgotten once it holds none
-    zg_batch_t *batch;              //  messages for it, sent at the end of the turn
 };
 
 struct _frontend_t {
@@ -187,7 +186,6 @@ struct _frontend_t {
     int64_t     last_heard;
     frontend_t *prev;
     frontend_t *next;
-    zg_batch_t *batch;              //  messages for it, sent at the end of the turn
 };
 
 //  The sockets the loop reads, as bits of router_t's ready and sent; a turn
@@ -200,18 +198,13 @@ enum {
     SOCKET_PIPE     = 16
 };
 
-//  The frames of what arrived, and the message being handled: header
-//  holds one message or several back to back, read one per s_recv_raw
+//  The frames of one message as they arrived
 typedef struct {
     zmq_msg_t identity;
     zmq_msg_t header;
     zmq_msg_t payload;
     bool      has_payload;          //  in a frame of its own: payload
-    const uint8_t *message;         //  the message being handled, in header
-    size_t    message_size;
-    size_t    next;                 //  where the next message in header starts
-    bool      holding;              //  header holds messages not read yet
-    const uint8_t *inline_payload;  //  in message, after the header (s_decode)
+    const uint8_t *inline_payload;  //  in header's frame, after the header (s_decode)
     size_t    inline_size;
 } raw_t;
 
@@ -651,9 +644,7 @@ s_worker_new (router_t *self, const zmq_msg_t *identity)
     size_t size = zmq_msg_size ((zmq_msg_t *) identity);
     worker->identity = zframe_new (zmq_msg_data ((zmq_msg_t *) identity), size);
     worker->key = (char *) malloc (2 * size + 1);
-    if (worker->identity)
-        worker->batch = zg_batch_new (self->backend_handle, worker->identity, ZMQ_DONTWAIT);
-    if (!worker->identity || !worker->key || !worker->batch) {
+    if (!worker->identity || !worker->key) {
         zframe_destroy (&worker->identity);
         free (worker->key);
         free (worker);
@@ -680,9 +671,6 @@ s_worker_destroy (router_t *self, worker_t *worker)
         s_worker_sift (self, index);
     }
     zhashx_delete (self->workers, worker->key);
-    //  What it was told this turn (a CANCEL, the answer to its RETIRE) goes
-    zg_batch_flush (worker->batch);
-    zg_batch_destroy (&worker->batch);
     zframe_destroy (&worker->identity);
     free (worker->key);
     free (worker);
@@ -704,10 +692,7 @@ s_frontend_touch (router_t *self, const zmq_msg_t *identity, int64_t now)
             return NULL;
         frontend->identity = zframe_new (zmq_msg_data ((zmq_msg_t *) identity), size);
         frontend->key = strdup (key);
-        if (frontend->identity)
-            frontend->batch = zg_batch_new (self->frontend_handle, frontend->identity,
-                                            ZMQ_DONTWAIT);
-        if (!frontend->identity || !frontend->key || !frontend->batch) {
+        if (!frontend->identity || !frontend->key) {
             zframe_destroy (&frontend->identity);
             free (frontend->key);
             free (frontend);
@@ -735,8 +720,8 @@ s_frontend_touch (router_t *self, const zmq_msg_t *identity, int64_t now)
 //  with the call. The first frame is the one that can fail: once a ROUTER
 //  accepts the identity, it takes the rest of the message.
 static int
-s_send (router_t *self, void *handle, zg_batch_t *batch, zframe_t *identity, zg_msg_t *msg,
-        zmq_msg_t *body, size_t offset, size_t body_size)
+s_send (router_t *self, void *handle, zframe_t *identity, zg_msg_t *msg, zmq_msg_t *body,
+        size_t offset, size_t body_size)
 {
     int size = zg_msg_encode (msg, self->encoded, sizeof (self->encoded));
     if (size < 0) {
@@ -745,15 +730,26 @@ s_send (router_t *self, void *handle, zg_batch_t *batch, zframe_t *identity, zg_
         return -1;
     }
     self->sent |= handle == self->backend_handle? SOCKET_BACKEND: SOCKET_FRONTEND;
-    if (!body || body_size <= ZG_PAYLOAD_INLINE_MAX)
-        return zg_batch_add_parts (batch, self->encoded, (size_t) size,
-                                   body? (const uint8_t *) zmq_msg_data (body) + offset: NULL,
-                                   body_size);
-    //  A large body goes alone, after what waits for the same peer
-    if (zg_batch_flush (batch)
-    ||  zmq_send (handle, zframe_data (identity), zframe_size (identity),
+    if (zmq_send (handle, zframe_data (identity), zframe_size (identity),
                   ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return -1;
+    if (body && body_size <= ZG_PAYLOAD_INLINE_MAX) {
+        uint8_t prefix [ZG_INLINE_PREFIX_MAX];
+        size_t prefix_size = zg_msg_inline_prefix (prefix, body_size);
+        zmq_msg_t frame;
+        if (zmq_msg_init_size (&frame, (size_t) size + prefix_size + body_size) < 0)
+            return -1;
+        uint8_t *out = (uint8_t *) zmq_msg_data (&frame);
+        memcpy (out, self->encoded, (size_t) size);
+        memcpy (out + size, prefix, prefix_size);
+        memcpy (out + size + prefix_size, (const uint8_t *) zmq_msg_data (body) + offset,
+                body_size);
+        if (zmq_msg_send (&frame, handle, 0) < 0) {
+            zmq_msg_close (&frame);
+            return -1;
+        }
+        return 0;
+    }
     if (zmq_send (handle, self->encoded, (size_t) size, body? ZMQ_SNDMORE: 0) < 0)
         return -1;
     if (body) {
@@ -804,14 +800,13 @@ s_send_error (router_t *self, frontend_t *frontend, const char *call_id, int sta
         };
         s_spend_record (self, s_call_lookup (self, call_id), call_id, &end);
     }
-    if (s_send (self, self->frontend_handle, frontend->batch, frontend->identity, out, NULL, 0, 0))
+    if (s_send (self, self->frontend_handle, frontend->identity, out, NULL, 0, 0))
         zg_debug ("router: call %s: cannot reach its frontend: %s", call_id,
                   zmq_strerror (zmq_errno ()));
 }
 
 static void
-s_send_simple (router_t *self, void *handle, zg_batch_t *batch, zframe_t *identity, int type,
-               const char *call_id)
+s_send_simple (router_t *self, void *handle, zframe_t *identity, int type, const char *call_id)
 {
     zg_msg_t *out = &self->out;
     zg_msg_reset (out, type);
@@ -821,7 +816,7 @@ s_send_simple (router_t *self, void *handle, zg_batch_t *batch, zframe_t *identi
         ZG_MSG_SET (out->name, "router");
         out->pid = self->pid;
     }
-    if (s_send (self, handle, batch, identity, out, NULL, 0, 0))
+    if (s_send (self, handle, identity, out, NULL, 0, 0))
         zg_debug ("router: cannot send %s: %s", zg_msg_type_name (type),
                   zmq_strerror (zmq_errno ()));
 }
@@ -832,12 +827,9 @@ s_send_disconnect (router_t *self, const zmq_msg_t *identity)
 {
     zframe_t *frame = zframe_new (zmq_msg_data ((zmq_msg_t *) identity),
                                   zmq_msg_size ((zmq_msg_t *) identity));
-    zg_batch_t *batch = frame? zg_batch_new (self->backend_handle, frame, ZMQ_DONTWAIT): NULL;
-    if (batch) {
-        s_send_simple (self, self->backend_handle, batch, frame, ZG_MSG_DISCONNECT, NULL);
-        zg_batch_flush (batch);
-    }
-    zg_batch_destroy (&batch);
+    if (!frame)
+        return;
+    s_send_simple (self, self->backend_handle, frame, ZG_MSG_DISCONNECT, NULL);
     zframe_destroy (&frame);
 }
 
@@ -1142,7 +1134,7 @@ s_dispatch (router_t *self, call_t *call, worker_t *worker, int64_t now)
     out->deployment = group->models->wire [deployment];
     out->model_span = call->model_span;
     out->options_span = call->options_span;
-    if (s_send (self, self->backend_handle, worker->batch, worker->identity, out,
+    if (s_send (self, self->backend_handle, worker->identity, out,
                 call->has_body? &call->body: NULL, call->body_offset, call->body_size))
         return -1;
 
@@ -1251,8 +1243,8 @@ s_call_cancel (router_t *self, call_t *call)
     worker_t *worker = call->state != CALL_QUEUED? call->worker: NULL;
     if (worker)
         //  The worker returns the credit through CREDIT when it lets go
-        s_send_simple (self, self->backend_handle, worker->batch, worker->identity,
-                       ZG_MSG_CANCEL, call->call_id);
+        s_send_simple (self, self->backend_handle, worker->identity, ZG_MSG_CANCEL,
+                       call->call_id);
     s_call_destroy (self, call);
     s_worker_retire_check (self, worker);
 }
@@ -1274,8 +1266,6 @@ s_frontend_expire (router_t *self, frontend_t *frontend)
     if (frontend->next)
         frontend->next->prev = frontend->prev;
     zhashx_delete (self->frontends, frontend->key);
-    zg_batch_flush (frontend->batch);
-    zg_batch_destroy (&frontend->batch);
     zframe_destroy (&frontend->identity);
     free (frontend->key);
     free (frontend);
@@ -1325,8 +1315,8 @@ s_tick (router_t *self, int64_t now)
             index++;
     }
     for (index = 0; index < self->worker_count; index++)
-        s_send_simple (self, self->backend_handle, self->worker_heap [index]->batch,
-                       self->worker_heap [index]->identity, ZG_MSG_HEARTBEAT, NULL);
+        s_send_simple (self, self->backend_handle, self->worker_heap [index]->identity,
+                       ZG_MSG_HEARTBEAT, NULL);
     s_spend_tick (self, now);
 
     frontend_t *frontend = self->frontend_list;
@@ -1342,41 +1332,15 @@ s_tick (router_t *self, int64_t now)
 //  ---------------------------------------------------------------------
 //  Receiving
 
-//  The next message of the frame held in raw->header: ZG_MSG_OK, or
-//  ZG_MSG_ERR_MALFORMED for one that cannot be measured, which drops the
-//  rest of the frame (nothing after it can be found with confidence)
-static int
-s_next_raw (raw_t *raw)
-{
-    const uint8_t *frame = (const uint8_t *) zmq_msg_data (&raw->header);
-    size_t frame_size = zmq_msg_size (&raw->header);
-    size_t used;
-    if (zg_msg_measure (frame + raw->next, frame_size - raw->next, &used) != ZG_MSG_OK) {
-        raw->holding = false;
-        return ZG_MSG_ERR_MALFORMED;
-    }
-    raw->message = frame + raw->next;
-    raw->message_size = used;
-    raw->next += used;
-    raw->holding = raw->next < frame_size;
-    return ZG_MSG_OK;
-}
-
-//  Reads one message without blocking: the next of the frame read last,
-//  else from the socket. Returns ZG_MSG_OK, ZG_MSG_ERR_IO when none is
-//  waiting, or ZG_MSG_ERR_MALFORMED when its frames are not identity +
-//  header [+ payload] or it cannot be measured.
+//  Reads one message without blocking. Returns ZG_MSG_OK, ZG_MSG_ERR_IO
+//  when none is waiting, or ZG_MSG_ERR_MALFORMED when its frames are not
+//  identity + header [+ payload].
 static int
 s_recv_raw (void *handle, raw_t *raw)
 {
     raw->has_payload = false;
     raw->inline_payload = NULL;
     raw->inline_size = 0;
-    if (raw->holding)
-        return s_next_raw (raw);
-    raw->message = NULL;
-    raw->message_size = 0;
-    raw->next = 0;
     if (zmq_msg_recv (&raw->identity, handle, ZMQ_DONTWAIT) < 0)
         return ZG_MSG_ERR_IO;
     if (!zmq_msg_more (&raw->identity))
@@ -1385,14 +1349,11 @@ s_recv_raw (void *handle, raw_t *raw)
     if (zmq_msg_recv (&raw->header, handle, 0) < 0)
         return ZG_MSG_ERR_IO;
     if (!zmq_msg_more (&raw->header))
-        return s_next_raw (raw);
+        return ZG_MSG_OK;
     if (zmq_msg_recv (&raw->payload, handle, 0) < 0)
         return ZG_MSG_ERR_IO;
     if (!zmq_msg_more (&raw->payload)) {
-        //  A header followed by its payload is alone in its frame
         raw->has_payload = true;
-        raw->message = (const uint8_t *) zmq_msg_data (&raw->header);
-        raw->message_size = zmq_msg_size (&raw->header);
         return ZG_MSG_OK;
     }
     while (zmq_msg_more (&raw->payload))
@@ -1401,20 +1362,13 @@ s_recv_raw (void *handle, raw_t *raw)
     return ZG_MSG_ERR_MALFORMED;
 }
 
-//  Whether the message being handled is its frame, whole
-static bool
-s_raw_whole (raw_t *raw)
-{
-    return raw->message == (const uint8_t *) zmq_msg_data (&raw->header)
-        && raw->message_size == zmq_msg_size (&raw->header);
-}
-
 static int
 s_decode (router_t *self)
 {
     raw_t *raw = &self->raw;
-    int rc = zg_msg_decode_frame (&self->in, raw->message, raw->message_size,
-                                  &raw->inline_payload, &raw->inline_size);
+    int rc = zg_msg_decode_frame (&self->in, (const uint8_t *) zmq_msg_data (&raw->header),
+                                  zmq_msg_size (&raw->header), &raw->inline_payload,
+                                  &raw->inline_size);
     if (rc != ZG_MSG_OK)
         return rc;
     //  As zg_msg_recv does: one payload at most, only where the protocol
@@ -1471,18 +1425,8 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
                       self->queue.size);
         return;
     }
-    raw_t *raw = &self->raw;
-    zmq_msg_t copy;
-    zmq_msg_init (&copy);
-    bool copied = !raw->inline_payload || s_raw_whole (raw)
-               || zmq_msg_init_size (&copy, raw->inline_size) == 0;
-    if (!copied)
-        zmq_msg_init (&copy);           //  what a failed zmq_msg_init_size left is not defined
-    if (copied && raw->inline_payload && !s_raw_whole (raw) && raw->inline_size)
-        memcpy (zmq_msg_data (&copy), raw->inline_payload, raw->inline_size);
-    call_t *call = copied? s_call_new (self, in->call_id): NULL;
+    call_t *call = s_call_new (self, in->call_id);
     if (!call) {
-        zmq_msg_close (&copy);
         s_send_error (self, frontend, in->call_id, 503, "service_unavailable", NULL, 0,
                       "The router is out of memory. Retry shortly.");
         return;
@@ -1501,20 +1445,13 @@ s_on_request (router_t *self, frontend_t *frontend, int64_t now)
     call->frontend = frontend;
     s_list_append (&frontend->calls, call, BY_FRONTEND);
     //  The frame the body came in is kept as it is, header and all when
-    //  the body came inline, if it holds nothing else; a small body that
-    //  shares its frame with other messages is copied out, so that a call
-    //  never keeps more than its own bytes
-    if (raw->inline_payload && s_raw_whole (raw)) {
+    //  the body came inline
+    raw_t *raw = &self->raw;
+    if (raw->inline_payload) {
         call->body_offset = (size_t) (raw->inline_payload
                                       - (const uint8_t *) zmq_msg_data (&raw->header));
         call->body_size = raw->inline_size;
         zmq_msg_move (&call->body, &raw->header);
-    }
-    else
-    if (raw->inline_payload) {
-        zmq_msg_move (&call->body, &copy);
-        call->body_offset = 0;
-        call->body_size = raw->inline_size;
     }
     else {
         call->body_offset = 0;
@@ -1572,8 +1509,7 @@ s_on_list (router_t *self, frontend_t *frontend)
             snprintf (out->message, sizeof (out->message),
                       "Not served: the database row cannot be used: %s", row->reason);
         }
-        if (s_send (self, self->frontend_handle, frontend->batch, frontend->identity, out,
-                    NULL, 0, 0)) {
+        if (s_send (self, self->frontend_handle, frontend->identity, out, NULL, 0, 0)) {
             zg_debug ("router: LIST %s: cannot reach frontend %s: %s", call_id,
                       frontend->label, zmq_strerror (zmq_errno ()));
             break;
@@ -1606,8 +1542,8 @@ s_on_frontend_message (router_t *self, int64_t now)
             break;
         }
         case ZG_MSG_HEARTBEAT:
-            s_send_simple (self, self->frontend_handle, frontend->batch, frontend->identity,
-                           ZG_MSG_HEARTBEAT, NULL);
+            s_send_simple (self, self->frontend_handle, frontend->identity, ZG_MSG_HEARTBEAT,
+                           NULL);
             break;
         case ZG_MSG_LIST:
             s_on_list (self, frontend);
@@ -1640,7 +1576,8 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
              || (type == ZG_MSG_HEAD && (flags & ZG_FLAG_FINAL));
     zg_msg_reply_t reply;
     bool decoded = ends && self->outbox
-                && zg_msg_read_reply (&reply, raw->message, raw->message_size) == ZG_MSG_OK
+                && zg_msg_read_reply (&reply, (const uint8_t *) zmq_msg_data (&raw->header),
+                                      zmq_msg_size (&raw->header)) == ZG_MSG_OK
                 && reply.type == type;
     //  The record is made before the header frame goes: zmq_msg_send
     //  leaves the message empty, and the reply's views point into it
@@ -1654,19 +1591,13 @@ s_on_reply (router_t *self, worker_t *worker, int type, const char *call_id, uin
         }
         s_spend_record (self, call, call->call_id, &reply);
     }
-    //  A message with a payload frame goes alone, after what waits for the
-    //  frontend; the others join the frontend's batch (copied: the frame
-    //  they came in holds the worker's other messages)
     void *handle = self->frontend_handle;
     self->sent |= SOCKET_FRONTEND;
-    zg_batch_t *batch = call->frontend->batch;
-    bool delivered = raw->has_payload?
-        zg_batch_flush (batch) == 0
-        && zmq_send (handle, zframe_data (call->frontend->identity),
-                     zframe_size (call->frontend->identity), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0
-        && zmq_msg_send (&raw->header, handle, ZMQ_SNDMORE) >= 0
-        && zmq_msg_send (&raw->payload, handle, 0) >= 0:
-        zg_batch_add (batch, raw->message, raw->message_size) == 0;
+    bool delivered =
+        zmq_send (handle, zframe_data (call->frontend->identity),
+                  zframe_size (call->frontend->identity), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0
+        && zmq_msg_send (&raw->header, handle, raw->has_payload? ZMQ_SNDMORE: 0) >= 0
+        && (!raw->has_payload || zmq_msg_send (&raw->payload, handle, 0) >= 0);
 
     if (ends) {
         zg_balancer_feedback (call->group->balancer, call->member,
@@ -1707,8 +1638,9 @@ s_on_worker_message (router_t *self, int64_t now)
     char call_id [ZG_CALL_ID_MAX + 1];
     uint16_t status;
     uint32_t flags;
+    const uint8_t *header = (const uint8_t *) zmq_msg_data (&self->raw.header);
     if (worker
-    &&  zg_msg_peek (self->raw.message, self->raw.message_size, &type, call_id, &status,
+    &&  zg_msg_peek (header, zmq_msg_size (&self->raw.header), &type, call_id, &status,
                      &flags) == ZG_MSG_OK
     &&  type != ZG_MSG_CANCEL) {
         if (self->raw.has_payload && (type == ZG_MSG_END || type == ZG_MSG_ERROR)) {
@@ -1747,8 +1679,7 @@ s_on_worker_message (router_t *self, int64_t now)
                  joined? "joined": "registered again", worker->capacity);
         //  Answered at once: the worker knows from this that it is
         //  registered (a replacement in a recycle waits for it)
-        s_send_simple (self, self->backend_handle, worker->batch, worker->identity,
-                       ZG_MSG_HEARTBEAT, NULL);
+        s_send_simple (self, self->backend_handle, worker->identity, ZG_MSG_HEARTBEAT, NULL);
         s_pump (self, now);
         return;
     }
@@ -1771,8 +1702,7 @@ s_on_worker_message (router_t *self, int64_t now)
             zg_msg_reset (out, ZG_MSG_RETIRE);
             ZG_MSG_SET (out->name, "router");
             out->pid = self->pid;
-            if (s_send (self, self->backend_handle, worker->batch, worker->identity, out,
-                        NULL, 0, 0))
+            if (s_send (self, self->backend_handle, worker->identity, out, NULL, 0, 0))
                 zg_debug ("router: cannot answer RETIRE of worker %s: %s", worker->name,
                           zmq_strerror (zmq_errno ()));
             s_worker_retire_check (self, worker);
@@ -2225,34 +2155,6 @@ s_timeout (router_t *self, int64_t now)
 //  since it last asked, so that sockets kept busy cannot starve the others.
 //  So while there is work, the only system calls are libzmq's own, in the
 //  receive that finds a socket dry.
-//  The end of a turn: what the turn made for each peer goes, one frame
-//  per peer
-static void
-s_flush_batches (router_t *self, int64_t now)
-{
-    for (frontend_t *frontend = self->frontend_list; frontend; frontend = frontend->next)
-        if (zg_batch_waiting (frontend->batch) && zg_batch_flush (frontend->batch))
-            zg_warning ("router: cannot reach frontend %s: %s", frontend->label,
-                        zmq_strerror (zmq_errno ()));
-    for (size_t index = 0; index < self->worker_count; index++) {
-        worker_t *worker = self->worker_heap [index];
-        if (!zg_batch_waiting (worker->batch) || zg_batch_flush (worker->batch) == 0)
-            continue;
-        int error = zmq_errno ();
-        if (error == EHOSTUNREACH) {
-            //  Its connection is gone with what this turn gave it: the calls
-            //  go back to the queue, as a failed DISPATCH of their own did
-            s_worker_expire (self, worker, "its connection closed", now);
-            index--;            //  the heap's last worker took its place
-        }
-        else
-            //  Its pipe is full: the frame waits for the next turn, and new
-            //  calls stay queued until it is gone (s_pump)
-            zg_warning ("router: worker %s is not reading its messages: %s", worker->name,
-                        zmq_strerror (error));
-    }
-}
-
 static void
 s_router_loop (router_t *self, zsock_t *pipe)
 {
@@ -2301,7 +2203,6 @@ s_router_loop (router_t *self, zsock_t *pipe)
             s_tick (self, now);
             self->next_heartbeat = now + self->heartbeat_ms;
         }
-        s_flush_batches (self, now);
         self->ready |= self->sent;
         self->sent = 0;
         zg_scoreboard_beat (self->board, self->slot);

@@ -134,7 +134,6 @@ struct _worker_t {
     unsigned  generation;                   //  sockets made so far: part of the identity
 
     zsock_t  *dealer;
-    zg_batch_t *batch;          //  what goes to the router, sent at the end of each turn
     int       zmq_fd;
     int       epoll_fd;
     CURLM    *multi;
@@ -190,7 +189,7 @@ s_send (worker_t *self)
     //  A send may process the socket's pending commands and consume the
     //  signal of an incoming message: its state must be asked again
     self->zmq_unsettled = true;
-    if (!self->batch || zg_batch_send (self->batch, &self->out)) {
+    if (zg_msg_send (&self->out, zsock_resolve (self->dealer))) {
         zg_warning ("worker %s: cannot send %s to the router: %s", self->name,
                     zg_msg_type_name (self->out.type), zmq_strerror (zmq_errno ()));
         return -1;
@@ -1071,12 +1070,6 @@ s_socket_close (worker_t *self, int linger_ms)
 {
     if (!self->dealer)
         return;
-    if (linger_ms > 0 && self->batch && zg_batch_flush (self->batch))
-        zg_warning ("worker %s: cannot send to the router: %s", self->name,
-                    zmq_strerror (zmq_errno ()));
-    zg_batch_destroy (&self->batch);
-    //  Messages of the old connection are not read after it
-    zg_msg_close (&self->in);
     epoll_ctl (self->epoll_fd, EPOLL_CTL_DEL, self->zmq_fd, NULL);
     zsock_set_linger (self->dealer, linger_ms);
     zsock_destroy (&self->dealer);
@@ -1109,11 +1102,6 @@ s_socket_open (worker_t *self)
     zsock_set_linger (self->dealer, 1000);
     if (zsock_connect (self->dealer, "%s", self->endpoint)) {
         zg_error ("worker %s: cannot connect to %s", self->name, self->endpoint);
-        zsock_destroy (&self->dealer);
-        return -1;
-    }
-    self->batch = zg_batch_new (self->dealer, NULL, 0);
-    if (!self->batch) {
         zsock_destroy (&self->dealer);
         return -1;
     }
@@ -1278,7 +1266,7 @@ s_worker_destroy (worker_t **self_p)
     if (self->signal_fd >= 0)
         close (self->signal_fd);
     zhashx_destroy (&self->by_call_id);
-    zg_msg_close (&self->in);
+    zg_msg_reset (&self->in, 0);
     zg_msg_reset (&self->out, 0);
     free (self);
     *self_p = NULL;
@@ -1449,16 +1437,6 @@ zg_worker_run (const zg_config_t *config, const char *worker_endpoint, const cha
         //  it before the worker sleeps
         if (wait_ms > 0 && self->credit_pending)
             s_flush_credit (self);
-        //  What this turn made for the router goes now, in one frame
-        if (self->batch && zg_batch_waiting (self->batch)) {
-            self->zmq_unsettled = true;
-            if (zg_batch_flush (self->batch))
-                zg_warning ("worker %s: cannot send to the router: %s", self->name,
-                            zmq_strerror (zmq_errno ()));
-        }
-        //  Messages of a frame read already are read before the loop sleeps
-        if (zg_msg_pending (&self->in))
-            wait_ms = 0;
         //  Only a send since the last empty receive can hide a message
         //  from ZMQ_FD; otherwise the socket's state is known
         if (wait_ms > 0 && self->zmq_unsettled && (zsock_events (self->dealer) & ZMQ_POLLIN))

@@ -636,8 +636,6 @@ s_json_int (const char *json, const char *key)
 //  Next message from the worker that is not bookkeeping. HEARTBEAT,
 //  CREDIT and READY are counted (and heartbeats answered) on the way.
 //  Returns 0, or -1 after timeout_ms.
-static zg_msg_t s_held;           //  messages the worker sent that are not read yet
-
 static int
 s_next (zg_msg_t *msg, int timeout_ms)
 {
@@ -647,17 +645,7 @@ s_next (zg_msg_t *msg, int timeout_ms)
         if (left <= 0)
             return -1;
         zsock_set_rcvtimeo (s_router, (int) left);
-        //  The frame zg_msg_recv holds belongs to the socket, not to the
-        //  caller's struct: it moves in and out of s_held
-        msg->batch = s_held.batch;
-        msg->batch_at = s_held.batch_at;
-        msg->batch_from = s_held.batch_from;
         int rc = zg_msg_recv (msg, zsock_resolve (s_router));
-        s_held.batch = msg->batch;
-        s_held.batch_at = msg->batch_at;
-        s_held.batch_from = msg->batch_from;
-        msg->batch = NULL;
-        msg->batch_from = NULL;
         if (rc == ZG_MSG_ERR_IO)
             continue;
         if (rc != ZG_MSG_OK) {
@@ -1397,7 +1385,6 @@ main (int argc, char *argv [])
             s_test_recycling ();
         s_process_stop (fake.pid);
         zframe_destroy (&s_worker_id);
-        zg_msg_close (&s_held);
         zsock_destroy (&s_router);
         char path [600];
         snprintf (path, sizeof (path), "%s/worker.ipc", s_temp_dir);
