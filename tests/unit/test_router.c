@@ -719,6 +719,17 @@ s_test_broker (const char *frontend_ep, const char *worker_ep)
     zg_msg_reset (&msg, 0);
 }
 
+//  Closes the peers made since first, for a test that made its own
+static void
+s_peers_destroy_from (size_t first)
+{
+    for (size_t index = first; index < s_peer_count; index++) {
+        zsock_destroy (&s_peers [index]->sock);
+        free (s_peers [index]);
+    }
+    s_peer_count = first;
+}
+
 //  The router as an actor of this process, as the all-in-one mode runs it
 //  beside the frontend: a frontend over inproc://, another over ipc://,
 //  a worker over ipc://; a start that cannot bind reports it; $TERM stops
@@ -755,11 +766,7 @@ s_test_actor (const zg_config_t *config, const char *dir)
             CHECK (s_payload_is (&msg, "{\"ok\":1}"));
     }
     zg_msg_reset (&msg, 0);
-    for (size_t index = first_peer; index < s_peer_count; index++) {
-        zsock_destroy (&s_peers [index]->sock);
-        free (s_peers [index]);
-    }
-    s_peer_count = first_peer;
+    s_peers_destroy_from (first_peer);
     zactor_destroy (&router);
     CHECK (router == NULL);
 }
@@ -797,11 +804,7 @@ s_test_burst (zg_config_t *config, const char *dir)
     s_send_simple (worker, ZG_MSG_RETIRE, NULL, 0);
     CHECK (s_expect (worker, &msg, ZG_MSG_RETIRE, NULL, SAFETY_MS));
     zg_msg_reset (&msg, 0);
-    for (size_t index = first_peer; index < s_peer_count; index++) {
-        zsock_destroy (&s_peers [index]->sock);
-        free (s_peers [index]);
-    }
-    s_peer_count = first_peer;
+    s_peers_destroy_from (first_peer);
     zactor_destroy (&router);
 }
 
