@@ -337,81 +337,29 @@ zg_number_json (double value, char *buf, size_t size)
     return (int) used;
 }
 
-//  17 significant digits rounded exactly always read back: their step is
-//  at most value x 10^-16, less than a unit in the last place of value
-//  (more than value x 2^-53), so half a step is within half a unit, even
-//  below a power of two where the unit is halved. value = m x 2^q and
-//  10^k = 5^k x 2^k, so value x 10^k = m x 5^k x 2^(q + k): for k in
-//  0..27 (5^27 < 2^63) the product fits 128 bits, and the bits shifted
-//  out say exactly how to round.
-#if defined (__SIZEOF_INT128__)
-__extension__ typedef unsigned __int128 s_uint128_t;
-#   define S_QUICK 1
-#   define S_QUICK_POWER_MAX 27
-#else
-#   define S_QUICK 0
-#endif
+//  ---------------------------------------------------------------------
+//  Self test
 
-//  value > 0, normal: its 17 digits as an integer in [10^16, 10^17) and
-//  k, where value ~ digits x 10^-k; false outside the range of k
-static bool
-s_quick_digits (double value, uint64_t *digits, int *power)
+//  Python's repr the slow way: every length in turn, printf for both forms
+static void
+s_reference_repr (double value, char *expected, size_t size)
 {
-#if S_QUICK
-    static const uint64_t fives [S_QUICK_POWER_MAX + 1] = {
-        1ULL, 5ULL, 25ULL, 125ULL, 625ULL, 3125ULL, 15625ULL, 78125ULL, 390625ULL,
-        1953125ULL, 9765625ULL, 48828125ULL, 244140625ULL, 1220703125ULL, 6103515625ULL,
-        30517578125ULL, 152587890625ULL, 762939453125ULL, 3814697265625ULL,
-        19073486328125ULL, 95367431640625ULL, 476837158203125ULL, 2384185791015625ULL,
-        11920928955078125ULL, 59604644775390625ULL, 298023223876953125ULL,
-        1490116119384765625ULL, 7450580596923828125ULL
-    };
-    uint64_t bits;
-    memcpy (&bits, &value, sizeof (bits));
-    int biased = (int) (bits >> 52 & 0x7ff);
-    if (biased == 0 || biased == 0x7ff)
-        return false;
-    uint64_t mantissa = (bits & S_FRACTION_BITS) | (UINT64_C (1) << 52);
-    int binary = biased - 1075;                     //  value = mantissa x 2^binary
-    //  floor (log10 (value)) is this or one more
-    int guess = (int) floor ((binary + 52) * 0.30102999566398120);
-    for (int attempt = 0; attempt < 3; attempt++) {
-        int k = 16 - guess;
-        if (k < 0 || k > S_QUICK_POWER_MAX)
-            return false;
-        s_uint128_t product = (s_uint128_t) mantissa * fives [k];
-        int shift = -(binary + k);
-        uint64_t rounded;
-        if (shift <= 0) {
-            if (-shift > 10)
-                return false;
-            rounded = (uint64_t) (product << -shift);
-        }
-        else {
-            s_uint128_t whole = product >> shift;
-            s_uint128_t rest = product - (whole << shift);
-            s_uint128_t half = (s_uint128_t) 1 << (shift - 1);
-            if (rest > half || (rest == half && (whole & 1)))
-                whole++;
-            rounded = (uint64_t) whole;
-        }
-        if (rounded >= UINT64_C (100000000000000000))
-            guess++;
-        else
-        if (rounded < UINT64_C (10000000000000000))
-            guess--;
-        else {
-            *digits = rounded;
-            *power = k;
-            return true;
-        }
+    char digits [40];
+    int precision;
+    for (precision = 1; precision < 17; precision++) {
+        snprintf (digits, sizeof (digits), "%.*e", precision - 1, value);
+        if (strtod (digits, NULL) == value)
+            break;
     }
-#else
-    (void) value;
-    (void) digits;
-    (void) power;
-#endif
-    return false;
+    snprintf (digits, sizeof (digits), "%.*e", precision - 1, value);
+    int exponent = atoi (strchr (digits, 'e') + 1);
+    if (exponent < -4 || exponent >= 16)
+        snprintf (expected, size, "%s", digits);
+    else {
+        int decimals = precision - 1 - exponent;
+        snprintf (expected, size, "%.*f%s", decimals > 0 ? decimals : 0, value,
+                  decimals > 0 ? "" : ".0");
+    }
 }
 
 char *
@@ -437,65 +385,6 @@ zg_number_uint_text (uint64_t value, char *end)
     else
         *--cursor = (char) ('0' + value);
     return cursor;
-}
-
-int
-zg_number_json_quick (double value, char *buf, size_t size)
-{
-    assert (buf && size);
-    uint64_t digits;
-    int power;
-    if (!isfinite (value) || value == 0 || !s_quick_digits (fabs (value), &digits, &power))
-        return zg_number_json (value, buf, size);
-    while (digits % 10 == 0) {
-        digits /= 10;
-        power--;
-    }
-    char text [ZG_NUMBER_TEXT_MAX];
-    char *end = text + sizeof (text), *cursor = end;
-    //  The exponent, then the digits before it, from the last
-    if (power) {
-        cursor = zg_number_uint_text ((uint64_t) (power < 0 ? -power : power), cursor);
-        if (power > 0)
-            *--cursor = '-';
-        *--cursor = 'e';
-    }
-    cursor = zg_number_uint_text (digits, cursor);
-    if (value < 0)
-        *--cursor = '-';
-    size_t length = (size_t) (end - cursor);
-    if (length + 1 > size) {
-        buf [0] = 0;
-        return -1;
-    }
-    memcpy (buf, cursor, length);
-    buf [length] = 0;
-    return (int) length;
-}
-
-//  ---------------------------------------------------------------------
-//  Self test
-
-//  Python's repr the slow way: every length in turn, printf for both forms
-static void
-s_reference_repr (double value, char *expected, size_t size)
-{
-    char digits [40];
-    int precision;
-    for (precision = 1; precision < 17; precision++) {
-        snprintf (digits, sizeof (digits), "%.*e", precision - 1, value);
-        if (strtod (digits, NULL) == value)
-            break;
-    }
-    snprintf (digits, sizeof (digits), "%.*e", precision - 1, value);
-    int exponent = atoi (strchr (digits, 'e') + 1);
-    if (exponent < -4 || exponent >= 16)
-        snprintf (expected, size, "%s", digits);
-    else {
-        int decimals = precision - 1 - exponent;
-        snprintf (expected, size, "%.*f%s", decimals > 0 ? decimals : 0, value,
-                  decimals > 0 ? "" : ".0");
-    }
 }
 
 void
@@ -602,9 +491,6 @@ zg_number_test (bool verbose)
         zg_number_json (value, buf, sizeof (buf));
         if (strtod (buf, NULL) != value && mismatches++ < 5)
             printf ("json (%a): %s does not read back\n", value, buf);
-        zg_number_json_quick (value, buf, sizeof (buf));
-        if (strtod (buf, NULL) != value && mismatches++ < 5)
-            printf ("json quick (%a): %s does not read back\n", value, buf);
         //  Money: the fast way decides nearly all
         uint64_t integer;
         int count, exponent;
@@ -614,60 +500,6 @@ zg_number_test (bool verbose)
                 unsure++;
         }
     }
-    //  The quick form over its whole range, and its edges: every bit
-    //  pattern between 1e-12 and 1e17, powers of two and ten and their
-    //  neighbours; at most 17 digits, no trailing zero, reading back
-    for (int round = 0; round < rounds; round++) {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        double value;
-        switch (round % 4) {
-            case 0: value = ldexp ((double) (state >> 11) * 0x1p-53 + 0.5,
-                                   (int) ((state >> 3) % 100) - 40); break;
-            case 1: value = nextafter (ldexp (1.0, (int) (state % 100) - 40),
-                                       (state >> 32) % 2 ? 0 : 1e30); break;
-            case 2: value = nextafter (pow (10, (double) ((int) (state % 30) - 12)),
-                                       (state >> 32) % 3 == 0 ? 0 : 1e30);
-                    if ((state >> 40) % 2)
-                        value = pow (10, (double) ((int) (state % 30) - 12));
-                    break;
-            default: value = (double) (state % 100000) * 2.5e-6 + (double) ((state >> 20) % 1000) * 1e-5;
-        }
-        if ((state >> 60) % 2)
-            value = -value;
-        int length = zg_number_json_quick (value, buf, sizeof (buf));
-        const char *exponent = strchr (buf, 'e');
-        size_t digits = exponent ? (size_t) (exponent - buf) : strlen (buf);
-        digits -= value < 0;
-        bool good = length == (int) strlen (buf) && strtod (buf, NULL) == value && digits <= 17
-                 && (!exponent || exponent [-1] != '0');
-        if (!good && mismatches++ < 5)
-            printf ("json quick (%a): %s\n", value, buf);
-    }
-    static const struct { double value; const char *json; } quick [] = {
-        { 0.1 + 0.2, "30000000000000004e-17" },
-        { 0.5, "5e-1" },
-        { 0.1, "10000000000000001e-17" },
-        { 1e-11, "1e-11" },                             //  beyond: the shortest                             //  beyond: the shortest
-        { 3.7e-05, "36999999999999998e-21" },
-        { -2.5e-07, "-24999999999999999e-23" },
-        { 1e15, "1e15" },
-        { 123456.789, "123456789e-3" },
-        { 1e16, "1e16" },                               //  beyond: the shortest
-        { 5e-324, "5e-324" },
-        { 0, "0" },
-    };
-    for (size_t index = 0; index < sizeof (quick) / sizeof (quick [0]); index++) {
-        int length = zg_number_json_quick (quick [index].value, buf, sizeof (buf));
-        if (!ZG_TALLY (tally, length == (int) strlen (quick [index].json)
-                              && strcmp (buf, quick [index].json) == 0))
-            printf ("json quick (%a): %s, expected %s\n", quick [index].value, buf,
-                    quick [index].json);
-    }
-    ZG_TALLY (tally, zg_number_json_quick (NAN, buf, sizeof (buf)) == -1 && buf [0] == 0);
-    ZG_TALLY (tally, zg_number_json_quick (0.1, buf, 21) == -1 && buf [0] == 0);
-    ZG_TALLY (tally, zg_number_json_quick (0.1, buf, 22) == 21);
     ZG_TALLY (tally, mismatches == 0);
     if (S_FAST && !ZG_TALLY (tally, unsure < money / 20))
         printf ("the fast way was unsure of %d of %d sums of money\n", unsure, money);

@@ -41,16 +41,6 @@ int zg_number_repr (double value, char *buf, size_t size);
 //  -1 when value is not finite or size is too small.
 int zg_number_json (double value, char *buf, size_t size);
 
-//  A JSON number that reads back to exactly value (finite), in the same
-//  form as zg_number_json, but not always the shortest: for |value| from
-//  about 1e-11 to 1e17 it is value rounded to 17 significant digits (17
-//  always read back) without their trailing zeros, found in integer
-//  arithmetic, several times cheaper; other values as zg_number_json. For
-//  text only a machine reads back (a spend record's cost); people read
-//  zg_number_json. Returns the length, or -1 when value is not finite or
-//  size is too small.
-int zg_number_json_quick (double value, char *buf, size_t size);
-
 //  Writes value in decimal backwards, its last digit just before end, and
 //  returns its first digit (no NUL is written). ZG_NUMBER_UINT_MAX bytes
 //  before end are always enough. For text written on every call (spend
